@@ -1,0 +1,1 @@
+"""The notifier worker (see issue: notifier)."""
