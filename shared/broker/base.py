@@ -1,0 +1,101 @@
+"""The Broker interface: how messages enter a node. It never touches client sockets."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """One message on a channel. `data` is the event's JSON text, kept as received.
+
+    `offset` and `epoch` are None only for a bare Redis PUBLISH, which bypasses history.
+    """
+
+    channel: str
+    data: str
+    offset: int | None = None
+    epoch: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPosition:
+    """Where a channel's history stands: the last offset given out, in this epoch."""
+
+    offset: int
+    epoch: str
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """Publications after a position, oldest first, and the channel's current position.
+
+    `complete` is False when the requested position is no longer covered (trimmed, expired,
+    or another epoch): the caller must tell its client that recovery failed.
+    """
+
+    publications: list[Publication]
+    position: StreamPosition
+    complete: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceEntry:
+    client_id: str
+    user_id: str
+    node: str
+
+
+Handler = Callable[[Publication], None]
+StateHandler = Callable[[bool], None]
+
+
+class BrokerError(RuntimeError):
+    """The broker's backend could not do what was asked (e.g. Redis unreachable)."""
+
+
+class Broker(Protocol):
+    """Fan-in for one node: publish, follow channels, read history and presence."""
+
+    @property
+    def connected(self) -> bool:
+        """Whether the node currently receives live messages."""
+        ...
+
+    async def start(self, on_message: Handler, on_state: StateHandler | None = None) -> None:
+        """Begin receiving. `on_message` is called in the event loop and must not block.
+
+        `on_state(False)` is called when live delivery is lost and `on_state(True)` when it
+        is back (every channel resubscribed): the caller repairs gaps from history then.
+        """
+        ...
+
+    async def close(self) -> None: ...
+
+    async def publish(self, channel: str, data: str) -> StreamPosition:
+        """Append `data` (a JSON object's text) to history and fan it out, atomically."""
+        ...
+
+    async def subscribe(self, channel: str) -> None: ...
+
+    async def unsubscribe(self, channel: str) -> None: ...
+
+    async def history(self, channel: str, since: int, limit: int) -> History:
+        """Publications with offset > `since`, at most `limit` of them."""
+        ...
+
+    async def position(self, channel: str) -> StreamPosition: ...
+
+    async def presence_join(self, channel: str, entry: PresenceEntry, ttl: float) -> None:
+        """Add or refresh `entry`; it vanishes `ttl` seconds after its last refresh."""
+        ...
+
+    async def presence_leave(self, channel: str, client_id: str) -> None: ...
+
+    async def presence(self, channel: str) -> list[PresenceEntry]: ...
+
+    async def ping(self) -> bool:
+        """Whether the backend answers now."""
+        ...

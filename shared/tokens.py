@@ -1,0 +1,107 @@
+"""JWT verification (algorithms pinned by configuration) and development token minting."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+from shared.settings import Settings
+
+
+class InvalidToken(ValueError):
+    """The token is malformed, forged, expired or lacks a required claim."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    user_id: str
+    expires_at: float
+    sessions: frozenset[str]
+    channel: str | None = None
+
+
+def _load_key(value: str) -> str:
+    """A PEM key given inline, or the path of a file that holds it."""
+    if value.lstrip().startswith("-----BEGIN"):
+        return value.replace("\\n", "\n")
+    return Path(value).read_text()
+
+
+class TokenVerifier:
+    """Verifies connection and subscription tokens. Never accepts `none`, and picks the key
+    by algorithm family so that an RS256 public key can never be used as an HMAC secret."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._algorithms = list(settings.jwt_algorithms)
+        self._secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
+        public = settings.jwt_public_key
+        self._public = _load_key(public.get_secret_value()) if public else None
+        self._audience = settings.jwt_audience
+        self._issuer = settings.jwt_issuer
+        self._leeway = settings.jwt_leeway
+
+    def verify(self, token: object) -> Claims:
+        if not isinstance(token, str) or not token or len(token) > 8192:
+            raise InvalidToken("token must be a non-empty string")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise InvalidToken(f"malformed token: {exc}") from exc
+        algorithm = header.get("alg")
+        if algorithm not in self._algorithms:
+            raise InvalidToken(f"algorithm {algorithm!r} is not accepted")
+        key = self._secret if str(algorithm).startswith("HS") else self._public
+        if key is None:
+            raise InvalidToken(f"no key configured for {algorithm}")
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key,
+                algorithms=[algorithm],
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=self._leeway,
+                options={"require": ["exp", "sub"], "verify_aud": self._audience is not None},
+            )
+        except jwt.PyJWTError as exc:
+            raise InvalidToken(str(exc)) from exc
+        return _claims(claims)
+
+
+def _claims(claims: dict[str, Any]) -> Claims:
+    sub, sessions, channel = claims.get("sub"), claims.get("sessions", []), claims.get("channel")
+    if not isinstance(sub, str) or not sub:
+        raise InvalidToken("claim 'sub' must be a non-empty string")
+    if not isinstance(sessions, list) or not all(isinstance(s, str) for s in sessions):
+        raise InvalidToken("claim 'sessions' must be a list of strings")
+    if channel is not None and not isinstance(channel, str):
+        raise InvalidToken("claim 'channel' must be a string")
+    return Claims(sub, float(claims["exp"]), frozenset(sessions), channel)
+
+
+def issue_token(
+    secret: str,
+    user_id: str,
+    *,
+    sessions: list[str] | None = None,
+    channel: str | None = None,
+    ttl: float = 3600,
+    audience: str | None = None,
+    issuer: str | None = None,
+) -> str:
+    """An HS256 token, as a backend would mint for its users (or `archmesh-rt token`)."""
+    now = int(time.time())
+    claims: dict[str, Any] = {"sub": user_id, "iat": now, "exp": now + int(ttl)}
+    if sessions:
+        claims["sessions"] = sessions
+    if channel:
+        claims["channel"] = channel
+    if audience:
+        claims["aud"] = audience
+    if issuer:
+        claims["iss"] = issuer
+    return jwt.encode(claims, secret, algorithm="HS256")
