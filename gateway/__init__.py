@@ -1,0 +1,1 @@
+"""Gateway nodes: WebSockets in, Redis pub/sub fan-out to them."""

@@ -1,0 +1,130 @@
+"""The gateway node as one ASGI app: `/ws` handled raw (no middleware on the hot path), every
+other path by Starlette; one lifespan that starts and stops the hub."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+from starlette.applications import Starlette
+from starlette.types import Receive, Scope, Send
+
+from gateway import api
+from gateway.connection import Connection
+from gateway.hub import Hub
+from gateway.metrics import GatewayMetrics
+from gateway.protocol import CloseCode
+from shared.broker import Broker, HistoryPolicy, Retention, create_broker
+from shared.logging import get_logger
+from shared.publisher import Publisher
+from shared.settings import Settings
+from shared.tokens import TokenVerifier
+
+log = get_logger(__name__)
+
+
+def history_policy(settings: Settings) -> HistoryPolicy:
+    default = Retention(settings.history_size, settings.history_ttl)
+    return HistoryPolicy.parse(default, settings.history_overrides)
+
+
+class Gateway:
+    """Holds a node's parts; `app` is what uvicorn serves."""
+
+    def __init__(self, settings: Settings, broker: Broker | None = None) -> None:
+        self.settings = settings
+        self.node = settings.node_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.metrics = GatewayMetrics()
+        broker = broker or create_broker(settings.redis_url, history_policy(settings))
+        self.hub = Hub(
+            broker,
+            self.metrics,
+            self.node,
+            tuple(settings.presence_prefixes),
+            settings.presence_ttl,
+        )
+        self.publisher = Publisher(broker, settings.max_publish_bytes)
+        self.verifier = TokenVerifier(settings)
+        self.draining = False
+        self._http = Starlette(routes=api.routes, lifespan=self._lifespan)
+        self._http.state.gateway = self
+
+    @asynccontextmanager
+    async def _lifespan(self, _: Starlette) -> AsyncIterator[None]:
+        await self.hub.start()
+        log.info("gateway_started", node=self.node, broker=type(self.hub.broker).__name__)
+        try:
+            yield
+        finally:
+            await self.hub.stop()
+            log.info("gateway_stopped", node=self.node)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope["path"] == "/ws":
+            await self._websocket(scope, receive, send)
+        else:
+            await self._http(scope, receive, send)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (await receive())["type"] != "websocket.connect":
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        if self.draining:
+            await _reject(scope, send, 503, "draining", "this node is shutting down; retry another")
+            return
+        origin = headers.get("origin")
+        if origin is not None and not self._origin_allowed(origin, headers.get("host", "")):
+            log.info("origin_refused", origin=origin)
+            await _reject(scope, send, 403, "origin_forbidden", "Origin not allowed")
+            return
+        await send({"type": "websocket.accept"})
+        token = None
+        scheme, _, value = headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and value:
+            token = value.strip()
+        conn = Connection(send, self.hub, self.settings, self.verifier, self.metrics)
+        await conn.run(receive, token)
+
+    def _origin_allowed(self, origin: str, host: str) -> bool:
+        allowed = self.settings.allowed_origins
+        if "*" in allowed or origin in allowed:
+            return True
+        # With no list configured, only same-origin pages may connect.
+        return not allowed and urlsplit(origin).netloc == host
+
+    async def drain(self) -> None:
+        """Stop taking clients, then ask the connected ones to reconnect elsewhere, spread over
+        `drain_seconds` so that they do not all land on the other nodes at once."""
+        self.draining = True
+        conns = list(self.hub.connections)
+        log.info("drain_started", node=self.node, clients=len(conns))
+        step = self.settings.drain_seconds / len(conns) if conns else 0.0
+        for conn in conns:
+            conn.close(CloseCode.SHUTDOWN)
+            if step:
+                await asyncio.sleep(step)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.hub.empty.wait(), 5.0)
+        log.info("drain_finished", node=self.node, remaining=len(self.hub.connections))
+
+
+async def _reject(scope: Scope, send: Send, status: int, code: str, message: str) -> None:
+    """Refuse a handshake with an HTTP status and a JSON body where the server allows it."""
+    if "websocket.http.response" in scope.get("extensions", {}):
+        body = orjson.dumps({"error": {"code": code, "message": message}})
+        headers: list[Any] = [(b"content-type", b"application/json")]
+        await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
+        await send({"type": "websocket.http.response.body", "body": body})
+    else:
+        await send({"type": "websocket.close", "code": 1008})
+
+
+def create_app(settings: Settings | None = None, broker: Broker | None = None) -> Gateway:
+    return Gateway(settings or Settings(), broker)

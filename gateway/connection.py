@@ -1,0 +1,419 @@
+"""One client: a reader that handles frames in order, and a bounded write queue drained by one
+writer task. A client that cannot keep up is closed; it never delays anyone else."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from gateway.authorization import authorize
+from gateway.hub import Hub
+from gateway.metrics import GatewayMetrics
+from gateway.protocol import (
+    CLIENT_FRAME,
+    CLOSE_REASONS,
+    FRAME_TYPES,
+    CloseCode,
+    ConnectFrame,
+    ErrorCode,
+    PingFrame,
+    PresenceFrame,
+    RefreshFrame,
+    Since,
+    SubscribeFrame,
+    UnsubscribeFrame,
+    disconnect_frame,
+    encode,
+    error_frame,
+    publication_frame,
+)
+from gateway.ratelimit import TokenBucket
+from shared.broker import BrokerError, Publication, StreamPosition
+from shared.channels import InvalidChannel, user_channel, validate_channel
+from shared.logging import get_logger
+from shared.settings import Settings
+from shared.tokens import Claims, InvalidToken, TokenVerifier
+
+Message = MutableMapping[str, Any]
+Send = Callable[[Message], Awaitable[None]]
+Receive = Callable[[], Awaitable[Message]]
+
+log = get_logger(__name__)
+
+# How long a close frame may wait for a socket that does not drain before it is aborted.
+CLOSE_GRACE = 2.0
+RECOVERY_LIMIT = 10_000
+
+
+class FrameError(Exception):
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Connection:
+    def __init__(
+        self,
+        send: Send,
+        hub: Hub,
+        settings: Settings,
+        verifier: TokenVerifier,
+        metrics: GatewayMetrics,
+    ) -> None:
+        self.client_id = uuid.uuid4().hex
+        self.user_id: str | None = None
+        self.claims: Claims | None = None
+        self.channels: set[str] = set()
+        self._send = send
+        self._hub = hub
+        self._settings = settings
+        self._verifier = verifier
+        self._metrics = metrics
+        self._queue: deque[str] = deque()
+        self._queued = 0
+        self._wakeup = asyncio.Event()
+        self._recovering: dict[str, list[tuple[Publication, str]]] = {}
+        self._close_code: CloseCode | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None
+        self._expiry: asyncio.TimerHandle | None = None
+        self._refused = 0
+        self._bucket = TokenBucket(settings.rate_limit_per_second, settings.rate_limit_burst)
+        self._log = log.bind(client_id=self.client_id, node=hub.node)
+
+    # -- outbound -----------------------------------------------------------------------
+
+    def deliver(self, pub: Publication, frame: str) -> None:
+        """Hub fan-out entry point: buffer while this channel is recovering."""
+        if self._recovering:
+            waiting = self._recovering.get(pub.channel)
+            if waiting is not None:
+                waiting.append((pub, frame))
+                return
+        self.push(frame)
+
+    def push(self, frame: str) -> None:
+        if self._close_code is not None:
+            return
+        size = len(frame)
+        if self._queued + size > self._settings.client_queue_bytes:
+            self.close(CloseCode.SLOW_CONSUMER)
+            return
+        self._queue.append(frame)
+        self._queued += size
+        self._wakeup.set()
+
+    async def _write_loop(self) -> None:
+        queue, send = self._queue, self._send
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while queue:
+                frame = queue.popleft()
+                self._queued -= len(frame)
+                await send({"type": "websocket.send", "text": frame})
+            if self._close_code is not None:
+                await self._send_close(self._close_code)
+                return
+
+    def close(self, code: CloseCode) -> None:
+        """Tell the client why, then close. An orderly close flushes the queue first; a slow
+        consumer loses its queue. A socket that will not drain in time is aborted."""
+        if self._close_code is not None:
+            return
+        self._close_code = code
+        self._metrics.disconnects.labels(code=str(int(code))).inc()
+        if code is CloseCode.SLOW_CONSUMER:
+            self._queue.clear()
+            self._queued = 0
+        self._wakeup.set()
+        self._closer = asyncio.create_task(self._watch_close(), name="close")
+
+    async def _watch_close(self) -> None:
+        writer = self._writer
+        if writer is None:
+            return
+        done, _ = await asyncio.wait({writer}, timeout=CLOSE_GRACE)
+        if not done:
+            writer.cancel()
+            self._abort()
+
+    async def _send_close(self, code: CloseCode) -> None:
+        await self._send({"type": "websocket.send", "text": disconnect_frame(code)})
+        reason = CLOSE_REASONS[code]
+        await self._send({"type": "websocket.close", "code": int(code), "reason": reason})
+
+    def _abort(self) -> None:
+        # uvicorn's send is a bound method of its protocol; aborting the transport is the
+        # only way to drop a peer that stopped reading (a close frame would never leave).
+        transport = getattr(getattr(self._send, "__self__", None), "transport", None)
+        if transport is not None:
+            transport.abort()
+
+    def reply(self, frame: dict[str, Any]) -> None:
+        self.push(encode(frame))
+
+    def error(self, code: ErrorCode, message: str, request_id: int | None = None) -> None:
+        self._metrics.errors.labels(code=code.value).inc()
+        self.push(error_frame(code, message, request_id))
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def run(self, receive: Receive, header_token: str | None) -> None:
+        self._hub.add(self)
+        self._writer = asyncio.create_task(self._write_loop(), name="writer")
+        try:
+            if header_token is not None:
+                await self._on_connect(ConnectFrame(type="connect", token=header_token))
+            await self._read_loop(receive)
+        finally:
+            self._writer.cancel()
+            if self._expiry is not None:
+                self._expiry.cancel()
+            await self._hub.remove(self)
+            self._log.info("client_disconnected", user_id=self.user_id, code=self._close_code)
+
+    async def _read_loop(self, receive: Receive) -> None:
+        deadline = asyncio.get_running_loop().call_later(
+            self._settings.connect_timeout, self._connect_timeout
+        )
+        try:
+            while True:
+                message = await receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                if self._close_code is None:
+                    await self._on_message(message)
+                if self.user_id is not None:
+                    deadline.cancel()
+        finally:
+            deadline.cancel()
+
+    def _connect_timeout(self) -> None:
+        if self.user_id is None:
+            self.close(CloseCode.CONNECT_TIMEOUT)
+
+    async def _on_message(self, message: Message) -> None:
+        text = message.get("text")
+        if text is None:
+            self.error(ErrorCode.BAD_FRAME, "binary frames are not supported; send JSON text")
+            return
+        if not self._bucket.allow():
+            self._refused += 1
+            if self._refused >= self._settings.rate_limit_close_after:
+                self.close(CloseCode.RATE_LIMITED)
+            else:
+                self.error(ErrorCode.RATE_LIMITED, "too many frames; slow down")
+            return
+        limit = self._settings.max_frame_bytes
+        if len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit):
+            self.error(ErrorCode.FRAME_TOO_LARGE, f"frames are limited to {limit} bytes")
+            return
+        request_id: int | None = None
+        try:
+            raw = orjson.loads(text)
+            if not isinstance(raw, dict):
+                raise FrameError(ErrorCode.BAD_FRAME, "a frame must be a JSON object")
+            request_id = _request_id(raw)
+            await self._dispatch(raw)
+        except orjson.JSONDecodeError:
+            self.error(ErrorCode.BAD_JSON, "frame is not valid JSON")
+        except FrameError as exc:
+            self.error(exc.code, str(exc), request_id)
+        except Exception:
+            # A bug must cost this one client its connection, never the node.
+            self._log.exception("frame_handler_failed")
+            self.close(CloseCode.SERVER_ERROR)
+
+    async def _dispatch(self, raw: dict[str, Any]) -> None:
+        if raw.get("type") not in FRAME_TYPES:
+            raise FrameError(
+                ErrorCode.BAD_FRAME, f"unknown frame type; expected {sorted(FRAME_TYPES)}"
+            )
+        try:
+            frame = CLIENT_FRAME.validate_python(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"][1:]) or "frame"
+            raise FrameError(ErrorCode.BAD_FRAME, f"{where}: {first['msg']}") from None
+        if isinstance(frame, ConnectFrame):
+            await self._on_connect(frame)
+            return
+        if self.user_id is None:
+            raise FrameError(ErrorCode.NOT_CONNECTED, "send a connect frame first")
+        if isinstance(frame, SubscribeFrame):
+            await self._on_subscribe(frame)
+        elif isinstance(frame, UnsubscribeFrame):
+            await self._on_unsubscribe(frame)
+        elif isinstance(frame, PingFrame):
+            self.reply(_with_id({"type": "pong"}, frame.id))
+        elif isinstance(frame, RefreshFrame):
+            self._on_refresh(frame)
+        elif isinstance(frame, PresenceFrame):
+            await self._on_presence(frame)
+
+    # -- handlers -----------------------------------------------------------------------
+
+    async def _on_connect(self, frame: ConnectFrame) -> None:
+        if self.user_id is not None:
+            raise FrameError(ErrorCode.ALREADY_CONNECTED, "this connection is already connected")
+        try:
+            claims = self._verifier.verify(frame.token)
+            own = user_channel(claims.user_id)
+        except (InvalidToken, InvalidChannel) as exc:
+            self._log.info("connect_refused", reason=str(exc))
+            self.close(CloseCode.INVALID_TOKEN)
+            return
+        self.claims, self.user_id = claims, claims.user_id
+        self._log = self._log.bind(user_id=claims.user_id)
+        self._schedule_expiry(claims.expires_at)
+        await self._hub.subscribe(self, own)
+        self.reply(
+            _with_id(
+                {
+                    "type": "connected",
+                    "client_id": self.client_id,
+                    "user_id": self.user_id,
+                    "node": self._hub.node,
+                    "expires_at": int(claims.expires_at),
+                },
+                frame.id,
+            )
+        )
+        self._log.info("client_connected")
+        for item in frame.subscribe:
+            sub = SubscribeFrame(type="subscribe", channel=item) if isinstance(item, str) else item
+            try:
+                await self._on_subscribe(sub)
+            except FrameError as exc:
+                self.error(exc.code, str(exc), sub.id)
+
+    async def _on_subscribe(self, frame: SubscribeFrame) -> None:
+        channel = self._authorized(frame.channel, frame.token)
+        if channel in self.channels:
+            # Resubscribing is how a client asks to recover: treat it as a fresh subscribe.
+            await self._hub.unsubscribe(self, channel)
+        elif len(self.channels) >= self._settings.max_subscriptions:
+            raise FrameError(
+                ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+                f"at most {self._settings.max_subscriptions} subscriptions per connection",
+            )
+        self._recovering[channel] = []
+        try:
+            await self._hub.subscribe(self, channel)
+            await self._recover(channel, frame)
+        except BrokerError as exc:
+            await self._hub.unsubscribe(self, channel)
+            raise FrameError(ErrorCode.UNAVAILABLE, f"broker unavailable: {exc}") from None
+        finally:
+            self._recovering.pop(channel, None)
+
+    async def _recover(self, channel: str, frame: SubscribeFrame) -> None:
+        """Reply `subscribed`, then what was missed since `since`, then what arrived meanwhile;
+        in offset order, each once."""
+        since = frame.since
+        history = await self._hub.broker.history(
+            channel, since.offset if since else 0, RECOVERY_LIMIT if since else 0
+        )
+        position = history.position
+        reply: dict[str, Any] = {
+            "type": "subscribed",
+            "channel": channel,
+            "offset": position.offset,
+            "epoch": position.epoch,
+        }
+        missed: list[Publication] = []
+        if since is not None:
+            recovered, reason = _recovery_outcome(since, history.complete, position)
+            reply["recovered"] = recovered
+            if recovered:
+                missed = history.publications
+            else:
+                reply["reason"] = reason
+        self.reply(_with_id(reply, frame.id))
+        last = position.offset if since is None else (missed[-1].offset if missed else since.offset)
+        for pub in missed:
+            self.push(publication_frame(pub))
+        for pub, live in self._recovering.get(channel, []):
+            # Live messages that history already covered are skipped; bare PUBLISHes have no offset.
+            if (
+                pub.offset is None
+                or pub.epoch != position.epoch
+                or (last is not None and pub.offset > last)
+            ):
+                self.push(live)
+                if pub.offset is not None and pub.epoch == position.epoch:
+                    last = pub.offset
+
+    async def _on_unsubscribe(self, frame: UnsubscribeFrame) -> None:
+        if frame.channel not in self.channels:
+            raise FrameError(ErrorCode.NOT_SUBSCRIBED, f"not subscribed to {frame.channel}")
+        await self._hub.unsubscribe(self, frame.channel)
+        self.reply(_with_id({"type": "unsubscribed", "channel": frame.channel}, frame.id))
+
+    def _on_refresh(self, frame: RefreshFrame) -> None:
+        try:
+            claims = self._verifier.verify(frame.token)
+        except InvalidToken as exc:
+            raise FrameError(ErrorCode.INVALID_TOKEN, f"refresh refused: {exc}") from None
+        if claims.user_id != self.user_id:
+            raise FrameError(ErrorCode.INVALID_TOKEN, "refresh token is for another user")
+        self.claims = claims
+        self._schedule_expiry(claims.expires_at)
+        self.reply(_with_id({"type": "refreshed", "expires_at": int(claims.expires_at)}, frame.id))
+
+    async def _on_presence(self, frame: PresenceFrame) -> None:
+        channel = self._authorized(frame.channel, None)
+        if not self._hub.tracks_presence(channel):
+            raise FrameError(ErrorCode.FORBIDDEN, f"presence is not tracked for {channel}")
+        try:
+            entries = await self._hub.broker.presence(channel)
+        except BrokerError as exc:
+            raise FrameError(ErrorCode.UNAVAILABLE, f"broker unavailable: {exc}") from None
+        clients = [{"client_id": e.client_id, "user_id": e.user_id} for e in entries]
+        self.reply(_with_id({"type": "presence", "channel": channel, "clients": clients}, frame.id))
+
+    def _authorized(self, name: str, token: str | None) -> str:
+        try:
+            channel = validate_channel(name)
+        except InvalidChannel as exc:
+            raise FrameError(ErrorCode.INVALID_CHANNEL, str(exc)) from None
+        assert self.claims is not None
+        if not authorize(self.claims, channel, token, self._verifier):
+            raise FrameError(ErrorCode.FORBIDDEN, f"not allowed to use {channel}")
+        return channel
+
+    def _schedule_expiry(self, expires_at: float) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, expires_at - time.time())
+        self._expiry = loop.call_later(delay, self.close, CloseCode.TOKEN_EXPIRED)
+
+
+def _recovery_outcome(since: Since, complete: bool, position: StreamPosition) -> tuple[bool, str]:
+    if since.epoch != position.epoch and not (since.offset == 0 and not since.epoch):
+        return False, "epoch_changed"
+    if since.offset > position.offset:
+        return False, "unknown_position"
+    if not complete:
+        return False, "history_trimmed"
+    return True, ""
+
+
+def _request_id(raw: dict[str, Any]) -> int | None:
+    value = raw.get("id")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _with_id(frame: dict[str, Any], request_id: int | None) -> dict[str, Any]:
+    if request_id is not None:
+        frame["id"] = request_id
+    return frame

@@ -1,0 +1,183 @@
+"""The hub owns channel -> local connections, reference-counts broker subscriptions, and fans
+each publication out as one pre-built frame. It also repairs gaps after a broker hiccup."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING
+
+from gateway.metrics import GatewayMetrics
+from gateway.protocol import publication_frame
+from shared.broker import Broker, BrokerError, PresenceEntry, Publication
+from shared.logging import get_logger
+
+if TYPE_CHECKING:
+    from gateway.connection import Connection
+
+log = get_logger(__name__)
+
+# A node reads at most this much history to repair one gap; channels keep less by default.
+REPAIR_LIMIT = 10_000
+
+
+class Hub:
+    def __init__(
+        self,
+        broker: Broker,
+        metrics: GatewayMetrics,
+        node: str,
+        presence_prefixes: tuple[str, ...] = ("session:",),
+        presence_ttl: float = 30.0,
+    ) -> None:
+        self.broker = broker
+        self.node = node
+        self._metrics = metrics
+        self._subs: dict[str, set[Connection]] = {}
+        self._last: dict[str, tuple[str, int]] = {}
+        self._repairing: dict[str, list[Publication]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.connections: set[Connection] = set()
+        self.empty = asyncio.Event()  # set while no client is connected (drain waits on it)
+        self.empty.set()
+        self.presence_prefixes = presence_prefixes
+        self.presence_ttl = presence_ttl
+        self._presence_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.broker.start(self.dispatch, self._on_broker_state)
+        self._presence_task = asyncio.create_task(self._refresh_presence(), name="presence")
+
+    async def stop(self) -> None:
+        tasks = [*self._tasks, *([self._presence_task] if self._presence_task else [])]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.broker.close()
+
+    # -- membership ---------------------------------------------------------------------
+
+    def add(self, conn: Connection) -> None:
+        self.connections.add(conn)
+        self.empty.clear()
+        self._metrics.connections.set(len(self.connections))
+
+    async def remove(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        self._metrics.connections.set(len(self.connections))
+        if not self.connections:
+            self.empty.set()
+        for channel in list(conn.channels):
+            await self.unsubscribe(conn, channel)
+
+    async def subscribe(self, conn: Connection, channel: str) -> None:
+        conns = self._subs.get(channel)
+        conn.channels.add(channel)
+        if conns is None:
+            self._subs[channel] = {conn}
+            self._metrics.channels.set(len(self._subs))
+            await self.broker.subscribe(channel)
+        else:
+            conns.add(conn)
+        if self.tracks_presence(channel):
+            await self._presence_join(channel, conn)
+
+    async def unsubscribe(self, conn: Connection, channel: str) -> None:
+        conn.channels.discard(channel)
+        conns = self._subs.get(channel)
+        if conns is None or conn not in conns:
+            return
+        conns.discard(conn)
+        if not conns:
+            del self._subs[channel]
+            self._last.pop(channel, None)
+            self._metrics.channels.set(len(self._subs))
+            await self.broker.unsubscribe(channel)
+        if self.tracks_presence(channel):
+            with contextlib.suppress(BrokerError):
+                await self.broker.presence_leave(channel, conn.client_id)
+
+    # -- fan-out ------------------------------------------------------------------------
+
+    def dispatch(self, pub: Publication) -> None:
+        """Called by the broker for every message; never awaits a socket."""
+        conns = self._subs.get(pub.channel)
+        if not conns:
+            return
+        self._metrics.publications.inc()
+        if pub.offset is not None and pub.epoch is not None:
+            buffered = self._repairing.get(pub.channel)
+            if buffered is not None:
+                buffered.append(pub)
+                return
+            last = self._last.get(pub.channel)
+            if last is not None and last[0] == pub.epoch:
+                if pub.offset <= last[1]:
+                    return  # already delivered (a repair overlapped live delivery)
+                if pub.offset > last[1] + 1:
+                    self._start_repair(pub.channel, last[0], last[1], [pub])
+                    return
+            self._last[pub.channel] = (pub.epoch, pub.offset)
+        frame = publication_frame(pub)
+        for conn in conns:
+            conn.deliver(pub, frame)
+        self._metrics.deliveries.inc(len(conns))
+
+    def _on_broker_state(self, connected: bool) -> None:
+        self._metrics.broker_state.set(1 if connected else 0)
+        if not connected:
+            return
+        self._metrics.broker_reconnects.inc()
+        # Messages published while the link was down never reached us: read them back.
+        for channel, (epoch, offset) in list(self._last.items()):
+            if channel not in self._repairing:
+                self._start_repair(channel, epoch, offset, [])
+
+    def _start_repair(
+        self, channel: str, epoch: str, since: int, pending: list[Publication]
+    ) -> None:
+        self._repairing[channel] = pending
+        task = asyncio.create_task(self._repair(channel, epoch, since), name=f"repair {channel}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _repair(self, channel: str, epoch: str, since: int) -> None:
+        missed: list[Publication] = []
+        try:
+            history = await self.broker.history(channel, since, REPAIR_LIMIT)
+            if history.position.epoch != epoch or not history.complete:
+                log.warning("gap_not_repairable", channel=channel, since=since, epoch=epoch)
+            else:
+                missed = history.publications
+        except BrokerError as exc:
+            log.warning("gap_repair_failed", channel=channel, error=str(exc))
+        finally:
+            pending = self._repairing.pop(channel, [])
+        if missed:
+            log.info("gap_repaired", channel=channel, since=since, count=len(missed))
+        for pub in sorted([*missed, *pending], key=lambda p: (p.epoch != epoch, p.offset or 0)):
+            if pub.epoch != epoch:
+                self._last.pop(channel, None)  # a new epoch starts afresh
+            self.dispatch(pub)
+
+    # -- presence -----------------------------------------------------------------------
+
+    def tracks_presence(self, channel: str) -> bool:
+        return channel.startswith(self.presence_prefixes)
+
+    async def _presence_join(self, channel: str, conn: Connection) -> None:
+        entry = PresenceEntry(conn.client_id, conn.user_id or "", self.node)
+        try:
+            await self.broker.presence_join(channel, entry, self.presence_ttl)
+        except BrokerError as exc:
+            log.warning("presence_join_failed", channel=channel, error=str(exc))
+
+    async def _refresh_presence(self) -> None:
+        while True:
+            await asyncio.sleep(self.presence_ttl / 3)
+            for channel, conns in list(self._subs.items()):
+                if self.tracks_presence(channel):
+                    for conn in list(conns):
+                        await self._presence_join(channel, conn)

@@ -1,0 +1,137 @@
+"""The wire protocol: frame types, error codes, close codes, and frame encoding."""
+
+from __future__ import annotations
+
+from enum import IntEnum, StrEnum
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from shared.broker import Publication
+
+
+class ErrorCode(StrEnum):
+    """`code` of an `error` frame; the socket stays usable after each of these."""
+
+    BAD_JSON = "bad_json"
+    BAD_FRAME = "bad_frame"
+    FRAME_TOO_LARGE = "frame_too_large"
+    NOT_CONNECTED = "not_connected"
+    ALREADY_CONNECTED = "already_connected"
+    INVALID_CHANNEL = "invalid_channel"
+    FORBIDDEN = "forbidden"
+    TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
+    NOT_SUBSCRIBED = "not_subscribed"
+    RATE_LIMITED = "rate_limited"
+    INVALID_TOKEN = "invalid_token"
+    UNAVAILABLE = "unavailable"
+
+
+class CloseCode(IntEnum):
+    """4000-4499: the client should reconnect. 4500-4999: it should not."""
+
+    SHUTDOWN = 4000
+    SLOW_CONSUMER = 4001
+    SERVER_ERROR = 4002
+    TOKEN_EXPIRED = 4004
+    RATE_LIMITED = 4005
+    CONNECT_TIMEOUT = 4006
+    INVALID_TOKEN = 4501
+
+    @property
+    def reconnect(self) -> bool:
+        return self < 4500
+
+
+CLOSE_REASONS: dict[CloseCode, str] = {
+    CloseCode.SHUTDOWN: "shutdown",
+    CloseCode.SLOW_CONSUMER: "slow_consumer",
+    CloseCode.SERVER_ERROR: "server_error",
+    CloseCode.TOKEN_EXPIRED: "token_expired",
+    CloseCode.RATE_LIMITED: "rate_limited",
+    CloseCode.CONNECT_TIMEOUT: "connect_timeout",
+    CloseCode.INVALID_TOKEN: "invalid_token",
+}
+
+
+class _Frame(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: int | None = Field(None, ge=0, le=2**53)
+
+
+class Since(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    offset: int = Field(ge=0)
+    epoch: str = Field(max_length=64)
+
+
+class SubscribeFrame(_Frame):
+    type: Literal["subscribe"]
+    channel: str = Field(max_length=200)
+    since: Since | None = None
+    token: str | None = Field(None, max_length=8192)
+
+
+class ConnectFrame(_Frame):
+    type: Literal["connect"]
+    token: str = Field(max_length=8192)
+    subscribe: list[SubscribeFrame | str] = Field(default_factory=list, max_length=100)
+
+
+class UnsubscribeFrame(_Frame):
+    type: Literal["unsubscribe"]
+    channel: str = Field(max_length=200)
+
+
+class PingFrame(_Frame):
+    type: Literal["ping"]
+
+
+class RefreshFrame(_Frame):
+    type: Literal["refresh"]
+    token: str = Field(max_length=8192)
+
+
+class PresenceFrame(_Frame):
+    type: Literal["presence"]
+    channel: str = Field(max_length=200)
+
+
+ClientFrame = Annotated[
+    ConnectFrame | SubscribeFrame | UnsubscribeFrame | PingFrame | RefreshFrame | PresenceFrame,
+    Field(discriminator="type"),
+]
+CLIENT_FRAME: TypeAdapter[ClientFrame] = TypeAdapter(ClientFrame)
+FRAME_TYPES = frozenset(("connect", "subscribe", "unsubscribe", "ping", "refresh", "presence"))
+
+
+def encode(frame: dict[str, Any]) -> str:
+    return orjson.dumps(frame).decode()
+
+
+def error_frame(code: ErrorCode, message: str, request_id: int | None = None) -> str:
+    frame: dict[str, Any] = {"type": "error", "code": code.value, "message": message}
+    if request_id is not None:
+        frame["id"] = request_id
+    return encode(frame)
+
+
+def disconnect_frame(code: CloseCode) -> str:
+    reason = CLOSE_REASONS[code]
+    return encode(
+        {"type": "disconnect", "code": int(code), "reason": reason, "reconnect": code.reconnect}
+    )
+
+
+def publication_frame(publication: Publication) -> str:
+    """Built by concatenation: `data` is already JSON and the channel needs no escaping, so
+    one message costs one string build per node, whatever the number of sockets."""
+    if publication.offset is None:
+        return (
+            f'{{"type":"publication","channel":"{publication.channel}","data":{publication.data}}}'
+        )
+    return (
+        f'{{"type":"publication","channel":"{publication.channel}",'
+        f'"offset":{publication.offset},"epoch":"{publication.epoch}","data":{publication.data}}}'
+    )

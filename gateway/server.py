@@ -1,0 +1,68 @@
+"""Serve a gateway with uvicorn; the first SIGTERM/SIGINT drains before uvicorn stops.
+
+uvicorn closes every WebSocket with 1012 before lifespan shutdown runs, so a drain that must
+come first (not-ready, then spread-out reconnect requests) lives in the signal handling."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from types import FrameType
+
+import uvicorn
+
+from gateway.app import Gateway
+from shared.logging import get_logger
+
+log = get_logger(__name__)
+
+
+class _DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, gateway: Gateway) -> None:
+        super().__init__(config)
+        self._gateway = gateway
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._drain: asyncio.Task[None] | None = None
+
+    async def serve(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)  # type: ignore[arg-type]
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if (
+            self._loop is None
+            or self._drain is not None
+            or sig not in (signal.SIGTERM, signal.SIGINT)
+        ):
+            super().handle_exit(sig, frame)
+            return
+        log.info("signal_received", signal=signal.Signals(sig).name, action="drain")
+        self._captured_signals.append(sig)
+        self._loop.call_soon_threadsafe(self._start_drain)
+
+    def _start_drain(self) -> None:
+        self._drain = asyncio.ensure_future(self._drain_then_exit())
+
+    async def _drain_then_exit(self) -> None:
+        try:
+            await self._gateway.drain()
+        finally:
+            self.should_exit = True
+
+
+def serve(gateway: Gateway) -> None:
+    settings = gateway.settings
+    config = uvicorn.Config(
+        gateway,
+        host=settings.host,
+        port=settings.port,
+        ws_max_size=settings.ws_max_bytes,
+        ws_ping_interval=settings.ws_ping_interval,
+        ws_ping_timeout=settings.ws_ping_timeout,
+        ws_per_message_deflate=settings.ws_per_message_deflate,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )
+    _DrainingServer(config, gateway).run()
