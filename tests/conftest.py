@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.servers import GatewayProcess, RedisServer
+
+
+@pytest.fixture(scope="session")
+def shared_redis() -> Iterator[RedisServer]:
+    """One private redis-server for tests that do not restart it (flushed per test)."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def redis_server(shared_redis: RedisServer) -> RedisServer:
+    shared_redis.client().flushall()
+    return shared_redis
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    """A redis-server of this test's own, which it may kill and restart."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def gateways() -> Iterator[list[GatewayProcess]]:
+    """Append started GatewayProcess objects; all are stopped after the test."""
+    started: list[GatewayProcess] = []
+    yield started
+    for gateway in started:
+        gateway.stop()

@@ -1,0 +1,175 @@
+"""Real servers for tests: a private redis-server and gateway node processes on free ports."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import httpx
+import redis
+
+REPO = Path(__file__).resolve().parent.parent
+API_KEY = "test-api-key"
+JWT_SECRET = "test-jwt-secret-0123456789abcdef"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
+    """Poll `predicate` until it returns something truthy; fail loudly after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class RedisServer:
+    """A private redis-server; `stop()` and `start()` keep its port, for outage tests."""
+
+    def __init__(self, *, appendonly: bool = False) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (.ci/run installs it with apt-get)")
+        self.binary = binary
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="archmesh-redis-")
+        self.appendonly = appendonly
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        args = [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--dir",
+            self.dir,
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--logfile",
+            os.path.join(self.dir, "redis.log"),
+        ]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(self._ping, what=f"redis-server on {self.port}")
+
+    def _ping(self) -> bool:
+        try:
+            return bool(redis.Redis(port=self.port, socket_timeout=0.5).ping())
+        except redis.RedisError:
+            return False
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port)
+
+    def stop(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class GatewayProcess:
+    """`archmesh-rt gateway` in its own process, as ops run it."""
+
+    def __init__(self, redis_url: str = "", port: int | None = None, **env: str) -> None:
+        self.port = port or free_port()
+        self.env = {
+            **os.environ,
+            "ARCHMESH_REDIS_URL": redis_url,
+            "ARCHMESH_JWT_SECRET": JWT_SECRET,
+            "ARCHMESH_API_KEY": API_KEY,
+            "ARCHMESH_PORT": str(self.port),
+            "ARCHMESH_NODE_ID": f"node-{self.port}",
+            "ARCHMESH_LOG_FORMAT": "json",
+            "ARCHMESH_DRAIN_SECONDS": "0.2",
+            **env,
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = Path(tempfile.mkstemp(prefix="archmesh-gw-", suffix=".log")[1])
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def start(self) -> GatewayProcess:
+        cmd = [sys.executable, "-m", "shared.cli", "gateway"]
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(cmd, env=self.env, cwd=REPO, stdout=log, stderr=log)
+        wait_until(self._healthy, timeout=20, what=f"gateway on {self.port}")
+        return self
+
+    def _healthy(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"gateway exited {self.proc.returncode}:\n{self.log.read_text()}")
+        try:
+            return httpx.get(f"{self.http}/healthz", timeout=0.5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.http}/readyz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        code, self.proc = self.proc.returncode, None
+        return code
+
+    def publish(self, channel: str, data: Mapping[str, object]) -> httpx.Response:
+        return httpx.post(
+            f"{self.http}/api/publish",
+            json={"channel": channel, "data": data},
+            headers={"Authorization": f"Bearer {API_KEY}"},
+            timeout=5,
+        )
+
+    def metric(self, name: str, labels: str = "") -> float:
+        """A sample's value from /metrics (0 when absent)."""
+        text = httpx.get(f"{self.http}/metrics", timeout=5).text
+        wanted = f"{name}{{{labels}}}" if labels else name
+        for line in text.splitlines():
+            key, _, value = line.rpartition(" ")
+            if key == wanted:
+                return float(value)
+        return 0.0

@@ -1,0 +1,29 @@
+"""The README stays true to the code it documents."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gateway.protocol import CLOSE_REASONS, ErrorCode
+from shared.cli import build_parser
+from shared.settings import Settings
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+
+
+def test_every_setting_is_in_the_configuration_table() -> None:
+    for name in Settings.model_fields:
+        assert f"| `ARCHMESH_{name.upper()}` |" in README, name
+
+
+def test_every_error_and_close_code_is_documented() -> None:
+    for code in ErrorCode:
+        assert f"`{code.value}`" in README, code
+    for close, reason in CLOSE_REASONS.items():
+        assert f"| {int(close)} | `{reason}` |" in README, close
+
+
+def test_every_command_is_documented() -> None:
+    commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    for name in commands:
+        assert f"`archmesh-rt {name}" in README, name

@@ -1,0 +1,86 @@
+"""A slow client never holds up the others; a Redis outage never takes a node down."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+
+import httpx
+import pytest
+
+from shared.publisher import connect_publisher
+from tests.servers import GatewayProcess, RedisServer, wait_until
+from tests.wsclient import RawSocketClient, connect, recv, recv_type, send, subscribe
+
+pytestmark = pytest.mark.slow
+
+
+async def test_slow_consumer_is_disconnected_and_others_get_everything(
+    redis_server: RedisServer, gateways: list[GatewayProcess]
+) -> None:
+    node = GatewayProcess(redis_server.url, ARCHMESH_CLIENT_QUEUE_BYTES="65536").start()
+    gateways.append(node)
+    slow = RawSocketClient(node.port, rcvbuf=4096)
+    from tests.wsclient import token
+
+    slow.send_text(json.dumps({"type": "connect", "token": token("slow", ["load"])}))
+    slow.send_text(json.dumps({"type": "subscribe", "channel": "session:load", "id": 1}))
+    fast = await connect(node.ws, "fast", sessions=["load"])
+    await subscribe(fast, "session:load")
+    client = redis_server.client()
+    wait_until(lambda: node.metric("archmesh_connections") == 2, what="both clients")
+    wait_until(lambda: client.zcard("rt:{session:load}:presence") == 2, what="both subscribed")
+
+    total = 3000
+    padding = "x" * 1000
+    received: list[int] = []
+
+    async def consume() -> None:
+        while len(received) < total:
+            frame = await recv(fast, timeout=10)
+            received.append(frame["data"]["n"])
+
+    consumer = asyncio.create_task(consume())
+    async with connect_publisher(redis_server.url) as publisher:
+        for n in range(total):
+            await publisher.publish("session:load", {"type": "tick", "n": n, "pad": padding})
+    await asyncio.wait_for(consumer, 30)
+    assert received == list(range(total))  # every message, in order, to the fast client
+
+    wait_until(
+        lambda: node.metric("archmesh_disconnects_total", 'code="4001"') == 1,
+        what="slow consumer disconnect",
+    )
+    backlog = slow.read_until_closed(timeout=10)  # the server hung up on it
+    slow.close()
+    assert backlog.count(b'"type":"publication"') < total
+    assert node.metric("archmesh_connections") == 1
+    await fast.close()
+
+
+async def test_redis_outage_keeps_clients_and_delivery_resumes(
+    private_redis: RedisServer, gateways: list[GatewayProcess]
+) -> None:
+    node = GatewayProcess(private_redis.url).start()
+    gateways.append(node)
+    ws = await connect(node.ws, "alice", sessions=["r1"])
+    await subscribe(ws, "session:r1")
+    assert node.publish("session:r1", {"type": "t", "n": 1}).status_code == 200
+    assert (await recv_type(ws, "publication"))["data"]["n"] == 1
+
+    private_redis.stop(signal.SIGKILL)
+    wait_until(lambda: not node.ready(), what="not ready while Redis is down")
+    assert httpx.get(f"{node.http}/healthz").status_code == 200
+    down = node.publish("session:r1", {"type": "t", "n": 2})
+    assert (down.status_code, down.json()["error"]["code"]) == (503, "unavailable")
+    await send(ws, {"type": "ping", "id": 1})
+    assert await recv(ws) == {"type": "pong", "id": 1}  # the client stays connected
+
+    private_redis.start()  # same port, empty (no persistence)
+    wait_until(node.ready, timeout=20, what="ready again after Redis is back")
+    assert node.publish("session:r1", {"type": "t", "n": 3}).status_code == 200
+    assert (await recv_type(ws, "publication"))["data"]["n"] == 3
+    assert node.metric("archmesh_broker_reconnects_total") >= 2
+    assert "redis_unreachable" in node.log.read_text()
+    await ws.close()
