@@ -9,11 +9,14 @@ import os
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
 from starlette.applications import Starlette
+from starlette.routing import Mount
+from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from gateway import api
@@ -53,7 +56,8 @@ class Gateway:
         self.publisher = Publisher(broker, settings.max_publish_bytes)
         self.verifier = TokenVerifier(settings)
         self.draining = False
-        self._http = Starlette(routes=api.routes, lifespan=self._lifespan)
+        static = Mount("/static", StaticFiles(directory=Path(__file__).parent / "static"))
+        self._http = Starlette(routes=[*api.routes, static], lifespan=self._lifespan)
         self._http.state.gateway = self
 
     @asynccontextmanager
@@ -106,9 +110,9 @@ class Gateway:
         conns = list(self.hub.connections)
         log.info("drain_started", node=self.node, clients=len(conns))
         step = self.settings.drain_seconds / len(conns) if conns else 0.0
-        for conn in conns:
+        for index, conn in enumerate(conns):
             conn.close(CloseCode.SHUTDOWN)
-            if step:
+            if step and index < len(conns) - 1:
                 await asyncio.sleep(step)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.hub.empty.wait(), 5.0)

@@ -338,7 +338,10 @@ class Connection:
             else:
                 reply["reason"] = reason
         self.reply(_with_id(reply, frame.id))
-        last = position.offset if since is None else (missed[-1].offset if missed else since.offset)
+        # The last offset this client has, so that buffered live messages are sent once.
+        last: int | None = position.offset
+        if since is not None and reply["recovered"]:
+            last = missed[-1].offset if missed else since.offset
         for pub in missed:
             self.push(publication_frame(pub))
         for pub, live in self._recovering.get(channel, []):

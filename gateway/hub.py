@@ -8,8 +8,9 @@ import contextlib
 from typing import TYPE_CHECKING
 
 from gateway.metrics import GatewayMetrics
-from gateway.protocol import publication_frame
-from shared.broker import Broker, BrokerError, PresenceEntry, Publication
+from gateway.protocol import encode, publication_frame
+from shared.backoff import Backoff
+from shared.broker import Broker, BrokerError, PresenceEntry, Publication, StreamPosition
 from shared.logging import get_logger
 
 if TYPE_CHECKING:
@@ -145,22 +146,51 @@ class Hub:
 
     async def _repair(self, channel: str, epoch: str, since: int) -> None:
         missed: list[Publication] = []
+        lost: StreamPosition | None = None
+        backoff = Backoff(base=0.1, cap=5.0)
         try:
-            history = await self.broker.history(channel, since, REPAIR_LIMIT)
-            if history.position.epoch != epoch or not history.complete:
-                log.warning("gap_not_repairable", channel=channel, since=since, epoch=epoch)
-            else:
+            while True:  # live messages keep buffering meanwhile, so nothing is skipped
+                try:
+                    history = await self.broker.history(channel, since, REPAIR_LIMIT)
+                    break
+                except BrokerError as exc:
+                    if channel not in self._subs:
+                        return  # nobody left to repair for
+                    delay = backoff.next_delay()
+                    log.warning(
+                        "gap_repair_failed", channel=channel, error=str(exc), retry_in=delay
+                    )
+                    await asyncio.sleep(delay)
+            if history.position.epoch == epoch and history.complete:
                 missed = history.publications
-        except BrokerError as exc:
-            log.warning("gap_repair_failed", channel=channel, error=str(exc))
+            else:
+                lost = history.position
         finally:
             pending = self._repairing.pop(channel, [])
-        if missed:
+        if lost is not None:
+            self._history_lost(channel, since, lost)
+        elif missed:
             log.info("gap_repaired", channel=channel, since=since, count=len(missed))
         for pub in sorted([*missed, *pending], key=lambda p: (p.epoch != epoch, p.offset or 0)):
-            if pub.epoch != epoch:
-                self._last.pop(channel, None)  # a new epoch starts afresh
             self.dispatch(pub)
+
+    def _history_lost(self, channel: str, since: int, position: StreamPosition) -> None:
+        """The gap cannot be filled: tell every local subscriber where the channel now stands,
+        as an unasked `subscribed` with `recovered: false`, so it reloads its state."""
+        log.warning("gap_not_repairable", channel=channel, since=since, epoch=position.epoch)
+        self._last[channel] = (position.epoch, position.offset)
+        frame = encode(
+            {
+                "type": "subscribed",
+                "channel": channel,
+                "offset": position.offset,
+                "epoch": position.epoch,
+                "recovered": False,
+                "reason": "history_lost",
+            }
+        )
+        for conn in self._subs.get(channel, ()):
+            conn.push(frame)
 
     # -- presence -----------------------------------------------------------------------
 

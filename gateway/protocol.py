@@ -73,10 +73,16 @@ class SubscribeFrame(_Frame):
     token: str | None = Field(None, max_length=8192)
 
 
+class InitialSubscription(SubscribeFrame):
+    """An item of `connect.subscribe`: a subscribe frame whose `type` may be left out."""
+
+    type: Literal["subscribe"] = "subscribe"
+
+
 class ConnectFrame(_Frame):
     type: Literal["connect"]
     token: str = Field(max_length=8192)
-    subscribe: list[SubscribeFrame | str] = Field(default_factory=list, max_length=100)
+    subscribe: list[InitialSubscription | str] = Field(default_factory=list, max_length=100)
 
 
 class UnsubscribeFrame(_Frame):

@@ -1,10 +1,19 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from tests import wsclient
 from tests.servers import GatewayProcess, RedisServer
+
+
+@pytest.fixture(autouse=True)
+async def close_websockets() -> AsyncIterator[None]:
+    """Every client socket a test opened is closed, whatever the test did with it."""
+    yield
+    while wsclient.OPENED:
+        await wsclient.OPENED.pop().close()
 
 
 @pytest.fixture(scope="session")

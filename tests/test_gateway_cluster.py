@@ -235,3 +235,11 @@ def test_health_and_readiness(nodes) -> None:
     assert ready.status_code == 200
     assert ready.json()["broker"] is True
     assert "archmesh_connections" in httpx.get(f"{a.http}/metrics").text
+
+
+def test_the_javascript_sdk_is_served(nodes) -> None:
+    a, _ = nodes
+    reply = httpx.get(f"{a.http}/static/archmesh-realtime.js")
+    assert reply.status_code == 200
+    assert "javascript" in reply.headers["content-type"]
+    assert "export class ArchMeshRealtime" in reply.text

@@ -77,10 +77,40 @@ async def test_redis_outage_keeps_clients_and_delivery_resumes(
     await send(ws, {"type": "ping", "id": 1})
     assert await recv(ws) == {"type": "pong", "id": 1}  # the client stays connected
 
-    private_redis.start()  # same port, empty (no persistence)
+    private_redis.start()  # same port, empty (no persistence): the channel's history is gone
+    notice = await recv(ws, timeout=20)
+    assert (notice["type"], notice["recovered"], notice["reason"]) == (
+        "subscribed",
+        False,
+        "history_lost",
+    )
     wait_until(node.ready, timeout=20, what="ready again after Redis is back")
     assert node.publish("session:r1", {"type": "t", "n": 3}).status_code == 200
     assert (await recv_type(ws, "publication"))["data"]["n"] == 3
     assert node.metric("archmesh_broker_reconnects_total") >= 2
     assert "redis_unreachable" in node.log.read_text()
     await ws.close()
+
+
+async def test_sigterm_drains_clients_with_reconnect_code(
+    redis_server: RedisServer, gateways: list[GatewayProcess]
+) -> None:
+    node = GatewayProcess(redis_server.url, ARCHMESH_DRAIN_SECONDS="1.5").start()
+    gateways.append(node)
+    clients = [await connect(node.ws, f"user{n}") for n in range(3)]
+    assert node.proc is not None
+    node.proc.send_signal(signal.SIGTERM)
+    wait_until(lambda: httpx.get(f"{node.http}/readyz").status_code == 503, what="not ready")
+    assert httpx.get(f"{node.http}/readyz").json()["draining"] is True
+    for ws in clients:
+        notice = await recv(ws, timeout=10)
+        assert notice == {
+            "type": "disconnect",
+            "code": 4000,
+            "reason": "shutdown",
+            "reconnect": True,
+        }
+        await asyncio.wait_for(ws.wait_closed(), 10)
+        assert ws.close_code == 4000
+    node.proc.wait(timeout=15)
+    assert "drain_finished" in node.log.read_text()

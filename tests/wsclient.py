@@ -17,8 +17,13 @@ def token(user: str, sessions: list[str] | None = None, ttl: float = 3600, **kw:
     return issue_token(JWT_SECRET, user, sessions=sessions, ttl=ttl, **kw)
 
 
+OPENED: list[ClientConnection] = []  # closed by the autouse fixture after each test
+
+
 async def open_ws(url: str, **kw: Any) -> ClientConnection:
-    return await websockets.connect(url, open_timeout=5, **kw)
+    ws = await websockets.connect(url, open_timeout=5, **kw)
+    OPENED.append(ws)
+    return ws
 
 
 async def send(ws: ClientConnection, frame: dict[str, Any]) -> None:

@@ -32,8 +32,9 @@ class StreamPosition:
 class History:
     """Publications after a position, oldest first, and the channel's current position.
 
-    `complete` is False when the requested position is no longer covered (trimmed, expired,
-    or another epoch): the caller must tell its client that recovery failed.
+    `complete` is True only when `publications` hold everything from the requested position
+    up to `position`: False when that position is no longer covered (trimmed, expired) or
+    `limit` cut the list short. The caller must then tell its client recovery failed.
     """
 
     publications: list[Publication]

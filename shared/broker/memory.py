@@ -86,9 +86,10 @@ class MemoryBroker:
         position = StreamPosition(stream.offset, stream.epoch)
         first = stream.entries[0].offset if stream.entries else None
         first = stream.offset + 1 if first is None else first
-        complete = 0 <= since <= stream.offset and since + 1 >= first
-        found = [p for p in stream.entries if p.offset is not None and p.offset > since]
-        return History(found[:limit], position, complete)
+        found = [p for p in stream.entries if p.offset is not None and p.offset > since][:limit]
+        covered = 0 <= since <= stream.offset and since + 1 >= first
+        reaches_head = since == stream.offset or (bool(found) and found[-1].offset == stream.offset)
+        return History(found, position, covered and reaches_head)
 
     async def position(self, channel: str) -> StreamPosition:
         stream = self._stream(channel)

@@ -221,7 +221,8 @@ class RedisBroker:
             for i in range(0, len(entries), 2)
         ]
         covered = since == offset or (first != -1 and first <= since + 1)
-        return History(publications, position, 0 <= since <= offset and covered)
+        reaches_head = since == offset or (bool(publications) and publications[-1].offset == offset)
+        return History(publications, position, 0 <= since <= offset and covered and reaches_head)
 
     async def position(self, channel: str) -> StreamPosition:
         return (await self.history(channel, 0, 0)).position

@@ -1,0 +1,633 @@
+/**
+ * ArchMesh Realtime browser client: an ES module with no dependencies.
+ *
+ *   import { ArchMeshRealtime } from "./archmesh-realtime.js";
+ *   const client = new ArchMeshRealtime("wss://rt.example.com/ws", { token: fetchToken });
+ *   client.addEventListener("publication", (e) => render(e.detail.data));
+ *   await client.connect();
+ *   await client.subscribe("session:s1");
+ *
+ * Reconnects by itself (capped exponential backoff with full jitter) after any disconnect
+ * the gateway marks as retryable and after network failures, asking the token provider for
+ * a fresh token each time; resubscribes every channel from the last offset it saw and drops
+ * publications it already delivered. A close with code 4500-4999 is final (state "closed").
+ *
+ * Events (CustomEvent, payload in `event.detail`):
+ *   "state"            {state, attempt, delay, code, reason}
+ *   "publication"      {channel, offset, epoch, data}   (offset/epoch null for bare PUBLISH)
+ *   "subscribed"       {channel, offset, epoch, recovered, reason}
+ *   "recovery_failed"  {channel, reason, offset, epoch}  missed messages could not be replayed
+ *   "error"            RealtimeError for errors no request waits for (e.g. a refused
+ *                      resubscription, a frame error without id)
+ *
+ * In Node (>= 20, which has no global WebSocket) pass `{ WebSocket }` from the `ws` package.
+ */
+
+export const State = Object.freeze({
+  CONNECTING: "connecting",
+  CONNECTED: "connected",
+  RECONNECTING: "reconnecting",
+  CLOSED: "closed",
+});
+
+// WebSocket close codes after which reconnecting cannot help (besides 4500-4999).
+const FINAL_WS_CODES = new Set([1002, 1003, 1007, 1008, 1009, 1010]);
+// Items of one connect frame (the gateway's limit); more go as separate subscribe frames.
+const CONNECT_SUBSCRIBE_LIMIT = 100;
+
+/**
+ * Whether a close with `code` (null: connection lost) calls for a reconnect: 4500-4999 and
+ * the codes that mean the client itself is broken (1002, 1003, 1007-1010) do not.
+ * @param {number | null | undefined} code
+ */
+export function shouldReconnect(code) {
+  if (code === null || code === undefined) return true;
+  if (code >= 4500 && code <= 4999) return false;
+  return !FINAL_WS_CODES.has(code);
+}
+
+/**
+ * Full jitter: uniform in [0, min(cap, base * 2**attempt)]; `attempt` counts from 0.
+ * @param {number} attempt @param {number} base @param {number} cap
+ * @param {() => number} [random]
+ */
+export function backoffDelay(attempt, base, cap, random = Math.random) {
+  const ceiling = Math.min(cap, base * 2 ** Math.min(Math.max(attempt, 0), 60));
+  return random() * ceiling;
+}
+
+/** An error reply (`code`: forbidden, invalid_token, ...) or a final close (`code` "closed"). */
+export class RealtimeError extends Error {
+  /**
+   * @param {string} code
+   * @param {string} message
+   * @param {{request?: string, channel?: string, closeCode?: number | null, reason?: string}} [extra]
+   */
+  constructor(code, message, extra = {}) {
+    super(message);
+    this.name = "RealtimeError";
+    this.code = code;
+    this.request = extra.request ?? null;
+    this.channel = extra.channel ?? null;
+    this.closeCode = extra.closeCode ?? null;
+    this.reason = extra.reason ?? null;
+  }
+}
+
+async function resolveToken(source) {
+  const value = typeof source === "function" ? await source() : source;
+  if (typeof value !== "string" || !value) {
+    throw new TypeError("token must be a non-empty string (or a function returning one)");
+  }
+  return value;
+}
+
+function isInt(value) {
+  return Number.isInteger(value);
+}
+
+function makeEvent(type, detail) {
+  if (typeof CustomEvent === "function") return new CustomEvent(type, { detail });
+  const event = new Event(type);
+  Object.defineProperty(event, "detail", { value: detail });
+  return event;
+}
+
+export class ArchMeshRealtime extends EventTarget {
+  /**
+   * @param {string} url  ws:// or wss:// URL of the gateway's /ws endpoint
+   * @param {object} options
+   * @param {string | (() => string | Promise<string>)} options.token  JWT or provider,
+   *   called on every (re)connect
+   * @param {Function} [options.WebSocket]  constructor, default globalThis.WebSocket
+   * @param {number} [options.backoffBase]  ms, default 500
+   * @param {number} [options.backoffCap]  ms, default 20000
+   * @param {number} [options.maxAttempts]  reconnect attempts before giving up, default Infinity
+   * @param {number} [options.requestTimeout]  ms, default 10000
+   * @param {() => number} [options.random]  jitter source, default Math.random
+   */
+  constructor(url, options = {}) {
+    super();
+    const WS = options.WebSocket ?? globalThis.WebSocket;
+    if (typeof WS !== "function") {
+      throw new TypeError("no WebSocket implementation: pass options.WebSocket");
+    }
+    if (!options.token) {
+      throw new TypeError("options.token is required (a JWT or a function returning one)");
+    }
+    this.url = url;
+    this.backoffBase = options.backoffBase ?? 500;
+    this.backoffCap = options.backoffCap ?? 20000;
+    this.maxAttempts = options.maxAttempts ?? Infinity;
+    this.requestTimeout = options.requestTimeout ?? 10000;
+    this._WebSocket = WS;
+    this._token = options.token;
+    this._random = options.random ?? Math.random;
+
+    /** @type {string} */
+    this.state = State.CLOSED;
+    this.attempt = 0;
+    /** The last `connected` reply: {client_id, user_id, node, expires_at}. */
+    this.info = null;
+    /** Set when the client stopped for good: {code, reason}. */
+    this.closed = null;
+
+    this._started = false;
+    this._closing = false;
+    this._ws = null;
+    this._timer = null;
+    this._first = null;
+    this._nextId = 1;
+    this._connectedWaiters = new Set();
+    this._closeWaiters = [];
+    /** @type {Map<string, {token: any, since: any, waiters: Set<any>}>} */
+    this._subs = new Map();
+    /** @type {Map<string, {offset: number, epoch: string}>} */
+    this._positions = new Map();
+    // Per connection: request id -> {resolve, reject, request}; subscribe id -> channel;
+    // channels whose subscribe is in flight (their publications are dropped until the
+    // reply, which replays them from history) -> position sent.
+    this._pending = new Map();
+    this._subRequests = new Map();
+    this._awaiting = new Map();
+    this._connectId = null;
+    this._disconnect = null;
+  }
+
+  /** Channels subscribed (kept across reconnects). */
+  get channels() {
+    return [...this._subs.keys()];
+  }
+
+  /** Last {offset, epoch} seen on `channel`, or null. */
+  position(channel) {
+    return this._positions.get(channel) ?? null;
+  }
+
+  /** Listen to an event with a handler that receives `event.detail`; returns an "off". */
+  on(type, handler) {
+    const listener = (event) => handler(event.detail);
+    this.addEventListener(type, listener);
+    return () => this.removeEventListener(type, listener);
+  }
+
+  /**
+   * Connect and resolve with the `connected` reply. Network failures are retried with
+   * backoff; rejects with a RealtimeError (code "closed", closeCode e.g. 4501) if the
+   * gateway refuses for good or maxAttempts runs out.
+   */
+  connect() {
+    if (this._started) return Promise.reject(new Error("connect() may be called once"));
+    this._started = true;
+    const first = new Promise((resolve, reject) => {
+      this._first = { resolve, reject };
+    });
+    this._setState({ state: State.CONNECTING });
+    this._open();
+    return first;
+  }
+
+  /** Close for good; resolves once the state is "closed". */
+  close() {
+    if (this.state === State.CLOSED && this.closed) return Promise.resolve();
+    const done = new Promise((resolve) => this._closeWaiters.push(resolve));
+    this._closing = true;
+    clearTimeout(this._timer);
+    this._timer = null;
+    const ws = this._ws;
+    if (ws && ws.readyState <= 1) {
+      ws.close(1000, "client closed");
+    } else {
+      this._finish(null);
+    }
+    return done;
+  }
+
+  /**
+   * Subscribe (kept across reconnects). `token`: a subscription JWT (or provider) for a
+   * session the connection token does not grant; `since`: {offset, epoch} to replay from.
+   * Resolves with {channel, offset, epoch, recovered, reason}; rejects with a
+   * RealtimeError (code forbidden, invalid_channel, ...) if refused.
+   */
+  subscribe(channel, { token, since } = {}) {
+    if (this.closed) return Promise.reject(this._closedError());
+    if (!this._started) return Promise.reject(new Error("call connect() first"));
+    let sub = this._subs.get(channel);
+    if (!sub) {
+      sub = { token: null, since: null, waiters: new Set() };
+      this._subs.set(channel, sub);
+    }
+    if (token) sub.token = token;
+    sub.since = since ?? null;
+    return new Promise((resolve, reject) => {
+      const waiter = { resolve, reject, timer: null };
+      waiter.timer = setTimeout(() => {
+        sub.waiters.delete(waiter);
+        reject(new RealtimeError("timeout", `subscribe ${channel}: no reply`, { channel }));
+      }, this.requestTimeout);
+      sub.waiters.add(waiter);
+      if (this.state === State.CONNECTED && this._ws) {
+        this._sendSubscribe(this._ws, channel, sub);
+      } // else: sent with the next connect frame
+    });
+  }
+
+  /** Stop receiving `channel` (no error if it was not subscribed). */
+  async unsubscribe(channel) {
+    const sub = this._subs.get(channel);
+    this._subs.delete(channel);
+    this._positions.delete(channel);
+    if (sub) {
+      for (const waiter of sub.waiters) {
+        this._settle(waiter, sub, null, new RealtimeError("unsubscribed", `unsubscribed from ${channel}`));
+      }
+    }
+    if (this.state !== State.CONNECTED) return;
+    try {
+      await this._request({ type: "unsubscribe", channel });
+    } catch (err) {
+      if (err.code !== "not_subscribed" && err.code !== "connection_lost") throw err;
+    }
+  }
+
+  /** Round trip to the gateway; resolves with the `pong` frame. */
+  ping() {
+    return this._request({ type: "ping" });
+  }
+
+  /** Extend the connection with a new token (default: from the token provider). */
+  async refresh(token) {
+    if (token === undefined) {
+      if (typeof this._token !== "function") {
+        throw new TypeError("refresh() needs a token when the client has no provider");
+      }
+      token = await resolveToken(this._token);
+    }
+    const reply = await this._request({ type: "refresh", token });
+    if (typeof this._token !== "function") this._token = token;
+    return reply;
+  }
+
+  /** Who is subscribed to `channel`: resolves with [{client_id, user_id}, ...]. */
+  async presence(channel) {
+    const reply = await this._request({ type: "presence", channel });
+    return Array.isArray(reply.clients) ? reply.clients : [];
+  }
+
+  // -- internals ----------------------------------------------------------------------
+
+  _emit(type, detail) {
+    this.dispatchEvent(makeEvent(type, detail));
+  }
+
+  _setState(detail) {
+    const full = { attempt: 0, delay: null, code: null, reason: null, ...detail };
+    this.state = full.state;
+    this._emit("state", full);
+  }
+
+  _closedError() {
+    const closed = this.closed ?? { code: null, reason: "client closed" };
+    return new RealtimeError("closed", `connection closed (${closed.code}): ${closed.reason}`, {
+      closeCode: closed.code,
+      reason: closed.reason,
+    });
+  }
+
+  _send(ws, frame) {
+    if (ws.readyState !== 1) return false;
+    ws.send(JSON.stringify(frame));
+    return true;
+  }
+
+  _request(frame) {
+    if (this.closed) return Promise.reject(this._closedError());
+    if (!this._started) return Promise.reject(new Error("call connect() first"));
+    return new Promise((resolve, reject) => {
+      const id = this._nextId++;
+      let waitingForConnection = null;
+      const timer = setTimeout(() => {
+        this._pending.delete(id);
+        if (waitingForConnection) this._connectedWaiters.delete(waitingForConnection);
+        reject(new RealtimeError("timeout", `${frame.type}: no reply`, { request: frame.type }));
+      }, this.requestTimeout);
+      const entry = {
+        request: frame.type,
+        resolve: (value) => (clearTimeout(timer), resolve(value)),
+        reject: (err) => (clearTimeout(timer), reject(err)),
+      };
+      const send = () => {
+        waitingForConnection = null;
+        this._pending.set(id, entry);
+        if (!this._send(this._ws, { ...frame, id })) {
+          this._pending.delete(id);
+          entry.reject(new RealtimeError("connection_lost", "connection lost", { request: frame.type }));
+        }
+      };
+      if (this.state === State.CONNECTED && this._ws) {
+        send();
+      } else {
+        waitingForConnection = { resolve: send, reject: entry.reject };
+        this._connectedWaiters.add(waitingForConnection);
+      }
+    });
+  }
+
+  async _subscribeItem(channel, sub) {
+    const id = this._nextId++;
+    const item = { type: "subscribe", channel, id };
+    const since = sub.since ?? this._positions.get(channel) ?? null;
+    if (since) item.since = { offset: since.offset, epoch: since.epoch };
+    if (sub.token) item.token = await resolveToken(sub.token);
+    this._subRequests.set(id, channel);
+    this._awaiting.set(channel, since);
+    return item;
+  }
+
+  _sendSubscribe(ws, channel, sub) {
+    this._subscribeItem(channel, sub).then(
+      (item) => this._send(ws, item), // if the socket is gone: resent on reconnect
+      (err) => {
+        for (const waiter of [...sub.waiters]) this._settle(waiter, sub, null, err);
+        if (this._subs.get(channel) === sub && !sub.waiters.size) this._emit("error", err);
+      },
+    );
+  }
+
+  _settle(waiter, sub, value, err) {
+    clearTimeout(waiter.timer);
+    sub.waiters.delete(waiter);
+    if (err) waiter.reject(err);
+    else waiter.resolve(value);
+  }
+
+  _ownChannel() {
+    return this.info ? `user:${this.info.user_id}` : null;
+  }
+
+  async _open() {
+    this._timer = null;
+    if (this._closing) return this._finish(null);
+    let token;
+    try {
+      token = await resolveToken(this._token);
+    } catch (err) {
+      return this._ended({ code: null, reason: `token provider failed: ${err}`, reconnect: true });
+    }
+    if (this._closing) return this._finish(null);
+    let ws;
+    try {
+      ws = new this._WebSocket(this.url);
+    } catch (err) {
+      return this._ended({ code: null, reason: `cannot open ${this.url}: ${err}`, reconnect: false });
+    }
+    this._ws = ws;
+    this._disconnect = null;
+    let connected = false;
+    let extra = [];
+
+    ws.addEventListener("open", async () => {
+      try {
+        const subs = [...this._subs.entries()];
+        const items = [];
+        for (const [channel, sub] of subs.slice(0, CONNECT_SUBSCRIBE_LIMIT)) {
+          items.push(await this._subscribeItem(channel, sub));
+        }
+        extra = subs.slice(CONNECT_SUBSCRIBE_LIMIT);
+        const own = this._ownChannel();
+        if (own && !this._subs.has(own) && this._positions.has(own) && items.length < CONNECT_SUBSCRIBE_LIMIT) {
+          // Recover the user channel too (the gateway joins it without a position).
+          items.push(await this._subscribeItem(own, { token: null, since: null }));
+        }
+        this._connectId = this._nextId++;
+        const frame = { type: "connect", token, id: this._connectId };
+        if (items.length) frame.subscribe = items;
+        this._send(ws, frame);
+      } catch (err) {
+        this._emit("error", new RealtimeError("client_error", String(err)));
+        ws.close(1000, "client error");
+      }
+    });
+
+    ws.addEventListener("message", (event) => {
+      if (typeof event.data !== "string") return;
+      let frame;
+      try {
+        frame = JSON.parse(event.data);
+      } catch {
+        return;
+      }
+      if (!frame || typeof frame !== "object" || Array.isArray(frame)) return;
+      if (frame.type === "connected" && !connected) {
+        connected = true;
+        this._onConnected(ws, frame, extra);
+      } else if (frame.type === "error" && isInt(frame.id) && frame.id === this._connectId) {
+        // The connect frame itself was refused: retrying the same frame cannot help.
+        this._disconnect = {
+          code: null,
+          reason: `connect refused: ${frame.code}: ${frame.message}`,
+          reconnect: false,
+        };
+        ws.close(1000, "connect refused");
+      } else {
+        this._onFrame(frame);
+      }
+    });
+
+    ws.addEventListener("error", () => {
+      // A "close" event always follows; the reason is decided there.
+    });
+
+    ws.addEventListener("close", (event) => {
+      if (this._ws === ws) this._ws = null;
+      this._connectionLost();
+      if (this._closing) return this._finish(null);
+      const code = isInt(event.code) ? event.code : null;
+      if (this._disconnect) {
+        const d = this._disconnect;
+        const reconnect = d.reconnect && shouldReconnect(d.code);
+        return this._ended({ code: d.code ?? code, reason: d.reason, reconnect });
+      }
+      const reason = event.reason || "connection lost";
+      this._ended({ code, reason, reconnect: shouldReconnect(code) });
+    });
+  }
+
+  _ended({ code, reason, reconnect }) {
+    if (this._closing) return this._finish(null);
+    if (!reconnect) return this._finish({ code, reason });
+    if (this.attempt >= this.maxAttempts) {
+      return this._finish({ code, reason: `gave up after ${this.attempt} reconnect attempts: ${reason}` });
+    }
+    const delay = backoffDelay(this.attempt, this.backoffBase, this.backoffCap, this._random);
+    this.attempt += 1;
+    this._setState({ state: State.RECONNECTING, attempt: this.attempt, delay, code, reason });
+    this._timer = setTimeout(() => this._open(), delay);
+  }
+
+  _onConnected(ws, frame, extra) {
+    const previous = this._ownChannel();
+    this.info = {
+      client_id: frame.client_id,
+      user_id: frame.user_id,
+      node: frame.node,
+      expires_at: frame.expires_at,
+    };
+    if (previous && previous !== this._ownChannel()) this._positions.delete(previous);
+    this.attempt = 0;
+    this._setState({ state: State.CONNECTED });
+    if (this._first) {
+      this._first.resolve(this.info);
+      this._first = null;
+    }
+    const waiters = [...this._connectedWaiters];
+    this._connectedWaiters.clear();
+    for (const waiter of waiters) waiter.resolve();
+    for (const [channel, sub] of extra) this._sendSubscribe(ws, channel, sub);
+  }
+
+  _connectionLost() {
+    this._awaiting.clear();
+    this._subRequests.clear();
+    this._connectId = null;
+    const pending = [...this._pending.values()];
+    this._pending.clear();
+    for (const entry of pending) {
+      entry.reject(new RealtimeError("connection_lost", "connection lost before the reply", { request: entry.request }));
+    }
+  }
+
+  _finish(final) {
+    if (this.closed) return;
+    this.closed = final ?? { code: null, reason: "client closed" };
+    clearTimeout(this._timer);
+    this._timer = null;
+    this._ws = null;
+    this._connectionLost();
+    const error = this._closedError();
+    for (const waiter of this._connectedWaiters) waiter.reject(error);
+    this._connectedWaiters.clear();
+    for (const sub of this._subs.values()) {
+      for (const waiter of [...sub.waiters]) this._settle(waiter, sub, null, error);
+    }
+    if (this._first) {
+      this._first.reject(error);
+      this._first = null;
+    }
+    this._setState({ state: State.CLOSED, code: this.closed.code, reason: this.closed.reason });
+    for (const resolve of this._closeWaiters.splice(0)) resolve();
+  }
+
+  _onFrame(frame) {
+    switch (frame.type) {
+      case "publication":
+        return this._onPublication(frame);
+      case "subscribed":
+        return this._onSubscribed(frame);
+      case "error":
+        return this._onError(frame);
+      case "disconnect":
+        this._disconnect = {
+          code: isInt(frame.code) ? frame.code : null,
+          reason: String(frame.reason ?? ""),
+          reconnect: frame.reconnect !== false,
+        };
+        return;
+      default:
+        if (isInt(frame.id)) {
+          const entry = this._pending.get(frame.id);
+          if (entry) {
+            this._pending.delete(frame.id);
+            entry.resolve(frame);
+          }
+        }
+    }
+  }
+
+  _onPublication(frame) {
+    const { channel, data } = frame;
+    if (typeof channel !== "string" || !data || typeof data !== "object") return;
+    if (this._awaiting.has(channel)) return; // the pending subscribe replays it in order
+    if (!this._subs.has(channel) && channel !== this._ownChannel()) return;
+    const offset = isInt(frame.offset) ? frame.offset : null;
+    const epoch = typeof frame.epoch === "string" ? frame.epoch : null;
+    if (offset !== null && epoch !== null) {
+      const known = this._positions.get(channel);
+      if (known && known.epoch === epoch && offset <= known.offset) return; // duplicate
+      this._positions.set(channel, { offset, epoch });
+    }
+    this._emit("publication", { channel, offset, epoch, data });
+  }
+
+  _onSubscribed(frame) {
+    const { channel } = frame;
+    if (isInt(frame.id)) this._subRequests.delete(frame.id);
+    const sent = this._awaiting.get(channel) ?? null;
+    this._awaiting.delete(channel);
+    if (!isInt(frame.offset) || typeof frame.epoch !== "string") return;
+    if (!this._subs.has(channel) && channel !== this._ownChannel()) return; // unsubscribed meanwhile
+    const reply = {
+      channel,
+      offset: frame.offset,
+      epoch: frame.epoch,
+      recovered: typeof frame.recovered === "boolean" ? frame.recovered : null,
+      reason: typeof frame.reason === "string" ? frame.reason : null,
+    };
+    if (reply.recovered === true && sent) {
+      // The reply holds the stream head; the missed messages follow it, so dedupe from
+      // the position sent (or a later one already seen in that epoch).
+      const known = this._positions.get(channel);
+      if (!known || known.epoch !== sent.epoch || known.offset < sent.offset) {
+        this._positions.set(channel, { offset: sent.offset, epoch: sent.epoch });
+      }
+    } else {
+      this._positions.set(channel, { offset: reply.offset, epoch: reply.epoch });
+    }
+    const sub = this._subs.get(channel);
+    if (sub) sub.since = null;
+    this._emit("subscribed", reply);
+    if (reply.recovered === false) {
+      this._emit("recovery_failed", {
+        channel,
+        reason: reply.reason ?? "unknown",
+        offset: reply.offset,
+        epoch: reply.epoch,
+      });
+    }
+    if (sub) for (const waiter of [...sub.waiters]) this._settle(waiter, sub, reply, null);
+  }
+
+  _onError(frame) {
+    const code = String(frame.code ?? "unknown");
+    const message = String(frame.message ?? "");
+    const id = isInt(frame.id) ? frame.id : null;
+    const channel = id !== null ? this._subRequests.get(id) : undefined;
+    if (channel !== undefined) {
+      this._subRequests.delete(id);
+      this._awaiting.delete(channel);
+      const error = new RealtimeError(code, `subscribe refused: ${code}: ${message}`, {
+        request: "subscribe",
+        channel,
+      });
+      const sub = this._subs.get(channel);
+      if (!sub) {
+        this._positions.delete(channel);
+        return;
+      }
+      this._subs.delete(channel);
+      const waiters = [...sub.waiters];
+      for (const waiter of waiters) this._settle(waiter, sub, null, error);
+      if (!waiters.length) this._emit("error", error); // a resubscription was refused
+      return;
+    }
+    const entry = id !== null ? this._pending.get(id) : undefined;
+    if (entry) {
+      this._pending.delete(id);
+      entry.reject(new RealtimeError(code, `${entry.request} refused: ${code}: ${message}`, { request: entry.request }));
+      return;
+    }
+    this._emit("error", new RealtimeError(code, message));
+  }
+}
+
+export default ArchMeshRealtime;
