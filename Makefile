@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint fmt typecheck pytest clean
+.PHONY: run test lint fmt typecheck pytest jstest clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/archmesh-rt dev
 
-test: lint typecheck pytest
+test: lint typecheck pytest jstest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -31,5 +31,10 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+# The browser SDK's tests run on Node's built-in runner against a real gateway.
+jstest: $(STAMP)
+	npm --prefix tests/js install --no-audit --no-fund --no-package-lock --loglevel=error
+	node --test tests/js/
+
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache tests/js/node_modules

@@ -1,0 +1,324 @@
+// gateway/static/archmesh-realtime.js against real gateway subprocesses (in-memory broker).
+// Run from the repo root: npm --prefix tests/js install --no-audit --no-fund && node --test tests/js/
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { execFileSync, spawn } from "node:child_process";
+import { once } from "node:events";
+import net from "node:net";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import WebSocket from "ws";
+
+import {
+  ArchMeshRealtime,
+  RealtimeError,
+  State,
+  backoffDelay,
+  shouldReconnect,
+} from "../../gateway/static/archmesh-realtime.js";
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+const BIN = path.join(ROOT, ".venv", "bin", "archmesh-rt");
+const SECRET = "archmesh-client-tests-secret-0123456789"; // >= 32 bytes (HS256)
+const WRONG_SECRET = "not-the-gateway-secret-0123456789abcdef";
+const API_KEY = "k";
+const ENV = {
+  ...process.env,
+  ARCHMESH_JWT_SECRET: SECRET,
+  ARCHMESH_API_KEY: API_KEY,
+  ARCHMESH_REDIS_URL: "",
+  ARCHMESH_DRAIN_SECONDS: "0",
+  ARCHMESH_LOG_LEVEL: "warning",
+};
+
+function mintToken({ user = "u1", sessions = "s1", secret = SECRET } = {}) {
+  const args = ["token", "--user", user, "--sessions", sessions, "--secret", secret];
+  return execFileSync(BIN, args, { cwd: ROOT, env: ENV, encoding: "utf8" }).trim();
+}
+
+async function freePort() {
+  const server = net.createServer();
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  const { port } = server.address();
+  server.close();
+  await once(server, "close");
+  return port;
+}
+
+class Gateway {
+  constructor(port) {
+    this.port = port;
+    this.url = `ws://127.0.0.1:${port}/ws`;
+    this.http = `http://127.0.0.1:${port}`;
+    this.proc = null;
+    this.log = "";
+  }
+
+  async start() {
+    const proc = spawn(BIN, ["gateway", "--port", String(this.port)], {
+      cwd: ROOT,
+      env: ENV,
+      stdio: ["ignore", "ignore", "pipe"],
+    });
+    this.proc = proc;
+    proc.stderr.setEncoding("utf8");
+    proc.stderr.on("data", (chunk) => {
+      this.log = (this.log + chunk).slice(-4000);
+    });
+    const deadline = Date.now() + 20000;
+    for (;;) {
+      if (proc.exitCode !== null) throw new Error(`gateway exited: ${this.log}`);
+      try {
+        const response = await fetch(`${this.http}/healthz`);
+        if (response.status === 200) return;
+      } catch {
+        // not listening yet
+      }
+      if (Date.now() > deadline) throw new Error(`gateway not healthy in 20 s: ${this.log}`);
+      await new Promise((resolve) => setTimeout(resolve, 50)); // poll interval
+    }
+  }
+
+  /** SIGTERM: the gateway sends every client disconnect 4000, then exits. */
+  async stop() {
+    const proc = this.proc;
+    this.proc = null;
+    if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
+    const exited = once(proc, "exit");
+    proc.kill("SIGTERM");
+    const timer = setTimeout(() => proc.kill("SIGKILL"), 15000);
+    await exited;
+    clearTimeout(timer);
+  }
+
+  async publish(channel, data) {
+    const response = await fetch(`${this.http}/api/publish`, {
+      method: "POST",
+      headers: { Authorization: `Bearer ${API_KEY}`, "Content-Type": "application/json" },
+      body: JSON.stringify({ channel, data: { type: "workflow_update", ...data } }),
+    });
+    assert.equal(response.status, 200, await response.clone().text());
+    return response.json();
+  }
+}
+
+/** Records every event of `type`; next() resolves with the next detail (or times out). */
+function collect(client, type) {
+  const items = [];
+  const waiters = [];
+  client.addEventListener(type, (event) => {
+    const waiter = waiters.shift();
+    if (waiter) waiter(event.detail);
+    else items.push(event.detail);
+  });
+  return {
+    next(timeout = 10000) {
+      if (items.length) return Promise.resolve(items.shift());
+      return new Promise((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`no ${type} event in ${timeout} ms`)), timeout);
+        waiters.push((detail) => {
+          clearTimeout(timer);
+          resolve(detail);
+        });
+      });
+    },
+    get pending() {
+      return items.length;
+    },
+  };
+}
+
+let gateway;
+let token;
+const clients = [];
+
+function newClient(url, options) {
+  const client = new ArchMeshRealtime(url, { WebSocket, ...options });
+  clients.push(client);
+  return client;
+}
+
+before(async () => {
+  gateway = new Gateway(await freePort());
+  await gateway.start();
+  token = mintToken();
+});
+
+after(async () => {
+  await Promise.all(clients.map((client) => client.close()));
+  await gateway?.stop();
+});
+
+test("backoffDelay stays within [0, min(cap, base * 2**n)]", () => {
+  const base = 500;
+  const cap = 20000;
+  for (let attempt = 0; attempt < 20; attempt += 1) {
+    const ceiling = Math.min(cap, base * 2 ** attempt);
+    for (let i = 0; i < 200; i += 1) {
+      const delay = backoffDelay(attempt, base, cap);
+      assert.ok(delay >= 0 && delay <= ceiling, `${delay} for attempt ${attempt}`);
+    }
+    assert.equal(backoffDelay(attempt, base, cap, () => 1), ceiling);
+    assert.equal(backoffDelay(attempt, base, cap, () => 0), 0);
+  }
+  for (const code of [null, 1001, 1006, 1011, 1012, 4000, 4001, 4004, 4006, 4499]) {
+    assert.ok(shouldReconnect(code), String(code));
+  }
+  for (const code of [4500, 4501, 4503, 4999, 1008, 1009]) {
+    assert.ok(!shouldReconnect(code), String(code));
+  }
+});
+
+test("the constructor needs a WebSocket implementation in Node 20", () => {
+  const saved = globalThis.WebSocket;
+  try {
+    globalThis.WebSocket = undefined;
+    assert.throws(() => new ArchMeshRealtime("ws://x/ws", { token: "t" }), /WebSocket/);
+  } finally {
+    globalThis.WebSocket = saved;
+  }
+});
+
+test("connect, subscribe, receive, request helpers", async () => {
+  const client = newClient(gateway.url, { token: async () => token });
+  const publications = collect(client, "publication");
+  const info = await client.connect();
+  assert.equal(client.state, State.CONNECTED);
+  assert.equal(info.user_id, "u1");
+
+  const reply = await client.subscribe("session:s1");
+  assert.equal(reply.channel, "session:s1");
+  assert.equal(reply.recovered, null);
+  const published = await gateway.publish("session:s1", { stage: "design", progress: 0.5 });
+  const pub = await publications.next();
+  assert.equal(pub.channel, "session:s1");
+  assert.equal(pub.data.stage, "design");
+  assert.equal(pub.offset, published.offset);
+  assert.equal(pub.epoch, published.epoch);
+  assert.deepEqual(client.position("session:s1"), { offset: published.offset, epoch: published.epoch });
+
+  const [pong1, pong2, present] = await Promise.all([
+    client.ping(),
+    client.ping(),
+    client.presence("session:s1"),
+  ]);
+  assert.equal(pong1.type, "pong");
+  assert.notEqual(pong1.id, pong2.id);
+  assert.ok(present.some((c) => c.client_id === info.client_id));
+  const refreshed = await client.refresh();
+  assert.equal(refreshed.type, "refreshed");
+
+  await assert.rejects(client.subscribe("session:not-mine"), (err) => {
+    assert.ok(err instanceof RealtimeError);
+    assert.equal(err.code, "forbidden");
+    assert.equal(err.channel, "session:not-mine");
+    return true;
+  });
+  assert.deepEqual(client.channels, ["session:s1"]);
+  await client.close();
+  assert.equal(client.state, State.CLOSED);
+});
+
+test("duplicates are dropped", async () => {
+  const client = newClient(gateway.url, { token });
+  const publications = collect(client, "publication");
+  await client.connect();
+  const first = await client.subscribe("session:s1");
+  for (const progress of [0.1, 0.2, 0.3]) {
+    await gateway.publish("session:s1", { stage: "d", progress });
+  }
+  const got = [await publications.next(), await publications.next(), await publications.next()];
+  assert.deepEqual(
+    got.map((p) => p.offset),
+    [first.offset + 1, first.offset + 2, first.offset + 3],
+  );
+  // The gateway replays everything after first.offset + 1: two of those were seen already.
+  const reply = await client.subscribe("session:s1", {
+    since: { offset: first.offset + 1, epoch: first.epoch },
+  });
+  assert.equal(reply.recovered, true);
+  await gateway.publish("session:s1", { stage: "d", progress: 0.4 });
+  const fourth = await publications.next();
+  assert.equal(fourth.offset, first.offset + 4);
+  assert.equal(publications.pending, 0);
+  await client.close();
+});
+
+test("no reconnect after close code 4501 (invalid token)", async () => {
+  const states = [];
+  const client = newClient(gateway.url, {
+    token: mintToken({ secret: WRONG_SECRET }),
+    backoffBase: 10,
+  });
+  client.on("state", (s) => states.push(s));
+  await assert.rejects(client.connect(), (err) => {
+    assert.equal(err.code, "closed");
+    assert.equal(err.closeCode, 4501);
+    assert.equal(err.reason, "invalid_token");
+    return true;
+  });
+  assert.deepEqual(
+    states.map((s) => s.state),
+    [State.CONNECTING, State.CLOSED],
+  );
+  assert.equal(states.at(-1).code, 4501);
+  assert.equal(client.state, State.CLOSED);
+  assert.deepEqual(client.closed, { code: 4501, reason: "invalid_token" });
+  await assert.rejects(client.ping(), /closed/);
+});
+
+test("reconnects after a gateway restart and reports recovery_failed", async () => {
+  const node = new Gateway(await freePort());
+  await node.start();
+  try {
+    let calls = 0;
+    const client = newClient(node.url, {
+      token: () => {
+        calls += 1;
+        return token;
+      },
+      backoffBase: 50,
+      backoffCap: 500,
+    });
+    const states = [];
+    client.on("state", (s) => states.push(s));
+    const publications = collect(client, "publication");
+    const failures = collect(client, "recovery_failed");
+    await client.connect();
+    await client.subscribe("session:s1");
+    const before = await node.publish("session:s1", { stage: "before", progress: 0.1 });
+    assert.equal((await publications.next()).offset, before.offset);
+
+    await node.stop();
+    await node.start(); // same port, new in-memory broker: history and epoch are gone
+
+    const failure = await failures.next(20000);
+    assert.equal(failure.channel, "session:s1");
+    assert.equal(failure.reason, "epoch_changed");
+    assert.notEqual(failure.epoch, before.epoch);
+
+    const kinds = states.map((s) => s.state);
+    assert.deepEqual(kinds.slice(0, 3), [State.CONNECTING, State.CONNECTED, State.RECONNECTING]);
+    assert.equal(states[2].code, 4000);
+    assert.equal(states[2].reason, "shutdown");
+    assert.equal(states[2].attempt, 1);
+    assert.equal(kinds.at(-1), State.CONNECTED);
+    for (const s of states.slice(2, -1)) {
+      assert.equal(s.state, State.RECONNECTING);
+      assert.ok(s.delay >= 0 && s.delay <= Math.min(500, 50 * 2 ** (s.attempt - 1)));
+    }
+    assert.ok(calls >= 2, "the token provider is asked again on reconnect");
+    assert.equal(client.attempt, 0);
+
+    const afterRestart = await node.publish("session:s1", { stage: "after", progress: 0.9 });
+    const pub = await publications.next();
+    assert.equal(pub.offset, afterRestart.offset);
+    assert.equal(pub.epoch, afterRestart.epoch);
+    assert.equal(pub.data.stage, "after");
+    await client.close();
+    assert.equal(client.state, State.CLOSED);
+  } finally {
+    await node.stop();
+  }
+});
