@@ -85,6 +85,7 @@ class Connection:
         self._closer: asyncio.Task[None] | None = None
         self._expiry: asyncio.TimerHandle | None = None
         self._refused = 0
+        self._peer_code: int | None = None  # the close code the client (or uvicorn) gave
         self._bucket = TokenBucket(settings.rate_limit_per_second, settings.rate_limit_burst)
         self._log = log.bind(client_id=self.client_id, node=hub.node)
 
@@ -178,7 +179,8 @@ class Connection:
             if self._expiry is not None:
                 self._expiry.cancel()
             await self._hub.remove(self)
-            self._log.info("client_disconnected", user_id=self.user_id, code=self._close_code)
+            code = int(self._close_code) if self._close_code is not None else self._peer_code
+            self._log.info("client_disconnected", user_id=self.user_id, code=code)
 
     async def _read_loop(self, receive: Receive) -> None:
         deadline = asyncio.get_running_loop().call_later(
@@ -188,6 +190,7 @@ class Connection:
             while True:
                 message = await receive()
                 if message["type"] == "websocket.disconnect":
+                    self._peer_code = message.get("code")
                     return
                 if self._close_code is None:
                     await self._on_message(message)
