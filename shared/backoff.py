@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
+
+
+def backoff_delay(
+    attempt: int, base: float, cap: float, rng: Callable[[], float] = random.random
+) -> float:
+    """Full jitter: uniform in [0, min(cap, base * 2**attempt)]; `attempt` counts from 0."""
+    return rng() * min(cap, base * 2.0 ** min(max(attempt, 0), 60))
 
 
 @dataclass(slots=True)
@@ -13,10 +21,9 @@ class Backoff:
     attempt: int = 0
 
     def next_delay(self) -> float:
-        """Full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
-        ceiling = min(self.cap, self.base * (2 ** min(self.attempt, 30)))
+        delay = backoff_delay(self.attempt, self.base, self.cap)
         self.attempt += 1
-        return random.uniform(0, ceiling)
+        return delay
 
     def reset(self) -> None:
         self.attempt = 0

@@ -22,7 +22,6 @@ import contextlib
 import itertools
 import json
 import logging
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -37,6 +36,8 @@ from websockets.exceptions import (
     InvalidURI,
     WebSocketException,
 )
+
+from shared.backoff import backoff_delay
 
 __all__ = [
     "ClientClosed",
@@ -82,14 +83,6 @@ def should_reconnect(code: int | None) -> bool:
     if 4500 <= code <= 4999:
         return False
     return code not in _FINAL_WS_CODES
-
-
-def backoff_delay(
-    attempt: int, base: float, cap: float, rng: Callable[[], float] = random.random
-) -> float:
-    """Full jitter: uniform in [0, min(cap, base * 2**attempt)]; `attempt` counts from 0."""
-    ceiling = min(cap, base * 2.0 ** min(max(attempt, 0), 60))
-    return rng() * ceiling
 
 
 # -- values handed to the caller ------------------------------------------------------
