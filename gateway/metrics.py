@@ -30,7 +30,9 @@ class GatewayMetrics:
             "archmesh_broker_connected", "1 while live delivery from the broker works", registry=r
         )
         self.broker_reconnects = Counter(
-            "archmesh_broker_reconnects", "Times live delivery came back after a loss", registry=r
+            "archmesh_broker_reconnects",
+            "Times live delivery (re)started, the first start included",
+            registry=r,
         )
 
     def render(self) -> bytes:
