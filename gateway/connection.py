@@ -80,6 +80,7 @@ class Connection:
         self._queued = 0
         self._wakeup = asyncio.Event()
         self._recovering: dict[str, list[tuple[Publication, str]]] = {}
+        self._caught_up: dict[str, tuple[str, int]] = {}  # channel -> (epoch, offset sent)
         self._close_code: CloseCode | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
@@ -92,13 +93,26 @@ class Connection:
     # -- outbound -----------------------------------------------------------------------
 
     def deliver(self, pub: Publication, frame: str) -> None:
-        """Hub fan-out entry point: buffer while this channel is recovering."""
-        if self._recovering:
-            waiting = self._recovering.get(pub.channel)
-            if waiting is not None:
-                waiting.append((pub, frame))
-                return
+        """Hub fan-out entry point. The common case is two falsy checks and a push."""
+        if (self._recovering or self._caught_up) and self._held(pub, frame):
+            return
         self.push(frame)
+
+    def _held(self, pub: Publication, frame: str) -> bool:
+        waiting = self._recovering.get(pub.channel)
+        if waiting is not None:
+            waiting.append((pub, frame))  # sent in order once the history read is done
+            return True
+        mark = self._caught_up.get(pub.channel)
+        if mark is None or pub.offset is None:
+            return False
+        # The history read can overtake pub/sub (two Redis connections): a live message the
+        # client already got from history may still be on its way. Drop those until the live
+        # stream passes the mark.
+        if pub.epoch == mark[0] and pub.offset <= mark[1]:
+            return True
+        del self._caught_up[pub.channel]
+        return False
 
     def push(self, frame: str) -> None:
         if self._close_code is not None:
@@ -357,11 +371,14 @@ class Connection:
                 self.push(live)
                 if pub.offset is not None and pub.epoch == position.epoch:
                     last = pub.offset
+        if last is not None:
+            self._caught_up[channel] = (position.epoch, last)
 
     async def _on_unsubscribe(self, frame: UnsubscribeFrame) -> None:
         if frame.channel not in self.channels:
             raise FrameError(ErrorCode.NOT_SUBSCRIBED, f"not subscribed to {frame.channel}")
         await self._hub.unsubscribe(self, frame.channel)
+        self._caught_up.pop(frame.channel, None)
         self.reply(_with_id({"type": "unsubscribed", "channel": frame.channel}, frame.id))
 
     def _on_refresh(self, frame: RefreshFrame) -> None:
