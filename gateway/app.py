@@ -39,7 +39,7 @@ def history_policy(settings: Settings) -> HistoryPolicy:
 
 
 class Gateway:
-    """Holds a node's parts; `app` is what uvicorn serves."""
+    """A node's parts, and itself the ASGI app that uvicorn serves."""
 
     def __init__(self, settings: Settings, broker: Broker | None = None) -> None:
         self.settings = settings

@@ -361,17 +361,18 @@ class Connection:
             last = missed[-1].offset if missed else since.offset
         for pub in missed:
             self.push(publication_frame(pub))
+        live_reached = -1  # how far the live stream got while history was read
         for pub, live in self._recovering.get(channel, []):
             # Live messages that history already covered are skipped; bare PUBLISHes have no offset.
-            if (
-                pub.offset is None
-                or pub.epoch != position.epoch
-                or (last is not None and pub.offset > last)
-            ):
+            same_epoch = pub.offset is not None and pub.epoch == position.epoch
+            if same_epoch:
+                live_reached = max(live_reached, pub.offset or 0)
+            if not same_epoch or (last is not None and (pub.offset or 0) > last):
                 self.push(live)
-                if pub.offset is not None and pub.epoch == position.epoch:
+                if same_epoch:
                     last = pub.offset
-        if last is not None:
+        if last is not None and live_reached < last:
+            # Only while live delivery lags what was sent; otherwise the fast path stays clear.
             self._caught_up[channel] = (position.epoch, last)
 
     async def _on_unsubscribe(self, frame: UnsubscribeFrame) -> None:
