@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import orjson
 from starlette.applications import Starlette
-from starlette.routing import Mount
+from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
@@ -32,6 +32,8 @@ from shared.tokens import TokenVerifier
 
 log = get_logger(__name__)
 
+Lifespan = Callable[[], contextlib.AbstractAsyncContextManager[None]]
+
 
 def history_policy(settings: Settings) -> HistoryPolicy:
     default = Retention(settings.history_size, settings.history_ttl)
@@ -41,8 +43,20 @@ def history_policy(settings: Settings) -> HistoryPolicy:
 class Gateway:
     """A node's parts, and itself the ASGI app that uvicorn serves."""
 
-    def __init__(self, settings: Settings, broker: Broker | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        broker: Broker | None = None,
+        *,
+        dev: bool = False,
+        routes: Sequence[BaseRoute] = (),
+        lifespans: Sequence[Lifespan] = (),
+    ) -> None:
+        """`dev` enables the development-only endpoints; `routes` and `lifespans` let one process
+        host more than a gateway (the notifier, in `archmesh-rt dev`)."""
         self.settings = settings
+        self.dev = dev
+        self._lifespans = tuple(lifespans)
         self.node = settings.node_id or f"{socket.gethostname()}-{os.getpid()}"
         self.metrics = GatewayMetrics()
         broker = broker or create_broker(settings.redis_url, history_policy(settings))
@@ -57,7 +71,7 @@ class Gateway:
         self.verifier = TokenVerifier(settings)
         self.draining = False
         static = Mount("/static", StaticFiles(directory=Path(__file__).parent / "static"))
-        self._http = Starlette(routes=[*api.routes, static], lifespan=self._lifespan)
+        self._http = Starlette(routes=[*api.routes, *routes, static], lifespan=self._lifespan)
         self._http.state.gateway = self
 
     @asynccontextmanager
@@ -65,7 +79,10 @@ class Gateway:
         await self.hub.start()
         log.info("gateway_started", node=self.node, broker=type(self.hub.broker).__name__)
         try:
-            yield
+            async with contextlib.AsyncExitStack() as stack:
+                for lifespan in self._lifespans:
+                    await stack.enter_async_context(lifespan())
+                yield
         finally:
             await self.hub.stop()
             log.info("gateway_stopped", node=self.node)

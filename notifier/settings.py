@@ -1,0 +1,48 @@
+"""The notifier's settings: everything a gateway has (Redis, JWT, API key, logs) plus its own."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr
+
+from shared.settings import Settings
+
+
+class NotifierSettings(Settings):
+    """`ARCHMESH_*` settings of a notifier process (and of `archmesh-rt dev`, which runs both)."""
+
+    notifier_host: str = "127.0.0.1"
+    notifier_port: int = Field(8100, ge=0, le=65535)
+    notifier_concurrency: int = Field(32, ge=1, le=4096, description="Requests in flight.")
+    notifier_max_attempts: int = Field(5, ge=1, description="Deliveries per channel, then failed.")
+    notifier_retry_base: float = Field(1.0, gt=0, description="First retry delay, seconds.")
+    notifier_retry_max: float = Field(300.0, gt=0, description="Cap on one retry delay.")
+    notifier_intake_attempts: int = Field(5, ge=1, description="Tries of a request, then DLQ.")
+    notifier_claim_idle: float = Field(30.0, gt=0, description="Reclaim after idle seconds.")
+    notifier_inbox_size: int = Field(500, ge=1, description="Inbox items kept per user.")
+    notifier_retention: float = Field(7 * 86400.0, gt=0, description="Status/idempotency TTL.")
+    notifier_workflow_rules: str = Field(
+        "review_required=workflow_review_required:high,"
+        "failed=workflow_failed:high,completed=workflow_completed:normal",
+        description="status=notification_type:priority, comma-separated.",
+    )
+
+    smtp_host: str = ""
+    smtp_port: int = Field(587, ge=1, le=65535)
+    smtp_username: str = ""
+    smtp_password: SecretStr | None = None
+    smtp_security: Literal["none", "starttls", "tls"] = "starttls"
+    smtp_timeout: float = Field(10.0, gt=0)
+    email_from: str = "ArchMesh <noreply@localhost>"
+
+    vapid_private_key: SecretStr | None = None
+    vapid_subject: str = "mailto:ops@localhost"
+    push_ttl: int = Field(86400, ge=0, description="Seconds a push service keeps a message.")
+    push_timeout: float = Field(10.0, gt=0)
+
+    twilio_account_sid: str = ""
+    twilio_auth_token: SecretStr | None = None
+    twilio_from: str = ""
+    twilio_base_url: str = Field("", description="Empty: Twilio's API; set for a local stand-in.")
+    sms_timeout: float = Field(10.0, gt=0)
