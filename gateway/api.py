@@ -2,29 +2,21 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from shared.broker import BrokerError
+from shared.http_api import ApiError, error_response, json_body, require_api_key
 from shared.publisher import InvalidPublication
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
 
 
-def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status)
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.response = _error(status, code, message)
+_error = error_response
 
 
 def _gateway(request: Request) -> Gateway:
@@ -33,31 +25,10 @@ def _gateway(request: Request) -> Gateway:
 
 
 def _check_key(request: Request, gateway: Gateway) -> None:
-    key = gateway.settings.api_key
-    if key is None:
-        raise ApiError(503, "api_disabled", "set ARCHMESH_API_KEY to enable the publish API")
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        given.strip().encode(), key.get_secret_value().encode()
-    ):
-        raise ApiError(
-            401, "unauthorized", "missing or wrong API key (Authorization: Bearer <key>)"
-        )
+    require_api_key(request, gateway.settings.api_key)
 
 
-async def _json_body(request: Request, limit: int) -> Any:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, "too_large", f"body exceeds {limit} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise ApiError(413, "too_large", f"body exceeds {limit} bytes")
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, "bad_json", f"body is not valid JSON: {exc}") from None
+_json_body = json_body
 
 
 async def _publish_one(gateway: Gateway, item: Any) -> dict[str, Any]:
