@@ -1,0 +1,66 @@
+"""Delivery counts by type, channel and status in hourly buckets."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from notifier import keys
+
+RETENTION_SECONDS = 90 * 86400
+MAX_RANGE = timedelta(days=93)
+
+
+def hour_of(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y%m%d%H")
+
+
+def count(pipe: Any, moment: datetime, kind: str, channel: str, status: str) -> None:
+    """Add one count to `pipe` (a pipeline or MULTI of the caller's)."""
+    key = keys.stats(hour_of(moment))
+    pipe.hincrby(key, f"{kind}|{channel}|{status}", 1)
+    pipe.expire(key, RETENTION_SECONDS)
+
+
+class Analytics:
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._redis = redis
+
+    async def query(
+        self,
+        start: datetime,
+        end: datetime,
+        kind: str | None = None,
+        channel: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Buckets whose hour starts in [start, end), oldest first, zero counts left out."""
+        first = start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        if start.astimezone(UTC) > first:
+            first += timedelta(hours=1)
+        hours = []
+        moment = first
+        while moment < end:
+            hours.append(moment)
+            moment += timedelta(hours=1)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for hour in hours:
+                pipe.hgetall(keys.stats(hour_of(hour)))
+            results = await pipe.execute()
+        buckets = []
+        for hour, counts in zip(hours, results, strict=True):
+            for field, value in sorted(counts.items()):
+                kind_, channel_, status = field.split("|")
+                if (kind and kind_ != kind) or (channel and channel_ != channel):
+                    continue
+                buckets.append(
+                    {
+                        "hour": hour.isoformat(),
+                        "type": kind_,
+                        "channel": channel_,
+                        "status": status,
+                        "count": int(value),
+                    }
+                )
+        return buckets

@@ -1,0 +1,248 @@
+"""External deliveries (email, push, SMS): due jobs in one sorted set, claimed with a lease.
+
+A job is `<id>|<channel>` scored by when it is due. Claiming moves its score a lease ahead, so
+a replica that dies mid-send leaves it to be claimed again when the lease runs out; finishing
+removes it in the same MULTI that records the outcome. Retries and quiet-hours holds are the
+same job with a later score."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from notifier import analytics, keys, status
+from notifier.channels.base import DeliveryError, SubscriptionGone
+from notifier.channels.email import EmailMessage, EmailSender
+from notifier.channels.push import PushSender, PushTarget
+from notifier.channels.sms import SmsSender
+from notifier.metrics import NotifierMetrics
+from notifier.preferences import PreferenceStore
+from notifier.status import StatusStore
+from shared.backoff import backoff_delay
+from shared.logging import get_logger
+from shared.notifications import (
+    TERMINAL_STATES,
+    Channel,
+    ChannelDelivery,
+    DeliveryState,
+    Priority,
+)
+
+log = get_logger(__name__)
+
+# Take due jobs and push their score a lease ahead, atomically, so no two replicas send one.
+_CLAIM = """
+local jobs = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+for _, job in ipairs(jobs) do
+  redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), job)
+end
+return jobs
+"""
+
+_URGENCY = {
+    Priority.LOW: "low",
+    Priority.NORMAL: "normal",
+    Priority.HIGH: "high",
+    Priority.URGENT: "high",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Senders:
+    email: EmailSender | None = None
+    push: PushSender | None = None
+    sms: SmsSender | None = None
+
+    @property
+    def configured(self) -> frozenset[Channel]:
+        pairs = ((Channel.EMAIL, self.email), (Channel.PUSH, self.push), (Channel.SMS, self.sms))
+        return frozenset(channel for channel, sender in pairs if sender is not None)
+
+    async def aclose(self) -> None:
+        if self.email is not None:
+            await self.email.aclose()
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int
+    base: float
+    cap: float
+    lease: float
+    push_ttl: int
+
+
+@dataclass(slots=True)
+class _Outcome:
+    remaining: list[Any]
+    sent: int = 0
+    error: DeliveryError | None = None
+    gone: list[str] = field(default_factory=list)
+
+
+class Deliverer:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        statuses: StatusStore,
+        preferences: PreferenceStore,
+        senders: Senders,
+        policy: RetryPolicy,
+        metrics: NotifierMetrics,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._redis = redis
+        self._statuses = statuses
+        self._preferences = preferences
+        self._senders = senders
+        self._policy = policy
+        self._metrics = metrics
+        self._clock = clock
+        self._claim = redis.register_script(_CLAIM)
+        self._running: set[str] = set()
+
+    @property
+    def busy(self) -> int:
+        return len(self._running)
+
+    async def claim(self, limit: int) -> list[str]:
+        now_ms = int(self._clock().timestamp() * 1000)
+        lease_ms = int(self._policy.lease * 1000)
+        jobs: list[str] = await self._claim([keys.DUE], [now_ms, lease_ms, limit])
+        return [job for job in jobs if job not in self._running]
+
+    async def next_due(self) -> float | None:
+        """Seconds until the earliest job is due (0 if now), None when there is none."""
+        first: list[tuple[str, float]] = await self._redis.zrange(  # type: ignore[assignment]
+            keys.DUE, 0, 0, withscores=True
+        )
+        if not first:
+            return None
+        return max(0.0, first[0][1] / 1000 - self._clock().timestamp())
+
+    async def run(self, job: str) -> None:
+        """Attempt one job; every outcome is recorded, none raises."""
+        self._running.add(job)
+        try:
+            await self._run(job)
+        except Exception:
+            # Left in the set with its lease: it is attempted again when the lease ends.
+            log.exception("delivery_job_crashed", job=job)
+        finally:
+            self._running.discard(job)
+
+    async def _run(self, job: str) -> None:
+        notification_id, _, name = job.rpartition("|")
+        channel = Channel(name)
+        loaded = await self._statuses.job(notification_id, channel)
+        if loaded is None or loaded[1].status in TERMINAL_STATES:
+            await self._redis.zrem(keys.DUE, job)
+            return
+        meta, delivery, work = loaded
+        started = time.perf_counter()
+        outcome = await self._send(channel, meta, work)
+        self._metrics.send_seconds.labels(channel.value).observe(time.perf_counter() - started)
+        for endpoint in outcome.gone:
+            await self._preferences.remove_push_subscription(meta["user_id"], endpoint)
+        await self._record(job, meta, channel, delivery.attempts + 1, work, outcome)
+
+    async def _send(self, channel: Channel, meta: dict[str, Any], work: dict[str, Any]) -> _Outcome:
+        outcome = _Outcome(remaining=list(work["targets"]))
+        for target in list(outcome.remaining):
+            try:
+                await self._send_one(channel, meta, target, work["content"])
+            except SubscriptionGone as exc:
+                outcome.remaining.remove(target)
+                outcome.gone.append(exc.endpoint)
+                outcome.error = exc
+            except DeliveryError as exc:
+                outcome.error = exc
+                if exc.permanent:
+                    outcome.remaining.remove(target)
+            else:
+                outcome.remaining.remove(target)
+                outcome.sent += 1
+        return outcome
+
+    async def _send_one(
+        self, channel: Channel, meta: dict[str, Any], target: Any, content: dict[str, str]
+    ) -> None:
+        senders = self._senders
+        if channel is Channel.EMAIL and senders.email is not None:
+            message = EmailMessage(
+                to=target,
+                subject=content["subject"],
+                text=content["text"],
+                html=content.get("html"),
+            )
+            await senders.email.send(message)
+        elif channel is Channel.SMS and senders.sms is not None:
+            await senders.sms.send(target, content["text"])
+        elif channel is Channel.PUSH and senders.push is not None:
+            payload = {
+                "id": meta["id"],
+                "type": meta["type"],
+                "title": content["title"],
+                "body": content.get("body", ""),
+            }
+            push = PushTarget(target["endpoint"], target["keys"]["p256dh"], target["keys"]["auth"])
+            urgency = _URGENCY[Priority(meta["priority"])]
+            await senders.push.send(push, payload, ttl=self._policy.push_ttl, urgency=urgency)
+        else:
+            raise DeliveryError(
+                f"{channel.value} is not configured on this notifier", permanent=True
+            )
+
+    async def _record(
+        self,
+        job: str,
+        meta: dict[str, Any],
+        channel: Channel,
+        attempts: int,
+        work: dict[str, Any],
+        outcome: _Outcome,
+    ) -> None:
+        now = self._clock()
+        reason = outcome.error.reason if outcome.error else None
+        next_at: datetime | None = None
+        if not outcome.remaining:
+            state = DeliveryState.SENT if outcome.sent else DeliveryState.FAILED
+            # Partly sent (one of several push subscriptions gone) is still sent.
+        elif attempts >= self._policy.max_attempts:
+            state, reason = DeliveryState.FAILED, f"gave up after {attempts} attempts: {reason}"
+        else:
+            state = DeliveryState.RETRYING
+            delay = max(0.05, backoff_delay(attempts, self._policy.base, self._policy.cap))
+            next_at = now + timedelta(seconds=delay)
+        delivery = ChannelDelivery(
+            status=state,
+            attempts=attempts,
+            updated_at=now,
+            last_error=reason,
+            next_attempt_at=next_at,
+        )
+        work = {**work, "targets": outcome.remaining}
+        async with self._redis.pipeline(transaction=True) as pipe:
+            status.stage_update(pipe, meta["id"], channel, delivery, work)
+            if next_at is not None:
+                pipe.zadd(keys.DUE, {job: int(next_at.timestamp() * 1000)})
+            else:
+                pipe.zrem(keys.DUE, job)
+            analytics.count(pipe, now, meta["type"], channel.value, state.value)
+            await pipe.execute()
+        self._metrics.deliveries.labels(channel.value, state.value).inc()
+        if state is DeliveryState.RETRYING:
+            self._metrics.retries.labels(channel.value).inc()
+        log.info(
+            "delivery",
+            notification=meta["id"],
+            channel=channel.value,
+            status=state.value,
+            attempts=attempts,
+            error=reason,
+        )

@@ -1,0 +1,69 @@
+"""Each user's in-app inbox: newest first, bounded, with an unread set for the badge."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from notifier import keys
+from shared.notifications import InboxItem
+
+# Add an item (idempotent by id), trim the oldest beyond the bound, return the unread count.
+_ADD = """
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[1])
+local excess = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[4])
+if excess > 0 then
+  local old = redis.call('ZRANGE', KEYS[1], 0, excess - 1)
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, excess - 1)
+  redis.call('HDEL', KEYS[2], unpack(old))
+  redis.call('SREM', KEYS[3], unpack(old))
+end
+return redis.call('SCARD', KEYS[3])
+"""
+
+
+class Inbox:
+    def __init__(self, redis: aioredis.Redis, size: int) -> None:
+        self._redis = redis
+        self._size = size
+        self._add = redis.register_script(_ADD)
+
+    async def stage_add(self, pipe: Any, user_id: str, item: InboxItem) -> None:
+        """Queue the add on `pipe`; its result in the pipeline's replies is the unread count."""
+        score = item.created_at.timestamp()
+        payload = item.model_dump_json(exclude={"read"})
+        await self._add(keys.inbox(user_id), [item.id, score, payload, self._size], client=pipe)
+
+    async def list(self, user_id: str, limit: int = 50) -> tuple[list[InboxItem], int]:
+        order, items_key, unread_key = keys.inbox(user_id)
+        ids: list[str] = await self._redis.zrevrange(order, 0, limit - 1)  # type: ignore[assignment]
+        unread: set[str] = await self._redis.smembers(unread_key)  # type: ignore[assignment]
+        raws: list[str | None] = await self._redis.hmget(items_key, ids) if ids else []  # type: ignore[assignment]
+        items = []
+        for raw in raws:
+            if raw is None:
+                continue
+            fields: dict[str, Any] = orjson.loads(raw)
+            items.append(InboxItem.model_validate({**fields, "read": fields["id"] not in unread}))
+        return items, len(unread)
+
+    async def mark_read(self, user_id: str, notification_id: str) -> tuple[bool, int]:
+        """Whether the item exists, and the unread count after."""
+        order, _, unread_key = keys.inbox(user_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zscore(order, notification_id)
+            pipe.srem(unread_key, notification_id)
+            pipe.scard(unread_key)
+            score, _, count = await pipe.execute()
+        return score is not None, int(count)
+
+    async def mark_all_read(self, user_id: str) -> int:
+        await self._redis.delete(keys.inbox(user_id)[2])
+        return 0
+
+    async def unread(self, user_id: str) -> int:
+        return int(await self._redis.scard(keys.inbox(user_id)[2]))

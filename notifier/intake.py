@@ -1,0 +1,105 @@
+"""The durable intake: a Redis Stream read through one consumer group by every replica.
+
+An entry is acknowledged (and deleted) only in the same MULTI that records its outcome; a
+replica that dies leaves its entries pending, and another reclaims them after `claim_idle`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from notifier import keys
+from shared.notifications import REQUEST_FIELD, NotificationRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    id: str
+    fields: dict[str, str]
+
+    @property
+    def request_json(self) -> str:
+        return self.fields.get(REQUEST_FIELD, "")
+
+
+def stage_ack(pipe: Any, entry: Entry) -> None:
+    pipe.xack(keys.REQUESTS, keys.GROUP, entry.id)
+    pipe.xdel(keys.REQUESTS, entry.id)
+    pipe.hdel(keys.ATTEMPTS, entry.id)
+
+
+def stage_dead_letter(pipe: Any, entry: Entry, reason: str) -> None:
+    """Move `entry` to the dead-letter stream with why, in the caller's MULTI."""
+    record = {
+        REQUEST_FIELD: entry.request_json or repr(entry.fields)[:10000],
+        "reason": reason[:4000],
+        "entry": entry.id,
+        "failed_at": str(int(time.time() * 1000)),
+    }
+    pipe.xadd(keys.DEAD_LETTERS, record, maxlen=100_000, approximate=True)
+    stage_ack(pipe, entry)
+
+
+class Intake:
+    def __init__(self, redis: aioredis.Redis, consumer: str, claim_idle: float) -> None:
+        self._redis = redis
+        self.consumer = consumer
+        self._claim_idle_ms = int(claim_idle * 1000)
+        self._claim_cursor = "0-0"
+
+    async def ensure_group(self) -> None:
+        try:
+            # From the start: requests queued before the first notifier ran are work too.
+            await self._redis.xgroup_create(keys.REQUESTS, keys.GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def enqueue(self, requests: Iterable[NotificationRequest]) -> list[str]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for request in requests:
+                pipe.xadd(keys.REQUESTS, {REQUEST_FIELD: request.model_dump_json()})
+            ids: list[str] = await pipe.execute()
+        return ids
+
+    async def reclaim(self, count: int) -> list[Entry]:
+        """Entries another (dead or stuck) replica left pending for `claim_idle`."""
+        reply: Any = await self._redis.xautoclaim(
+            keys.REQUESTS,
+            keys.GROUP,
+            self.consumer,
+            self._claim_idle_ms,
+            start_id=self._claim_cursor,
+            count=count,
+        )
+        self._claim_cursor = reply[0]
+        return [Entry(entry_id, fields) for entry_id, fields in reply[1] if fields is not None]
+
+    async def read(self, count: int, block_ms: int) -> list[Entry]:
+        reply: Any = await self._redis.xreadgroup(
+            keys.GROUP, self.consumer, {keys.REQUESTS: ">"}, count=count, block=block_ms
+        )
+        if not reply:
+            return []
+        return [Entry(entry_id, fields) for entry_id, fields in reply[0][1]]
+
+    async def note_failure(self, entry: Entry) -> int:
+        """Count a failed processing attempt; the count decides when to dead-letter."""
+        return int(await self._redis.hincrby(keys.ATTEMPTS, entry.id, 1))
+
+    async def dead_letter(self, entry: Entry, reason: str) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            stage_dead_letter(pipe, entry, reason)
+            await pipe.execute()
+
+    async def backlog(self) -> tuple[int, int]:
+        """(entries not yet read by the group, entries read but not acknowledged)."""
+        for group in await self._redis.xinfo_groups(keys.REQUESTS):
+            if group["name"] == keys.GROUP:
+                return int(group.get("lag") or 0), int(group["pending"])
+        return 0, 0

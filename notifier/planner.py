@@ -1,0 +1,157 @@
+"""What happens on each channel for one request: preferences, contacts, quiet hours, content.
+
+Pure: the same request, preferences, template and clock reading always plan the same."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from notifier import templates
+from notifier.quiet_hours import OVERRIDING, quiet_until
+from shared.notifications import (
+    Channel,
+    ChannelDelivery,
+    DeliveryState,
+    InboxItem,
+    NotificationRequest,
+    Preferences,
+    Template,
+)
+
+
+@dataclass(slots=True)
+class Plan:
+    deliveries: dict[Channel, ChannelDelivery] = field(default_factory=dict)
+    jobs: dict[Channel, dict[str, Any]] = field(default_factory=dict)  # external, to send
+    due: dict[Channel, datetime] = field(default_factory=dict)  # when each job may go
+    inbox: InboxItem | None = None
+
+
+def plan(
+    request: NotificationRequest,
+    preferences: Preferences,
+    template: Template | None,
+    now: datetime,
+    configured: frozenset[Channel],
+) -> Plan:
+    result = Plan()
+    quiet_end = None if request.priority in OVERRIDING else quiet_until(preferences, now)
+    for channel in request.channels or list(Channel):
+        state, reason = _gate(request, preferences, channel, configured)
+        if state is None:
+            try:
+                content = _content(request, template, channel)
+            except templates.TemplateInvalid as exc:
+                state, reason = DeliveryState.FAILED, f"template render failed: {exc}"
+            else:
+                state, reason = _schedule(result, request, preferences, channel, content, now)
+                if state is DeliveryState.PENDING and quiet_end is not None:
+                    state, reason = _quiet(result, channel, quiet_end, preferences.held)
+        delivery = ChannelDelivery(status=state, updated_at=now, last_error=reason)
+        if state is DeliveryState.HELD:
+            delivery.next_attempt_at = result.due[channel]
+        result.deliveries[channel] = delivery
+    return result
+
+
+def _quiet(
+    result: Plan, channel: Channel, until: datetime, policy: str
+) -> tuple[DeliveryState, str]:
+    """Only in_app reaches a user in quiet hours: hold the rest until the window ends, or drop."""
+    if policy == "drop":
+        del result.jobs[channel], result.due[channel]
+        return DeliveryState.SUPPRESSED, "quiet hours (preference: drop)"
+    result.due[channel] = until
+    return DeliveryState.HELD, "quiet hours"
+
+
+def _gate(
+    request: NotificationRequest,
+    preferences: Preferences,
+    channel: Channel,
+    configured: frozenset[Channel],
+) -> tuple[DeliveryState | None, str | None]:
+    """A reason not to deliver on `channel` at all, or (None, None)."""
+    if not preferences.enabled(request.type, channel):
+        return DeliveryState.SUPPRESSED, "disabled in the user's preferences"
+    if channel is Channel.IN_APP:
+        return None, None
+    if channel not in configured:
+        return DeliveryState.SUPPRESSED, f"{channel.value} is not configured on this notifier"
+    contacts = preferences.contacts
+    missing = {
+        Channel.EMAIL: contacts.email is None and "no email address",
+        Channel.SMS: contacts.phone is None and "no phone number",
+        Channel.PUSH: not contacts.push_subscriptions and "no push subscription",
+    }[channel]
+    if missing:
+        return DeliveryState.SUPPRESSED, str(missing)
+    return None, None
+
+
+def _schedule(
+    result: Plan,
+    request: NotificationRequest,
+    preferences: Preferences,
+    channel: Channel,
+    content: dict[str, str],
+    now: datetime,
+) -> tuple[DeliveryState, str | None]:
+    if channel is Channel.IN_APP:
+        result.inbox = InboxItem(
+            id=request.id,
+            type=request.type,
+            title=content["title"],
+            body=content.get("body", ""),
+            priority=request.priority,
+            data=request.data,
+            created_at=now,
+        )
+        return DeliveryState.SENT, None
+    contacts = preferences.contacts
+    targets: list[Any]
+    if channel is Channel.PUSH:
+        targets = [s.model_dump() for s in contacts.push_subscriptions]
+    else:
+        targets = [contacts.email if channel is Channel.EMAIL else contacts.phone]
+    result.jobs[channel] = {"targets": targets, "content": content}
+    result.due[channel] = now
+    return DeliveryState.PENDING, None
+
+
+def _content(
+    request: NotificationRequest, template: Template | None, channel: Channel
+) -> dict[str, str]:
+    if template is not None:
+        context = {
+            **request.data,
+            "data": request.data,
+            "id": request.id,
+            "user_id": request.user_id,
+            "type": request.type,
+            "priority": request.priority.value,
+            "title": request.title or "",
+            "body": request.body or "",
+        }
+        rendered = templates.render(template, channel, context)
+        if rendered is not None:
+            return rendered
+        if request.title is None:
+            raise templates.TemplateInvalid(f"template has no {channel.value} part")
+    return _plain(request.title or "", request.body or "", channel)
+
+
+def _plain(title: str, body: str, channel: Channel) -> dict[str, str]:
+    if channel is Channel.EMAIL:
+        paragraphs = "".join(f"<p>{html.escape(p)}</p>" for p in body.split("\n\n") if p)
+        return {
+            "subject": title,
+            "text": body or title,
+            "html": f"<h1>{html.escape(title)}</h1>{paragraphs}",
+        }
+    if channel is Channel.SMS:
+        return {"text": f"{title}: {body}" if body else title}
+    return {"title": title, "body": body}

@@ -1,0 +1,77 @@
+"""Users' preferences and contact points; users who saved nothing get the defaults."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import WatchError
+
+from notifier import keys
+from shared.notifications import Preferences, PreferencesPatch
+
+
+class PreferenceStore:
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._redis = redis
+
+    async def get(self, user_id: str) -> Preferences | None:
+        """None when the user never saved any (callers use `Preferences()` then)."""
+        raw = await self._redis.get(keys.preferences(user_id))
+        return None if raw is None else Preferences.model_validate_json(raw)
+
+    async def get_many(self, user_ids: list[str]) -> dict[str, Preferences | None]:
+        unique = list(dict.fromkeys(user_ids))
+        if not unique:
+            return {}
+        raws = await self._redis.mget([keys.preferences(u) for u in unique])
+        return {
+            user: None if raw is None else Preferences.model_validate_json(raw)
+            for user, raw in zip(unique, raws, strict=True)
+        }
+
+    async def put(self, user_id: str, preferences: Preferences) -> Preferences:
+        await self._redis.set(keys.preferences(user_id), preferences.model_dump_json())
+        return preferences
+
+    async def patch(self, user_id: str, patch: PreferencesPatch) -> Preferences:
+        """Merge `patch` into what is saved, atomically against concurrent writers."""
+        changes = patch.model_dump(exclude_unset=True)
+
+        def merge(current: Preferences) -> Preferences:
+            merged: dict[str, Any] = current.model_dump()
+            for field, value in changes.items():
+                if field == "channels":
+                    for kind, switches in value.items():
+                        merged["channels"].setdefault(kind, {}).update(switches)
+                else:
+                    merged[field] = value
+            return Preferences.model_validate(merged)
+
+        return await self._update(user_id, merge)
+
+    async def remove_push_subscription(self, user_id: str, endpoint: str) -> None:
+        """Forget a subscription the push service says is gone (404/410)."""
+
+        def prune(current: Preferences) -> Preferences:
+            subs = [s for s in current.contacts.push_subscriptions if s.endpoint != endpoint]
+            contacts = current.contacts.model_copy(update={"push_subscriptions": subs})
+            return current.model_copy(update={"contacts": contacts})
+
+        await self._update(user_id, prune)
+
+    async def _update(self, user_id: str, change: Any) -> Preferences:
+        key = keys.preferences(user_id)
+        while True:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(key)
+                    raw = await pipe.get(key)
+                    current = Preferences() if raw is None else Preferences.model_validate_json(raw)
+                    updated: Preferences = change(current)
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.set(key, updated.model_dump_json())
+                    await pipe.execute()
+                    return updated
+                except WatchError:
+                    continue

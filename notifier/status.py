@@ -1,0 +1,87 @@
+"""Delivery status per notification and channel: one hash per notification.
+
+Fields: `meta` (who, what, when, which stream entry), `ch:<channel>` (a ChannelDelivery),
+`job:<channel>` (what an external delivery still has to send)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from notifier import keys
+from shared.notifications import Channel, ChannelDelivery, DeliveryStatus
+
+
+def stage_create(
+    pipe: Any,
+    meta: dict[str, Any],
+    deliveries: dict[Channel, ChannelDelivery],
+    jobs: dict[Channel, dict[str, Any]],
+    retention: float,
+) -> None:
+    key = keys.notification(meta["id"])
+    fields: dict[str, bytes | str] = {"meta": orjson.dumps(meta)}
+    for channel, delivery in deliveries.items():
+        fields[f"ch:{channel.value}"] = delivery.model_dump_json()
+    for channel, job in jobs.items():
+        fields[f"job:{channel.value}"] = orjson.dumps(job)
+    pipe.hset(key, mapping=fields)
+    pipe.expire(key, int(retention))
+
+
+def stage_update(
+    pipe: Any,
+    notification_id: str,
+    channel: Channel,
+    delivery: ChannelDelivery,
+    job: dict[str, Any] | None = None,
+) -> None:
+    key = keys.notification(notification_id)
+    pipe.hset(key, f"ch:{channel.value}", delivery.model_dump_json())
+    if job is not None:
+        pipe.hset(key, f"job:{channel.value}", orjson.dumps(job))
+
+
+class StatusStore:
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._redis = redis
+
+    async def get(self, notification_id: str) -> DeliveryStatus | None:
+        fields: dict[str, str] = await self._redis.hgetall(  # type: ignore[assignment]
+            keys.notification(notification_id)
+        )
+        if "meta" not in fields:
+            return None
+        meta = orjson.loads(fields["meta"])
+        deliveries = {
+            Channel(name[3:]): ChannelDelivery.model_validate_json(value)
+            for name, value in fields.items()
+            if name.startswith("ch:")
+        }
+        return DeliveryStatus(
+            id=meta["id"],
+            user_id=meta["user_id"],
+            type=meta["type"],
+            priority=meta["priority"],
+            created_at=datetime.fromisoformat(meta["created_at"]),
+            deliveries=deliveries,
+        )
+
+    async def job(
+        self, notification_id: str, channel: Channel
+    ) -> tuple[dict[str, Any], ChannelDelivery, dict[str, Any]] | None:
+        """Meta, current delivery and the pending job of one channel (None if expired)."""
+        meta, delivery, job = await self._redis.hmget(
+            keys.notification(notification_id),
+            ["meta", f"ch:{channel.value}", f"job:{channel.value}"],
+        )
+        if meta is None or delivery is None or job is None:
+            return None
+        return (
+            orjson.loads(meta),
+            ChannelDelivery.model_validate_json(delivery),
+            orjson.loads(job),
+        )

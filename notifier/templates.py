@@ -1,0 +1,67 @@
+"""Templates: Jinja2 in a sandbox, undefined variables are errors, HTML autoescaped.
+
+An invalid template is refused when it is saved; a render error fails only that delivery."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateError
+from jinja2 import Template as JinjaTemplate
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from shared.notifications import Channel, Template
+
+# Fields rendered as HTML (escaped); every other field is plain text (not escaped).
+_HTML_FIELDS = frozenset({"html"})
+MAX_RENDERED_CHARS = 200_000
+
+
+class TemplateInvalid(ValueError):
+    """The reason names the channel and field, e.g. `email.subject: unexpected '}'`."""
+
+
+_html_env = ImmutableSandboxedEnvironment(autoescape=True, undefined=StrictUndefined)
+_text_env = ImmutableSandboxedEnvironment(autoescape=False, undefined=StrictUndefined)
+
+
+@lru_cache(maxsize=1024)
+def _compile(source: str, html: bool) -> JinjaTemplate:
+    return (_html_env if html else _text_env).from_string(source)
+
+
+def _fields(template: Template, channel: Channel) -> dict[str, str] | None:
+    part = getattr(template.channels, channel.value)
+    if part is None:
+        return None
+    return {k: v for k, v in part.model_dump().items() if isinstance(v, str)}
+
+
+def validate(template: Template) -> None:
+    """Compile every source now, so a broken template never reaches a delivery."""
+    if not any(_fields(template, channel) for channel in Channel):
+        raise TemplateInvalid("channels: give at least one of in_app, email, push, sms")
+    for channel in Channel:
+        for name, source in (_fields(template, channel) or {}).items():
+            try:
+                _compile(source, name in _HTML_FIELDS)
+            except TemplateError as exc:
+                raise TemplateInvalid(f"{channel.value}.{name}: {exc}") from None
+
+
+def render(template: Template, channel: Channel, context: dict[str, Any]) -> dict[str, str] | None:
+    """The channel's fields rendered, None when the template has no part for the channel."""
+    fields = _fields(template, channel)
+    if fields is None:
+        return None
+    out = {}
+    for name, source in fields.items():
+        try:
+            text = _compile(source, name in _HTML_FIELDS).render(context)
+        except Exception as exc:  # the sandbox raises SecurityError, user code anything
+            raise TemplateInvalid(f"{channel.value}.{name}: {type(exc).__name__}: {exc}") from None
+        if len(text) > MAX_RENDERED_CHARS:
+            raise TemplateInvalid(f"{channel.value}.{name}: rendered text is too long")
+        out[name] = text
+    return out

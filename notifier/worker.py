@@ -1,0 +1,146 @@
+"""The notifier's two loops: intake (stream batches) and deliveries (due external jobs).
+
+Bounded: at most `concurrency` external sends in flight. On stop it takes nothing new,
+finishes what it holds (bounded by a grace period) and hands unstarted jobs back at once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from redis.exceptions import RedisError
+
+from notifier.deliveries import Deliverer
+from notifier.intake import Entry, Intake
+from notifier.metrics import NotifierMetrics
+from notifier.processor import Processor
+from shared.backoff import Backoff
+from shared.logging import get_logger
+
+log = get_logger(__name__)
+
+_NETWORK = (RedisError, OSError, asyncio.TimeoutError)
+
+
+class Worker:
+    def __init__(
+        self,
+        intake: Intake,
+        processor: Processor,
+        deliverer: Deliverer,
+        metrics: NotifierMetrics,
+        *,
+        concurrency: int,
+        intake_attempts: int,
+        claim_every: float,
+        batch_size: int = 200,
+    ) -> None:
+        self._intake = intake
+        self._processor = processor
+        self._deliverer = deliverer
+        self._metrics = metrics
+        self._concurrency = concurrency
+        self._intake_attempts = intake_attempts
+        self._claim_every = claim_every
+        self._batch = batch_size
+        self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._sends: set[asyncio.Task[None]] = set()
+        self._loops: list[asyncio.Task[None]] = []
+
+    def wake(self) -> None:
+        """New jobs are due now: don't wait for the next poll."""
+        self._wake.set()
+
+    async def start(self) -> None:
+        self._loops = [
+            asyncio.create_task(self._intake_loop(), name="notifier-intake"),
+            asyncio.create_task(self._delivery_loop(), name="notifier-deliveries"),
+        ]
+
+    async def stop(self, grace: float = 10.0) -> None:
+        self._stopping.set()
+        self._wake.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*self._loops, return_exceptions=True), grace)
+        if self._sends:
+            await asyncio.wait(self._sends, timeout=grace)
+        for task in [*self._loops, *self._sends]:
+            task.cancel()
+        await asyncio.gather(*self._loops, *self._sends, return_exceptions=True)
+        log.info("notifier_worker_stopped")
+
+    # -- intake ------------------------------------------------------------------------------
+
+    async def _intake_loop(self) -> None:
+        backoff = Backoff(base=0.1, cap=5.0)
+        loop = asyncio.get_running_loop()
+        next_claim = 0.0
+        while not self._stopping.is_set():
+            try:
+                await self._intake.ensure_group()
+                entries: list[Entry] = []
+                if loop.time() >= next_claim:
+                    entries = await self._intake.reclaim(self._batch)
+                    next_claim = loop.time() + (0 if entries else self._claim_every)
+                if not entries:
+                    entries = await self._intake.read(self._batch, block_ms=500)
+                if entries:
+                    await self._process(entries)
+                backoff.reset()
+            except _NETWORK as exc:
+                delay = backoff.next_delay()
+                log.warning("notifier_redis_unreachable", error=str(exc), retry_in=delay)
+                await self._pause(delay)
+
+    async def _process(self, entries: list[Entry]) -> None:
+        try:
+            await self._processor.process(entries)
+        except _NETWORK:
+            raise
+        except Exception:
+            self._metrics.processing_errors.inc()
+            log.exception("batch_failed", size=len(entries))
+            if len(entries) == 1:
+                await self._failed(entries[0])
+                return
+            for entry in entries:  # isolate the entry that breaks the batch
+                await self._process([entry])
+
+    async def _failed(self, entry: Entry) -> None:
+        """Left pending to be reclaimed, or dead-lettered once it failed too often."""
+        attempts = await self._intake.note_failure(entry)
+        if attempts < self._intake_attempts:
+            return
+        await self._intake.dead_letter(entry, f"processing failed {attempts} times (see logs)")
+        self._metrics.dead_letters.inc()
+
+    # -- deliveries --------------------------------------------------------------------------
+
+    async def _delivery_loop(self) -> None:
+        backoff = Backoff(base=0.1, cap=5.0)
+        while not self._stopping.is_set():
+            try:
+                room = self._concurrency - len(self._sends)
+                jobs = await self._deliverer.claim(room) if room > 0 else []
+                for job in jobs:
+                    task = asyncio.create_task(self._deliverer.run(job))
+                    self._sends.add(task)
+                    task.add_done_callback(self._sent)
+                if not jobs:
+                    wait = await self._deliverer.next_due()
+                    await self._pause(0.5 if wait is None else min(wait, 0.5))
+                backoff.reset()
+            except _NETWORK as exc:
+                delay = backoff.next_delay()
+                log.warning("notifier_redis_unreachable", error=str(exc), retry_in=delay)
+                await self._pause(delay)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._sends.discard(task)
+        self._wake.set()
+
+    async def _pause(self, seconds: float) -> None:
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)

@@ -1,0 +1,300 @@
+"""Notification schemas shared by the notifier, its HTTP API and its Python client."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Ids travel in channel names and Redis keys: the channel id alphabet, nothing that escapes.
+ID_PATTERN = r"^[A-Za-z0-9._@|+=-]{1,128}$"
+_TYPE_PATTERN = r"^[a-z0-9][a-z0-9_.:-]{0,99}$"
+_TIME = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+_PHONE = re.compile(r"^\+[1-9]\d{6,14}$")
+_EMAIL = re.compile(r"^[^@\s<>\"]{1,64}@[^@\s<>\"]{1,255}\.[^@\s<>\"]+$")
+
+Id = Annotated[str, Field(pattern=ID_PATTERN)]
+
+
+class Priority(StrEnum):
+    LOW = "low"
+    NORMAL = "normal"
+    HIGH = "high"
+    URGENT = "urgent"
+
+
+class Channel(StrEnum):
+    IN_APP = "in_app"
+    EMAIL = "email"
+    PUSH = "push"
+    SMS = "sms"
+
+
+EXTERNAL_CHANNELS = (Channel.EMAIL, Channel.PUSH, Channel.SMS)
+
+
+class DeliveryState(StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+    RETRYING = "retrying"
+    HELD = "held"
+    SUPPRESSED = "suppressed"
+
+
+TERMINAL_STATES = frozenset({DeliveryState.SENT, DeliveryState.FAILED, DeliveryState.SUPPRESSED})
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def new_notification_id() -> str:
+    return uuid.uuid4().hex
+
+
+class NotificationRequest(_Strict):
+    """What a backend asks for. `id` is the idempotency key: the same id is processed once."""
+
+    id: Id = Field(default_factory=new_notification_id)
+    user_id: Id
+    type: str = Field(pattern=_TYPE_PATTERN, description="e.g. workflow_review_required")
+    title: str | None = Field(None, min_length=1, max_length=200)
+    body: str | None = Field(None, max_length=5000)
+    template: str | None = Field(None, pattern=_TYPE_PATTERN)
+    data: dict[str, Any] = Field(default_factory=dict)
+    priority: Priority = Priority.NORMAL
+    channels: list[Channel] | None = Field(None, min_length=1)
+
+    @field_validator("channels")
+    @classmethod
+    def _unique(cls, value: list[Channel] | None) -> list[Channel] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("channels must not repeat")
+        return value
+
+    @model_validator(mode="after")
+    def _content(self) -> NotificationRequest:
+        if self.template is None and self.title is None:
+            raise ValueError("give a title (and body), or a template")
+        return self
+
+
+class QuietHours(_Strict):
+    """A daily window in the user's time zone; `start` > `end` crosses midnight."""
+
+    enabled: bool = True
+    start: str = Field("22:00", description="HH:MM")
+    end: str = Field("07:00", description="HH:MM")
+
+    @field_validator("start", "end")
+    @classmethod
+    def _hhmm(cls, value: str) -> str:
+        if not _TIME.match(value):
+            raise ValueError("must be HH:MM (00:00-23:59)")
+        return value
+
+
+class PushKeys(_Strict):
+    p256dh: str = Field(min_length=16, max_length=256, pattern=r"^[A-Za-z0-9_=-]+$")
+    auth: str = Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_=-]+$")
+
+
+class PushSubscription(_Strict):
+    """What the browser's PushManager.subscribe() returns (its JSON form)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    endpoint: str = Field(max_length=2048, pattern=r"^https?://")
+    keys: PushKeys
+
+
+class Contacts(_Strict):
+    email: str | None = None
+    phone: str | None = Field(None, description="E.164, e.g. +14155550100")
+    push_subscriptions: list[PushSubscription] = Field(default_factory=list, max_length=20)
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str | None) -> str | None:
+        if value is not None and not _EMAIL.match(value):
+            raise ValueError("not an email address")
+        return value
+
+    @field_validator("phone")
+    @classmethod
+    def _phone(cls, value: str | None) -> str | None:
+        if value is not None and not _PHONE.match(value):
+            raise ValueError("must be an E.164 number such as +14155550100")
+        return value
+
+
+ChannelSwitches = dict[Channel, bool]
+
+
+def _default_switches() -> dict[str, ChannelSwitches]:
+    # SMS costs money and interrupts: users opt in to it.
+    defaults = {Channel.IN_APP: True, Channel.EMAIL: True, Channel.PUSH: True, Channel.SMS: False}
+    return {"default": defaults}
+
+
+def _valid_timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError("unknown IANA time zone") from None
+    if value not in available_timezones() and value != "UTC":
+        raise ValueError("unknown IANA time zone")
+    return value
+
+
+class Preferences(_Strict):
+    """One user's choices. `channels` maps a notification type (or `default`) to switches."""
+
+    timezone: str = "UTC"
+    quiet_hours: QuietHours | None = None
+    held: Literal["hold", "drop"] = Field("hold", description="external channels in quiet hours")
+    channels: dict[str, ChannelSwitches] = Field(default_factory=_default_switches)
+    contacts: Contacts = Field(default_factory=Contacts)
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, value: str) -> str:
+        return _valid_timezone(value)
+
+    @field_validator("channels")
+    @classmethod
+    def _types(cls, value: dict[str, ChannelSwitches]) -> dict[str, ChannelSwitches]:
+        for key in value:
+            if key != "default" and not re.match(_TYPE_PATTERN, key):
+                raise ValueError(f"{key!r} is not a notification type")
+        if len(value) > 100:
+            raise ValueError("at most 100 notification types")
+        return value
+
+    def enabled(self, notification_type: str, channel: Channel) -> bool:
+        for key in (notification_type, "default"):
+            switches = self.channels.get(key, {})
+            if channel in switches:
+                return switches[channel]
+        return _default_switches()["default"][channel]
+
+
+class PreferencesPatch(_Strict):
+    """A partial update: given fields replace, `channels` merges per type."""
+
+    timezone: str | None = None
+    quiet_hours: QuietHours | None = None
+    held: Literal["hold", "drop"] | None = None
+    channels: dict[str, ChannelSwitches] | None = None
+    contacts: Contacts | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, value: str | None) -> str | None:
+        return value if value is None else _valid_timezone(value)
+
+
+class EmailTemplate(_Strict):
+    subject: str = Field(min_length=1, max_length=1000)
+    text: str = Field(min_length=1, max_length=50000)
+    html: str | None = Field(None, max_length=200000)
+
+
+class PushTemplate(_Strict):
+    title: str = Field(min_length=1, max_length=1000)
+    body: str = Field("", max_length=4000)
+
+
+class SmsTemplate(_Strict):
+    text: str = Field(min_length=1, max_length=2000)
+
+
+class InAppTemplate(_Strict):
+    title: str = Field(min_length=1, max_length=1000)
+    body: str = Field("", max_length=10000)
+
+
+class TemplateChannels(_Strict):
+    in_app: InAppTemplate | None = None
+    email: EmailTemplate | None = None
+    push: PushTemplate | None = None
+    sms: SmsTemplate | None = None
+
+
+class Template(_Strict):
+    """Jinja2 sources per channel, rendered with the request's `data`, `title`, `body`."""
+
+    channels: TemplateChannels
+
+
+class ChannelDelivery(BaseModel):
+    status: DeliveryState
+    attempts: int = 0
+    updated_at: datetime
+    last_error: str | None = None
+    next_attempt_at: datetime | None = None
+
+
+class DeliveryStatus(BaseModel):
+    id: str
+    user_id: str
+    type: str
+    priority: Priority
+    created_at: datetime
+    deliveries: dict[Channel, ChannelDelivery]
+
+
+class InboxItem(BaseModel):
+    id: str
+    type: str
+    title: str
+    body: str
+    priority: Priority
+    data: dict[str, Any]
+    created_at: datetime
+    read: bool = False
+
+
+class ItemResult(BaseModel):
+    index: int
+    ok: bool
+    id: str | None = None
+    error: dict[str, Any] | None = None
+
+
+class BatchResult(BaseModel):
+    """One bad item never fails the others: each has its own result."""
+
+    total: int
+    successful: int
+    failed: int
+    results: list[ItemResult]
+
+    @classmethod
+    def of(cls, results: list[ItemResult]) -> BatchResult:
+        good = sum(1 for r in results if r.ok)
+        return cls(total=len(results), successful=good, failed=len(results) - good, results=results)
+
+
+# The Redis Stream the notifiers read: `XADD nt:requests * request <NotificationRequest JSON>`.
+REQUEST_STREAM = "nt:requests"
+REQUEST_FIELD = "request"
+
+
+def validation_error(exc: Exception) -> dict[str, Any]:
+    """A JSON-able error body for a refused request, field by field for pydantic errors."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        fields = [
+            {"loc": [str(p) for p in e["loc"]], "msg": e["msg"], "type": e["type"]}
+            for e in exc.errors(include_url=False, include_input=False)
+        ]
+        return {"code": "validation_error", "message": "invalid notification", "fields": fields}
+    return {"code": "validation_error", "message": str(exc)}
