@@ -46,3 +46,6 @@ class NotifierSettings(Settings):
     twilio_from: str = ""
     twilio_base_url: str = Field("", description="Empty: Twilio's API; set for a local stand-in.")
     sms_timeout: float = Field(10.0, gt=0)
+    notifier_known_users_only: bool = Field(
+        False, description="Refuse requests for users who never saved preferences."
+    )

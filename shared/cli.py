@@ -6,20 +6,26 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from shared.settings import DEV_API_KEY, DEV_JWT_SECRET, Settings
+from shared.settings import DEV_API_KEY, DEV_JWT_SECRET
+
+if TYPE_CHECKING:
+    from notifier.settings import NotifierSettings
 
 
 class ConfigError(Exception):
     """A wrong or missing setting: reported in one line, never as a traceback."""
 
 
-def load_settings(**overrides: Any) -> Settings:
+def load_settings(**overrides: Any) -> NotifierSettings:
+    """Every setting (the notifier's are a superset of the gateway's)."""
+    from notifier.settings import NotifierSettings
+
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+        return NotifierSettings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         lines = []
         for error in exc.errors():
@@ -48,23 +54,55 @@ def _dev(args: argparse.Namespace) -> None:
         allowed_origins=_env_or("ARCHMESH_ALLOWED_ORIGINS", "*"),
     )
     _print_dev_banner(settings)
-    _serve(settings)
+    _serve(settings, dev=True)
+
+
+def _notifier(args: argparse.Namespace) -> None:
+    settings = load_settings(
+        notifier_host=args.host, notifier_port=args.port, redis_url=args.redis_url
+    )
+    if not settings.redis_url or settings.redis_url.startswith("memory://"):
+        raise ConfigError(
+            "ARCHMESH_REDIS_URL: a separate notifier needs Redis to share work with the "
+            "gateways (archmesh-rt dev runs both in one process without it)"
+        )
+    from notifier.app import Notifier
+    from notifier.server import serve
+    from shared.logging import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        notifier = Notifier(settings)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    serve(notifier)
 
 
 def _env_or(name: str, default: str) -> str:
     return os.environ.get(name) or default
 
 
-def _serve(settings: Settings) -> None:
+def _serve(settings: NotifierSettings, dev: bool = False) -> None:
     from gateway.app import Gateway
     from gateway.server import serve
+    from shared.broker import create_broker
     from shared.logging import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
-    serve(Gateway(settings))
+    if not dev:
+        serve(Gateway(settings))
+        return
+    from notifier.app import Notifier
+
+    # One process: the notifier shares the gateway's broker, so in-app messages reach it.
+    broker = create_broker(settings.redis_url, settings.history_policy())
+    notifier = Notifier(settings, broker=broker)
+    serve(
+        Gateway(settings, broker, dev=True, routes=notifier.routes, lifespans=[notifier.lifespan])
+    )
 
 
-def _print_dev_banner(settings: Settings) -> None:
+def _print_dev_banner(settings: NotifierSettings) -> None:
     from shared.tokens import issue_token
 
     assert settings.jwt_secret is not None
@@ -148,6 +186,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     server_options(dev)
     dev.set_defaults(func=_dev)
+
+    notifier = commands.add_parser(
+        "notifier",
+        help="run one notifier (request stream worker + notification API)",
+        description="Run one notifier: reads notification requests from the Redis stream "
+        "(several replicas share it), delivers in-app, email, push and SMS, and serves the "
+        "notification API on ARCHMESH_NOTIFIER_PORT. Needs ARCHMESH_REDIS_URL.",
+    )
+    notifier.add_argument("--host", help="interface (ARCHMESH_NOTIFIER_HOST, default 127.0.0.1)")
+    notifier.add_argument(
+        "--port", type=int, help="API port (ARCHMESH_NOTIFIER_PORT, default 8100)"
+    )
+    notifier.add_argument("--redis-url", help="redis://... (ARCHMESH_REDIS_URL, required)")
+    notifier.set_defaults(func=_notifier)
 
     token = commands.add_parser(
         "token",

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from shared.broker.policy import HistoryPolicy
 
 # Used only by `archmesh-rt dev` and `archmesh-rt token` when no secret is configured.
 DEV_JWT_SECRET = "archmesh-dev-secret-do-not-use-in-production"
@@ -108,6 +111,12 @@ class Settings(BaseSettings):
         if set(self.jwt_algorithms) & _ASYMMETRIC and not self.jwt_public_key:
             raise ValueError("ARCHMESH_JWT_ALGORITHMS has RS*/ES* but no ARCHMESH_JWT_PUBLIC_KEY")
         return self
+
+    def history_policy(self) -> HistoryPolicy:
+        from shared.broker.policy import HistoryPolicy, Retention
+
+        default = Retention(self.history_size, self.history_ttl)
+        return HistoryPolicy.parse(default, self.history_overrides)
 
     def require_production_secrets(self) -> None:
         """A real node refuses to start without a way to verify tokens."""

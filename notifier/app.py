@@ -1,0 +1,196 @@
+"""The notifier's parts wired together; its HTTP routes and its lifespan.
+
+`archmesh-rt notifier` serves `Notifier.app` (API + worker). `archmesh-rt dev` mounts the same
+routes and lifespan on the gateway's app, sharing its in-memory broker, with the stores in an
+embedded in-memory Redis (fakeredis) instead of a server."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from notifier.analytics import Analytics
+from notifier.api import NotifierApi
+from notifier.channels.email import EmailSender
+from notifier.channels.push import PushSender
+from notifier.channels.sms import SmsSender
+from notifier.deliveries import Deliverer, RetryPolicy, Senders
+from notifier.inbox import Inbox
+from notifier.intake import Intake
+from notifier.metrics import NotifierMetrics
+from notifier.preferences import PreferenceStore
+from notifier.processor import Options, Processor
+from notifier.settings import NotifierSettings
+from notifier.status import StatusStore
+from notifier.template_store import TemplateStore
+from notifier.worker import Worker
+from notifier.workflow import WorkflowWatcher, parse_rules
+from shared.broker import Broker, create_broker
+from shared.logging import get_logger
+from shared.publisher import Publisher
+from shared.tokens import TokenVerifier
+
+log = get_logger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def connect_store(url: str) -> aioredis.Redis:
+    """The notifier's stores: a Redis server, or an embedded in-memory one for `dev`."""
+    if not url or url.startswith("memory://"):
+        import fakeredis
+
+        return fakeredis.FakeAsyncRedis(decode_responses=True)
+    return aioredis.Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_connect_timeout=5,
+        socket_timeout=15,
+        health_check_interval=10,
+    )
+
+
+class Notifier:
+    def __init__(
+        self,
+        settings: NotifierSettings,
+        *,
+        broker: Broker | None = None,
+        redis: aioredis.Redis | None = None,
+        clock: Clock = utcnow,
+        senders: Senders | None = None,
+    ) -> None:
+        self.settings = s = settings
+        self.node = s.node_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.redis = redis or connect_store(s.redis_url)
+        self._own_broker = broker is None
+        self.broker = broker or create_broker(s.redis_url, s.history_policy())
+        self.metrics = NotifierMetrics()
+        self.senders = senders or Senders(
+            EmailSender.from_settings(s), PushSender.from_settings(s), SmsSender.from_settings(s)
+        )
+        self.verifier = TokenVerifier(s) if s.jwt_algorithms else None
+        self.publisher = Publisher(self.broker, s.max_publish_bytes)
+        self.preferences = PreferenceStore(self.redis)
+        self.templates = TemplateStore(self.redis)
+        self.statuses = StatusStore(self.redis)
+        self.inbox = Inbox(self.redis, s.notifier_inbox_size)
+        self.analytics = Analytics(self.redis)
+        self.intake = Intake(self.redis, self.node, s.notifier_claim_idle)
+        self.workflows = WorkflowWatcher(
+            self.redis, self.broker, parse_rules(s.notifier_workflow_rules), s.notifier_retention
+        )
+        self.worker = self._worker(clock)
+        self.routes: list[BaseRoute] = [*NotifierApi(self).routes()]
+        self.app = Starlette(routes=[*self.routes, *self._ops_routes()], lifespan=self._app_span)
+
+    def _worker(self, clock: Clock) -> Worker:
+        s = self.settings
+        options = Options(
+            consumer=self.node,
+            lock_seconds=s.notifier_claim_idle,
+            retention=s.notifier_retention,
+            known_users_only=s.notifier_known_users_only,
+            configured=self.senders.configured,
+        )
+        policy = RetryPolicy(
+            max_attempts=s.notifier_max_attempts,
+            base=s.notifier_retry_base,
+            cap=s.notifier_retry_max,
+            lease=max(60.0, 3 * max(s.smtp_timeout, s.push_timeout, s.sms_timeout)),
+            push_ttl=s.push_ttl,
+        )
+        deliverer = Deliverer(
+            self.redis, self.statuses, self.preferences, self.senders, policy, self.metrics, clock
+        )
+        worker: Worker
+        processor = Processor(
+            self.redis,
+            self.inbox,
+            self.publisher,
+            self.metrics,
+            options,
+            clock,
+            on_scheduled=lambda: worker.wake(),
+        )
+        worker = Worker(
+            self.intake,
+            processor,
+            deliverer,
+            self.metrics,
+            concurrency=s.notifier_concurrency,
+            intake_attempts=s.notifier_intake_attempts,
+            claim_every=max(1.0, s.notifier_claim_idle / 2),
+        )
+        return worker
+
+    @asynccontextmanager
+    async def lifespan(self) -> AsyncIterator[None]:
+        """Run the worker; on exit take nothing new, finish what is held, then close."""
+        if self._own_broker:
+            await self.broker.start(lambda _: None)
+        await self.worker.start()
+        await self.workflows.start()
+        log.info("notifier_started", node=self.node, channels=sorted(self.senders.configured))
+        try:
+            yield
+        finally:
+            await self.workflows.stop()
+            await self.worker.stop()
+            await self.senders.aclose()
+            if self._own_broker:
+                await self.broker.close()
+            await self.redis.aclose()
+            log.info("notifier_stopped", node=self.node)
+
+    @asynccontextmanager
+    async def _app_span(self, _: Starlette) -> AsyncIterator[None]:
+        async with self.lifespan():
+            yield
+
+    def _ops_routes(self) -> list[BaseRoute]:
+        return [
+            Route("/healthz", self._healthz, methods=["GET"]),
+            Route("/readyz", self._readyz, methods=["GET"]),
+            Route("/metrics", self._metrics, methods=["GET"]),
+        ]
+
+    async def _healthz(self, _: Request) -> Response:
+        return JSONResponse({"status": "ok", "node": self.node})
+
+    async def _readyz(self, _: Request) -> Response:
+        try:
+            ready = bool(await self.redis.ping())
+        except Exception:  # any failure to answer means not ready
+            ready = False
+        body: dict[str, Any] = {"ready": ready, "node": self.node}
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    async def _metrics(self, _: Request) -> Response:
+        await self.refresh_gauges()
+        return Response(self.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    async def refresh_gauges(self) -> None:
+        """Queue lag and scheduled deliveries, read when scraped."""
+        try:
+            lag, pending = await self.intake.backlog()
+            due = await self.redis.zcard("nt:due")
+        except Exception:  # a scrape must not fail because Redis is down
+            return
+        self.metrics.queue_lag.set(lag)
+        self.metrics.queue_pending.set(pending)
+        self.metrics.due.set(due)

@@ -1,0 +1,164 @@
+"""Workflow rules: a workflow event that needs its owner becomes a notification.
+
+Sessions to watch are registered with their owner (`PUT /api/sessions/{id}`). The watcher reads
+each session channel's history from the last offset it handled, so nothing published while
+every notifier was down is missed, and it works on every broker. Each event becomes a request
+with a deterministic id (`wf.<session>.<epoch>.<offset>`), enqueued once across replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from notifier import keys
+from shared.broker import Broker, BrokerError, Publication
+from shared.channels import session_channel
+from shared.logging import get_logger
+from shared.notifications import REQUEST_FIELD, NotificationRequest, Priority
+
+log = get_logger(__name__)
+
+# Enqueue a request only the first time its id is seen (every replica reads the same events).
+_ENQUEUE_ONCE = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then
+  redis.call('XADD', KEYS[2], '*', ARGV[3], ARGV[1])
+  return 1
+end
+return 0
+"""
+_TERMINAL = frozenset({"completed", "failed", "cancelled"})
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    type: str
+    priority: Priority
+
+
+def parse_rules(spec: str) -> dict[str, Rule]:
+    """`review_required=workflow_review_required:high,...` (status=type:priority)."""
+    rules = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        status, sep, target = item.partition("=")
+        kind, _, priority = target.partition(":")
+        if not sep or not status or not kind:
+            raise ValueError(f"bad rule {item!r}: expected status=notification_type[:priority]")
+        rules[status.strip()] = Rule(kind.strip(), Priority(priority.strip() or "normal"))
+    return rules
+
+
+class WorkflowWatcher:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        broker: Broker,
+        rules: dict[str, Rule],
+        retention: float,
+        interval: float = 1.0,
+    ) -> None:
+        self._redis = redis
+        self._broker = broker
+        self._rules = rules
+        self._retention = int(retention)
+        self._interval = interval
+        self._enqueue = redis.register_script(_ENQUEUE_ONCE)
+        self._task: asyncio.Task[None] | None = None
+        self._poke = asyncio.Event()
+
+    async def watch(self, session_id: str, owner_id: str) -> None:
+        # Start from the channel's current position: earlier events are not this owner's news.
+        position = await self._broker.position(session_channel(session_id))
+        state = {"owner": owner_id, "offset": position.offset, "epoch": position.epoch}
+        await self._redis.hset(keys.SESSIONS, session_id, orjson.dumps(state))
+        self._poke.set()
+
+    async def forget(self, session_id: str) -> None:
+        await self._redis.hdel(keys.SESSIONS, session_id)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="notifier-workflows")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.scan()
+            except (RedisError, BrokerError, OSError) as exc:
+                log.warning("workflow_scan_failed", error=str(exc))
+            self._poke.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._poke.wait(), self._interval)
+
+    async def scan(self) -> None:
+        sessions: dict[str, str] = await self._redis.hgetall(keys.SESSIONS)  # type: ignore[assignment]
+        for session_id, raw in sessions.items():
+            await self._follow(session_id, orjson.loads(raw))
+
+    async def _follow(self, session_id: str, state: dict[str, object]) -> None:
+        channel = session_channel(session_id)
+        offset = state.get("offset")
+        since = offset if isinstance(offset, int) else 0
+        history = await self._broker.history(channel, since, 500)
+        if history.position.epoch != state.get("epoch"):
+            since = 0  # history was lost and restarted: what is there now is new
+            history = await self._broker.history(channel, 0, 500)
+        done = False
+        for publication in history.publications:
+            done = await self._handle(session_id, str(state["owner"]), publication) or done
+        if done:
+            await self._redis.hdel(keys.SESSIONS, session_id)
+            return
+        last = history.publications[-1].offset if history.publications else since
+        if last != offset or history.position.epoch != state.get("epoch"):
+            state.update(offset=last, epoch=history.position.epoch)
+            await self._redis.hset(keys.SESSIONS, session_id, orjson.dumps(state))
+
+    async def _handle(self, session_id: str, owner: str, publication: Publication) -> bool:
+        """Enqueue a notification if a rule matches; True when the workflow has ended."""
+        try:
+            event = orjson.loads(publication.data)
+        except orjson.JSONDecodeError:
+            return False
+        if not isinstance(event, dict) or event.get("type") != "workflow_update":
+            return False
+        status = str(event.get("status", ""))
+        rule = self._rules.get(status)
+        if rule is not None:
+            await self._notify(session_id, owner, publication, event, rule)
+        return status in _TERMINAL
+
+    async def _notify(
+        self,
+        session_id: str,
+        owner: str,
+        publication: Publication,
+        event: dict[str, object],
+        rule: Rule,
+    ) -> None:
+        stage = str(event.get("stage", "workflow"))
+        status = str(event.get("status"))
+        request = NotificationRequest(
+            id=f"wf.{session_id}.{publication.epoch}.{publication.offset}"[:128],
+            user_id=owner,
+            type=rule.type,
+            title=f"{stage}: {status.replace('_', ' ')}"[:200],
+            body=str(event.get("message") or f"Session {session_id}"),
+            priority=rule.priority,
+            data={"session_id": session_id, "stage": stage, "status": status},
+        )
+        added = await self._enqueue(
+            [f"nt:wf:{request.id}", keys.REQUESTS],
+            [request.model_dump_json(), self._retention, REQUEST_FIELD],
+        )
+        if added:
+            log.info("workflow_notification", session=session_id, status=status, id=request.id)
