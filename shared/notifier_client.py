@@ -1,0 +1,75 @@
+"""Send notifications from a Python backend: validated here, queued on the notifiers' stream.
+
+    async with NotifierClient("redis://localhost:6379/0") as notifier:
+        await notifier.send({"user_id": "u1", "type": "workflow_failed", "title": "It failed"})
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+import redis.asyncio as aioredis
+from pydantic import ValidationError
+
+from shared.notifications import (
+    REQUEST_FIELD,
+    REQUEST_STREAM,
+    BatchResult,
+    ItemResult,
+    NotificationRequest,
+    validation_error,
+)
+
+Item = NotificationRequest | Mapping[str, Any]
+
+
+def _request(item: Item) -> NotificationRequest:
+    if isinstance(item, NotificationRequest):
+        return item
+    return NotificationRequest.model_validate(item)
+
+
+class NotifierClient:
+    def __init__(self, redis_url: str) -> None:
+        self._redis = aioredis.Redis.from_url(redis_url, socket_connect_timeout=5)
+
+    async def send(self, item: Item) -> str:
+        """Queue one notification; returns its id. Raises pydantic's ValidationError."""
+        request = _request(item)
+        await self._redis.xadd(REQUEST_STREAM, {REQUEST_FIELD: request.model_dump_json()})
+        return request.id
+
+    async def send_batch(self, items: Sequence[Item]) -> BatchResult:
+        """Queue the valid items in one round trip; each item gets its own result."""
+        results: list[ItemResult] = []
+        valid: list[NotificationRequest] = []
+        for index, item in enumerate(items):
+            try:
+                request = _request(item)
+            except ValidationError as exc:
+                results.append(ItemResult(index=index, ok=False, error=validation_error(exc)))
+            else:
+                valid.append(request)
+                results.append(ItemResult(index=index, ok=True, id=request.id))
+        if valid:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for request in valid:
+                    pipe.xadd(REQUEST_STREAM, {REQUEST_FIELD: request.model_dump_json()})
+                await pipe.execute()
+        return BatchResult.of(results)
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+
+    async def __aenter__(self) -> NotifierClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
