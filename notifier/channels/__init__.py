@@ -1,0 +1,11 @@
+"""External delivery channels: email (SMTP), Web Push and SMS (Twilio).
+
+Each sender is built from settings (`from_settings` returns None when the channel is not
+configured), delivers one message per `send()`, and raises `DeliveryError` (with `permanent`
+telling whether a retry can help) or `SubscriptionGone` for a dead push subscription.
+"""
+
+from notifier.channels.base import DeliveryError, SubscriptionGone
+from notifier.channels.email import EmailMessage, EmailSender
+
+__all__ = ["DeliveryError", "EmailMessage", "EmailSender", "SubscriptionGone"]
