@@ -6,15 +6,27 @@ The peers (tests/fakes) run on loopback ports in background threads of this proc
 from __future__ import annotations
 
 import asyncio
+import base64
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import SecretStr
 
-from notifier.channels import DeliveryError, EmailMessage, EmailSender
+from notifier.channels import (
+    DeliveryError,
+    EmailMessage,
+    EmailSender,
+    PushSender,
+    PushTarget,
+    SubscriptionGone,
+)
+from notifier.channels.push import load_vapid_key
 from notifier.settings import NotifierSettings
+from tests.fakes.push_endpoint import FakeSubscription, PushEndpoint
 from tests.fakes.smtp import SmtpServer
 from tests.fakes.tls import loopback_certificates
 from tests.servers import free_port
@@ -278,3 +290,170 @@ def test_email_sender_from_settings() -> None:
         email_from="Ops <ops@example.test>",
     )
     assert isinstance(EmailSender.from_settings(settings), EmailSender)
+
+
+# -- web push ----------------------------------------------------------------------------------
+
+VAPID_KEY = ec.generate_private_key(ec.SECP256R1())
+VAPID_SUBJECT = "mailto:ops@archmesh.test"
+
+
+def raw_b64url(key: ec.EllipticCurvePrivateKey) -> str:
+    raw = key.private_numbers().private_value.to_bytes(32, "big")
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def target(subscription: FakeSubscription) -> PushTarget:
+    return PushTarget(subscription.endpoint, subscription.p256dh, subscription.auth)
+
+
+@pytest.fixture
+def push() -> Iterator[PushEndpoint]:
+    with PushEndpoint() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+async def pusher() -> AsyncIterator[PushSender]:
+    sender = PushSender(
+        vapid_key=VAPID_KEY,
+        subject=VAPID_SUBJECT,
+        timeout=2.0,
+        ssl_context=loopback_certificates().client_context(),
+    )
+    yield sender
+    await sender.aclose()
+
+
+async def test_push_payload_decrypts_to_what_was_sent_with_vapid_ttl_and_urgency(
+    push: PushEndpoint, pusher: PushSender
+) -> None:
+    subscription = push.new_subscription()
+    payload = {"id": "n1", "title": "Review needed", "body": "Workflow wf-7 \u2603", "n": 3}
+
+    await pusher.send(target(subscription), payload, ttl=3600, urgency="high")
+
+    [got] = push.received_for(subscription)
+    assert got.payload == payload
+    assert got.ttl == 3600
+    assert got.urgency == "high"
+    assert got.claims is not None
+    assert got.claims["aud"] == push.origin
+    assert got.claims["sub"] == VAPID_SUBJECT
+    assert time.time() < got.claims["exp"] <= time.time() + 86400
+    assert got.vapid_public_key == pusher.application_server_key
+
+
+async def test_each_push_gets_fresh_claims_for_its_own_origin(pusher: PushSender) -> None:
+    with PushEndpoint() as first, PushEndpoint() as second:
+        await pusher.send(target(first.new_subscription()), {"a": 1}, ttl=60, urgency="low")
+        await pusher.send(target(second.new_subscription()), {"a": 2}, ttl=0, urgency="very-low")
+        [one], [two] = first.received, second.received
+    assert one.claims is not None
+    assert two.claims is not None
+    assert (one.claims["aud"], two.claims["aud"]) == (first.origin, second.origin)
+    assert (one.ttl, two.ttl) == (60, 0)
+
+
+@pytest.mark.parametrize("status", [404, 410])
+async def test_gone_subscription_raises_subscription_gone(
+    push: PushEndpoint, pusher: PushSender, status: int
+) -> None:
+    subscription = push.new_subscription()
+    push.answer(subscription, status)
+
+    with pytest.raises(SubscriptionGone) as caught:
+        await pusher.send(target(subscription), {"a": 1}, ttl=60, urgency="normal")
+    assert caught.value.permanent
+    assert caught.value.endpoint == subscription.endpoint
+    assert push.requests[0].claims is not None  # it was a properly signed request
+
+
+@pytest.mark.parametrize(
+    ("status", "permanent"), [(500, False), (503, False), (429, False), (400, True), (413, True)]
+)
+async def test_push_service_errors_are_classified(
+    push: PushEndpoint, pusher: PushSender, status: int, permanent: bool
+) -> None:
+    subscription = push.new_subscription()
+    push.answer(subscription, status, "service says no")
+
+    with pytest.raises(DeliveryError) as caught:
+        await pusher.send(target(subscription), {"a": 1}, ttl=60, urgency="normal")
+    assert not isinstance(caught.value, SubscriptionGone)
+    assert caught.value.permanent is permanent
+    assert str(status) in caught.value.reason
+    assert "service says no" in caught.value.reason
+    assert raw_b64url(VAPID_KEY) not in caught.value.reason
+
+
+async def test_push_timeout_and_unreachable_service_are_transient(push: PushEndpoint) -> None:
+    sender = PushSender(
+        vapid_key=VAPID_KEY,
+        subject=VAPID_SUBJECT,
+        timeout=0.3,
+        ssl_context=loopback_certificates().client_context(),
+    )
+    slow = push.new_subscription()
+    push.delay(slow, 5)
+    closed = PushTarget(f"https://127.0.0.1:{free_port()}/push/x", slow.p256dh, slow.auth)
+    try:
+        with pytest.raises(DeliveryError) as timed_out:
+            await sender.send(target(slow), {"a": 1}, ttl=60, urgency="normal")
+        with pytest.raises(DeliveryError) as unreachable:
+            await sender.send(closed, {"a": 1}, ttl=60, urgency="normal")
+    finally:
+        await sender.aclose()
+    assert not timed_out.value.permanent
+    assert "timed out" in timed_out.value.reason
+    assert not unreachable.value.permanent
+
+
+async def test_push_refuses_bad_targets_without_sending(
+    push: PushEndpoint, pusher: PushSender
+) -> None:
+    good = push.new_subscription()
+    bad_targets = [
+        PushTarget(good.endpoint.replace("https:", "http:"), good.p256dh, good.auth),
+        PushTarget(good.endpoint, "not-a-key", good.auth),
+        PushTarget(good.endpoint, good.p256dh, "c2hvcnQ"),
+    ]
+    for bad in bad_targets:
+        with pytest.raises(DeliveryError) as caught:
+            await pusher.send(bad, {"a": 1}, ttl=60, urgency="normal")
+        assert caught.value.permanent
+    with pytest.raises(DeliveryError, match="urgency"):
+        await pusher.send(target(good), {"a": 1}, ttl=60, urgency="asap")
+    with pytest.raises(DeliveryError, match="bytes"):
+        await pusher.send(target(good), {"a": "x" * 4000}, ttl=60, urgency="normal")
+    assert push.requests == []
+
+
+def test_vapid_key_is_accepted_as_pem_or_raw_base64url() -> None:
+    pem = VAPID_KEY.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    sec1 = VAPID_KEY.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    ).decode()
+    expected = VAPID_KEY.private_numbers().private_value
+    for text in (pem, sec1, pem.replace("\n", "\\n"), raw_b64url(VAPID_KEY)):
+        assert load_vapid_key(text).private_numbers().private_value == expected
+
+    secret = raw_b64url(VAPID_KEY)[:-4] + "!!!!"
+    with pytest.raises(ValueError, match="neither") as caught:
+        load_vapid_key(secret)
+    assert secret not in str(caught.value)
+
+
+def test_push_sender_from_settings() -> None:
+    assert PushSender.from_settings(NotifierSettings(vapid_private_key=None)) is None
+    settings = NotifierSettings(vapid_private_key=SecretStr(raw_b64url(VAPID_KEY)))
+    sender = PushSender.from_settings(settings)
+    assert sender is not None
+    reference = PushSender(vapid_key=VAPID_KEY, subject=VAPID_SUBJECT)
+    assert sender.application_server_key == reference.application_server_key

@@ -7,5 +7,13 @@ telling whether a retry can help) or `SubscriptionGone` for a dead push subscrip
 
 from notifier.channels.base import DeliveryError, SubscriptionGone
 from notifier.channels.email import EmailMessage, EmailSender
+from notifier.channels.push import PushSender, PushTarget
 
-__all__ = ["DeliveryError", "EmailMessage", "EmailSender", "SubscriptionGone"]
+__all__ = [
+    "DeliveryError",
+    "EmailMessage",
+    "EmailSender",
+    "PushSender",
+    "PushTarget",
+    "SubscriptionGone",
+]
