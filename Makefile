@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint fmt typecheck pytest jstest clean
+.PHONY: run test lint fmt typecheck pytest jstest clean cluster
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ pytest: $(STAMP)
 jstest: $(STAMP)
 	npm --prefix tests/js install --no-audit --no-fund --no-package-lock --loglevel=error
 	node --test tests/js/
+
+# N gateways + notifier + nginx on loopback against a private Redis; Ctrl-C stops them all.
+GATEWAYS ?= 3
+cluster: $(STAMP)
+	$(BIN)/python -m deploy.local_cluster --gateways $(GATEWAYS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache tests/js/node_modules
