@@ -22,6 +22,7 @@ from notifier.channels import (
     EmailSender,
     PushSender,
     PushTarget,
+    SmsSender,
     SubscriptionGone,
 )
 from notifier.channels.push import load_vapid_key
@@ -29,6 +30,7 @@ from notifier.settings import NotifierSettings
 from tests.fakes.push_endpoint import FakeSubscription, PushEndpoint
 from tests.fakes.smtp import SmtpServer
 from tests.fakes.tls import loopback_certificates
+from tests.fakes.twilio_api import TwilioApi
 from tests.servers import free_port
 
 SMTP_USER = "mailer"
@@ -457,3 +459,125 @@ def test_push_sender_from_settings() -> None:
     assert sender is not None
     reference = PushSender(vapid_key=VAPID_KEY, subject=VAPID_SUBJECT)
     assert sender.application_server_key == reference.application_server_key
+
+
+# -- sms ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def twilio() -> Iterator[TwilioApi]:
+    with TwilioApi() as api:
+        yield api
+
+
+def sms_sender(twilio: TwilioApi, **overrides: object) -> SmsSender:
+    options: dict[str, object] = {
+        "account_sid": twilio.account_sid,
+        "auth_token": twilio.auth_token,
+        "sender": twilio.sender,
+        "base_url": twilio.base_url,
+        "timeout": 2.0,
+    }
+    options.update(overrides)
+    return SmsSender(**options)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def texter(twilio: TwilioApi) -> AsyncIterator[SmsSender]:
+    sender = sms_sender(twilio)
+    yield sender
+    await sender.aclose()
+
+
+async def test_sms_reaches_twilio_with_to_from_and_body(
+    twilio: TwilioApi, texter: SmsSender
+) -> None:
+    sid = await texter.send("+15551230001", "Workflow wf-7 needs your review \u2705")
+    second = await texter.send("+15551230002", "second")
+
+    first_sms, second_sms = twilio.messages
+    assert first_sms.sid == sid
+    assert sid.startswith("SM")
+    assert second_sms.sid == second
+    assert first_sms.to == "+15551230001"
+    assert first_sms.from_ == twilio.sender
+    assert first_sms.body == "Workflow wf-7 needs your review \u2705"
+    assert first_sms.account_sid == twilio.account_sid
+
+
+@pytest.mark.parametrize("code", [21610, 21211, 21614, 21408])
+async def test_twilio_refusals_for_the_number_are_permanent(
+    twilio: TwilioApi, texter: SmsSender, code: int
+) -> None:
+    twilio.fail("+15551230009", 400, code=code)
+
+    with pytest.raises(DeliveryError) as caught:
+        await texter.send("+15551230009", "hello")
+    assert caught.value.permanent
+    assert str(code) in caught.value.reason
+    assert twilio.messages == []
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "permanent"),
+    [(500, None, False), (503, 20503, False), (429, 20429, False), (400, 21604, True)],
+)
+async def test_other_twilio_errors_are_classified_by_status(
+    twilio: TwilioApi, texter: SmsSender, status: int, code: int | None, permanent: bool
+) -> None:
+    twilio.fail("+15551230009", status, code=code)
+
+    with pytest.raises(DeliveryError) as caught:
+        await texter.send("+15551230009", "hello")
+    assert caught.value.permanent is permanent
+    assert str(status) in caught.value.reason
+
+
+async def test_sms_timeout_and_unreachable_api_are_transient(twilio: TwilioApi) -> None:
+    twilio.delay("+15551230009", 5)
+    slow = sms_sender(twilio, timeout=0.3)
+    down = sms_sender(twilio, base_url=f"http://127.0.0.1:{free_port()}")
+    try:
+        with pytest.raises(DeliveryError) as timed_out:
+            await slow.send("+15551230009", "hello")
+        with pytest.raises(DeliveryError) as unreachable:
+            await down.send("+15551230001", "hello")
+    finally:
+        await slow.aclose()
+        await down.aclose()
+    assert not timed_out.value.permanent
+    assert "timed out" in timed_out.value.reason
+    assert not unreachable.value.permanent
+
+
+async def test_twilio_token_never_appears_in_a_reason(twilio: TwilioApi) -> None:
+    wrong = sms_sender(twilio, auth_token=twilio.auth_token[::-1])
+    right = sms_sender(twilio)
+    # An API answer that quotes the credentials back.
+    twilio.fail("+15551230008", 400, code=21604, message=f"echo {twilio.auth_token}")
+    try:
+        with pytest.raises(DeliveryError) as unauthorized:
+            await wrong.send("+15551230001", "hello")
+        with pytest.raises(DeliveryError) as echoed:
+            await right.send("+15551230008", "hello")
+    finally:
+        await wrong.aclose()
+        await right.aclose()
+    assert unauthorized.value.permanent
+    assert "401" in unauthorized.value.reason
+    for reason in (unauthorized.value.reason, echoed.value.reason):
+        assert twilio.auth_token not in reason
+        assert twilio.auth_token[::-1] not in reason
+    assert "***" in echoed.value.reason
+
+
+def test_sms_sender_from_settings() -> None:
+    complete = {
+        "twilio_account_sid": "AC" + "0" * 32,
+        "twilio_auth_token": SecretStr("token"),
+        "twilio_from": "+15005550006",
+    }
+    assert isinstance(SmsSender.from_settings(NotifierSettings(**complete)), SmsSender)
+    for missing in complete:
+        partial = {key: value for key, value in complete.items() if key != missing}
+        assert SmsSender.from_settings(NotifierSettings(**partial)) is None

@@ -8,6 +8,7 @@ telling whether a retry can help) or `SubscriptionGone` for a dead push subscrip
 from notifier.channels.base import DeliveryError, SubscriptionGone
 from notifier.channels.email import EmailMessage, EmailSender
 from notifier.channels.push import PushSender, PushTarget
+from notifier.channels.sms import SmsSender
 
 __all__ = [
     "DeliveryError",
@@ -15,5 +16,6 @@ __all__ = [
     "EmailSender",
     "PushSender",
     "PushTarget",
+    "SmsSender",
     "SubscriptionGone",
 ]

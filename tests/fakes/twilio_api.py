@@ -1,0 +1,168 @@
+"""A stand-in for Twilio's Messages API on a loopback port (plain http, like a local proxy).
+
+with TwilioApi() as twilio:     # twilio.account_sid / auth_token / base_url / sender
+    ... ARCHMESH_TWILIO_BASE_URL=twilio.base_url ...
+    [sms] = twilio.wait_for(1)
+    sms.to, sms.from_, sms.body, sms.sid
+    twilio.fail("+15005550009", 400, code=21610)   # unsubscribed: permanent
+    twilio.fail("+15005550010", 500)               # transient
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from email.utils import formatdate
+from urllib.parse import parse_qs
+
+from tests.fakes.http import LoopbackHttpServer, Reply, Request
+
+_PATH = re.compile(r"^/2010-04-01/Accounts/(?P<sid>AC[0-9a-f]{32})/Messages\.json$")
+_MESSAGES = {
+    20003: "Authenticate",
+    21211: "The 'To' number is not a valid phone number.",
+    21408: "Permission to send an SMS has not been enabled for the region indicated by 'To'.",
+    21610: "Attempt to send to unsubscribed recipient",
+    21614: "'To' number is not a valid mobile number",
+    20429: "Too Many Requests",
+}
+
+
+@dataclass(frozen=True)
+class ReceivedSms:
+    sid: str
+    account_sid: str
+    to: str
+    from_: str
+    body: str
+
+
+class TwilioApi(LoopbackHttpServer):
+    def __init__(self) -> None:
+        super().__init__(tls=False)
+        self.account_sid = "AC" + secrets.token_hex(16)
+        self.auth_token = secrets.token_hex(16)
+        self.sender = "+15005550006"
+        self._lock = threading.Condition()
+        self._failures: dict[str, tuple[int, int | None, str]] = {}
+        self._delays: dict[str, float] = {}
+        self._messages: list[ReceivedSms] = []
+        self._rejected: list[tuple[int, str]] = []
+
+    @property
+    def base_url(self) -> str:
+        return self.origin
+
+    # -- control ---------------------------------------------------------------------------------
+
+    def fail(
+        self, to: str, status: int, *, code: int | None = None, message: str | None = None
+    ) -> None:
+        """Answer messages to `to` with `status` and a Twilio-style JSON error body."""
+        text = message or _MESSAGES.get(code or 0, "Internal error")
+        with self._lock:
+            self._failures[to] = (status, code, text)
+
+    def succeed(self, to: str) -> None:
+        with self._lock:
+            self._failures.pop(to, None)
+
+    def delay(self, to: str, seconds: float) -> None:
+        with self._lock:
+            self._delays[to] = seconds
+
+    # -- observation -----------------------------------------------------------------------------
+
+    @property
+    def messages(self) -> list[ReceivedSms]:
+        with self._lock:
+            return list(self._messages)
+
+    @property
+    def rejected(self) -> list[tuple[int, str]]:
+        """(status, message) of every request answered with an error."""
+        with self._lock:
+            return list(self._rejected)
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[ReceivedSms]:
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while len(self._messages) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"timed out after {timeout}s waiting for {count} SMS")
+                self._lock.wait(left)
+            return list(self._messages)
+
+    # -- serving ---------------------------------------------------------------------------------
+
+    def handle(self, request: Request) -> Reply:
+        match = _PATH.match(request.path)
+        if request.method != "POST" or match is None:
+            return self._error(404, 20404, "The requested resource was not found")
+        if not self._authorized(request, match["sid"]):
+            return self._error(401, 20003, _MESSAGES[20003])
+        form = {k: v[0] for k, v in parse_qs(request.body.decode(), keep_blank_values=True).items()}
+        to, from_, body = form.get("To", ""), form.get("From", ""), form.get("Body", "")
+        if not to or not from_ or not body:
+            return self._error(400, 21604, "'To', 'From' and 'Body' are required")
+        with self._lock:
+            failure = self._failures.get(to)
+            delay = self._delays.get(to, 0.0)
+        if delay:
+            self.pause(delay)
+        if failure is not None:
+            return self._error(*failure)
+        sms = ReceivedSms("SM" + secrets.token_hex(16), match["sid"], to, from_, body)
+        with self._lock:
+            self._messages.append(sms)
+            self._lock.notify_all()
+        return self._json(201, _resource(sms))
+
+    def _authorized(self, request: Request, sid: str) -> bool:
+        expected = base64.b64encode(f"{self.account_sid}:{self.auth_token}".encode()).decode()
+        given = request.headers.get("authorization", "")
+        return sid == self.account_sid and secrets.compare_digest(given, f"Basic {expected}")
+
+    def _error(self, status: int, code: int | None, message: str) -> Reply:
+        with self._lock:
+            self._rejected.append((status, message))
+        body: dict[str, object] = {"message": message, "status": status}
+        if code is not None:
+            body.update(code=code, more_info=f"https://www.twilio.com/docs/errors/{code}")
+        return self._json(status, body)
+
+    @staticmethod
+    def _json(status: int, body: dict[str, object]) -> Reply:
+        return Reply(status, json.dumps(body).encode(), {"Content-Type": "application/json"})
+
+
+def _resource(sms: ReceivedSms) -> dict[str, object]:
+    now = formatdate(usegmt=True)
+    return {
+        "sid": sms.sid,
+        "account_sid": sms.account_sid,
+        "to": sms.to,
+        "from": sms.from_,
+        "body": sms.body,
+        "status": "queued",
+        "direction": "outbound-api",
+        "num_segments": "1",
+        "num_media": "0",
+        "price": None,
+        "price_unit": "USD",
+        "api_version": "2010-04-01",
+        "date_created": now,
+        "date_updated": now,
+        "date_sent": None,
+        "error_code": None,
+        "error_message": None,
+        "messaging_service_sid": None,
+        "uri": f"/2010-04-01/Accounts/{sms.account_sid}/Messages/{sms.sid}.json",
+        "subresource_uris": {},
+    }
