@@ -64,8 +64,9 @@ class Senders:
         return frozenset(channel for channel, sender in pairs if sender is not None)
 
     async def aclose(self) -> None:
-        if self.email is not None:
-            await self.email.aclose()
+        for sender in (self.email, self.push, self.sms):
+            if sender is not None:
+                await sender.aclose()
 
 
 @dataclass(frozen=True, slots=True)
