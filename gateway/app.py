@@ -19,7 +19,7 @@ from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
-from gateway import api
+from gateway import api, page
 from gateway.connection import Connection
 from gateway.hub import Hub
 from gateway.metrics import GatewayMetrics
@@ -71,7 +71,9 @@ class Gateway:
         self.verifier = TokenVerifier(settings)
         self.draining = False
         static = Mount("/static", StaticFiles(directory=Path(__file__).parent / "static"))
-        self._http = Starlette(routes=[*api.routes, *routes, static], lifespan=self._lifespan)
+        self._http = Starlette(
+            routes=[*api.routes, *page.routes, *routes, static], lifespan=self._lifespan
+        )
         self._http.state.gateway = self
 
     @asynccontextmanager
