@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ARCHMESH_", extra="ignore")
 
     redis_url: str = Field("", description="Empty: embedded in-memory broker (one node).")
+    redis_ping_interval: float = Field(1.0, gt=0, description="PING a silent Redis link after.")
+    redis_ping_timeout: float = Field(3.0, gt=0, description="A silent Redis link is dead after.")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     node_id: str = Field("", description="Node name in logs and replies; default host-pid.")
@@ -76,9 +78,17 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _scheme(cls, value: str) -> str:
-        known = ("", "memory://", "redis://", "rediss://", "unix://")
-        if value and not value.startswith(known[1:]):
-            raise ValueError("must start with memory://, redis://, rediss:// or unix://")
+        known = ("memory://", "redis://", "rediss://", "unix://")
+        cluster = ("redis+cluster://", "rediss+cluster://")
+        if value.startswith(cluster):
+            from shared.broker.cluster import ClusterAddress
+
+            ClusterAddress.parse(value)  # fails start-up on a malformed node list
+        elif value and not value.startswith(known):
+            raise ValueError(
+                "must start with memory://, redis://, rediss://, unix://, redis+cluster:// "
+                "or rediss+cluster://"
+            )
         return value
 
     @field_validator("history_overrides")
@@ -95,6 +105,14 @@ class Settings(BaseSettings):
         if value is not None and len(value.get_secret_value().encode()) < 32:
             raise ValueError("must be at least 32 bytes (HS256 needs a key as long as its hash)")
         return value
+
+    @model_validator(mode="after")
+    def _ping(self) -> Settings:
+        if self.redis_ping_interval >= self.redis_ping_timeout:
+            raise ValueError(
+                "ARCHMESH_REDIS_PING_INTERVAL must be below ARCHMESH_REDIS_PING_TIMEOUT"
+            )
+        return self
 
     @model_validator(mode="after")
     def _algorithms(self) -> Settings:

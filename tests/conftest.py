@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from tests import wsclient
-from tests.servers import GatewayProcess, RedisServer
+from tests.servers import GatewayProcess, RedisCluster, RedisServer, redis_server_version
 
 
 @pytest.fixture(autouse=True)
@@ -38,6 +38,26 @@ def private_redis() -> Iterator[RedisServer]:
     server.start()
     yield server
     server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def shared_cluster() -> Iterator[RedisCluster]:
+    """One private 3-master Redis Cluster for tests that do not restart it (flushed per test)."""
+    version = redis_server_version()
+    if version and version < (7,):  # none at all fails below, like every redis fixture
+        pytest.skip(f"Redis Cluster sharded pub/sub needs redis-server >= 7, found {version}")
+    cluster = RedisCluster(3)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+@pytest.fixture
+def redis_cluster(shared_cluster: RedisCluster) -> RedisCluster:
+    shared_cluster.flushall()
+    return shared_cluster
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -173,3 +174,127 @@ class GatewayProcess:
             if key == wanted:
                 return float(value)
         return 0.0
+
+
+def redis_server_version() -> tuple[int, ...]:
+    """The installed redis-server's version, e.g. (7, 0, 15); () when there is none."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        return ()
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
+    version = next((w[2:] for w in out.split() if w.startswith("v=")), "")
+    return tuple(int(part) for part in version.split(".") if part.isdigit())
+
+
+class RedisCluster:
+    """A private Redis Cluster of `masters` nodes (no replicas) on free loopback ports.
+
+    Each node keeps its directory (and nodes.conf) across `stop(i)`/`start(i)`, so a restarted
+    node rejoins the cluster with its slots, like a crashed master coming back.
+    """
+
+    def __init__(self, masters: int = 3, *, appendonly: bool = False) -> None:
+        binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+        if binary is None or cli is None:
+            raise RuntimeError("redis-server/redis-cli are not installed")
+        self.binary, self.cli = binary, cli
+        self.ports = [free_port() for _ in range(masters)]
+        self.bus_ports = [free_port() for _ in range(masters)]
+        self.root = tempfile.mkdtemp(prefix="archmesh-cluster-")
+        self.appendonly = appendonly
+        self.procs: list[subprocess.Popen[bytes] | None] = [None] * masters
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in self.ports)
+
+    def _dir(self, index: int) -> str:
+        path = os.path.join(self.root, str(index))
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    def start(self, index: int | None = None) -> None:
+        """Start every node and create the cluster, or restart node `index` alone."""
+        for i in range(len(self.ports)) if index is None else [index]:
+            self._spawn(i)
+            wait_until(functools.partial(self._ping, i), what=f"cluster node {self.ports[i]}")
+        if index is None:
+            hosts = [f"127.0.0.1:{port}" for port in self.ports]
+            create = [self.cli, "--cluster", "create", *hosts, "--cluster-replicas", "0"]
+            done = subprocess.run([*create, "--cluster-yes"], capture_output=True, timeout=30)
+            if done.returncode:
+                raise RuntimeError(f"redis-cli --cluster create failed: {done.stdout!r}")
+        wait_until(self.healthy, timeout=30, interval=0.05, what="cluster_state:ok on every node")
+
+    def _spawn(self, index: int) -> None:
+        directory = self._dir(index)
+        args = [
+            self.binary,
+            "--port",
+            str(self.ports[index]),
+            "--cluster-port",
+            str(self.bus_ports[index]),
+            "--bind",
+            "127.0.0.1",
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "1000",
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--dir",
+            directory,
+            "--logfile",
+            os.path.join(directory, "redis.log"),
+        ]
+        self.procs[index] = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+
+    def _ping(self, index: int) -> bool:
+        try:
+            return bool(redis.Redis(port=self.ports[index], socket_timeout=0.5).ping())
+        except redis.RedisError:
+            return False
+
+    def healthy(self) -> bool:
+        """Every node is up, says cluster_state:ok and knows every master."""
+        try:
+            for port in self.ports:
+                client = redis.Redis(port=port, socket_timeout=0.5)
+                info = client.execute_command("CLUSTER", "INFO").decode()
+                masters = client.execute_command("CLUSTER", "NODES").decode().count("master")
+                client.close()
+                if "cluster_state:ok" not in info or masters != len(self.ports):
+                    return False
+        except redis.RedisError:
+            return False
+        return True
+
+    def node(self, index: int) -> redis.Redis:
+        return redis.Redis(port=self.ports[index])
+
+    def client(self) -> redis.RedisCluster:
+        return redis.RedisCluster(host="127.0.0.1", port=self.ports[0])
+
+    def flushall(self) -> None:
+        for index in range(len(self.ports)):
+            with self.node(index) as client:
+                client.flushall()
+
+    def stop(self, index: int | None = None, sig: int = signal.SIGKILL) -> None:
+        for i in range(len(self.ports)) if index is None else [index]:
+            proc = self.procs[i]
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(sig)
+                proc.wait(timeout=10)
+            self.procs[i] = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+

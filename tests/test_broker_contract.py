@@ -1,4 +1,5 @@
-"""One contract, two brokers: the embedded memory broker and Redis behave the same."""
+"""One contract, three brokers: the embedded memory broker, one Redis and a Redis Cluster
+(sharded pub/sub) behave the same."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from shared.broker import (
     Retention,
     create_broker,
 )
-from tests.servers import RedisServer
+from tests.servers import RedisCluster, RedisServer
 
 
 class Recorder:
@@ -37,12 +38,15 @@ class Recorder:
 POLICY = HistoryPolicy.parse(Retention(size=5, ttl=60), "user:=2/60,session:short-=3/0.3")
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 async def broker(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Broker, Recorder]]:
     url = "memory://"
     if request.param == "redis":
         server: RedisServer = request.getfixturevalue("redis_server")
         url = server.url
+    elif request.param == "cluster":
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        url = cluster.url
     instance = create_broker(url, POLICY)
     recorder = Recorder()
     await instance.start(recorder.on_message, recorder.on_state)

@@ -1,4 +1,5 @@
-"""The broker: a backend chosen by URL scheme (`memory://`, `redis://`, `rediss://`, `unix://`)."""
+"""The broker: a backend chosen by URL scheme (`memory://`, `redis://`, `rediss://`, `unix://`,
+`redis+cluster://`, `rediss+cluster://`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from shared.broker.base import (
     Publication,
     StreamPosition,
 )
+from shared.broker.link import Liveness
 from shared.broker.policy import HistoryPolicy, Retention
 
 __all__ = [
@@ -17,6 +19,7 @@ __all__ = [
     "BrokerError",
     "History",
     "HistoryPolicy",
+    "Liveness",
     "PresenceEntry",
     "Publication",
     "Retention",
@@ -25,8 +28,14 @@ __all__ = [
 ]
 
 
-def create_broker(url: str, policy: HistoryPolicy | None = None) -> Broker:
-    """An empty URL means the embedded in-memory broker."""
+SCHEMES = ("memory", "redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+
+
+def create_broker(
+    url: str, policy: HistoryPolicy | None = None, liveness: Liveness | None = None
+) -> Broker:
+    """An empty URL means the embedded in-memory broker. `liveness` says how fast a Redis
+    broker notices a silent link (ignored by the memory broker)."""
     scheme = url.partition("://")[0] if "://" in url else ""
     if not url or scheme == "memory":
         from shared.broker.memory import MemoryBroker
@@ -35,5 +44,10 @@ def create_broker(url: str, policy: HistoryPolicy | None = None) -> Broker:
     if scheme in ("redis", "rediss", "unix"):
         from shared.broker.redis import RedisBroker
 
-        return RedisBroker(url, policy)
-    raise ValueError(f"unknown broker URL scheme {scheme!r}: use memory://, redis://, rediss://")
+        return RedisBroker(url, policy, liveness)
+    if scheme in ("redis+cluster", "rediss+cluster"):
+        from shared.broker.cluster import RedisClusterBroker
+
+        return RedisClusterBroker(url, policy, liveness)
+    known = ", ".join(f"{name}://" for name in SCHEMES)
+    raise ValueError(f"unknown broker URL scheme {scheme!r}: use one of {known}")

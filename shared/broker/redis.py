@@ -1,4 +1,4 @@
-"""Redis broker: one pub/sub connection per node, history and presence in Lua scripts."""
+"""Redis broker: one watched pub/sub link per server, history and presence in Lua scripts."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-from redis.asyncio.client import PubSub
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry
 
 from shared.backoff import Backoff
@@ -25,6 +24,7 @@ from shared.broker.base import (
     StateHandler,
     StreamPosition,
 )
+from shared.broker.link import LinkDead, LinkSilent, Liveness, PubSubLink
 from shared.broker.policy import HistoryPolicy
 from shared.channels import (
     channel_of_pubsub,
@@ -69,7 +69,13 @@ end
 return reply
 """
 
-_NETWORK_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+_PRESENCE_LEAVE = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+return 1
+"""
+
+_NETWORK_ERRORS = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
 
 
 def _script(name: str) -> str:
@@ -77,25 +83,62 @@ def _script(name: str) -> str:
 
 
 class RedisBroker:
-    def __init__(self, url: str, policy: HistoryPolicy | None = None) -> None:
+    """One Redis server. Subclasses change where pub/sub links go (see `RedisClusterBroker`)."""
+
+    sharded = False  # SSUBSCRIBE/SPUBLISH instead of SUBSCRIBE/PUBLISH
+
+    def __init__(
+        self, url: str, policy: HistoryPolicy | None = None, liveness: Liveness | None = None
+    ) -> None:
         self._url = url
         self._policy = policy or HistoryPolicy()
-        # No hidden retries: a publish retried by the client could be applied twice, and the
-        # reader below owns reconnects so that it knows when to repair gaps.
-        options: dict[str, Any] = {"retry": Retry(NoBackoff(), 0), "socket_connect_timeout": 5}
-        self._redis = aioredis.Redis.from_url(url, **options)
-        self._pubsub_client = aioredis.Redis.from_url(url, health_check_interval=5, **options)
+        self._liveness = liveness or Liveness()
+        self._redis = self._command_client()
         self._publish = self._redis.register_script(_script("publish.lua"))
         self._history = self._redis.register_script(_script("history.lua"))
         self._presence_join = self._redis.register_script(_PRESENCE_JOIN)
         self._presence_get = self._redis.register_script(_PRESENCE_GET)
+        self._presence_leave = self._redis.register_script(_PRESENCE_LEAVE)
         self._channels: set[str] = set()
-        self._pubsub: PubSub | None = None
+        self._links: dict[str, PubSubLink] = {}
+        self._kick = asyncio.Event()
         self._lock = asyncio.Lock()
         self._reader: asyncio.Task[None] | None = None
         self._connected = False
         self._on_message: Handler | None = None
         self._on_state: StateHandler | None = None
+
+    # -- what differs on a cluster --------------------------------------------------------
+
+    def _options(self) -> dict[str, Any]:
+        # No hidden retries: a publish retried by the client could be applied twice, and the
+        # reader below owns reconnects so that it knows when to repair gaps. Every command and
+        # connection attempt is bounded, so a silent Redis fails them instead of hanging them.
+        timeout = self._liveness.timeout
+        return {
+            "retry": Retry(NoBackoff(), 0),
+            "socket_connect_timeout": timeout,
+            "socket_timeout": timeout,
+        }
+
+    def _command_client(self) -> Any:
+        return aioredis.Redis.from_url(self._url, **self._options())
+
+    async def _link_clients(self) -> dict[str, aioredis.Redis]:
+        """A fresh client per server that should hold a pub/sub link, by server name."""
+        return {"redis": aioredis.Redis.from_url(self._url, **self._options())}
+
+    def _route(self, name: str) -> str:
+        """The server that carries pub/sub channel `name`."""
+        return "redis"
+
+    async def _ping_commands(self) -> None:
+        await self._redis.ping()
+
+    async def _drop_command_connections(self) -> None:
+        await self._redis.connection_pool.disconnect()
+
+    # -- lifecycle ------------------------------------------------------------------------
 
     @property
     def connected(self) -> bool:
@@ -110,9 +153,7 @@ class RedisBroker:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
-        await self._drop_pubsub()
         await self._redis.aclose()
-        await self._pubsub_client.aclose()
 
     # -- fan-in ---------------------------------------------------------------------------
 
@@ -120,34 +161,101 @@ class RedisBroker:
         backoff = Backoff(base=0.1, cap=5.0)
         while True:
             try:
-                pubsub = await self._connect_pubsub()
-                backoff.reset()
-                await self._read(pubsub)
+                await self._session(backoff)
             except _NETWORK_ERRORS as exc:
                 delay = backoff.next_delay()
                 log.warning(
                     "redis_unreachable", error=str(exc) or type(exc).__name__, retry_in=delay
                 )
                 self._set_connected(False)
-                await self._drop_pubsub()
+                if isinstance(exc, LinkSilent):
+                    # Commands in flight on the same dead path would wait out their timeout.
+                    with contextlib.suppress(*_NETWORK_ERRORS):
+                        await self._drop_command_connections()
                 await asyncio.sleep(delay)
 
-    async def _connect_pubsub(self) -> PubSub:
-        pubsub = self._pubsub_client.pubsub()
-        self._pubsub = pubsub
-        await pubsub.connect()  # type: ignore[no-untyped-call]
-        async with self._lock:
-            names = [pubsub_name(channel) for channel in self._channels]
-            if names:
-                await pubsub.subscribe(*names)
+    async def _session(self, backoff: Backoff) -> None:
+        """Open every link, report connected once all answer, and run until one fails."""
+        tasks: list[asyncio.Task[object]] = []
+        self._kick.clear()
+        try:
+            async with asyncio.timeout(self._liveness.timeout):
+                await self._open_links()
+            tasks = [
+                asyncio.create_task(link.run(), name=f"redis-link {name}")
+                for name, link in self._links.items()
+            ]
+            tasks.append(asyncio.create_task(self._watch_commands(), name="redis-commands"))
+            await self._until_alive(tasks)
             self._set_connected(True)
-        return pubsub
+            backoff.reset()
+            kicked = asyncio.create_task(self._kick.wait())
+            tasks.append(kicked)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not kicked:
+                    task.result()  # raises what ended the link
+            raise LinkDead("topology changed: a channel belongs to a server without a link")
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            links, self._links = self._links, {}
+            await asyncio.gather(*(link.close() for link in links.values()))
 
-    async def _read(self, pubsub: PubSub) -> None:
+    async def _open_links(self) -> None:
+        clients = await self._link_clients()
+        async with self._lock:
+            self._links = {
+                name: PubSubLink(
+                    client,
+                    name=name,
+                    sharded=self.sharded,
+                    liveness=self._liveness,
+                    on_message=self._deliver,
+                )
+                for name, client in clients.items()
+            }
+            by_link: dict[str, list[str]] = {name: [] for name in self._links}
+            for channel in self._channels:
+                name = pubsub_name(channel)
+                by_link.setdefault(self._route(name), []).append(name)
+            if by_link.keys() != self._links.keys():
+                raise LinkDead("a channel's server is not among the known ones")
+            for server, names in by_link.items():
+                await self._links[server].open(names)
+
+    async def _until_alive(self, tasks: list[asyncio.Task[object]]) -> None:
+        """Wait until every link has answered its first PING (its subscriptions are in effect)
+        and commands are answered too; fail if any task fails first or time runs out."""
+
+        async def all_alive() -> None:
+            await asyncio.gather(*(link.alive.wait() for link in self._links.values()))
+            await self._ping_commands()
+
+        alive = asyncio.create_task(all_alive())
+        try:
+            done, _ = await asyncio.wait(
+                [alive, *tasks], timeout=self._liveness.timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in done:
+                task.result()
+            if alive not in done:
+                raise LinkSilent(f"no answer within {self._liveness.timeout}s of connecting")
+        finally:
+            alive.cancel()
+            await asyncio.gather(alive, return_exceptions=True)
+
+    async def _watch_commands(self) -> None:
+        """The command connections are watched too: a node that cannot publish or read history
+        is not ready, even if its pub/sub link still answers."""
         while True:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-            if message is not None and message["type"] == "message":
-                self._deliver(message["channel"], message["data"])
+            await asyncio.sleep(self._liveness.interval)
+            try:
+                async with asyncio.timeout(self._liveness.timeout):
+                    await self._ping_commands()
+            except TimeoutError as exc:
+                raise LinkSilent(f"commands: no answer for {self._liveness.timeout}s") from exc
 
     def _deliver(self, name: bytes, raw: bytes) -> None:
         channel = channel_of_pubsub(name.decode())
@@ -169,35 +277,39 @@ class RedisBroker:
         if self._on_state is not None:
             self._on_state(connected)
 
-    async def _drop_pubsub(self) -> None:
-        pubsub, self._pubsub = self._pubsub, None
-        if pubsub is not None:
-            with contextlib.suppress(*_NETWORK_ERRORS):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
-
     async def subscribe(self, channel: str) -> None:
         async with self._lock:
             self._channels.add(channel)
-            await self._send("subscribe", channel)
+            await self._send(channel, subscribe=True)
 
     async def unsubscribe(self, channel: str) -> None:
         async with self._lock:
             self._channels.discard(channel)
-            await self._send("unsubscribe", channel)
+            await self._send(channel, subscribe=False)
 
-    async def _send(self, command: str, channel: str) -> None:
-        # While disconnected the reader resubscribes the whole set on reconnect.
-        if self._pubsub is not None and self._connected:
-            try:
-                await getattr(self._pubsub, command)(pubsub_name(channel))
-            except _NETWORK_ERRORS as exc:
-                log.warning("redis_subscribe_failed", channel=channel, error=str(exc))
+    async def _send(self, channel: str, *, subscribe: bool) -> None:
+        # Between links (reconnecting), the next session subscribes the whole set.
+        if not self._links:
+            return
+        name = pubsub_name(channel)
+        try:
+            link = self._links.get(self._route(name))
+            if link is None:
+                self._kick.set()  # the channel's server has no link yet: reconnect
+            elif subscribe:
+                await link.subscribe(name)
+            else:
+                await link.unsubscribe(name)
+        except _NETWORK_ERRORS as exc:
+            # The link's reader fails too and the next session resubscribes everything.
+            log.warning("redis_subscribe_failed", channel=channel, error=str(exc))
 
     # -- commands -------------------------------------------------------------------------
 
     async def publish(self, channel: str, data: str) -> StreamPosition:
         retention = self._policy.for_channel(channel)
-        args: list[str | int] = [data, retention.size, int(retention.ttl * 1000)]
+        sharded = "1" if self.sharded else "0"
+        args: list[str | int] = [data, retention.size, int(retention.ttl * 1000), sharded]
         try:
             offset, epoch = await self._publish(
                 keys=[meta_key(channel), history_key(channel)], args=args
@@ -236,11 +348,9 @@ class RedisBroker:
             raise BrokerError(f"presence failed: {exc}") from exc
 
     async def presence_leave(self, channel: str, client_id: str) -> None:
+        keys = [presence_key(channel), presence_info_key(channel)]
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.zrem(presence_key(channel), client_id)
-                pipe.hdel(presence_info_key(channel), client_id)
-                await pipe.execute()
+            await self._presence_leave(keys=keys, args=[client_id])
         except _NETWORK_ERRORS as exc:
             raise BrokerError(f"presence failed: {exc}") from exc
 
