@@ -111,7 +111,7 @@ class Notifier:
             max_attempts=s.notifier_max_attempts,
             base=s.notifier_retry_base,
             cap=s.notifier_retry_max,
-            lease=max(60.0, 3 * max(s.smtp_timeout, s.push_timeout, s.sms_timeout)),
+            lease=s.notifier_claim_idle,
             push_ttl=s.push_ttl,
         )
         deliverer = Deliverer(

@@ -107,9 +107,13 @@ class Deliverer:
         self._claim = redis.register_script(_CLAIM)
         self._running: set[str] = set()
 
-    @property
-    def busy(self) -> int:
-        return len(self._running)
+    async def renew(self) -> None:
+        """Push the leases of the jobs this replica is sending a lease ahead again, so a lease
+        can be short (a dead replica's jobs come back quickly) yet never end mid-send."""
+        if not self._running:
+            return
+        until = int((self._clock().timestamp() + self._policy.lease) * 1000)
+        await self._redis.zadd(keys.DUE, dict.fromkeys(self._running, until), xx=True)
 
     async def claim(self, limit: int) -> list[str]:
         now_ms = int(self._clock().timestamp() * 1000)

@@ -6,7 +6,7 @@ that records every outcome and acknowledges every entry together, then the live 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -74,6 +74,7 @@ class Processor:
         self._options = options
         self._clock = clock
         self._on_scheduled = on_scheduled
+        self._push_slots = asyncio.Semaphore(8)
 
     async def process(self, entries: list[Entry]) -> None:
         work: list[_Work] = []
@@ -203,6 +204,10 @@ class Processor:
                 if delivery.status is not DeliveryState.PENDING:
                     m.deliveries.labels(channel.value, delivery.status.value).inc()
 
+    async def _bounded(self, publish: Awaitable[object]) -> object:
+        async with self._push_slots:  # a batch must not open a connection per message
+            return await publish
+
     async def _push(self, work: list[_Work]) -> None:
         """Live delivery of what is already in the inboxes; a failure here loses nothing."""
         pushes = [
@@ -215,7 +220,7 @@ class Processor:
         ]
         if not pushes:
             return
-        results = await asyncio.gather(*pushes, return_exceptions=True)
+        results = await asyncio.gather(*map(self._bounded, pushes), return_exceptions=True)
         failures = [r for r in results if isinstance(r, BrokerError | OSError)]
         if failures:
             self._metrics.push_failures.inc(len(failures))

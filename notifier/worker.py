@@ -119,8 +119,13 @@ class Worker:
 
     async def _delivery_loop(self) -> None:
         backoff = Backoff(base=0.1, cap=5.0)
+        loop = asyncio.get_running_loop()
+        next_renewal = 0.0
         while not self._stopping.is_set():
             try:
+                if loop.time() >= next_renewal:
+                    await self._deliverer.renew()
+                    next_renewal = loop.time() + self._claim_every / 3
                 room = self._concurrency - len(self._sends)
                 jobs = await self._deliverer.claim(room) if room > 0 else []
                 for job in jobs:
@@ -130,6 +135,8 @@ class Worker:
                 if not jobs:
                     wait = await self._deliverer.next_due()
                     await self._pause(0.5 if wait is None else min(wait, 0.5))
+                else:
+                    await asyncio.sleep(0)  # let the new sends start before claiming more
                 backoff.reset()
             except _NETWORK as exc:
                 delay = backoff.next_delay()

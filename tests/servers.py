@@ -298,3 +298,58 @@ class RedisCluster:
         self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
 
+
+
+class NotifierProcess:
+    """`archmesh-rt notifier` in its own process, as ops run it."""
+
+    def __init__(self, redis_url: str, **env: str) -> None:
+        self.port = free_port()
+        self.env = {
+            **os.environ,
+            "ARCHMESH_REDIS_URL": redis_url,
+            "ARCHMESH_JWT_SECRET": JWT_SECRET,
+            "ARCHMESH_API_KEY": API_KEY,
+            "ARCHMESH_NOTIFIER_PORT": str(self.port),
+            "ARCHMESH_NODE_ID": f"notifier-{self.port}",
+            "ARCHMESH_LOG_FORMAT": "json",
+            **env,
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = Path(tempfile.mkstemp(prefix="archmesh-nt-", suffix=".log")[1])
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> NotifierProcess:
+        cmd = [sys.executable, "-m", "shared.cli", "notifier"]
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(cmd, env=self.env, cwd=REPO, stdout=log, stderr=log)
+        wait_until(self._healthy, timeout=20, what=f"notifier on {self.port}")
+        return self
+
+    def _healthy(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"notifier exited {self.proc.returncode}:\n{self.log.read_text()}")
+        try:
+            return httpx.get(f"{self.http}/healthz", timeout=0.5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        code, self.proc = self.proc.returncode, None
+        return code
+
+    def request(self, method: str, path: str, **kwargs: object) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {API_KEY}"}
+        return httpx.request(method, f"{self.http}{path}", headers=headers, timeout=10, **kwargs)  # type: ignore[arg-type]
