@@ -299,7 +299,6 @@ class RedisCluster:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-
 class NotifierProcess:
     """`archmesh-rt notifier` in its own process, as ops run it."""
 
