@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint fmt typecheck pytest jstest clean cluster
+.PHONY: run test lint fmt typecheck pytest jstest clean cluster screenshots
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ jstest: $(STAMP)
 GATEWAYS ?= 3
 cluster: $(STAMP)
 	$(BIN)/python -m deploy.local_cluster --gateways $(GATEWAYS)
+
+# docs/screenshot.png from a real run of the page in headless Chromium (tests/browser).
+screenshots: $(STAMP)
+	ARCHMESH_SCREENSHOT=$(CURDIR)/docs/screenshot.png $(BIN)/pytest -q tests/browser/test_screenshot.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache tests/js/node_modules

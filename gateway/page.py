@@ -110,7 +110,7 @@ async def _dev_body(request: Request) -> tuple[Gateway, dict[str, Any]]:
 
 
 def _invalid(field: str, message: str) -> ApiError:
-    fields = [{"field": field, "message": message}]
+    fields = [{"loc": [field], "msg": message, "type": "value_error"}]
     return ApiError(422, "validation_error", f"{field}: {message}", fields=fields)
 
 

@@ -443,10 +443,12 @@ async function markAllRead() {
 
 function onNotification(data) {
   const isNew = !page.inbox.has(data.id);
-  const item = { ...data, type: data.notification_type ?? data.type, read: false };
+  const { unread, notification_type: type, ...rest } = data;
+  const item = { ...rest, type: type ?? "notification", read: false };
   page.inbox = new Map([[data.id, item], ...[...page.inbox].filter(([id]) => id !== data.id)]);
   while (page.inbox.size > MAX_INBOX) page.inbox.delete([...page.inbox.keys()].at(-1));
-  if (isNew && !page.notifier) setUnread(page.unread + 1);
+  if (Number.isInteger(unread)) setUnread(unread);
+  else if (isNew) setUnread(page.unread + 1);
   renderInbox();
   if (isNew) toast(item);
 }
@@ -572,14 +574,17 @@ async function savePrefs(event) {
   for (const field of $("prefs-form").querySelectorAll("[aria-invalid]")) field.removeAttribute("aria-invalid");
   const prefs = readPrefs();
   status.textContent = "Saving…";
+  status.dataset.result = "";
   const result = await api("PUT", userPath("preferences"), prefs).catch((err) => ({
     ok: false,
     data: { error: { message: err.message } },
   }));
   if (!result.ok) {
     const error = result.data?.error ?? {};
-    markInvalid(error.fields ?? []);
-    status.textContent = `Not saved: ${error.message ?? `HTTP ${result.status}`}`;
+    const fields = Array.isArray(error.fields) ? error.fields : [];
+    markInvalid(fields);
+    const details = fields.map((f) => `${(f.loc ?? []).join(".")}: ${f.msg}`).join("; ");
+    status.textContent = `Not saved: ${details || error.message || `HTTP ${result.status}`}`;
     status.dataset.result = "error";
     return;
   }
@@ -593,7 +598,7 @@ const FIELD_INPUTS = { timezone: "timezone", quiet_hours: "quiet-start", email: 
 
 function markInvalid(fields) {
   for (const field of fields) {
-    const path = String(field.field ?? field.loc ?? field.path ?? "");
+    const path = (field.loc ?? []).join(".");
     const key = Object.keys(FIELD_INPUTS).find((name) => path.includes(name));
     if (key) $(FIELD_INPUTS[key]).setAttribute("aria-invalid", "true");
   }

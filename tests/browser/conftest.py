@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import os
 from collections.abc import Iterator
 
 import pytest
 
 from tests.browser.cdp import Browser, Page, find_chromium
-from tests.servers import REPO, GatewayProcess, wait_until
-
-
-class DevProcess(GatewayProcess):
-    """`archmesh-rt dev`: the page's development mode (token minting, simulation)."""
-
-    def start(self) -> DevProcess:
-        cmd = [sys.executable, "-m", "shared.cli", "dev"]
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(cmd, env=self.env, cwd=REPO, stdout=log, stderr=log)
-        wait_until(self._healthy, timeout=20, what=f"dev server on {self.port}")
-        return self
+from tests.browser.processes import DevProcess
 
 
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Browser]:
     binary = find_chromium()
+    if binary is None and os.environ.get("ARCHMESH_SCREENSHOT"):
+        pytest.fail("make screenshots needs Chromium: apt-get install chromium")
     if binary is None:
         pytest.skip(
             "no Chromium found (/usr/bin/chromium, or ARCHMESH_CHROMIUM=path): "

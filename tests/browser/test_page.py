@@ -11,7 +11,7 @@ import pytest
 
 from shared.publisher import connect_publisher
 from tests.browser.cdp import Page
-from tests.browser.conftest import DevProcess
+from tests.browser.processes import DevProcess, NotifierProcess
 from tests.servers import GatewayProcess, RedisServer
 from tests.wsclient import token
 
@@ -85,7 +85,7 @@ def test_page_connects_and_published_updates_move_the_progress_bar(
 
 
 def test_simulate_workflow_from_the_keyboard(page: Page, dev: DevProcess) -> None:
-    page.goto(f"{dev.http}/#session=s-sim")
+    page.goto(f"{dev.http}/#session=s-sim&user=sim-owner")
     page.wait_for(CONNECTED, what="connected")
     page.focus("#simulate")
     page.press("Enter")
@@ -101,6 +101,11 @@ def test_simulate_workflow_from_the_keyboard(page: Page, dev: DevProcess) -> Non
     assert statuses[0] == "completed"
     assert "review_required" in statuses
     assert len(statuses) == 8
+    # The simulation made this user the session's owner: the notifier told them about the review.
+    page.wait_for(
+        "/review required/.test(document.querySelector('#inbox').textContent)",
+        what="the review notification",
+    )
 
 
 def test_a_new_session_is_watched_after_minting_a_token_for_it(page: Page, dev: DevProcess) -> None:
@@ -197,6 +202,10 @@ def _publish_directly(redis_url: str, items: list[tuple[str, dict[str, Any]]]) -
 def test_gateway_restart_shows_reconnecting_then_recovered(
     page: Page, private_redis: RedisServer, gateways: list[GatewayProcess]
 ) -> None:
+    """A node goes away and another takes its port: what was published in between, a workflow
+    update and a notification from the notifier process, appears once the page recovered."""
+    notifier = NotifierProcess(private_redis.url, ARCHMESH_LOG_LEVEL="warning").start()
+    gateways.append(notifier)
     first = GatewayProcess(private_redis.url, ARCHMESH_LOG_LEVEL="warning").start()
     gateways.append(first)
     jwt = token("carol", ["s1"])
@@ -218,6 +227,11 @@ def test_gateway_restart_shows_reconnecting_then_recovered(
             ("session:s1", update("s1", "architecture_review", 0.7, "review_required")),
         ],
     )
+    sent = notifier.send(
+        {"user_id": "carol", "type": "comment_added", "title": "Sent while you were away"}
+    )
+    assert sent.status_code == 202, sent.text
+    notifier.wait_delivered(sent.json()["id"], "in_app")
     second = GatewayProcess(private_redis.url, port=first.port, ARCHMESH_LOG_LEVEL="warning")
     gateways.append(second.start())
     page.wait_for(
@@ -226,10 +240,13 @@ def test_gateway_restart_shows_reconnecting_then_recovered(
         what="recovered",
     )
     text = page.text("#connection-text")
-    assert text.startswith(f"Reconnected to node-{second.port}: recovered 2 missed messages"), text
+    assert text.startswith(f"Reconnected to node-{second.port}: recovered "), text
     wait_progress(page, 70)
     assert timeline(page) == [
         "Architecture review 70%",
         "Architecture design 40%",
         "Requirements analysis 20%",
     ]
+    page.wait_for("document.querySelector('#inbox li.item.unread')", what="the notification")
+    assert "Sent while you were away" in page.text("#inbox")
+    assert "Sent while you were away" in page.text("#toasts")
