@@ -28,9 +28,18 @@ def nginx_binary() -> str:
     return binary
 
 
-def _servers(ports: Sequence[int]) -> str:
-    return "".join(
-        f"        server 127.0.0.1:{port} max_fails=1 fail_timeout=5s;\n" for port in ports
+def _upstream(name: str, ports: Sequence[int]) -> tuple[str, Callable[[re.Match[str]], str]]:
+    """Replace the servers of `upstream name {...}` by loopback ports, keeping the first
+    server's parameters (max_fails, fail_timeout, ...)."""
+
+    def servers(match: re.Match[str]) -> str:
+        params = match.group(2)
+        lines = "".join(f"        server 127.0.0.1:{port}{params};\n" for port in ports)
+        return match.group(1) + lines
+
+    return (
+        rf"(upstream {name} \{{\n)\s*server \S+?((?: [^;\n]*)?);\n(?:\s*server [^\n]+\n)*",
+        servers,
     )
 
 
@@ -48,21 +57,15 @@ def render(
         raise ValueError("at least one gateway port is needed")
     text = NGINX_CONF.read_text() if source is None else source
     notifiers = notifier_ports or gateway_ports
-    gateways, notifier_servers = _servers(gateway_ports), _servers(notifiers)
     replacements: list[tuple[str, str | Callable[[re.Match[str]], str]]] = [
         (r"worker_processes [^;]+;", "worker_processes 1;"),
         (r"\npid [^;]+;", f"\npid {directory}/nginx.pid;"),
         (r"\nerror_log [^;]+;", f"\nerror_log {directory}/error.log warn;"),
         (r"access_log [^;]+;", f"access_log {directory}/access.log;"),
         (r"listen \d+;", f"listen 127.0.0.1:{listen_port};"),
-        (
-            r"(upstream archmesh_gateways \{\n)(?:\s*server [^\n]+\n)+",
-            lambda match: match.group(1) + gateways,
-        ),
-        (
-            r"(upstream archmesh_notifiers \{\n)(?:\s*server [^\n]+\n)+",
-            lambda match: match.group(1) + notifier_servers,
-        ),
+        _upstream("archmesh_gateways", gateway_ports),
+        _upstream("archmesh_gateways_ws", gateway_ports),
+        _upstream("archmesh_notifiers", notifiers),
     ]
     for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         replacements.append((rf"{kind}_temp_path [^;]+;", f"{kind}_temp_path {directory}/{kind};"))
