@@ -147,8 +147,7 @@ function onState({ state, attempt, code, reason }) {
         if (position) page.before.set(channel, position);
       }
     }
-    const why = code ? ` (closed ${code}${reason ? `: ${reason}` : ""})` : "";
-    showConnection("reconnecting", `Reconnecting (attempt ${attempt})…${why}`);
+    showConnection("reconnecting", `Reconnecting (attempt ${attempt}${reason ? `, ${reason}` : ""})…`);
   } else if (state === "connected") {
     const node = client.info?.node ?? "gateway";
     if (attempt === 0 && page.before.size) {
@@ -334,7 +333,7 @@ function setUnread(count) {
   const badge = $("badge");
   badge.textContent = String(page.unread);
   badge.dataset.count = String(page.unread);
-  badge.setAttribute("aria-label", `${page.unread} unread`);
+  $("badge-label").textContent = `${page.unread} unread`;
   $("read-all").disabled = page.unread === 0;
   document.title = page.unread ? `(${page.unread}) ArchMesh Realtime` : "ArchMesh Realtime";
 }
