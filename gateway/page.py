@@ -34,10 +34,10 @@ log = get_logger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 _CONFIG_SLOT = "<!--archmesh-config-->"
-# The page loads only its own files and talks only to its own origin (ws: for the socket).
+# The page loads only its own files and talks only to its own origin (its WebSocket too).
 _SECURITY_HEADERS = {
     "Content-Security-Policy": (
-        "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
+        "default-src 'self'; img-src 'self' data:; "
         "object-src 'none'; base-uri 'none'; frame-ancestors 'self'"
     ),
     "X-Content-Type-Options": "nosniff",
