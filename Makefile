@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint fmt typecheck pytest jstest clean cluster screenshots
+.PHONY: run test lint fmt typecheck pytest jstest clean cluster screenshots bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ cluster: $(STAMP)
 # docs/screenshot.png from a real run of the page in headless Chromium (tests/browser).
 screenshots: $(STAMP)
 	ARCHMESH_SCREENSHOT=$(CURDIR)/docs/screenshot.png $(BIN)/pytest -q tests/browser/test_screenshot.py
+
+# Side by side with Node's Socket.IO, python-socketio and broadcaster; installs them into .bench/
+# (ignored by git), needs node, npm and redis-server; writes docs/benchmarks.md (~12 min).
+bench: $(STAMP)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache tests/js/node_modules

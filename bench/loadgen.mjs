@@ -1,0 +1,541 @@
+// Load generator and publisher for `make bench`: many WebSocket clients (Node's `ws`) in one
+// process, plus the publisher, so that every message carries this process's clock and a
+// sequence number. Prints one JSON result line on stdout.
+//
+//   node bench/loadgen.mjs --system S --scenario X --port P --redis URL --pid SERVER_PID
+//
+// Systems: archmesh, socketio (Node), pysocketio (python-socketio), broadcaster.
+// Scenarios: fanout, latency, unicast, idle, capacity.
+import { createRequire } from "node:module";
+import { createHmac } from "node:crypto";
+import { readFileSync } from "node:fs";
+import net from "node:net";
+import path from "node:path";
+import { performance } from "node:perf_hooks";
+
+const prefix = process.env.BENCH_NODE_PREFIX;
+const require = createRequire(path.join(prefix, "node_modules", "_"));
+const WebSocket = require("ws");
+const { Redis } = require("ioredis");
+const { Emitter } = require("@socket.io/redis-emitter");
+
+const args = Object.fromEntries(
+  process.argv.slice(2).reduce((acc, arg, i, all) => {
+    if (arg.startsWith("--")) acc.push([arg.slice(2), all[i + 1]]);
+    return acc;
+  }, []),
+);
+const SYSTEM = args.system;
+const SCENARIO = args.scenario;
+const PORT = Number(args.port);
+const SERVER_PID = Number(args.pid);
+const REDIS_URL = args.redis;
+const REDIS_PID = Number(args["redis-pid"] ?? 0);
+const JWT_SECRET = process.env.BENCH_JWT_SECRET ?? "";
+
+const SCENARIOS = {
+  fanout: { clients: 1000, messages: 2000, window: 100, cap: 15 },
+  latency: { clients: 1000, rate: 20, seconds: 10 },
+  unicast: { clients: 1000, messages: 20000, window: 1000, cap: 15 },
+  idle: { clients: 5000 },
+  capacity: { clients: 10000, messages: 20, rate: 4, unicast: 2000 },
+};
+const conf = { ...SCENARIOS[SCENARIO] };
+for (const key of Object.keys(conf)) if (args[key] !== undefined) conf[key] = Number(args[key]);
+
+const now = () => performance.now();
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const FANOUT = { archmesh: "broadcast", broadcaster: "bench" };
+const userChannel = (i) => (SYSTEM === "archmesh" || SYSTEM === "broadcaster" ? `user:u${i}` : `u${i}`);
+const fanoutChannel = () => FANOUT[SYSTEM] ?? "bench";
+
+// -- tokens (HS256, what the gateway verifies) -------------------------------------------------
+
+const b64url = (value) => Buffer.from(value).toString("base64url");
+function token(user) {
+  const head = b64url(JSON.stringify({ alg: "HS256", typ: "JWT" }));
+  const body = b64url(JSON.stringify({ sub: user, exp: Math.floor(Date.now() / 1000) + 3600 }));
+  const sig = createHmac("sha256", JWT_SECRET).update(`${head}.${body}`).digest("base64url");
+  return `${head}.${body}.${sig}`;
+}
+
+// -- publisher -------------------------------------------------------------------------------
+// Each system's own publishing path decides the bytes (publish.lua via EVALSHA, the Socket.IO
+// emitter's msgpack, python-socketio's JSON envelope, a plain PUBLISH). They are encoded before
+// the clock starts, with a fixed-width timestamp placeholder that is overwritten right before
+// the write, and written raw to Redis (replies discarded): the publisher stays cheap, so it is
+// the server that is measured.
+
+const TS_DIGITS = 13;
+const TS_MARK = Buffer.from("7".repeat(TS_DIGITS));
+const PAD = "x".repeat(120);
+
+function resp(...parts) {
+  const chunks = [Buffer.from(`*${parts.length}\r\n`)];
+  for (const part of parts) {
+    const buf = Buffer.isBuffer(part) ? part : Buffer.from(String(part));
+    chunks.push(Buffer.from(`$${buf.length}\r\n`), buf, Buffer.from("\r\n"));
+  }
+  return Buffer.concat(chunks);
+}
+
+class RawRedis {
+  constructor(url) {
+    const { hostname, port } = new URL(url);
+    this.sock = net.connect(Number(port), hostname);
+    this.sock.setNoDelay(true);
+    this.sock.on("data", () => {});
+    this.corked = false;
+  }
+
+  write(buf) {
+    if (!this.corked) {
+      this.corked = true;
+      this.sock.cork();
+      process.nextTick(() => {
+        this.corked = false;
+        this.sock.uncork();
+      });
+    }
+    this.sock.write(buf);
+  }
+}
+
+const redis = new Redis(REDIS_URL);
+const raw = new RawRedis(REDIS_URL);
+
+function eventObject(seq) {
+  return { type: "bench", seq, ts: TS_MARK.toString(), pad: PAD };
+}
+
+function makeSystem() {
+  const base = `ws://127.0.0.1:${PORT}`;
+  const socketIo = {
+    url: () => `${base}/socket.io/?EIO=4&transport=websocket`,
+    open: () => {},
+    control(client, text) {
+      if (text === "2") client.ws.send("3"); // Engine.IO ping
+      else if (text.startsWith("0{")) client.ws.send("40");
+      else if (text.startsWith("40")) client.ws.send(`42${JSON.stringify(["join", client.channels])}`);
+      else if (text.startsWith('42["joined"')) return true;
+      return false;
+    },
+  };
+  if (SYSTEM === "archmesh") {
+    const script = readFileSync(new URL("../shared/broker/publish.lua", import.meta.url), "utf8");
+    let sha = null;
+    return {
+      url: () => `${base}/ws`,
+      open(client) {
+        const extra = client.channels.filter((c) => !c.startsWith("user:"));
+        client.ws.send(JSON.stringify({ type: "connect", token: token(`u${client.index}`), subscribe: extra }));
+        client.pending = 1 + extra.length;
+      },
+      control(client, text) {
+        if (text.startsWith('{"type":"connected"') || text.startsWith('{"type":"subscribed"')) {
+          client.pending -= 1;
+          return client.pending === 0;
+        }
+        if (text.startsWith('{"type":"error"') || text.startsWith('{"type":"disconnect"')) {
+          throw new Error(`archmesh client ${client.index}: ${text}`);
+        }
+        return false;
+      },
+      async prepare() {
+        sha = await redis.script("LOAD", script);
+      },
+      encode: (channel, seq) =>
+        resp("EVALSHA", sha, 2, `rt:{${channel}}:meta`, `rt:{${channel}}:history`,
+          JSON.stringify(eventObject(seq)), 1000, 3600000),
+    };
+  }
+  if (SYSTEM === "socketio") {
+    let captured = null;
+    const emitter = new Emitter({ publish: (channel, msg) => (captured = resp("PUBLISH", channel, msg)) });
+    return {
+      ...socketIo,
+      encode(channel, seq) {
+        emitter.to(channel).emit("m", eventObject(seq));
+        return captured;
+      },
+    };
+  }
+  if (SYSTEM === "pysocketio") {
+    return {
+      ...socketIo,
+      encode(channel, seq) {
+        const message = {
+          method: "emit", event: "m", data: [eventObject(seq)], binary: false, namespace: "/",
+          room: channel, skip_sid: null, callback: null, host_id: "bench-publisher",
+        };
+        return resp("PUBLISH", "socketio", JSON.stringify(message));
+      },
+    };
+  }
+  if (SYSTEM === "broadcaster") {
+    return {
+      url: (client) => `${base}/ws?channel=${encodeURIComponent(client.channels[0])}`,
+      open: () => {},
+      control: (_client, text) => text === "ready",
+      encode: (channel, seq) => resp("PUBLISH", channel, JSON.stringify(eventObject(seq))),
+    };
+  }
+  throw new Error(`unknown system ${SYSTEM}`);
+}
+
+const system = makeSystem();
+
+// One message ready to go: its bytes and where the timestamp digits sit.
+function prepared(channel, seq) {
+  const buf = system.encode(channel, seq);
+  return { buf, at: buf.indexOf(TS_MARK) };
+}
+
+function send(message) {
+  let value = Math.round(now() * 1000);
+  const { buf, at } = message;
+  for (let i = at + TS_DIGITS - 1; i >= at; i -= 1) {
+    buf[i] = 48 + (value % 10);
+    value = Math.floor(value / 10);
+  }
+  raw.write(buf);
+}
+
+// -- clients ---------------------------------------------------------------------------------
+
+const SEQ = Buffer.from('"seq":');
+const TS = Buffer.from('"ts":');
+
+function intAt(buf, at) {
+  let i = at;
+  while (buf[i] === 32 || buf[i] === 34) i += 1; // a space or a quote before the digits
+  let sign = 1;
+  if (buf[i] === 45) {
+    sign = -1;
+    i += 1;
+  }
+  let value = 0;
+  for (; buf[i] >= 48 && buf[i] <= 57; i += 1) value = value * 10 + (buf[i] - 48);
+  return sign * value;
+}
+
+let onDelivery = () => {};
+const clients = [];
+
+function connect(index, channels) {
+  return new Promise((resolve, reject) => {
+    const client = { index, channels, ready: false, ws: null, pending: 0 };
+    const ws = new WebSocket(system.url(client), { perMessageDeflate: false });
+    client.ws = ws;
+    const timer = setTimeout(() => reject(new Error(`client ${index}: not ready after 60 s`)), 60000);
+    ws.on("open", () => system.open(client));
+    ws.on("error", (err) => reject(err));
+    ws.on("close", (code) => {
+      if (!client.ready) reject(new Error(`client ${index}: closed ${code} before ready`));
+      client.closed = code;
+    });
+    ws.on("message", (buf) => {
+      const at = buf.indexOf(SEQ);
+      if (at >= 0) {
+        const seq = intAt(buf, at + SEQ.length);
+        const ts = intAt(buf, buf.indexOf(TS, at) + TS.length);
+        onDelivery(client, seq, ts);
+        return;
+      }
+      if (system.control(client, buf.toString()) && !client.ready) {
+        client.ready = true;
+        clearTimeout(timer);
+        resolve(client);
+      }
+    });
+  });
+}
+
+async function connectAll(count, channelsOf, concurrency = 200) {
+  let next = 0;
+  const worker = async () => {
+    while (next < count) {
+      const index = next++;
+      clients[index] = await connect(index, channelsOf(index));
+    }
+  };
+  await Promise.all(Array.from({ length: concurrency }, worker));
+}
+
+// -- measurement -----------------------------------------------------------------------------
+
+function cpuSeconds(pid) {
+  if (!pid) return 0;
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / 100; // utime + stime, in ticks of 10 ms
+}
+
+function serverRssKb() {
+  const status = readFileSync(`/proc/${SERVER_PID}/status`, "utf8");
+  return Number(/VmRSS:\s+(\d+)/.exec(status)[1]);
+}
+
+function percentile(sorted, p) {
+  if (sorted.length === 0) return null;
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+}
+
+class Tally {
+  // Deliveries of messages 0..messages-1 to `clients` clients, each expected exactly once by the
+  // clients `expected(seq)` names (all of them when undefined).
+  constructor(nClients, messages, perMessage) {
+    this.n = nClients;
+    this.messages = messages;
+    this.perMessage = perMessage;
+    this.seen = new Uint8Array(nClients * messages);
+    this.count = new Uint32Array(messages);
+    this.latency = new Float64Array(messages * perMessage);
+    this.deliveries = 0;
+    this.duplicates = 0;
+    this.stray = 0;
+    this.completed = 0;
+    this.last = 0;
+  }
+
+  record(client, seq, ts) {
+    const t = now();
+    if (seq < 0 || seq >= this.messages) return false;
+    const slot = client.index * this.messages + seq;
+    if (this.seen[slot]) {
+      this.duplicates += 1;
+      return false;
+    }
+    this.seen[slot] = 1;
+    this.latency[this.deliveries] = t - ts / 1000;
+    this.deliveries += 1;
+    this.last = t;
+    this.count[seq] += 1;
+    if (this.count[seq] === this.perMessage) this.completed += 1;
+    return true;
+  }
+
+  summary(published, start) {
+    const lat = this.latency.slice(0, this.deliveries).sort();
+    const elapsed = (this.last - start) / 1000;
+    const expected = published * this.perMessage;
+    return {
+      published,
+      expected,
+      deliveries: this.deliveries,
+      lost: expected - this.deliveries,
+      duplicates: this.duplicates,
+      seconds: round(elapsed, 3),
+      rate: round(this.deliveries / elapsed, 0),
+      p50_ms: round(percentile(lat, 50), 3),
+      p99_ms: round(percentile(lat, 99), 3),
+      max_ms: round(lat.length ? lat[lat.length - 1] : null, 3),
+    };
+  }
+}
+
+const round = (v, digits) => (v === null || Number.isNaN(v) ? null : Number(v.toFixed(digits)));
+
+// Publishes warm-up messages (negative seq) until `client` gets one: the whole path is live.
+async function warmUp(channel, client, timeoutMs = 15000) {
+  let got = false;
+  const previous = onDelivery;
+  onDelivery = (c, seq) => {
+    if (c === client && seq < 0) got = true;
+  };
+  const deadline = now() + timeoutMs;
+  for (let seq = -1; !got; seq -= 1) {
+    if (now() > deadline) throw new Error(`warm-up: nothing arrived on ${channel}`);
+    send(prepared(channel, seq));
+    await sleep(100);
+  }
+  await sleep(300); // let the other clients' warm-up copies drain
+  onDelivery = previous;
+}
+
+// Runs `body` and measures the CPU both processes used meanwhile.
+async function measured(body) {
+  const cpu0 = process.cpuUsage();
+  const srv0 = cpuSeconds(SERVER_PID);
+  const redis0 = cpuSeconds(REDIS_PID);
+  const t0 = now();
+  const result = await body();
+  const wall = (now() - t0) / 1000;
+  const cpu = process.cpuUsage(cpu0);
+  result.loadgen_cpu = round((cpu.user + cpu.system) / 1e6 / wall, 2);
+  const serverCpu = cpuSeconds(SERVER_PID) - srv0;
+  result.server_cpu = round(serverCpu / wall, 2);
+  // Deliveries per second of server CPU: steadier than `rate` on a busy shared machine.
+  if (result.deliveries) result.per_cpu_second = round(result.deliveries / serverCpu, 0);
+  result.redis_cpu = round((cpuSeconds(REDIS_PID) - redis0) / wall, 2);
+  return result;
+}
+
+// Publishes `messages` as fast as the system takes them: at most `window` incomplete at once.
+function windowed(tally, batch, window, capSeconds) {
+  const messages = batch.length;
+  return new Promise((resolve) => {
+    let published = 0;
+    let lastProgress = now();
+    let progress = -1;
+    const start = now();
+    const pump = () => {
+      while (published < messages && published - tally.completed < window) {
+        if ((now() - start) / 1000 > capSeconds) break;
+        send(batch[published]);
+        published += 1;
+      }
+    };
+    onDelivery = (client, seq, ts) => {
+      if (tally.record(client, seq, ts)) pump();
+    };
+    pump();
+    const check = setInterval(() => {
+      if (tally.deliveries !== progress) {
+        progress = tally.deliveries;
+        lastProgress = now();
+      }
+      const done = tally.completed >= published && (published >= messages || (now() - start) / 1000 > capSeconds);
+      if (done || now() - lastProgress > 3000) {
+        clearInterval(check);
+        resolve({ published, start });
+      }
+    }, 20);
+  });
+}
+
+// Publishes at a fixed rate, then waits (at most 5 s) for the stragglers.
+function paced(tally, batch, rate) {
+  const count = batch.length;
+  return new Promise((resolve) => {
+    onDelivery = (client, seq, ts) => tally.record(client, seq, ts);
+    const start = now();
+    let published = 0;
+    const tick = () => {
+      const due = Math.min(count, Math.floor(((now() - start) / 1000) * rate) + 1);
+      while (published < due) {
+        send(batch[published]);
+        published += 1;
+      }
+      if (published < count) {
+        setTimeout(tick, Math.max(0, start + (published * 1000) / rate - now()));
+        return;
+      }
+      const end = now() + 5000;
+      const wait = setInterval(() => {
+        if (tally.completed >= count || now() > end) {
+          clearInterval(wait);
+          resolve({ published, start });
+        }
+      }, 20);
+    };
+    tick();
+  });
+}
+
+// A seeded PRNG so every system gets the same sequence of unicast targets.
+function targets(n, count) {
+  let state = 12345;
+  const out = new Uint32Array(count);
+  for (let i = 0; i < count; i += 1) {
+    state = (Math.imul(state, 1103515245) + 12345) >>> 0;
+    out[i] = state % n;
+  }
+  return out;
+}
+
+const batchOf = (count, channelOf) => Array.from({ length: count }, (_, seq) => prepared(channelOf(seq), seq));
+
+async function scenario() {
+  if (system.prepare) await system.prepare();
+  if (SCENARIO === "fanout" || SCENARIO === "latency") {
+    const channel = fanoutChannel();
+    await connectAll(conf.clients, () => [channel]);
+    await warmUp(channel, clients[0]);
+    const batch = batchOf(SCENARIO === "fanout" ? conf.messages : conf.rate * conf.seconds, () => channel);
+    return measured(async () => {
+      const tally = new Tally(conf.clients, batch.length, conf.clients);
+      const run =
+        SCENARIO === "fanout"
+          ? await windowed(tally, batch, conf.window, conf.cap)
+          : await paced(tally, batch, conf.rate);
+      return tally.summary(run.published, run.start);
+    });
+  }
+  if (SCENARIO === "unicast") {
+    await connectAll(conf.clients, (i) => [userChannel(i)]);
+    await warmUp(userChannel(0), clients[0]);
+    const to = targets(conf.clients, conf.messages);
+    const batch = batchOf(conf.messages, (seq) => userChannel(to[seq]));
+    return measured(async () => {
+      const tally = new Tally(conf.clients, conf.messages, 1);
+      const record = tally.record.bind(tally);
+      tally.record = (client, seq, ts) => {
+        if (seq >= 0 && seq < conf.messages && to[seq] !== client.index) {
+          tally.stray += 1;
+          return false;
+        }
+        return record(client, seq, ts);
+      };
+      const run = await windowed(tally, batch, conf.window, conf.cap);
+      return { ...tally.summary(run.published, run.start), stray: tally.stray };
+    });
+  }
+  if (SCENARIO === "idle") {
+    await connectAll(1, (i) => [userChannel(i)]);
+    await warmUp(userChannel(0), clients[0]);
+    await sleep(500);
+    const before = serverRssKb();
+    const t0 = now();
+    await connectAll(conf.clients, (i) => [userChannel(i)]);
+    const connectSeconds = (now() - t0) / 1000;
+    await sleep(3000);
+    const after = serverRssKb();
+    return {
+      clients: conf.clients,
+      connect_seconds: round(connectSeconds, 2),
+      rss_before_kb: before,
+      rss_after_kb: after,
+      kb_per_conn: round((after - before) / (conf.clients - 1), 2),
+    };
+  }
+  if (SCENARIO === "capacity") {
+    // 10k clients, each on its own user channel and the shared one: connect, then fan out and
+    // unicast while all of them are connected.
+    const shared = fanoutChannel();
+    const memory0 = serverRssKb();
+    const t0 = now();
+    await connectAll(conf.clients, (i) => [userChannel(i), shared]);
+    const connectSeconds = (now() - t0) / 1000;
+    await warmUp(shared, clients[0]);
+    const fan = new Tally(conf.clients, conf.messages, conf.clients);
+    const fanRun = await paced(fan, batchOf(conf.messages, () => shared), conf.rate);
+    const to = targets(conf.clients, conf.unicast);
+    const uni = new Tally(conf.clients, conf.unicast, 1);
+    const uniBatch = batchOf(conf.unicast, (seq) => userChannel(to[seq]));
+    const uniRun = await windowed(uni, uniBatch, 500, 15);
+    const after = serverRssKb();
+    return {
+      clients: conf.clients,
+      connect_seconds: round(connectSeconds, 2),
+      kb_per_conn: round((after - memory0) / conf.clients, 2),
+      fanout: fan.summary(fanRun.published, fanRun.start),
+      unicast: uni.summary(uniRun.published, uniRun.start),
+    };
+  }
+  throw new Error(`unknown scenario ${SCENARIO}`);
+}
+
+try {
+  const result = await scenario();
+  result.closed_early = clients.filter((c) => c && c.closed !== undefined).length;
+  process.stdout.write(`${JSON.stringify({ system: SYSTEM, scenario: SCENARIO, ...result })}\n`);
+} catch (err) {
+  process.stdout.write(`${JSON.stringify({ system: SYSTEM, scenario: SCENARIO, error: String(err) })}\n`);
+  process.exitCode = 1;
+} finally {
+  for (const client of clients) client?.ws.terminate();
+  redis.disconnect();
+  raw.sock.destroy();
+  setTimeout(() => process.exit(), 200).unref();
+}

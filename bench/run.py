@@ -1,0 +1,379 @@
+"""`make bench`: ArchMesh's gateway against its peers, side by side, on this machine.
+
+Installs the peers into `.bench/` (ignored by git), starts a private redis-server, then for
+each round and system starts a fresh server pinned to core 0 (`taskset -c 0`) for every
+scenario and runs the load generator + publisher pinned to core 1 (with Redis). Medians of the
+rounds, as ratios to Node's Socket.IO, go to docs/benchmarks.md.
+
+    python3 bench/run.py [--rounds 3] [--systems a,b] [--scenarios x,y] [--no-write]
+
+Standard library only: it runs before any venv exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = Path(__file__).resolve().parent
+PEERS = REPO / ".bench"
+VENV_PY = PEERS / "venv" / "bin" / "python"
+JWT_SECRET = "bench-jwt-secret-0123456789abcdef-0123"
+SERVER_CORE, LOAD_CORE = "0", "1"
+
+SYSTEMS = ("archmesh", "socketio", "pysocketio", "broadcaster")
+SCENARIOS = ("fanout", "latency", "unicast", "idle")
+LABELS = {
+    "archmesh": "ArchMesh gateway",
+    "socketio": "Node Socket.IO + redis-adapter",
+    "pysocketio": "python-socketio + AsyncRedisManager",
+    "broadcaster": "encode/broadcaster + Starlette",
+}
+REFERENCE = "socketio"
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# -- peers ----------------------------------------------------------------------------------
+
+
+def install_peers() -> None:
+    """Python peers into their own venv, Node peers into .bench/node_modules; both pinned."""
+    PEERS.mkdir(exist_ok=True)
+    requirements = (BENCH / "requirements-peers.txt").read_text()
+    stamp = PEERS / "venv" / ".requirements"
+    if not VENV_PY.exists() or not stamp.exists() or stamp.read_text() != requirements:
+        log("installing Python peers into .bench/venv")
+        subprocess.run([sys.executable, "-m", "venv", str(PEERS / "venv")], check=True)
+        pip = [str(VENV_PY), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+        subprocess.run([*pip, "-r", str(BENCH / "requirements-peers.txt")], check=True)
+        stamp.write_text(requirements)
+    package = (BENCH / "package.json").read_text()
+    installed = PEERS / "package.json"
+    if (
+        not (PEERS / "node_modules").exists()
+        or not installed.exists()
+        or (installed.read_text() != package)
+    ):
+        log("installing Node peers and the load generator into .bench/node_modules")
+        installed.write_text(package)
+        npm = ["npm", "install", "--prefix", str(PEERS), "--no-audit", "--no-fund"]
+        subprocess.run([*npm, "--loglevel=error"], check=True)
+
+
+# -- processes ------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port} after {timeout}s")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[tuple[str, int]]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server is needed (apt-get install redis-server)")
+    port = free_port()
+    workdir = tempfile.mkdtemp(prefix="archmesh-bench-redis-")
+    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    args += ["--dir", workdir, "--logfile", os.path.join(workdir, "redis.log")]
+    proc = subprocess.Popen(["taskset", "-c", LOAD_CORE, binary, *args])
+    try:
+        wait_port(port, proc)
+        yield f"redis://127.0.0.1:{port}/0", proc.pid
+    finally:
+        stop(proc)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def server_command(system: str, port: int) -> list[str]:
+    if system == "archmesh":
+        return [str(REPO / ".venv" / "bin" / "archmesh-rt"), "gateway", "--port", str(port)]
+    if system == "socketio":
+        return ["node", str(BENCH / "peers" / "socketio_server.mjs")]
+    apps = {"pysocketio": "pysocketio_server:app", "broadcaster": "broadcaster_server:app"}
+    return [
+        *(str(VENV_PY), "-m", "uvicorn", apps[system], "--app-dir", str(BENCH / "peers")),
+        *("--port", str(port), "--log-level", "warning", "--no-access-log"),
+    ]
+
+
+def environment(redis_url: str, port: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        PORT=str(port),
+        REDIS_URL=redis_url,
+        BENCH_NODE_PREFIX=str(PEERS),
+        BENCH_JWT_SECRET=JWT_SECRET,
+        ARCHMESH_REDIS_URL=redis_url,
+        ARCHMESH_JWT_SECRET=JWT_SECRET,
+        ARCHMESH_LOG_LEVEL="warning",
+        ARCHMESH_DRAIN_SECONDS="0",
+        NODE_ENV="production",
+    )
+    return env
+
+
+def run_scenario(
+    system: str, scenario: str, redis_url: str, redis_pid: int, extra: list[str]
+) -> dict[str, object]:
+    port = free_port()
+    env = environment(redis_url, port)
+    cmd = ["taskset", "-c", SERVER_CORE, *server_command(system, port)]
+    server = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL)
+    try:
+        wait_port(port, server)
+        loadgen = ["taskset", "-c", LOAD_CORE, "node", str(BENCH / "loadgen.mjs")]
+        loadgen += ["--system", system, "--scenario", scenario, "--port", str(port)]
+        loadgen += ["--redis", redis_url, "--pid", str(server.pid), "--redis-pid", str(redis_pid)]
+        done = subprocess.run(
+            [*loadgen, *extra], env=env, capture_output=True, text=True, timeout=180, check=False
+        )
+        lines = done.stdout.strip().splitlines()
+        if not lines:
+            return {"error": f"load generator printed nothing: {done.stderr.strip()[-500:]}"}
+        result: dict[str, object] = json.loads(lines[-1])
+        return result
+    finally:
+        stop(server)
+
+
+# -- results --------------------------------------------------------------------------------
+
+# (scenario, key in a result, label, higher is better)
+METRICS = (
+    ("fanout", "rate", "fan-out deliveries/s", True),
+    ("fanout", "per_cpu_second", "fan-out deliveries per server CPU-second", True),
+    ("fanout", "p99_ms", "fan-out p99 ms (saturated)", False),
+    ("latency", "p50_ms", "latency p50 ms", False),
+    ("latency", "p99_ms", "latency p99 ms", False),
+    ("latency", "max_ms", "latency max ms", False),
+    ("unicast", "rate", "unicast deliveries/s", True),
+    ("unicast", "per_cpu_second", "unicast deliveries per server CPU-second", True),
+    ("idle", "kb_per_conn", "idle KiB per connection", False),
+)
+
+
+@dataclass
+class Results:
+    runs: dict[str, dict[str, list[dict[str, object]]]] = field(default_factory=dict)
+
+    def add(self, system: str, scenario: str, result: dict[str, object]) -> None:
+        self.runs.setdefault(system, {}).setdefault(scenario, []).append(result)
+
+    def median(self, system: str, scenario: str, key: str) -> float | None:
+        values = [
+            float(v)  # type: ignore[arg-type]
+            for r in self.runs.get(system, {}).get(scenario, [])
+            if "error" not in r and (v := r.get(key)) is not None
+        ]
+        return statistics.median(values) if values else None
+
+    def total(self, system: str, scenario: str, key: str) -> int:
+        return sum(
+            int(r.get(key, 0) or 0)  # type: ignore[call-overload]
+            for r in self.runs.get(system, {}).get(scenario, [])
+        )
+
+
+def fmt(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    if value >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.3g}" if value < 10 else f"{value:.1f}"
+
+
+def table(results: Results, systems: list[str]) -> str:
+    head = "| metric | " + " | ".join(LABELS[s] for s in systems) + " |"
+    lines = [head, "|" + " --- |" * (len(systems) + 1)]
+    for scenario, key, label, _ in METRICS:
+        ref = results.median(REFERENCE, scenario, key)
+        cells = []
+        for system in systems:
+            value = results.median(system, scenario, key)
+            ratio = f" ({value / ref:.2f}x)" if value is not None and ref else ""
+            cells.append(fmt(value) + ratio)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    for scenario in ("fanout", "latency", "unicast"):
+        cells = [
+            f"{results.total(s, scenario, 'lost')} / {results.total(s, scenario, 'duplicates')}"
+            for s in systems
+        ]
+        label = f"{scenario}: not delivered / duplicates (all runs)"
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def targets(results: Results) -> str:
+    def ratio(scenario: str, key: str) -> float | None:
+        ours = results.median("archmesh", scenario, key)
+        ref = results.median(REFERENCE, scenario, key)
+        return ours / ref if ours is not None and ref else None
+
+    rows = [
+        ("fan-out deliveries/s", ratio("fanout", "rate"), ">= 1.0x", lambda r: r >= 1.0),
+        ("unicast deliveries/s", ratio("unicast", "rate"), ">= 1.8x", lambda r: r >= 1.8),
+        ("latency p99", ratio("latency", "p99_ms"), "<= 1.0x", lambda r: r <= 1.0),
+        ("idle memory per connection", ratio("idle", "kb_per_conn"), "<= 1.3x", lambda r: r <= 1.3),
+    ]
+    lines = ["| target | measured | goal | met |", "| --- | --- | --- | --- |"]
+    for name, value, goal, ok in rows:
+        shown = f"{value:.2f}x" if value is not None else "n/a"
+        met = "yes" if value is not None and ok(value) else "no"
+        lines.append(f"| {name} | {shown} | {goal} | {met} |")
+    lost = results.total("archmesh", "latency", "lost")
+    lines.append(f"| latency scenario loss | {lost} | 0 | {'yes' if lost == 0 else 'no'} |")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem = "?"
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f"{kb / 1024 / 1024:.0f} GiB"
+    return f"{model}, {os.cpu_count()} cores, {mem} RAM, Linux {platform.release()}"
+
+
+def versions() -> dict[str, str]:
+    def out(cmd: list[str]) -> str:
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, check=False).stdout.strip()
+        except OSError:
+            return "?"
+
+    found = {
+        "python": platform.python_version(),
+        "node": out(["node", "--version"]),
+        "redis-server": out(["redis-server", "--version"]).split(" v=")[-1].split(" ")[0],
+        "archmesh-realtime": out(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]),
+    }
+    pip = out([str(VENV_PY), "-m", "pip", "list", "--format=json"])
+    wanted = {"python-socketio", "python-engineio", "broadcaster", "uvicorn", "redis", "uvloop"}
+    for item in json.loads(pip or "[]"):
+        if item["name"].lower() in wanted:
+            found[item["name"]] = item["version"]
+    for name in ("socket.io", "@socket.io/redis-adapter", "@socket.io/redis-emitter", "ws"):
+        package = PEERS / "node_modules" / name / "package.json"
+        with contextlib.suppress(OSError, ValueError):
+            found[name] = json.loads(package.read_text())["version"]
+    return found
+
+
+def write_doc(results: Results, systems: list[str], rounds: int, minutes: float) -> None:
+    template = (BENCH / "benchmarks.md.in").read_text()
+    loadgen = max(
+        (
+            float(r["loadgen_cpu"])  # type: ignore[arg-type]
+            for per in results.runs.values()
+            for runs in per.values()
+            for r in runs
+            if r.get("loadgen_cpu") is not None
+        ),
+        default=0.0,
+    )
+    capacity = results.runs.get("archmesh", {}).get("capacity", [])
+    doc = template.format(
+        date=time.strftime("%Y-%m-%d"),
+        machine=machine(),
+        versions="\n".join(f"- {k}: {v}" for k, v in versions().items()),
+        rounds=rounds,
+        minutes=f"{minutes:.1f}",
+        table=table(results, systems),
+        targets=targets(results),
+        loadgen_cpu=f"{loadgen:.2f}",
+        capacity=json.dumps(capacity[-1], indent=1) if capacity else "(not run)",
+        history=(BENCH / "history.md").read_text().strip(),
+        raw=json.dumps(results.runs, indent=1),
+    )
+    (REPO / "docs" / "benchmarks.md").write_text(doc)
+    log("wrote docs/benchmarks.md")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--capacity", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--no-write", action="store_true", help="print, leave the doc alone")
+    parser.add_argument("extra", nargs="*", help="passed to the load generator, e.g. --clients 10")
+    opts = parser.parse_args()
+    systems = [s for s in opts.systems.split(",") if s]
+    scenarios = [s for s in opts.scenarios.split(",") if s]
+    if os.cpu_count() is None or os.cpu_count() < 2:  # type: ignore[operator]
+        raise SystemExit("needs 2 cores: the server on one, the load generator on the other")
+    started = time.monotonic()
+    install_peers()
+    results = Results()
+    with redis_server() as (redis_url, redis_pid):
+        for round_no in range(1, opts.rounds + 1):
+            # Rotate the order so a noisy moment of the shared machine does not hit one system.
+            order = systems[round_no - 1 :] + systems[: round_no - 1]
+            for scenario in scenarios:
+                for system in order:
+                    result = run_scenario(system, scenario, redis_url, redis_pid, opts.extra)
+                    results.add(system, scenario, result)
+                    log(f"round {round_no} {system} {scenario}: {json.dumps(result)}")
+        if opts.capacity and "archmesh" in systems:
+            result = run_scenario("archmesh", "capacity", redis_url, redis_pid, [])
+            results.add("archmesh", "capacity", result)
+            log(f"archmesh capacity: {json.dumps(result)}")
+    minutes = (time.monotonic() - started) / 60
+    (PEERS / "results.json").write_text(json.dumps(results.runs, indent=1))
+    print(table(results, systems))
+    print(targets(results))
+    log(f"done in {minutes:.1f} min; raw results in .bench/results.json")
+    if not opts.no_write:
+        write_doc(results, systems, opts.rounds, minutes)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
