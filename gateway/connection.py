@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -16,6 +15,7 @@ from pydantic import ValidationError
 from gateway.authorization import authorize
 from gateway.hub import Hub
 from gateway.metrics import GatewayMetrics
+from gateway.outbox import open_outbox
 from gateway.protocol import (
     CLIENT_FRAME,
     CLOSE_REASONS,
@@ -23,6 +23,7 @@ from gateway.protocol import (
     CloseCode,
     ConnectFrame,
     ErrorCode,
+    Outgoing,
     PingFrame,
     PresenceFrame,
     RefreshFrame,
@@ -71,18 +72,14 @@ class Connection:
         self.user_id: str | None = None
         self.claims: Claims | None = None
         self.channels: set[str] = set()
-        self._send = send
         self._hub = hub
         self._settings = settings
         self._verifier = verifier
         self._metrics = metrics
-        self._queue: deque[str] = deque()
-        self._queued = 0
-        self._wakeup = asyncio.Event()
-        self._recovering: dict[str, list[tuple[Publication, str]]] = {}
+        self._outbox = open_outbox(send, settings.client_queue_bytes, hub.flusher)
+        self._recovering: dict[str, list[tuple[Publication, Outgoing]]] = {}
         self._caught_up: dict[str, tuple[str, int]] = {}  # channel -> (epoch, offset sent)
         self._close_code: CloseCode | None = None
-        self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
         self._expiry: asyncio.TimerHandle | None = None
         self._refused = 0
@@ -92,13 +89,13 @@ class Connection:
 
     # -- outbound -----------------------------------------------------------------------
 
-    def deliver(self, pub: Publication, frame: str) -> None:
+    def deliver(self, pub: Publication, frame: Outgoing) -> None:
         """Hub fan-out entry point. The common case is two falsy checks and a push."""
         if (self._recovering or self._caught_up) and self._held(pub, frame):
             return
         self.push(frame)
 
-    def _held(self, pub: Publication, frame: str) -> bool:
+    def _held(self, pub: Publication, frame: Outgoing) -> bool:
         waiting = self._recovering.get(pub.channel)
         if waiting is not None:
             waiting.append((pub, frame))  # sent in order once the history read is done
@@ -114,82 +111,47 @@ class Connection:
         del self._caught_up[pub.channel]
         return False
 
-    def push(self, frame: str) -> None:
-        if self._close_code is not None:
-            return
-        size = len(frame)
-        if self._queued + size > self._settings.client_queue_bytes:
+    def push(self, frame: Outgoing) -> None:
+        if self._close_code is None and not self._outbox.push(frame):
             self.close(CloseCode.SLOW_CONSUMER)
-            return
-        self._queue.append(frame)
-        self._queued += size
-        self._wakeup.set()
-
-    async def _write_loop(self) -> None:
-        queue, send = self._queue, self._send
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while queue:
-                frame = queue.popleft()
-                self._queued -= len(frame)
-                await send({"type": "websocket.send", "text": frame})
-            if self._close_code is not None:
-                await self._send_close(self._close_code)
-                return
 
     def close(self, code: CloseCode) -> None:
-        """Tell the client why, then close. An orderly close flushes the queue first; a slow
+        """Tell the client why, then close. An orderly close sends what is queued first; a slow
         consumer loses its queue. A socket that will not drain in time is aborted."""
         if self._close_code is not None:
             return
         self._close_code = code
         self._metrics.disconnects.labels(code=str(int(code))).inc()
         if code is CloseCode.SLOW_CONSUMER:
-            self._queue.clear()
-            self._queued = 0
-        self._wakeup.set()
-        self._closer = asyncio.create_task(self._watch_close(), name="close")
+            self._outbox.discard()
+        self._closer = asyncio.create_task(self._finish(code), name="close")
 
-    async def _watch_close(self) -> None:
-        writer = self._writer
-        if writer is None:
-            return
-        done, _ = await asyncio.wait({writer}, timeout=CLOSE_GRACE)
-        if not done:
-            writer.cancel()
-            self._abort()
-
-    async def _send_close(self, code: CloseCode) -> None:
-        await self._send({"type": "websocket.send", "text": disconnect_frame(code)})
-        reason = CLOSE_REASONS[code]
-        await self._send({"type": "websocket.close", "code": int(code), "reason": reason})
-
-    def _abort(self) -> None:
-        # uvicorn's send is a bound method of its protocol; aborting the transport is the
-        # only way to drop a peer that stopped reading (a close frame would never leave).
-        transport = getattr(getattr(self._send, "__self__", None), "transport", None)
-        if transport is not None:
-            transport.abort()
+    async def _finish(self, code: CloseCode) -> None:
+        last = Outgoing(disconnect_frame(code))
+        try:
+            await asyncio.wait_for(
+                self._outbox.close(last, int(code), CLOSE_REASONS[code]), CLOSE_GRACE
+            )
+        except TimeoutError:
+            self._outbox.abort()
 
     def reply(self, frame: dict[str, Any]) -> None:
-        self.push(encode(frame))
+        self.push(Outgoing(encode(frame)))
 
     def error(self, code: ErrorCode, message: str, request_id: int | None = None) -> None:
         self._metrics.errors.labels(code=code.value).inc()
-        self.push(error_frame(code, message, request_id))
+        self.push(Outgoing(error_frame(code, message, request_id)))
 
     # -- lifecycle ----------------------------------------------------------------------
 
     async def run(self, receive: Receive, header_token: str | None) -> None:
         self._hub.add(self)
-        self._writer = asyncio.create_task(self._write_loop(), name="writer")
         try:
             if header_token is not None:
                 await self._on_connect(ConnectFrame(type="connect", token=header_token))
             await self._read_loop(receive)
         finally:
-            self._writer.cancel()
+            self._outbox.stop()
             if self._expiry is not None:
                 self._expiry.cancel()
             await self._hub.remove(self)
@@ -360,7 +322,7 @@ class Connection:
         if since is not None and reply["recovered"]:
             last = missed[-1].offset if missed else since.offset
         for pub in missed:
-            self.push(publication_frame(pub))
+            self.push(Outgoing(publication_frame(pub)))
         live_reached = -1  # how far the live stream got while history was read
         for pub, live in self._recovering.get(channel, []):
             # Live messages that history already covered are skipped; bare PUBLISHes have no offset.

@@ -8,7 +8,8 @@ import contextlib
 from typing import TYPE_CHECKING
 
 from gateway.metrics import GatewayMetrics
-from gateway.protocol import encode, publication_frame
+from gateway.outbox import Flusher
+from gateway.protocol import Outgoing, encode, publication_frame
 from shared.backoff import Backoff
 from shared.broker import Broker, BrokerError, PresenceEntry, Publication, StreamPosition
 from shared.logging import get_logger
@@ -34,6 +35,7 @@ class Hub:
         self.broker = broker
         self.node = node
         self._metrics = metrics
+        self.flusher = Flusher()
         self._subs: dict[str, set[Connection]] = {}
         self._last: dict[str, tuple[str, int]] = {}
         self._repairing: dict[str, list[Publication]] = {}
@@ -121,7 +123,7 @@ class Hub:
                     self._start_repair(pub.channel, last[0], last[1], [pub])
                     return
             self._last[pub.channel] = (pub.epoch, pub.offset)
-        frame = publication_frame(pub)
+        frame = Outgoing(publication_frame(pub))
         for conn in conns:
             conn.deliver(pub, frame)
         self._metrics.deliveries.inc(len(conns))
@@ -179,16 +181,15 @@ class Hub:
         as an unasked `subscribed` with `recovered: false`, so it reloads its state."""
         log.warning("gap_not_repairable", channel=channel, since=since, epoch=position.epoch)
         self._last[channel] = (position.epoch, position.offset)
-        frame = encode(
-            {
-                "type": "subscribed",
-                "channel": channel,
-                "offset": position.offset,
-                "epoch": position.epoch,
-                "recovered": False,
-                "reason": "history_lost",
-            }
-        )
+        reply = {
+            "type": "subscribed",
+            "channel": channel,
+            "offset": position.offset,
+            "epoch": position.epoch,
+            "recovered": False,
+            "reason": "history_lost",
+        }
+        frame = Outgoing(encode(reply))
         for conn in self._subs.get(channel, ()):
             conn.push(frame)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from enum import IntEnum, StrEnum
 from typing import Annotated, Any, Literal
 
@@ -110,6 +111,35 @@ ClientFrame = Annotated[
 ]
 CLIENT_FRAME: TypeAdapter[ClientFrame] = TypeAdapter(ClientFrame)
 FRAME_TYPES = frozenset(("connect", "subscribe", "unsubscribe", "ping", "refresh", "presence"))
+
+
+class Outgoing:
+    """A frame for clients, encoded once however many sockets it goes to: `text` for ASGI,
+    `wire` (the complete unmasked WebSocket text frame, built on first use) for writing
+    straight to a transport."""
+
+    __slots__ = ("_wire", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._wire: bytes | None = None
+
+    @property
+    def wire(self) -> bytes:
+        wire = self._wire
+        if wire is None:
+            wire = self._wire = text_frame(self.text.encode())
+        return wire
+
+
+def text_frame(payload: bytes) -> bytes:
+    """RFC 6455 section 5.2: FIN + text opcode, then the length; server frames are unmasked."""
+    size = len(payload)
+    if size < 126:
+        return bytes((0x81, size)) + payload
+    if size < 65536:
+        return struct.pack("!BBH", 0x81, 126, size) + payload
+    return struct.pack("!BBQ", 0x81, 127, size) + payload
 
 
 def encode(frame: dict[str, Any]) -> str:

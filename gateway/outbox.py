@@ -1,0 +1,212 @@
+"""A client's outbound path, bounded in bytes. Two implementations, one interface:
+
+- `TransportOutbox` writes finished WebSocket frames straight to the socket's transport. A
+  publication's frame is built once per node (`Outgoing.wire`) and the same bytes go to every
+  socket; frames queued for one socket during one event-loop turn leave in one write. Used on
+  uvicorn's `websockets-sansio` protocol without extensions (no per-message deflate), where a
+  server frame is the same bytes for every socket.
+- `AsgiOutbox` sends through ASGI `websocket.send`, one frame at a time from a writer task: the
+  portable path (other servers, per-message deflate).
+
+Both keep the same guarantees: frames leave in the order they were pushed; `push` never waits
+for a socket; a socket whose unsent bytes would exceed the budget is refused (the connection
+then closes it as a slow consumer) and never slows anyone else down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, Protocol
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+from gateway.protocol import Outgoing
+
+Message = MutableMapping[str, Any]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class Outbox(Protocol):
+    def push(self, frame: Outgoing) -> bool:
+        """Queue `frame`; False if that would exceed the byte budget (nothing is queued)."""
+        ...
+
+    def discard(self) -> None:
+        """Drop everything not yet written (a slow consumer's backlog)."""
+        ...
+
+    async def close(self, last: Outgoing, code: int, reason: str) -> None:
+        """Send what is queued, then `last`, then the close frame. Later pushes are ignored."""
+        ...
+
+    def stop(self) -> None:
+        """The connection is gone: release everything."""
+        ...
+
+    def abort(self) -> None:
+        """Drop the socket at once (a peer that stopped reading never takes a close frame)."""
+        ...
+
+
+class Flusher:
+    """Writes every outbox that got frames during this event-loop turn, once, at its end: a
+    burst of publications costs one write per socket, not one per frame."""
+
+    def __init__(self, on_flush: Callable[[float], None] | None = None) -> None:
+        self._due: list[TransportOutbox] = []
+        self._since = 0.0
+        self._on_flush = on_flush
+
+    def add(self, outbox: TransportOutbox) -> None:
+        if not self._due:
+            loop = asyncio.get_running_loop()
+            self._since = loop.time()
+            loop.call_soon(self._run)
+        self._due.append(outbox)
+
+    def _run(self) -> None:
+        due, self._due = self._due, []
+        for outbox in due:
+            outbox.flush()
+        if self._on_flush is not None:
+            self._on_flush(self._since)
+
+
+def open_outbox(send: Send, limit: int, flusher: Flusher) -> Outbox:
+    """The direct path where the server allows it, else ASGI."""
+    protocol = getattr(send, "__self__", None)
+    if isinstance(protocol, WebSocketsSansIOProtocol) and not protocol.conn.extensions:
+        return TransportOutbox(protocol, send, limit, flusher)
+    return AsgiOutbox(send, limit)
+
+
+class TransportOutbox:
+    def __init__(
+        self, protocol: WebSocketsSansIOProtocol, send: Send, limit: int, flusher: Flusher
+    ) -> None:
+        self._protocol = protocol
+        self._transport = protocol.transport
+        self._send = send
+        self._limit = limit
+        self._flusher = flusher
+        self._frames: list[bytes] = []
+        self._size = 0
+        self._buffered = 0  # the transport's unsent bytes, as of the last look
+        # Bytes the transport holds up to its high-water mark are in flight, as on the ASGI
+        # path (where `send` waits above it); only what is beyond counts against the budget.
+        self._slack = self._transport.get_write_buffer_limits()[1]
+        self._closing = False
+
+    def push(self, frame: Outgoing) -> bool:
+        if self._closing:
+            return True
+        wire = frame.wire
+        size = len(wire)
+        budget = self._limit + self._slack
+        if self._buffered + self._size + size > budget:
+            self._buffered = self._transport.get_write_buffer_size()  # it may have drained
+            if self._buffered + self._size + size > budget:
+                return False
+        self._frames.append(wire)
+        self._size += size
+        if len(self._frames) == 1:
+            self._flusher.add(self)
+        return True
+
+    def flush(self) -> None:
+        frames = self._frames
+        if not frames:
+            return
+        self._frames, self._size = [], 0
+        transport = self._transport
+        if transport.is_closing() or self._protocol.close_sent:
+            return  # the socket is going; uvicorn reports the disconnect to the reader
+        if len(frames) == 1:
+            transport.write(frames[0])
+        else:
+            transport.writelines(frames)
+        self._buffered = transport.get_write_buffer_size()
+
+    def discard(self) -> None:
+        self._frames, self._size = [], 0
+
+    async def close(self, last: Outgoing, code: int, reason: str) -> None:
+        self._closing = True
+        self._frames.append(last.wire)
+        self.flush()
+        if self._protocol.close_sent or self._transport.is_closing():
+            return  # uvicorn already closed it (e.g. no pong in time)
+        # uvicorn writes the close frame and runs the closing handshake; it waits while the
+        # transport is paused, which the caller bounds with a timeout.
+        with contextlib.suppress(OSError):
+            await self._send({"type": "websocket.close", "code": code, "reason": reason})
+
+    def stop(self) -> None:
+        self._closing = True
+        self.discard()
+
+    def abort(self) -> None:
+        self._transport.abort()
+
+
+class AsgiOutbox:
+    def __init__(self, send: Send, limit: int) -> None:
+        self._send = send
+        self._limit = limit
+        self._queue: deque[str] = deque()
+        self._size = 0
+        self._wakeup = asyncio.Event()
+        self._last: tuple[Outgoing, int, str] | None = None
+        self._writer = asyncio.create_task(self._write_loop(), name="writer")
+
+    def push(self, frame: Outgoing) -> bool:
+        if self._last is not None:
+            return True
+        size = len(frame.text)
+        if self._size + size > self._limit:
+            return False
+        self._queue.append(frame.text)
+        self._size += size
+        self._wakeup.set()
+        return True
+
+    async def _write_loop(self) -> None:
+        with contextlib.suppress(OSError):  # the client went away; the reader sees it too
+            await self._write_all()
+
+    async def _write_all(self) -> None:
+        queue, send = self._queue, self._send
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while queue:
+                text = queue.popleft()
+                self._size -= len(text)
+                await send({"type": "websocket.send", "text": text})
+            if self._last is not None:
+                last, code, reason = self._last
+                await send({"type": "websocket.send", "text": last.text})
+                await send({"type": "websocket.close", "code": code, "reason": reason})
+                return
+
+    def discard(self) -> None:
+        self._queue.clear()
+        self._size = 0
+
+    async def close(self, last: Outgoing, code: int, reason: str) -> None:
+        self._last = (last, code, reason)
+        self._wakeup.set()
+        await self._writer
+
+    def stop(self) -> None:
+        self._writer.cancel()
+
+    def abort(self) -> None:
+        # uvicorn's send is a bound method of its protocol; aborting the transport is the
+        # only way to drop a peer that stopped reading (a close frame would never leave).
+        transport = getattr(getattr(self._send, "__self__", None), "transport", None)
+        if transport is not None:
+            transport.abort()
