@@ -116,6 +116,8 @@ def _print_dev_banner(settings: NotifierSettings) -> None:
         f"""
 ArchMesh Realtime (development mode) on http://{base}  broker: {broker}
 
+  Open       http://{base}/   the live page: workflows, inbox, preferences
+
   WebSocket  ws://{base}/ws   send: {{"type":"connect","token":"<token>"}}
   Token      user dev-user, may watch session:demo, valid 1 h:
              {token}

@@ -37,7 +37,8 @@ EC_PUBLIC = (
 
 
 def claims(**extra: object) -> dict[str, object]:
-    return {"sub": "alice", "exp": int(time.time()) + 60, **extra}
+    # Built at collection time: valid long enough for a slow suite to reach the test.
+    return {"sub": "alice", "exp": int(time.time()) + 3600, **extra}
 
 
 def verifier(**settings: object) -> TokenVerifier:
