@@ -25,7 +25,6 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from tests.fakes.tls import loopback_certificates
-from tests.servers import free_port
 
 
 @dataclass(frozen=True)
@@ -56,7 +55,6 @@ class SmtpServer:
         if starttls and implicit_tls:
             raise ValueError("starttls and implicit_tls exclude each other")
         self.host = "127.0.0.1"
-        self.port = free_port()
         self.auth = auth
         self._lock = threading.Condition()
         self._messages: list[ReceivedEmail] = []
@@ -77,12 +75,17 @@ class SmtpServer:
             self,
             _Handler(self),
             hostname=self.host,
-            port=self.port,
+            port=0,  # the kernel picks a free port: no race with other tests
             server_hostname="fake-smtp.test",
             ssl_context=certificates.server_context() if implicit_tls and certificates else None,
             **smtp_options,
         )
         self._running = False
+
+    @property
+    def port(self) -> int:
+        """The listening port (known once started)."""
+        return int(self._controller.port)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -226,6 +229,11 @@ class _Controller(Controller):  # type: ignore[misc]
     def __init__(self, fake: SmtpServer, *args: Any, **kwargs: Any) -> None:
         self.fake = fake
         super().__init__(*args, **kwargs)
+
+    def _trigger_server(self) -> None:
+        # Bound to port 0: learn the real port before the readiness probe connects to it.
+        self.port = self.server.sockets[0].getsockname()[1]
+        super()._trigger_server()
 
     def factory(self) -> _RecordingSMTP:
         return _RecordingSMTP(self.fake, self.handler, **self.SMTP_kwargs)
