@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint fmt typecheck pytest jstest clean cluster screenshots bench
+.PHONY: run test lint fmt typecheck pytest jstest clean cluster chaos screenshots bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ jstest: $(STAMP)
 GATEWAYS ?= 3
 cluster: $(STAMP)
 	$(BIN)/python -m deploy.local_cluster --gateways $(GATEWAYS)
+
+# Faults and hostile input against local clusters; prints the table (about 7 minutes).
+chaos: $(STAMP)
+	$(BIN)/python -m chaos $(CHAOS_ARGS)
 
 # docs/screenshot.png from a real run of the page in headless Chromium (tests/browser).
 screenshots: $(STAMP)

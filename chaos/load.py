@@ -10,14 +10,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.broker import BrokerError
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from shared.broker import BrokerError, HistoryPolicy, Retention
 from shared.client import Publication, RealtimeClient, RecoveryFailed, StateChange
-from shared.publisher import connect_publisher
+from shared.publisher import Publisher, connect_publisher
 
 
 @dataclass
@@ -139,10 +143,13 @@ class Audience:
             published, len(self.receivers), delivered, lost, duplicated, disorder, failures
         )
 
-    def recovered_after(self, publisher: SteadyPublisher, since: float) -> float | None:
-        """Seconds from `since` until every receiver had the first event published at or
-        after `since` (in-order delivery: and everything before it). None if one never did."""
-        first = publisher.first_published_after(since)
+    def recovered_after(
+        self, publisher: SteadyPublisher, since: float, healed: float | None = None
+    ) -> float | None:
+        """Seconds from `since` until every receiver had the first event published after the
+        fault was over (at `healed`, default `since`); in-order delivery means everything
+        before it too. None if a receiver never got it."""
+        first = publisher.first_published_after(healed if healed is not None else since)
         if first is None:
             return None
         times = [r.arrived.get(first) for r in self.receivers]
@@ -164,14 +171,18 @@ class SteadyPublisher:
 
     A publish that fails (Redis down) is retried with the same number until it is
     acknowledged, so the published sequence stays 0..published-1 with no holes; `errors`
-    counts the failed attempts."""
+    counts the failed attempts. A failure can be ambiguous (the script ran, the reply was
+    lost): before retrying, the publisher reads the channel's newest history entry, as a
+    careful backend would, and does not publish again what is already there."""
 
-    def __init__(self, redis_url: str, channel: str, rate: float) -> None:
+    def __init__(self, redis_url: str, channel: str, rate: float, history_size: int = 1000) -> None:
         self.redis_url = redis_url
+        self.policy = HistoryPolicy(Retention(history_size, 3600.0))
         self.channel = channel
         self.rate = rate
         self.published = 0
         self.errors = 0
+        self.landed_anyway = 0  # failed publishes found in history: not sent twice
         self.acked_at: list[float] = []  # monotonic time of each acknowledgement
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -187,22 +198,58 @@ class SteadyPublisher:
         return self.published
 
     async def _run(self) -> None:
-        async with connect_publisher(self.redis_url) as publisher:
-            interval = 1.0 / self.rate
-            due = time.monotonic()
-            while not self._stop.is_set():
-                event = {"type": "chaos", "n": self.published, "t": time.time()}
-                try:
-                    await publisher.publish(self.channel, event)
-                except (BrokerError, OSError):
-                    self.errors += 1
+        reader = aioredis.Redis.from_url(self.redis_url, socket_timeout=1.0)
+        try:
+            async with connect_publisher(self.redis_url, self.policy) as publisher:
+                await self._loop(publisher, reader)
+        finally:
+            await reader.aclose()
+
+    async def _loop(self, publisher: Publisher, reader: aioredis.Redis) -> None:
+        interval = 1.0 / self.rate
+        due = time.monotonic()
+        uncertain = False
+        while not self._stop.is_set():
+            if uncertain:
+                landed = await self._landed(reader)
+                if landed is None:  # cannot tell yet: Redis still away
                     await asyncio.sleep(0.05)
-                    due = time.monotonic()
                     continue
-                self.acked_at.append(time.monotonic())
-                self.published += 1
-                due = max(due + interval, time.monotonic() - interval)
-                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                uncertain = False
+                if landed:
+                    self.landed_anyway += 1
+                    self._acked()
+                    continue
+            try:
+                await publisher.publish(self.channel, self.event(self.published))
+            except (BrokerError, OSError):
+                self.errors += 1
+                uncertain = True
+                await asyncio.sleep(0.05)
+                due = time.monotonic()
+                continue
+            self._acked()
+            due = max(due + interval, time.monotonic() - interval)
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+
+    def event(self, n: int) -> dict[str, Any]:
+        return {"type": "chaos", "n": n, "t": time.time()}
+
+    def _acked(self) -> None:
+        self.acked_at.append(time.monotonic())
+        self.published += 1
+
+    async def _landed(self, reader: aioredis.Redis) -> bool | None:
+        """Whether event number `published` is the newest in the channel's history."""
+        try:
+            entries = await reader.xrevrange(f"rt:{{{self.channel}}}:history", count=1)
+        except (RedisError, OSError):
+            return None
+        if not entries:
+            return False
+        fields = entries[0][1] or {}
+        data = json.loads(fields.get(b"d") or b"{}")
+        return bool(data.get("n") == self.published)
 
     def first_published_after(self, since: float) -> int | None:
         return next((n for n, at in enumerate(self.acked_at) if at >= since), None)

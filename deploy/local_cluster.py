@@ -173,7 +173,7 @@ def cli_commands() -> set[str]:
 class LocalCluster:
     """redis-server + N gateways + optional notifier + nginx, all on 127.0.0.1.
 
-    Ports default to free ones. `env` goes to every gateway and notifier, `gateway_env[i]`
+    Ports default to free ones (give `redis_port` to put a proxy in front of Redis). `env` goes to every gateway and notifier, `gateway_env[i]`
     to gateway i only (e.g. its own ARCHMESH_REDIS_URL through a proxy), `notifier_env` to
     the notifier. Without ARCHMESH_SMTP_HOST in `notifier_env`, the notifier gets a local
     SMTP catcher (aiosmtpd) whose messages land in the working directory's smtp.log."""
@@ -186,6 +186,7 @@ class LocalCluster:
         port: int = 0,
         gateway_ports: list[int] | None = None,
         notifier_port: int = 0,
+        redis_port: int = 0,
         jwt_secret: str | None = None,
         api_key: str | None = None,
         env: Mapping[str, str] | None = None,
@@ -217,7 +218,7 @@ class LocalCluster:
         self._stopped = False
         ports = list(gateway_ports or [])
         ports += [free_port() for _ in range(gateways - len(ports))]
-        self.redis = self._redis_service(redis_binary, appendfsync)
+        self.redis = self._redis_service(redis_binary, redis_port or free_port(), appendfsync)
         common = {
             "ARCHMESH_REDIS_URL": self.redis_url,
             "ARCHMESH_JWT_SECRET": self.jwt_secret,
@@ -270,8 +271,7 @@ class LocalCluster:
 
     # -- building the parts -------------------------------------------------------------
 
-    def _redis_service(self, binary: str, appendfsync: str) -> Service:
-        port = free_port()
+    def _redis_service(self, binary: str, port: int, appendfsync: str) -> Service:
         data = self.workdir / "redis"
         data.mkdir()
         argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data)]
@@ -315,10 +315,16 @@ class LocalCluster:
     def redis_url(self) -> str:
         return f"redis://127.0.0.1:{self.redis.port}/0"
 
-    def token(self, user: str, sessions: list[str] | None = None, ttl: float = 3600) -> str:
+    def token(
+        self,
+        user: str,
+        sessions: list[str] | None = None,
+        ttl: float = 3600,
+        audience: str | None = None,
+    ) -> str:
         from shared.tokens import issue_token
 
-        return issue_token(self.jwt_secret, user, sessions=sessions, ttl=ttl)
+        return issue_token(self.jwt_secret, user, sessions=sessions, ttl=ttl, audience=audience)
 
     # -- whole-cluster lifecycle ----------------------------------------------------------
 
