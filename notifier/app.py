@@ -27,6 +27,7 @@ from notifier.channels.sms import SmsSender
 from notifier.deliveries import Deliverer, RetryPolicy, Senders
 from notifier.inbox import Inbox
 from notifier.intake import Intake
+from notifier.ledger import Ledger
 from notifier.metrics import NotifierMetrics
 from notifier.preferences import PreferenceStore
 from notifier.processor import Options, Processor
@@ -88,7 +89,7 @@ class Notifier:
         self.preferences = PreferenceStore(self.redis)
         self.templates = TemplateStore(self.redis)
         self.statuses = StatusStore(self.redis)
-        self.inbox = Inbox(self.redis, s.notifier_inbox_size)
+        self.inbox = Inbox(self.redis)
         self.analytics = Analytics(self.redis)
         self.intake = Intake(self.redis, self.node, s.notifier_claim_idle)
         self.workflows = WorkflowWatcher(
@@ -118,10 +119,10 @@ class Notifier:
             self.redis, self.statuses, self.preferences, self.senders, policy, self.metrics, clock
         )
         worker: Worker
+        ledger = Ledger(self.redis, s.notifier_retention, s.notifier_inbox_size)
         processor = Processor(
-            self.redis,
-            self.inbox,
-            self.publisher,
+            ledger,
+            self.broker,
             self.metrics,
             options,
             clock,
@@ -131,6 +132,7 @@ class Notifier:
             self.intake,
             processor,
             deliverer,
+            ledger,
             self.metrics,
             concurrency=s.notifier_concurrency,
             intake_attempts=s.notifier_intake_attempts,

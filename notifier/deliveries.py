@@ -184,6 +184,7 @@ class Deliverer:
                 subject=content["subject"],
                 text=content["text"],
                 html=content.get("html"),
+                message_id=f"{meta['id']}.email",
             )
             await senders.email.send(message)
         elif channel is Channel.SMS and senders.sms is not None:

@@ -1,4 +1,6 @@
-"""Each user's in-app inbox: newest first, bounded, with an unread set for the badge."""
+"""Each user's in-app inbox: newest first, bounded, with an unread set for the badge.
+
+Items are added by the ledger's commit script, in the same step that records the delivery."""
 
 from __future__ import annotations
 
@@ -10,33 +12,10 @@ import redis.asyncio as aioredis
 from notifier import keys
 from shared.notifications import InboxItem
 
-# Add an item (idempotent by id), trim the oldest beyond the bound, return the unread count.
-_ADD = """
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-redis.call('SADD', KEYS[3], ARGV[1])
-local excess = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[4])
-if excess > 0 then
-  local old = redis.call('ZRANGE', KEYS[1], 0, excess - 1)
-  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, excess - 1)
-  redis.call('HDEL', KEYS[2], unpack(old))
-  redis.call('SREM', KEYS[3], unpack(old))
-end
-return redis.call('SCARD', KEYS[3])
-"""
-
 
 class Inbox:
-    def __init__(self, redis: aioredis.Redis, size: int) -> None:
+    def __init__(self, redis: aioredis.Redis) -> None:
         self._redis = redis
-        self._size = size
-        self._add = redis.register_script(_ADD)
-
-    async def stage_add(self, pipe: Any, user_id: str, item: InboxItem) -> None:
-        """Queue the add on `pipe`; its result in the pipeline's replies is the unread count."""
-        score = item.created_at.timestamp()
-        payload = item.model_dump_json(exclude={"read"})
-        await self._add(keys.inbox(user_id), [item.id, score, payload, self._size], client=pipe)
 
     async def list(self, user_id: str, limit: int = 50) -> tuple[list[InboxItem], int]:
         order, items_key, unread_key = keys.inbox(user_id)

@@ -1,11 +1,10 @@
 """The durable intake: a Redis Stream read through one consumer group by every replica.
 
-An entry is acknowledged (and deleted) only in the same MULTI that records its outcome; a
+An entry is acknowledged (and deleted) only in the script that records its outcome; a
 replica that dies leaves its entries pending, and another reclaims them after `claim_idle`."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -25,24 +24,6 @@ class Entry:
     @property
     def request_json(self) -> str:
         return self.fields.get(REQUEST_FIELD, "")
-
-
-def stage_ack(pipe: Any, entry: Entry) -> None:
-    pipe.xack(keys.REQUESTS, keys.GROUP, entry.id)
-    pipe.xdel(keys.REQUESTS, entry.id)
-    pipe.hdel(keys.ATTEMPTS, entry.id)
-
-
-def stage_dead_letter(pipe: Any, entry: Entry, reason: str) -> None:
-    """Move `entry` to the dead-letter stream with why, in the caller's MULTI."""
-    record = {
-        REQUEST_FIELD: entry.request_json or repr(entry.fields)[:10000],
-        "reason": reason[:4000],
-        "entry": entry.id,
-        "failed_at": str(int(time.time() * 1000)),
-    }
-    pipe.xadd(keys.DEAD_LETTERS, record, maxlen=100_000, approximate=True)
-    stage_ack(pipe, entry)
 
 
 class Intake:
@@ -91,11 +72,6 @@ class Intake:
     async def note_failure(self, entry: Entry) -> int:
         """Count a failed processing attempt; the count decides when to dead-letter."""
         return int(await self._redis.hincrby(keys.ATTEMPTS, entry.id, 1))
-
-    async def dead_letter(self, entry: Entry, reason: str) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            stage_dead_letter(pipe, entry, reason)
-            await pipe.execute()
 
     async def backlog(self) -> tuple[int, int]:
         """(entries not yet read by the group, entries read but not acknowledged)."""

@@ -15,21 +15,18 @@ from notifier import keys
 from shared.notifications import Channel, ChannelDelivery, DeliveryStatus
 
 
-def stage_create(
-    pipe: Any,
+def fields_of(
     meta: dict[str, Any],
     deliveries: dict[Channel, ChannelDelivery],
     jobs: dict[Channel, dict[str, Any]],
-    retention: float,
-) -> None:
-    key = keys.notification(meta["id"])
-    fields: dict[str, bytes | str] = {"meta": orjson.dumps(meta)}
+) -> dict[str, str]:
+    """The hash of a new notification."""
+    fields = {"meta": orjson.dumps(meta).decode()}
     for channel, delivery in deliveries.items():
         fields[f"ch:{channel.value}"] = delivery.model_dump_json()
     for channel, job in jobs.items():
-        fields[f"job:{channel.value}"] = orjson.dumps(job)
-    pipe.hset(key, mapping=fields)
-    pipe.expire(key, int(retention))
+        fields[f"job:{channel.value}"] = orjson.dumps(job).decode()
+    return fields
 
 
 def stage_update(

@@ -12,6 +12,7 @@ from redis.exceptions import RedisError
 
 from notifier.deliveries import Deliverer
 from notifier.intake import Entry, Intake
+from notifier.ledger import Ledger, Outcome
 from notifier.metrics import NotifierMetrics
 from notifier.processor import Processor
 from shared.backoff import Backoff
@@ -28,6 +29,7 @@ class Worker:
         intake: Intake,
         processor: Processor,
         deliverer: Deliverer,
+        ledger: Ledger,
         metrics: NotifierMetrics,
         *,
         concurrency: int,
@@ -38,6 +40,7 @@ class Worker:
         self._intake = intake
         self._processor = processor
         self._deliverer = deliverer
+        self._ledger = ledger
         self._metrics = metrics
         self._concurrency = concurrency
         self._intake_attempts = intake_attempts
@@ -112,7 +115,9 @@ class Worker:
         attempts = await self._intake.note_failure(entry)
         if attempts < self._intake_attempts:
             return
-        await self._intake.dead_letter(entry, f"processing failed {attempts} times (see logs)")
+        outcome = Outcome()
+        outcome.dead_letter(entry, f"processing failed {attempts} times (see logs)")
+        await self._ledger.commit(outcome)
         self._metrics.dead_letters.inc()
 
     # -- deliveries --------------------------------------------------------------------------

@@ -111,7 +111,7 @@ class PushSubscription(_Strict):
 
     model_config = ConfigDict(extra="ignore")
 
-    endpoint: str = Field(max_length=2048, pattern=r"^https?://")
+    endpoint: str = Field(max_length=2048, pattern=r"^https://")  # push services are https
     keys: PushKeys
 
 

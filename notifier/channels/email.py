@@ -26,6 +26,9 @@ class EmailMessage:
     subject: str
     text: str
     html: str | None = None
+    # Stable per notification: a resend after a crash carries the same Message-ID, which mail
+    # stores use to drop the copy.
+    message_id: str | None = None
 
 
 class EmailSender:
@@ -137,7 +140,11 @@ class EmailSender:
             mime["To"] = message.to
             mime["Subject"] = message.subject
             mime["Date"] = email.utils.formatdate(usegmt=True)
-            mime["Message-ID"] = email.utils.make_msgid(domain=self._msgid_domain)
+            mime["Message-ID"] = (
+                f"<{message.message_id}@{self._msgid_domain}>"
+                if message.message_id
+                else email.utils.make_msgid(domain=self._msgid_domain)
+            )
             mime.set_content(message.text)
             if message.html is not None:
                 mime.add_alternative(message.html, subtype="html")

@@ -75,6 +75,9 @@ class MemoryBroker:
             self._on_message(publication)
         return StreamPosition(stream.offset, stream.epoch)
 
+    async def publish_many(self, items: list[tuple[str, str]]) -> list[StreamPosition]:
+        return [await self.publish(channel, data) for channel, data in items]
+
     async def subscribe(self, channel: str) -> None:
         self._subscribed.add(channel)
 

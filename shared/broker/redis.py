@@ -307,16 +307,29 @@ class RedisBroker:
     # -- commands -------------------------------------------------------------------------
 
     async def publish(self, channel: str, data: str) -> StreamPosition:
-        retention = self._policy.for_channel(channel)
-        sharded = "1" if self.sharded else "0"
-        args: list[str | int] = [data, retention.size, int(retention.ttl * 1000), sharded]
         try:
-            offset, epoch = await self._publish(
-                keys=[meta_key(channel), history_key(channel)], args=args
-            )
+            offset, epoch = await self._publish(**self._publish_args(channel, data))
         except _NETWORK_ERRORS as exc:
             raise BrokerError(f"publish failed: {exc}") from exc
         return StreamPosition(int(offset), epoch.decode())
+
+    async def publish_many(self, items: list[tuple[str, str]]) -> list[StreamPosition]:
+        if not items:
+            return []
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for channel, data in items:
+                    await self._publish(**self._publish_args(channel, data), client=pipe)
+                replies = await pipe.execute()
+        except _NETWORK_ERRORS as exc:
+            raise BrokerError(f"publish failed: {exc}") from exc
+        return [StreamPosition(int(offset), epoch.decode()) for offset, epoch in replies]
+
+    def _publish_args(self, channel: str, data: str) -> dict[str, Any]:
+        retention = self._policy.for_channel(channel)
+        sharded = "1" if self.sharded else "0"
+        args: list[str | int] = [data, retention.size, int(retention.ttl * 1000), sharded]
+        return {"keys": [meta_key(channel), history_key(channel)], "args": args}
 
     async def history(self, channel: str, since: int, limit: int) -> History:
         ttl_ms = int(self._policy.for_channel(channel).ttl * 1000)
