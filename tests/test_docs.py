@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from gateway.protocol import CLOSE_REASONS, ErrorCode
-from shared.cli import build_parser
 from notifier.settings import NotifierSettings
+from shared.cli import build_parser
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
