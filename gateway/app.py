@@ -92,29 +92,36 @@ class Gateway:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket" and scope["path"] == "/ws":
-            await self._websocket(scope, receive, send)
+            # The handshake's frame ends before the socket's life begins: on a node holding
+            # thousands of idle sockets, every frame kept per socket counts.
+            opened = await self._handshake(scope, receive, send)
+            if opened is not None:
+                conn, token = opened
+                await conn.run(receive, token)
         else:
             await self._http(scope, receive, send)
 
-    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _handshake(
+        self, scope: Scope, receive: Receive, send: Send
+    ) -> tuple[Connection, str | None] | None:
+        """Accept the socket and return its connection and any header token, or refuse it."""
         if (await receive())["type"] != "websocket.connect":
-            return
+            return None
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         if self.draining:
             await _reject(scope, send, 503, "draining", "this node is shutting down; retry another")
-            return
+            return None
         origin = headers.get("origin")
         if origin is not None and not self._origin_allowed(origin, headers.get("host", "")):
             log.info("origin_refused", origin=origin)
             await _reject(scope, send, 403, "origin_forbidden", "Origin not allowed")
-            return
+            return None
         await send({"type": "websocket.accept"})
         token = None
         scheme, _, value = headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer" and value:
             token = value.strip()
-        conn = Connection(send, self.hub, self.settings, self.verifier, self.metrics)
-        await conn.run(receive, token)
+        return Connection(send, self.hub, self.settings, self.verifier, self.metrics), token
 
     def _origin_allowed(self, origin: str, host: str) -> bool:
         allowed = self.settings.allowed_origins

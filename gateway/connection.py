@@ -10,9 +10,11 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import orjson
+import structlog
 from pydantic import ValidationError
 
 from gateway.authorization import authorize
+from gateway.expiry import Expiry
 from gateway.hub import Hub
 from gateway.metrics import GatewayMetrics
 from gateway.outbox import open_outbox
@@ -60,6 +62,27 @@ class FrameError(Exception):
 
 
 class Connection:
+    # Slots: thousands of these live on a node, and a per-instance dict costs more than them.
+    __slots__ = (
+        "_bucket",
+        "_caught_up",
+        "_close_code",
+        "_closer",
+        "_deadline",
+        "_hub",
+        "_metrics",
+        "_outbox",
+        "_peer_code",
+        "_recovering",
+        "_refused",
+        "_settings",
+        "_verifier",
+        "channels",
+        "claims",
+        "client_id",
+        "user_id",
+    )
+
     def __init__(
         self,
         send: Send,
@@ -81,11 +104,16 @@ class Connection:
         self._caught_up: dict[str, tuple[str, int]] = {}  # channel -> (epoch, offset sent)
         self._close_code: CloseCode | None = None
         self._closer: asyncio.Task[None] | None = None
-        self._expiry: asyncio.TimerHandle | None = None
+        self._deadline: Expiry | None = None  # connect timeout, then the token's expiry
         self._refused = 0
         self._peer_code: int | None = None  # the close code the client (or uvicorn) gave
         self._bucket = TokenBucket(settings.rate_limit_per_second, settings.rate_limit_burst)
-        self._log = log.bind(client_id=self.client_id, node=hub.node)
+
+    @property
+    def _log(self) -> structlog.stdlib.BoundLogger:
+        """Bound when something is logged (connect, disconnect, failures), not kept per socket."""
+        bound = log.bind(client_id=self.client_id, node=self._hub.node)
+        return bound if self.user_id is None else bound.bind(user_id=self.user_id)
 
     # -- outbound -----------------------------------------------------------------------
 
@@ -146,34 +174,23 @@ class Connection:
 
     async def run(self, receive: Receive, header_token: str | None) -> None:
         self._hub.add(self)
+        deadline = time.time() + self._settings.connect_timeout
+        self._deadline = self._hub.expiries.add(deadline, self._connect_timeout)
         try:
             if header_token is not None:
                 await self._on_connect(ConnectFrame(type="connect", token=header_token))
-            await self._read_loop(receive)
+            # The read loop, inline: one coroutine frame less on every idle socket.
+            while (message := await receive())["type"] != "websocket.disconnect":
+                if self._close_code is None:
+                    await self._on_message(message)
+            self._peer_code = message.get("code")
         finally:
             self._outbox.stop()
-            if self._expiry is not None:
-                self._expiry.cancel()
+            if self._deadline is not None:
+                self._deadline.cancel()
             await self._hub.remove(self)
             code = int(self._close_code) if self._close_code is not None else self._peer_code
             self._log.info("client_disconnected", user_id=self.user_id, code=code)
-
-    async def _read_loop(self, receive: Receive) -> None:
-        deadline = asyncio.get_running_loop().call_later(
-            self._settings.connect_timeout, self._connect_timeout
-        )
-        try:
-            while True:
-                message = await receive()
-                if message["type"] == "websocket.disconnect":
-                    self._peer_code = message.get("code")
-                    return
-                if self._close_code is None:
-                    await self._on_message(message)
-                if self.user_id is not None:
-                    deadline.cancel()
-        finally:
-            deadline.cancel()
 
     def _connect_timeout(self) -> None:
         if self.user_id is None:
@@ -251,7 +268,6 @@ class Connection:
             self.close(CloseCode.INVALID_TOKEN)
             return
         self.claims, self.user_id = claims, claims.user_id
-        self._log = self._log.bind(user_id=claims.user_id)
         self._schedule_expiry(claims.expires_at)
         await self._hub.subscribe(self, own)
         self.reply(
@@ -377,11 +393,12 @@ class Connection:
         return channel
 
     def _schedule_expiry(self, expires_at: float) -> None:
-        if self._expiry is not None:
-            self._expiry.cancel()
-        loop = asyncio.get_running_loop()
-        delay = max(0.0, expires_at - time.time())
-        self._expiry = loop.call_later(delay, self.close, CloseCode.TOKEN_EXPIRED)
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._deadline = self._hub.expiries.add(expires_at, self._token_expired)
+
+    def _token_expired(self) -> None:
+        self.close(CloseCode.TOKEN_EXPIRED)
 
 
 def _recovery_outcome(since: Since, complete: bool, position: StreamPosition) -> tuple[bool, str]:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING
 
+from gateway.expiry import Expiries
 from gateway.metrics import GatewayMetrics
 from gateway.outbox import Flusher
 from gateway.protocol import Outgoing, encode, publication_frame
@@ -36,6 +37,7 @@ class Hub:
         self.node = node
         self._metrics = metrics
         self.flusher = Flusher()
+        self.expiries = Expiries()
         self._subs: dict[str, set[Connection]] = {}
         self._last: dict[str, tuple[str, int]] = {}
         self._repairing: dict[str, list[Publication]] = {}
@@ -58,6 +60,7 @@ class Hub:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self.expiries.stop()
         await self.broker.close()
 
     # -- membership ---------------------------------------------------------------------
