@@ -121,7 +121,7 @@ class Connection:
         """Hub fan-out entry point. The common case is two falsy checks and a push."""
         if (self._recovering or self._caught_up) and self._held(pub, frame):
             return
-        self.push(frame)
+        self._enqueue(frame)
 
     def _held(self, pub: Publication, frame: Outgoing) -> bool:
         waiting = self._recovering.get(pub.channel)
@@ -140,6 +140,11 @@ class Connection:
         return False
 
     def push(self, frame: Outgoing) -> None:
+        """A frame the hub's fan-out did not count: a reply, an error, a history replay."""
+        self._hub.stats.bytes_out += len(frame.wire)
+        self._enqueue(frame)
+
+    def _enqueue(self, frame: Outgoing) -> None:
         if self._close_code is None and not self._outbox.push(frame):
             self.close(CloseCode.SLOW_CONSUMER)
 
@@ -197,6 +202,7 @@ class Connection:
             self.close(CloseCode.CONNECT_TIMEOUT)
 
     async def _on_message(self, message: Message) -> None:
+        self._hub.stats.frames_in += 1
         text = message.get("text")
         if text is None:
             self.error(ErrorCode.BAD_FRAME, "binary frames are not supported; send JSON text")
@@ -327,6 +333,7 @@ class Connection:
         missed: list[Publication] = []
         if since is not None:
             recovered, reason = _recovery_outcome(since, history.complete, position)
+            self._metrics.recoveries.labels(outcome=reason or "recovered").inc()
             reply["recovered"] = recovered
             if recovered:
                 missed = history.publications
@@ -346,7 +353,7 @@ class Connection:
             if same_epoch:
                 live_reached = max(live_reached, pub.offset or 0)
             if not same_epoch or (last is not None and (pub.offset or 0) > last):
-                self.push(live)
+                self._enqueue(live)  # counted by the hub's fan-out already
                 if same_epoch:
                     last = pub.offset
         if last is not None and live_reached < last:

@@ -36,7 +36,8 @@ class Hub:
         self.broker = broker
         self.node = node
         self._metrics = metrics
-        self.flusher = Flusher()
+        self.flusher = Flusher(metrics.fanout_seconds.observe)
+        self.stats = metrics.stats
         self.expiries = Expiries()
         self._subs: dict[str, set[Connection]] = {}
         self._last: dict[str, tuple[str, int]] = {}
@@ -81,6 +82,7 @@ class Hub:
     async def subscribe(self, conn: Connection, channel: str) -> None:
         conns = self._subs.get(channel)
         conn.channels.add(channel)
+        self._metrics.subscriptions.inc()
         if conns is None:
             self._subs[channel] = {conn}
             self._metrics.channels.set(len(self._subs))
@@ -96,6 +98,7 @@ class Hub:
         if conns is None or conn not in conns:
             return
         conns.discard(conn)
+        self._metrics.subscriptions.dec()
         if not conns:
             del self._subs[channel]
             self._last.pop(channel, None)
@@ -112,7 +115,8 @@ class Hub:
         conns = self._subs.get(pub.channel)
         if not conns:
             return
-        self._metrics.publications.inc()
+        stats = self.stats
+        stats.publications += 1
         if pub.offset is not None and pub.epoch is not None:
             buffered = self._repairing.get(pub.channel)
             if buffered is not None:
@@ -127,9 +131,11 @@ class Hub:
                     return
             self._last[pub.channel] = (pub.epoch, pub.offset)
         frame = Outgoing(publication_frame(pub))
+        self.flusher.timed()
         for conn in conns:
             conn.deliver(pub, frame)
-        self._metrics.deliveries.inc(len(conns))
+        stats.deliveries += len(conns)
+        stats.bytes_out += len(frame.wire) * len(conns)
 
     def _on_broker_state(self, connected: bool) -> None:
         self._metrics.broker_state.set(1 if connected else 0)
@@ -173,8 +179,10 @@ class Hub:
         finally:
             pending = self._repairing.pop(channel, [])
         if lost is not None:
+            self._metrics.gap_repairs.labels(outcome="history_lost").inc()
             self._history_lost(channel, since, lost)
         elif missed:
+            self._metrics.gap_repairs.labels(outcome="repaired").inc()
             log.info("gap_repaired", channel=channel, since=since, count=len(missed))
         for pub in sorted([*missed, *pending], key=lambda p: (p.epoch != epoch, p.offset or 0)):
             self.dispatch(pub)

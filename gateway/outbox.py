@@ -55,26 +55,42 @@ class Outbox(Protocol):
 
 class Flusher:
     """Writes every outbox that got frames during this event-loop turn, once, at its end: a
-    burst of publications costs one write per socket, not one per frame."""
+    burst of publications costs one write per socket, not one per frame.
+
+    `on_flush(seconds)` reports, once per turn that fanned out publications, how long the
+    first of them waited from its arrival (`timed()`) until every write of the turn was done.
+    """
 
     def __init__(self, on_flush: Callable[[float], None] | None = None) -> None:
         self._due: list[TransportOutbox] = []
-        self._since = 0.0
+        self._scheduled = False
+        self._since: float | None = None
         self._on_flush = on_flush
 
     def add(self, outbox: TransportOutbox) -> None:
-        if not self._due:
-            loop = asyncio.get_running_loop()
-            self._since = loop.time()
-            loop.call_soon(self._run)
         self._due.append(outbox)
+        if not self._scheduled:
+            self._schedule()
+
+    def timed(self) -> None:
+        """A publication arrived and is being fanned out."""
+        if self._since is None:
+            self._since = asyncio.get_running_loop().time()
+            if not self._scheduled:
+                self._schedule()
+
+    def _schedule(self) -> None:
+        self._scheduled = True
+        asyncio.get_running_loop().call_soon(self._run)
 
     def _run(self) -> None:
+        self._scheduled = False
         due, self._due = self._due, []
         for outbox in due:
             outbox.flush()
-        if self._on_flush is not None:
-            self._on_flush(self._since)
+        since, self._since = self._since, None
+        if since is not None and self._on_flush is not None:
+            self._on_flush(asyncio.get_running_loop().time() - since)
 
 
 def open_outbox(send: Send, limit: int, flusher: Flusher) -> Outbox:
@@ -139,9 +155,10 @@ class TransportOutbox:
             self._buffered = self._transport.get_write_buffer_size()  # it may have drained
             if self._buffered + self._size + size > budget:
                 return False
-        self._frames.append(wire)
+        frames = self._frames
+        frames.append(wire)
         self._size += size
-        if len(self._frames) == 1:
+        if len(frames) == 1:
             self._flusher.add(self)
         return True
 
