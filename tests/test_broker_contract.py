@@ -188,3 +188,17 @@ async def test_redis_publish_script_rejects_non_objects(redis_server: RedisServe
 def test_unknown_scheme_fails_loudly() -> None:
     with pytest.raises(ValueError, match="unknown broker URL scheme"):
         create_broker("kafka://localhost")
+
+
+async def test_publish_many_in_order_across_channels(broker: tuple[Broker, Recorder]) -> None:
+    b, rec = broker
+    await b.subscribe("session:m1")
+    await b.subscribe("user:m2")
+    # A fresh broker has never run the script: on Redis the batch must load it first.
+    items = [("session:m1", event(1)), ("user:m2", event(2)), ("session:m1", event(3))]
+    positions = await b.publish_many(items)
+    assert [p.offset for p in positions] == [1, 1, 2]
+    got = [await rec.next() for _ in items]
+    by_channel = {c: [p.offset for p in got if p.channel == c] for c in ("session:m1", "user:m2")}
+    assert by_channel == {"session:m1": [1, 2], "user:m2": [1]}
+    assert await b.publish_many([]) == []

@@ -58,8 +58,9 @@ async def test_partitioned_node_goes_unready_and_repairs_the_gap(
             f"redis://127.0.0.1:{proxy.port}/0",
             ARCHMESH_REDIS_PING_INTERVAL=str(INTERVAL),
             ARCHMESH_REDIS_PING_TIMEOUT=str(TIMEOUT),
-        ).start()
+        )
         gateways.append(node)
+        node.start()
         wait_until(node.ready, what="ready through the proxy")
         ws = await connect(node.ws, "alice", sessions=["cut"])
         await subscribe(ws, "session:cut")

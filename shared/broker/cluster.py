@@ -22,6 +22,7 @@ from urllib.parse import unquote
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
+from shared.broker.base import StreamPosition
 from shared.broker.link import Liveness
 from shared.broker.policy import HistoryPolicy
 from shared.broker.redis import RedisBroker
@@ -99,6 +100,10 @@ class RedisClusterBroker(RedisBroker):
         cluster: RedisCluster = self._redis
         node = cluster.get_node_from_key(name)
         return "" if node is None else str(node.name)  # "": no link, so a reconnect
+
+    async def publish_many(self, items: list[tuple[str, str]]) -> list[StreamPosition]:
+        # redis-py refuses scripts in a cluster pipeline: one round trip per item, in order.
+        return [await self.publish(channel, data) for channel, data in items]
 
     async def _ping_commands(self) -> None:
         await self._redis.ping()

@@ -69,8 +69,13 @@ class PubSubLink:
 
     async def open(self, names: Iterable[str]) -> None:
         await self._pubsub.connect()  # type: ignore[no-untyped-call]
-        for name in names:
-            await self.subscribe(name)
+        names = list(names)
+        if self._sharded:  # one SSUBSCRIBE per channel: a command may not span slots
+            for name in names:
+                await self._pubsub.ssubscribe(name)
+        else:
+            for start in range(0, len(names), 500):
+                await self._pubsub.subscribe(*names[start : start + 500])
         await self._pubsub.ping()
 
     async def subscribe(self, name: str) -> None:

@@ -12,6 +12,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from shared.backoff import Backoff
@@ -179,14 +180,16 @@ class RedisBroker:
         tasks: list[asyncio.Task[object]] = []
         self._kick.clear()
         try:
-            async with asyncio.timeout(self._liveness.timeout):
-                await self._open_links()
+            # No asyncio timeout around redis-py calls here: cancelling a topology refresh leaks
+            # its connections. The clients' socket timeouts bound every step instead.
+            await self._open_links()
             tasks = [
                 asyncio.create_task(link.run(), name=f"redis-link {name}")
                 for name, link in self._links.items()
             ]
-            tasks.append(asyncio.create_task(self._watch_commands(), name="redis-commands"))
             await self._until_alive(tasks)
+            await self._check_commands()
+            tasks.append(asyncio.create_task(self._watch_commands(), name="redis-commands"))
             self._set_connected(True)
             backoff.reset()
             kicked = asyncio.create_task(self._kick.wait())
@@ -226,12 +229,13 @@ class RedisBroker:
                 await self._links[server].open(names)
 
     async def _until_alive(self, tasks: list[asyncio.Task[object]]) -> None:
-        """Wait until every link has answered its first PING (its subscriptions are in effect)
-        and commands are answered too; fail if any task fails first or time runs out."""
+        """Wait until every link has answered its first PING, i.e. its subscriptions are in
+        effect; fail if a link fails first or stays silent."""
+        links = list(self._links.values())
 
         async def all_alive() -> None:
-            await asyncio.gather(*(link.alive.wait() for link in self._links.values()))
-            await self._ping_commands()
+            for link in links:
+                await link.alive.wait()
 
         alive = asyncio.create_task(all_alive())
         try:
@@ -240,7 +244,7 @@ class RedisBroker:
             )
             for task in done:
                 task.result()
-            if alive not in done:
+            if not all(link.alive.is_set() for link in links):
                 raise LinkSilent(f"no answer within {self._liveness.timeout}s of connecting")
         finally:
             alive.cancel()
@@ -248,14 +252,16 @@ class RedisBroker:
 
     async def _watch_commands(self) -> None:
         """The command connections are watched too: a node that cannot publish or read history
-        is not ready, even if its pub/sub link still answers."""
+        is not ready, even if its pub/sub links still answer."""
         while True:
             await asyncio.sleep(self._liveness.interval)
-            try:
-                async with asyncio.timeout(self._liveness.timeout):
-                    await self._ping_commands()
-            except TimeoutError as exc:
-                raise LinkSilent(f"commands: no answer for {self._liveness.timeout}s") from exc
+            await self._check_commands()
+
+    async def _check_commands(self) -> None:
+        try:
+            await self._ping_commands()
+        except RedisTimeoutError as exc:
+            raise LinkSilent(f"commands: no answer within {self._liveness.timeout}s") from exc
 
     def _deliver(self, name: bytes, raw: bytes) -> None:
         channel = channel_of_pubsub(name.decode())
