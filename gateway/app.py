@@ -24,7 +24,7 @@ from gateway.connection import Connection
 from gateway.hub import Hub
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import CloseCode
-from shared.broker import Broker, HistoryPolicy, Liveness, Retention, create_broker
+from shared.broker import Broker, HistoryPolicy, Retention, create_broker
 from shared.logging import get_logger
 from shared.publisher import Publisher
 from shared.settings import Settings
@@ -59,7 +59,7 @@ class Gateway:
         self._lifespans = tuple(lifespans)
         self.node = settings.node_id or f"{socket.gethostname()}-{os.getpid()}"
         self.metrics = GatewayMetrics()
-        liveness = Liveness(settings.redis_ping_interval, settings.redis_ping_timeout)
+        liveness = settings.broker_liveness()
         broker = broker or create_broker(settings.redis_url, history_policy(settings), liveness)
         self.hub = Hub(
             broker,

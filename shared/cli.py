@@ -95,7 +95,9 @@ def _serve(settings: NotifierSettings, dev: bool = False) -> None:
     from notifier.app import Notifier
 
     # One process: the notifier shares the gateway's broker, so in-app messages reach it.
-    broker = create_broker(settings.redis_url, settings.history_policy())
+    broker = create_broker(
+        settings.redis_url, settings.history_policy(), settings.broker_liveness()
+    )
     notifier = Notifier(settings, broker=broker)
     serve(
         Gateway(settings, broker, dev=True, routes=notifier.routes, lifespans=[notifier.lifespan])

@@ -8,6 +8,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 if TYPE_CHECKING:
+    from shared.broker.link import Liveness
     from shared.broker.policy import HistoryPolicy
 
 # Used only by `archmesh-rt dev` and `archmesh-rt token` when no secret is configured.
@@ -135,6 +136,12 @@ class Settings(BaseSettings):
 
         default = Retention(self.history_size, self.history_ttl)
         return HistoryPolicy.parse(default, self.history_overrides)
+
+    def broker_liveness(self) -> Liveness:
+        """How fast a Redis broker notices a silent link (ARCHMESH_REDIS_PING_*)."""
+        from shared.broker.link import Liveness
+
+        return Liveness(self.redis_ping_interval, self.redis_ping_timeout)
 
     def require_production_secrets(self) -> None:
         """A real node refuses to start without a way to verify tokens."""
