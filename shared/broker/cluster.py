@@ -106,7 +106,8 @@ class RedisClusterBroker(RedisBroker):
         return [await self.publish(channel, data) for channel, data in items]
 
     async def _ping_commands(self) -> None:
-        await self._redis.ping()
+        # Masters only: a lost replica must not take the node out of the balancer.
+        await self._redis.ping(target_nodes=RedisCluster.PRIMARIES)
 
     async def _drop_command_connections(self) -> None:
         cluster: RedisCluster = self._redis
