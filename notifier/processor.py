@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -102,10 +102,12 @@ class Processor:
             name: None if raw is None else Template.model_validate_json(raw)
             for name, raw in raw_templates.items()
         }
-        now = self._clock()
+        start = self._clock()
         duplicates: list[Entry] = []
         planned: list[_Work] = []
-        for item, facts in zip(work, found, strict=True):
+        for index, (item, facts) in enumerate(zip(work, found, strict=True)):
+            # A microsecond apart, so the inbox orders one batch as it arrived.
+            now = start + timedelta(microseconds=index)
             if facts.exists:
                 duplicates.append(item.entry)  # processed before: acknowledge, do nothing
             elif not facts.locked:

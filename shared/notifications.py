@@ -206,6 +206,14 @@ class PreferencesPatch(_Strict):
     def _tz(cls, value: str | None) -> str | None:
         return value if value is None else _valid_timezone(value)
 
+    @field_validator("timezone", "held", "channels", "contacts")
+    @classmethod
+    def _not_null(cls, value: object) -> object:
+        # Only quiet_hours may be cleared with null; absent fields are simply left alone.
+        if value is None:
+            raise ValueError("may be left out, but not null")
+        return value
+
 
 class EmailTemplate(_Strict):
     subject: str = Field(min_length=1, max_length=1000)

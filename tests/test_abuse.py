@@ -65,7 +65,6 @@ def test_a_frame_type_that_is_not_a_string_is_a_bad_frame(target: abuse.Target) 
 
 
 @needs_notifier
-@pytest.mark.xfail(strict=True, reason="notifier: PATCH preferences {channels: null} -> 500")
 def test_patching_preferences_with_null_channels_is_a_validation_error(
     target: abuse.Target,
 ) -> None:
@@ -78,6 +77,7 @@ def test_patching_preferences_with_null_channels_is_a_validation_error(
 
 
 def _run(findings: fuzz.Findings, examples: int) -> None:
+    assert findings.violation is None, findings.violation
     assert findings.inputs >= examples  # shrinking may add a few
     assert findings.answers, "no answer was recorded"
 
