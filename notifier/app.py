@@ -79,7 +79,7 @@ class Notifier:
         self.node = s.node_id or f"{socket.gethostname()}-{os.getpid()}"
         self.redis = redis or connect_store(s.redis_url)
         self._own_broker = broker is None
-        self.broker = broker or create_broker(s.redis_url, s.history_policy())
+        self.broker = broker or create_broker(s.redis_url, s.history_policy(), s.broker_liveness())
         self.metrics = NotifierMetrics()
         self.senders = senders or Senders(
             EmailSender.from_settings(s), PushSender.from_settings(s), SmsSender.from_settings(s)
