@@ -39,6 +39,7 @@ const SCENARIOS = {
   unicast: { clients: 1000, messages: 20000, window: 1000, cap: 15 },
   idle: { clients: 5000 },
   capacity: { clients: 10000, messages: 20, rate: 4, unicast: 2000 },
+  notifier: { clients: 1000, messages: 20000, batch: 100, window: 5000, cap: 20 },
 };
 const conf = { ...SCENARIOS[SCENARIO] };
 for (const key of Object.keys(conf)) if (args[key] !== undefined) conf[key] = Number(args[key]);
@@ -172,6 +173,14 @@ function makeSystem() {
       },
     };
   }
+  if (SYSTEM === "blast") {
+    return {
+      url: () => `${base}/ws`,
+      open: () => {},
+      control: (_client, text) => text === "ready",
+      encode: (channel, seq) => resp("PUBLISH", channel, JSON.stringify(eventObject(seq))),
+    };
+  }
   if (SYSTEM === "broadcaster") {
     return {
       url: (client) => `${base}/ws?channel=${encodeURIComponent(client.channels[0])}`,
@@ -225,7 +234,7 @@ const clients = [];
 function connect(index, channels) {
   return new Promise((resolve, reject) => {
     const client = { index, channels, ready: false, ws: null, pending: 0 };
-    const ws = new WebSocket(system.url(client), { perMessageDeflate: false });
+    const ws = new WebSocket(system.url(client), { perMessageDeflate: false, skipUTF8Validation: true });
     client.ws = ws;
     const timer = setTimeout(() => reject(new Error(`client ${index}: not ready after 60 s`)), 60000);
     ws.on("open", () => system.open(client));
@@ -491,6 +500,10 @@ async function scenario() {
     const connectSeconds = (now() - t0) / 1000;
     await sleep(3000);
     const after = serverRssKb();
+    if (args.hold) {
+      process.stderr.write(`holding ${conf.clients} connections for ${args.hold} s\n`);
+      await sleep(Number(args.hold) * 1000);
+    }
     return {
       clients: conf.clients,
       connect_seconds: round(connectSeconds, 2),
@@ -523,7 +536,108 @@ async function scenario() {
       unicast: uni.summary(uniRun.published, uniRun.start),
     };
   }
+  if (SCENARIO === "notifier") return notifierScenario();
   throw new Error(`unknown scenario ${SCENARIO}`);
+}
+
+// -- notifier: in-app notifications through `archmesh-rt notifier` to connected clients -------
+
+const ZONES = ["UTC", "Europe/Paris", "America/New_York", "Asia/Tokyo", "Australia/Sydney"];
+
+async function api(method, route, body) {
+  const res = await fetch(`http://127.0.0.1:${args["notifier-port"]}${route}`, {
+    method,
+    headers: { authorization: `Bearer ${process.env.BENCH_API_KEY}`, "content-type": "application/json" },
+    body,
+  });
+  if (!res.ok) throw new Error(`${method} ${route}: ${res.status} ${await res.text()}`);
+  return res.json();
+}
+
+// Every user has saved preferences with quiet hours (22:00-07:00 in one of five zones, so some
+// are inside them right now) and email on: the notifier evaluates both for every request.
+async function savePreferences(count) {
+  let next = 0;
+  const worker = async () => {
+    while (next < count) {
+      const i = next++;
+      const prefs = {
+        timezone: ZONES[i % ZONES.length],
+        quiet_hours: { enabled: true, start: "22:00", end: "07:00" },
+        channels: { default: { in_app: true, email: true, push: false, sms: false } },
+      };
+      await api("PUT", `/api/users/u${i}/preferences`, JSON.stringify(prefs));
+    }
+  };
+  await Promise.all(Array.from({ length: 20 }, worker));
+}
+
+// One POST body of notifications `first`..`first+size-1`, with timestamp placeholders.
+function notificationBatch(first, size, to) {
+  const items = [];
+  for (let seq = first; seq < first + size; seq += 1) {
+    items.push({
+      user_id: `u${to[seq]}`, type: "bench_event", title: "Bench", body: "A benchmark notification",
+      channels: ["in_app"], data: { seq, ts: TS_MARK.toString() },
+    });
+  }
+  const buf = Buffer.from(JSON.stringify({ notifications: items }));
+  const marks = [];
+  for (let at = buf.indexOf(TS_MARK); at >= 0; at = buf.indexOf(TS_MARK, at + TS_DIGITS)) marks.push(at);
+  return { buf, marks };
+}
+
+function stampAll(batch) {
+  const digits = String(Math.round(now() * 1000)).padStart(TS_DIGITS, "0");
+  for (const at of batch.marks) batch.buf.write(digits, at, "latin1");
+  return batch.buf;
+}
+
+async function notifierScenario() {
+  const users = conf.clients;
+  await savePreferences(users);
+  await connectAll(users, (i) => [userChannel(i)]);
+  const warm = notificationBatch(-1, 1, { [-1]: 0 });
+  let warmed = false;
+  onDelivery = (client, seq) => {
+    if (client.index === 0 && seq === -1) warmed = true;
+  };
+  await api("POST", "/api/notifications/batch", stampAll(warm));
+  for (let waited = 0; !warmed; waited += 50) {
+    if (waited > 15000) throw new Error("warm-up notification never arrived");
+    await sleep(50);
+  }
+  const to = targets(users, conf.messages);
+  const batches = [];
+  for (let first = 0; first < conf.messages; first += conf.batch) {
+    batches.push(notificationBatch(first, Math.min(conf.batch, conf.messages - first), to));
+  }
+  return measured(async () => {
+    const tally = new Tally(users, conf.messages, 1);
+    const start = now();
+    let posted = 0;
+    let failed = 0;
+    let inFlight = 0;
+    let next = 0;
+    onDelivery = (client, seq, ts) => tally.record(client, seq, ts);
+    // Keep at most `window` notifications posted but not yet delivered.
+    while (next < batches.length && (now() - start) / 1000 < conf.cap) {
+      if (posted - tally.deliveries >= conf.window || inFlight >= 4) {
+        await sleep(2);
+        continue;
+      }
+      const batch = batches[next++];
+      posted += batch.marks.length;
+      inFlight += 1;
+      api("POST", "/api/notifications/batch", stampAll(batch))
+        .then((reply) => (failed += reply.failed))
+        .catch(() => (failed += batch.marks.length))
+        .finally(() => (inFlight -= 1));
+    }
+    const end = now() + 10000;
+    while (tally.deliveries + failed < posted && now() < end) await sleep(20);
+    return { ...tally.summary(posted, start), refused: failed };
+  });
 }
 
 try {

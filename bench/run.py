@@ -34,15 +34,20 @@ BENCH = Path(__file__).resolve().parent
 PEERS = REPO / ".bench"
 VENV_PY = PEERS / "venv" / "bin" / "python"
 JWT_SECRET = "bench-jwt-secret-0123456789abcdef-0123"
+API_KEY = "bench-api-key"
 SERVER_CORE, LOAD_CORE = "0", "1"
+ARCHMESH_TREE: Path | None = None  # --archmesh-tree
 
 SYSTEMS = ("archmesh", "socketio", "pysocketio", "broadcaster")
-SCENARIOS = ("fanout", "latency", "unicast", "idle")
+SCENARIOS = ("fanout", "latency", "unicast", "idle", "notifier")
+# Not a peer: a bare Node fan-out server that shows how much the load generator can take.
+CEILING = "blast"
 LABELS = {
     "archmesh": "ArchMesh gateway",
     "socketio": "Node Socket.IO + redis-adapter",
     "pysocketio": "python-socketio + AsyncRedisManager",
     "broadcaster": "encode/broadcaster + Starlette",
+    CEILING: "load generator ceiling",
 }
 REFERENCE = "socketio"
 
@@ -128,9 +133,11 @@ def redis_server() -> Iterator[tuple[str, int]]:
 
 def server_command(system: str, port: int) -> list[str]:
     if system == "archmesh":
-        return [str(REPO / ".venv" / "bin" / "archmesh-rt"), "gateway", "--port", str(port)]
-    if system == "socketio":
-        return ["node", str(BENCH / "peers" / "socketio_server.mjs")]
+        python = str(REPO / ".venv" / "bin" / "python")
+        return [python, "-m", "shared.cli", "gateway", "--port", str(port)]
+    if system in ("socketio", CEILING):
+        name = "socketio_server.mjs" if system == "socketio" else "blast_server.mjs"
+        return ["node", str(BENCH / "peers" / name)]
     apps = {"pysocketio": "pysocketio_server:app", "broadcaster": "broadcaster_server:app"}
     return [
         *(str(VENV_PY), "-m", "uvicorn", apps[system], "--app-dir", str(BENCH / "peers")),
@@ -145,8 +152,10 @@ def environment(redis_url: str, port: int) -> dict[str, str]:
         REDIS_URL=redis_url,
         BENCH_NODE_PREFIX=str(PEERS),
         BENCH_JWT_SECRET=JWT_SECRET,
+        BENCH_API_KEY=API_KEY,
         ARCHMESH_REDIS_URL=redis_url,
         ARCHMESH_JWT_SECRET=JWT_SECRET,
+        ARCHMESH_API_KEY=API_KEY,
         ARCHMESH_LOG_LEVEL="warning",
         ARCHMESH_DRAIN_SECONDS="0",
         NODE_ENV="production",
@@ -157,25 +166,64 @@ def environment(redis_url: str, port: int) -> dict[str, str]:
 def run_scenario(
     system: str, scenario: str, redis_url: str, redis_pid: int, extra: list[str]
 ) -> dict[str, object]:
+    if scenario == "notifier":
+        return run_notifier(redis_url, redis_pid, extra)
     port = free_port()
     env = environment(redis_url, port)
+    cwd = REPO
+    if system == "archmesh" and ARCHMESH_TREE is not None:
+        env["PYTHONPATH"] = str(ARCHMESH_TREE)  # an older checkout's gateway, same venv
+        cwd = ARCHMESH_TREE
     cmd = ["taskset", "-c", SERVER_CORE, *server_command(system, port)]
-    server = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL)
+    server = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL)
     try:
         wait_port(port, server)
-        loadgen = ["taskset", "-c", LOAD_CORE, "node", str(BENCH / "loadgen.mjs")]
-        loadgen += ["--system", system, "--scenario", scenario, "--port", str(port)]
-        loadgen += ["--redis", redis_url, "--pid", str(server.pid), "--redis-pid", str(redis_pid)]
-        done = subprocess.run(
-            [*loadgen, *extra], env=env, capture_output=True, text=True, timeout=180, check=False
-        )
-        lines = done.stdout.strip().splitlines()
-        if not lines:
-            return {"error": f"load generator printed nothing: {done.stderr.strip()[-500:]}"}
-        result: dict[str, object] = json.loads(lines[-1])
-        return result
+        args = ["--system", system, "--scenario", scenario, "--port", str(port)]
+        args += ["--redis", redis_url, "--pid", str(server.pid), "--redis-pid", str(redis_pid)]
+        return load(args + extra, env)
     finally:
         stop(server)
+
+
+def run_notifier(redis_url: str, redis_pid: int, extra: list[str]) -> dict[str, object]:
+    """The notifier process under test on core 0; the gateway that delivers its in-app
+    notifications on core 1 with the load generator (it has little to do here)."""
+    port, notifier_port = free_port(), free_port()
+    env = environment(redis_url, port)
+    archmesh = str(REPO / ".venv" / "bin" / "archmesh-rt")
+    gateway = subprocess.Popen(
+        ["taskset", "-c", LOAD_CORE, archmesh, "gateway", "--port", str(port)],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+    )
+    notifier = subprocess.Popen(
+        ["taskset", "-c", SERVER_CORE, archmesh, "notifier", "--port", str(notifier_port)],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        wait_port(port, gateway)
+        wait_port(notifier_port, notifier)
+        args = ["--system", "archmesh", "--scenario", "notifier", "--port", str(port)]
+        args += ["--notifier-port", str(notifier_port), "--redis", redis_url]
+        args += ["--pid", str(notifier.pid), "--redis-pid", str(redis_pid)]
+        return load(args + extra, env)
+    finally:
+        stop(notifier)
+        stop(gateway)
+
+
+def load(args: list[str], env: dict[str, str]) -> dict[str, object]:
+    """Run the load generator on its core; its last line is the result."""
+    cmd = ["taskset", "-c", LOAD_CORE, "node", str(BENCH / "loadgen.mjs"), *args]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, check=False)
+    lines = done.stdout.strip().splitlines()
+    if not lines:
+        return {"error": f"load generator printed nothing: {done.stderr.strip()[-500:]}"}
+    result: dict[str, object] = json.loads(lines[-1])
+    return result
 
 
 # -- results --------------------------------------------------------------------------------
@@ -191,6 +239,9 @@ METRICS = (
     ("unicast", "rate", "unicast deliveries/s", True),
     ("unicast", "per_cpu_second", "unicast deliveries per server CPU-second", True),
     ("idle", "kb_per_conn", "idle KiB per connection", False),
+    ("notifier", "rate", "notifier: in-app notifications/s delivered", True),
+    ("notifier", "per_cpu_second", "notifier: notifications per notifier CPU-second", True),
+    ("notifier", "p99_ms", "notifier: request-to-socket p99 ms (saturated)", False),
 )
 
 
@@ -235,7 +286,7 @@ def table(results: Results, systems: list[str]) -> str:
             ratio = f" ({value / ref:.2f}x)" if value is not None and ref else ""
             cells.append(fmt(value) + ratio)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    for scenario in ("fanout", "latency", "unicast"):
+    for scenario in ("fanout", "latency", "unicast", "notifier"):
         cells = [
             f"{results.total(s, scenario, 'lost')} / {results.total(s, scenario, 'duplicates')}"
             for s in systems
@@ -264,6 +315,10 @@ def targets(results: Results) -> str:
         lines.append(f"| {name} | {shown} | {goal} | {met} |")
     lost = results.total("archmesh", "latency", "lost")
     lines.append(f"| latency scenario loss | {lost} | 0 | {'yes' if lost == 0 else 'no'} |")
+    notifier = results.median("archmesh", "notifier", "rate")
+    if notifier is not None:
+        met = "yes" if notifier >= 5000 else "no"
+        lines.append(f"| notifier in-app notifications/s | {notifier:,.0f} | >= 5,000 | {met} |")
     return "\n".join(lines)
 
 
@@ -311,13 +366,15 @@ def write_doc(results: Results, systems: list[str], rounds: int, minutes: float)
     loadgen = max(
         (
             float(r["loadgen_cpu"])  # type: ignore[arg-type]
-            for per in results.runs.values()
+            for system, per in results.runs.items()
             for runs in per.values()
             for r in runs
-            if r.get("loadgen_cpu") is not None
+            if r.get("loadgen_cpu") is not None and system != CEILING
         ),
         default=0.0,
     )
+    ceiling = results.median(CEILING, "fanout", "rate")
+    ceiling_cpu = results.median(CEILING, "fanout", "loadgen_cpu")
     capacity = results.runs.get("archmesh", {}).get("capacity", [])
     doc = template.format(
         date=time.strftime("%Y-%m-%d"),
@@ -328,6 +385,8 @@ def write_doc(results: Results, systems: list[str], rounds: int, minutes: float)
         table=table(results, systems),
         targets=targets(results),
         loadgen_cpu=f"{loadgen:.2f}",
+        ceiling=fmt(ceiling),
+        ceiling_cpu=fmt(ceiling_cpu),
         capacity=json.dumps(capacity[-1], indent=1) if capacity else "(not run)",
         history=(BENCH / "history.md").read_text().strip(),
         raw=json.dumps(results.runs, indent=1),
@@ -343,8 +402,18 @@ def main() -> int:
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--capacity", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--no-write", action="store_true", help="print, leave the doc alone")
+    parser.add_argument(
+        "--archmesh-tree",
+        type=Path,
+        help="run the gateway from another checkout (e.g. `git worktree add` of an older "
+        "commit) to measure a change; implies --no-write",
+    )
     parser.add_argument("extra", nargs="*", help="passed to the load generator, e.g. --clients 10")
     opts = parser.parse_args()
+    if opts.archmesh_tree is not None:
+        global ARCHMESH_TREE
+        ARCHMESH_TREE = opts.archmesh_tree.resolve()
+        opts.no_write = True
     systems = [s for s in opts.systems.split(",") if s]
     scenarios = [s for s in opts.scenarios.split(",") if s]
     if os.cpu_count() is None or os.cpu_count() < 2:  # type: ignore[operator]
@@ -357,7 +426,12 @@ def main() -> int:
             # Rotate the order so a noisy moment of the shared machine does not hit one system.
             order = systems[round_no - 1 :] + systems[: round_no - 1]
             for scenario in scenarios:
-                for system in order:
+                # The notifier is ArchMesh's alone; the ceiling is measured on fan-out only.
+                if scenario == "notifier":
+                    runs = ["archmesh"] if "archmesh" in systems else []
+                else:
+                    runs = order + ([CEILING] if scenario == "fanout" else [])
+                for system in runs:
                     result = run_scenario(system, scenario, redis_url, redis_pid, opts.extra)
                     results.add(system, scenario, result)
                     log(f"round {round_no} {system} {scenario}: {json.dumps(result)}")
