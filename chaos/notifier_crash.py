@@ -88,6 +88,7 @@ async def notifier_sigkill() -> Row:
         f"killed before any email went out ({sent_before})": 0 < sent_before < TOTAL,
         f"in-app inbox holds {unread}, not {TOTAL}": unread == TOTAL,
         "emails still missing after 60 s": bool(complete),
+        f"{emails - len(got)} emails sent twice": emails == len(got),
     }
     failed = [what for what, ok in checks.items() if not ok]
     return Row(
