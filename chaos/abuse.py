@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -514,57 +515,43 @@ async def hostile_input(examples: int = FUZZ_EXAMPLES) -> list[Row]:
     notifier = "notifier" in cli_commands()
     cluster, key = attack_cluster(env=FUZZ_ENV)
     async with running(cluster):
-        target = Target(cluster, key)
-        token = target.token("fuzz-user")
-        rows.append(
-            await _sync_row(
-                f"fuzz: client frames ({examples:,})",
-                lambda: fuzz.fuzz_frames(cluster.ws_url, token, examples),
-            )
-        )
-        rows.append(
-            await _sync_row(
+        token = Target(cluster, key).token("fuzz-user")
+        url, api, api_key = cluster.ws_url, cluster.url, cluster.api_key
+        fuzzers: list[tuple[str, Callable[[], fuzz.Findings]]] = [
+            (f"fuzz: client frames ({examples:,})", lambda: fuzz.fuzz_frames(url, token, examples)),
+            (
                 f"fuzz: frames before connect ({examples // 5:,})",
-                lambda: fuzz.fuzz_frames(cluster.ws_url, None, examples // 5),
-            )
-        )
-        rows.append(
-            await _sync_row(
+                lambda: fuzz.fuzz_frames(url, None, examples // 5),
+            ),
+            (
                 f"fuzz: publish API bodies ({examples:,})",
-                lambda: fuzz.fuzz_publish_api(cluster.url, cluster.api_key, examples),
-            )
-        )
+                lambda: fuzz.fuzz_publish_api(api, api_key, examples),
+            ),
+        ]
         if notifier:
-            rows.append(
-                await _sync_row(
+            fuzzers.append(
+                (
                     f"fuzz: notifier API bodies ({examples:,})",
-                    lambda: fuzz.fuzz_notifier_api(cluster.url, cluster.api_key, examples),
+                    lambda: fuzz.fuzz_notifier_api(api, api_key, examples),
                 )
             )
-        alive = all(s.running for s in [*cluster.gateways, cluster.notifier] if s is not None)
-        if not alive:
-            rows.append(
-                Row("fuzz: processes alive afterwards", passed=False, note="a process died")
-            )
+        for name, run_fuzzer in fuzzers:
+            rows.append(await _sync_row(name, run_fuzzer))
+        if not all(s.running for s in [*cluster.gateways, cluster.notifier] if s is not None):
+            rows.append(Row("fuzz: processes alive afterwards", passed=False, note="one died"))
     cluster, key = attack_cluster()
     async with running(cluster):
         target = Target(cluster, key)
-        rows.append(
-            await _sync_row(
-                "JWT attacks (forged, expired, confused, stolen)", lambda: jwt_attacks(target)
-            )
-        )
-        rows.append(await _sync_row("foreign Origin", lambda: origin_attacks(target)))
-        rows.append(
-            await _sync_row("oversized frames and bodies", lambda: oversize_attacks(target))
-        )
-        rows.append(
-            await _sync_row("API without / with a wrong key", lambda: api_key_attacks(target))
-        )
+        attacks: list[tuple[str, Callable[[Target], int | tuple[int, str]]]] = [
+            ("JWT attacks (forged, expired, confused, stolen)", jwt_attacks),
+            ("foreign Origin", origin_attacks),
+            ("oversized frames and bodies", oversize_attacks),
+            ("API without / with a wrong key", api_key_attacks),
+        ]
         if notifier:
-            rows.append(
-                await _sync_row("template sandbox escapes", lambda: template_attacks(target))
-            )
+            attacks.append(("template sandbox escapes", template_attacks))
+        for name, attack in attacks:
+            rows.append(await _sync_row(name, functools.partial(attack, target)))
         rows.append(await _async_row("connection flood (one address)", connection_flood(target)))
         rows.append(await _async_row("message flood (one socket)", message_flood(target)))
     return rows
