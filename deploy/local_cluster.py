@@ -173,9 +173,10 @@ def cli_commands() -> set[str]:
 class LocalCluster:
     """redis-server + N gateways + optional notifier + nginx, all on 127.0.0.1.
 
-    Ports default to free ones (give `redis_port` to put a proxy in front of Redis). `env` goes to every gateway and notifier, `gateway_env[i]`
-    to gateway i only (e.g. its own ARCHMESH_REDIS_URL through a proxy), `notifier_env` to
-    the notifier. Without ARCHMESH_SMTP_HOST in `notifier_env`, the notifier gets a local
+    Ports default to free ones (choose `redis_port` to put a proxy in front of Redis). `env`
+    goes to every gateway and notifier, `gateway_env[i]` to gateway i only (e.g. its own
+    ARCHMESH_REDIS_URL through a proxy), `notifier_env` to the notifier. Without
+    ARCHMESH_SMTP_HOST in `notifier_env`, the notifier gets a local
     SMTP catcher (aiosmtpd) whose messages land in the working directory's smtp.log."""
 
     def __init__(
