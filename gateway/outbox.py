@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Protocol
@@ -75,7 +76,7 @@ class Flusher:
     def timed(self) -> None:
         """A publication arrived and is being fanned out."""
         if self._since is None:
-            self._since = asyncio.get_running_loop().time()
+            self._since = time.perf_counter()
             if not self._scheduled:
                 self._schedule()
 
@@ -90,7 +91,7 @@ class Flusher:
             outbox.flush()
         since, self._since = self._since, None
         if since is not None and self._on_flush is not None:
-            self._on_flush(asyncio.get_running_loop().time() - since)
+            self._on_flush(time.perf_counter() - since)
 
 
 def open_outbox(send: Send, limit: int, flusher: Flusher) -> Outbox:
@@ -166,18 +167,19 @@ class TransportOutbox:
         frames = self._frames
         if not frames:
             return
-        self._frames, self._size = [], 0
         transport = self._transport
-        if transport.is_closing() or self._protocol.close_sent:
-            return  # the socket is going; uvicorn reports the disconnect to the reader
-        if len(frames) == 1:
-            transport.write(frames[0])
-        else:
-            transport.writelines(frames)
-        self._buffered = transport.get_write_buffer_size()
+        # The socket may be going; then uvicorn reports the disconnect to the reader.
+        if not (transport.is_closing() or self._protocol.close_sent):
+            if len(frames) == 1:
+                transport.write(frames[0])
+            else:
+                transport.writelines(frames)  # takes the items now, not the list
+            self._buffered = transport.get_write_buffer_size()
+        self.discard()
 
     def discard(self) -> None:
-        self._frames, self._size = [], 0
+        self._frames.clear()  # reused: one list per socket, not one per flush
+        self._size = 0
 
     async def close(self, last: Outgoing, code: int, reason: str) -> None:
         self._closing = True
