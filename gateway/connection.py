@@ -235,7 +235,8 @@ class Connection:
             self.close(CloseCode.SERVER_ERROR)
 
     async def _dispatch(self, raw: dict[str, Any]) -> None:
-        if raw.get("type") not in FRAME_TYPES:
+        kind = raw.get("type")
+        if not isinstance(kind, str) or kind not in FRAME_TYPES:  # a list is unhashable
             raise FrameError(
                 ErrorCode.BAD_FRAME, f"unknown frame type; expected {sorted(FRAME_TYPES)}"
             )
