@@ -1,5 +1,6 @@
 """The notifier killed (SIGKILL) part-way through a batch of email + in-app notifications, then
-started again: every notification reaches the SMTP server exactly once and every inbox."""
+started again: every notification reaches the SMTP server and every inbox; at most the one
+email in flight at the kill is sent again, with the same Message-ID."""
 
 from __future__ import annotations
 
@@ -84,11 +85,20 @@ async def notifier_sigkill() -> Row:
     emails = sum(subjects.values())
     wanted = {f"crash-{n}" for n in range(TOTAL)}
     got = set(subjects) & wanted
+    # The documented edge: the one email between the server's 250 and the victim's record is
+    # sent again, with the same Message-ID (mail stores keep one). More, or a new Message-ID,
+    # would be a bug.
+    resent = [s for s, n in subjects.items() if n > 1]
+    same_ids = all(
+        len({m.message["Message-ID"] for m in smtp.messages if m.message["Subject"] == s}) == 1
+        for s in resent
+    )
     checks = {
         f"killed before any email went out ({sent_before})": 0 < sent_before < TOTAL,
         f"in-app inbox holds {unread}, not {TOTAL}": unread == TOTAL,
         "emails still missing after 60 s": bool(complete),
-        f"{emails - len(got)} emails sent twice": emails == len(got),
+        f"{emails - len(got)} emails sent again": len(resent) <= 1 and emails - len(got) <= 1,
+        "a resent email has a new Message-ID": same_ids,
     }
     failed = [what for what, ok in checks.items() if not ok]
     return Row(
@@ -98,12 +108,12 @@ async def notifier_sigkill() -> Row:
         TOTAL - len(got),
         emails - len(got),
         done_at - killed_at,
-        not failed and len(got) == TOTAL and emails == TOTAL,
+        not failed and len(got) == TOTAL,
         "; ".join(
             [
                 *failed,
                 f"killed after {sent_before} emails; counted at a real SMTP server; "
-                f"{unread} in-app inbox items",
+                f"{unread} in-app inbox items; resent: {len(resent)} (same Message-ID)",
             ]
         ),
     )
