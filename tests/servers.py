@@ -13,6 +13,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Self
 
 import httpx
 import redis
@@ -96,55 +97,39 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class GatewayProcess:
-    """`archmesh-rt gateway` in its own process, as ops run it."""
+class ServiceProcess:
+    """An `archmesh-rt <command>` process on a free port, as ops run it; `stop()` waits."""
 
-    def __init__(self, redis_url: str = "", port: int | None = None, **env: str) -> None:
-        self.port = port or free_port()
-        self.env = {
-            **os.environ,
-            "ARCHMESH_REDIS_URL": redis_url,
-            "ARCHMESH_JWT_SECRET": JWT_SECRET,
-            "ARCHMESH_API_KEY": API_KEY,
-            "ARCHMESH_PORT": str(self.port),
-            "ARCHMESH_NODE_ID": f"node-{self.port}",
-            "ARCHMESH_LOG_FORMAT": "json",
-            "ARCHMESH_DRAIN_SECONDS": "0.2",
-            **env,
-        }
+    command = ""
+
+    def __init__(self, port: int, env: dict[str, str]) -> None:
+        self.port = port
+        self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log = Path(tempfile.mkstemp(prefix="archmesh-gw-", suffix=".log")[1])
+        prefix = f"archmesh-{self.command}-"
+        self.log = Path(tempfile.mkstemp(prefix=prefix, suffix=".log")[1])
 
     @property
     def http(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    @property
-    def ws(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
-
-    def start(self) -> GatewayProcess:
-        cmd = [sys.executable, "-m", "shared.cli", "gateway"]
+    def start(self) -> Self:
+        cmd = [sys.executable, "-m", "shared.cli", self.command]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(cmd, env=self.env, cwd=REPO, stdout=log, stderr=log)
-        wait_until(self._healthy, timeout=20, what=f"gateway on {self.port}")
+        wait_until(self._healthy, timeout=20, what=f"{self.command} on {self.port}")
         return self
 
     def _healthy(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"gateway exited {self.proc.returncode}:\n{self.log.read_text()}")
+            code, log = self.proc.returncode, self.log.read_text()
+            raise RuntimeError(f"{self.command} exited {code}:\n{log}")
         try:
             return httpx.get(f"{self.http}/healthz", timeout=0.5).status_code == 200
         except httpx.HTTPError:
             return False
 
-    def ready(self) -> bool:
-        try:
-            return httpx.get(f"{self.http}/readyz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int | None:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int | None:
         if self.proc is None:
             return None
         if self.proc.poll() is None:
@@ -156,6 +141,39 @@ class GatewayProcess:
                 self.proc.wait()
         code, self.proc = self.proc.returncode, None
         return code
+
+
+class GatewayProcess(ServiceProcess):
+    """`archmesh-rt gateway` in its own process, as ops run it."""
+
+    command = "gateway"
+
+    def __init__(self, redis_url: str = "", port: int | None = None, **env: str) -> None:
+        port = port or free_port()
+        super().__init__(
+            port,
+            {
+                **os.environ,
+                "ARCHMESH_REDIS_URL": redis_url,
+                "ARCHMESH_JWT_SECRET": JWT_SECRET,
+                "ARCHMESH_API_KEY": API_KEY,
+                "ARCHMESH_PORT": str(port),
+                "ARCHMESH_NODE_ID": f"node-{port}",
+                "ARCHMESH_LOG_FORMAT": "json",
+                "ARCHMESH_DRAIN_SECONDS": "0.2",
+                **env,
+            },
+        )
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.http}/readyz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def publish(self, channel: str, data: Mapping[str, object]) -> httpx.Response:
         return httpx.post(
@@ -299,55 +317,26 @@ class RedisCluster:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-class NotifierProcess:
+class NotifierProcess(ServiceProcess):
     """`archmesh-rt notifier` in its own process, as ops run it."""
 
+    command = "notifier"
+
     def __init__(self, redis_url: str, **env: str) -> None:
-        self.port = free_port()
-        self.env = {
-            **os.environ,
-            "ARCHMESH_REDIS_URL": redis_url,
-            "ARCHMESH_JWT_SECRET": JWT_SECRET,
-            "ARCHMESH_API_KEY": API_KEY,
-            "ARCHMESH_NOTIFIER_PORT": str(self.port),
-            "ARCHMESH_NODE_ID": f"notifier-{self.port}",
-            "ARCHMESH_LOG_FORMAT": "json",
-            **env,
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = Path(tempfile.mkstemp(prefix="archmesh-nt-", suffix=".log")[1])
-
-    @property
-    def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> NotifierProcess:
-        cmd = [sys.executable, "-m", "shared.cli", "notifier"]
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(cmd, env=self.env, cwd=REPO, stdout=log, stderr=log)
-        wait_until(self._healthy, timeout=20, what=f"notifier on {self.port}")
-        return self
-
-    def _healthy(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"notifier exited {self.proc.returncode}:\n{self.log.read_text()}")
-        try:
-            return httpx.get(f"{self.http}/healthz", timeout=0.5).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        code, self.proc = self.proc.returncode, None
-        return code
+        port = free_port()
+        super().__init__(
+            port,
+            {
+                **os.environ,
+                "ARCHMESH_REDIS_URL": redis_url,
+                "ARCHMESH_JWT_SECRET": JWT_SECRET,
+                "ARCHMESH_API_KEY": API_KEY,
+                "ARCHMESH_NOTIFIER_PORT": str(port),
+                "ARCHMESH_NODE_ID": f"notifier-{port}",
+                "ARCHMESH_LOG_FORMAT": "json",
+                **env,
+            },
+        )
 
     def request(self, method: str, path: str, **kwargs: object) -> httpx.Response:
         headers = {"Authorization": f"Bearer {API_KEY}"}
