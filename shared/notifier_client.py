@@ -1,7 +1,7 @@
 """Send notifications from a Python backend: validated here, queued on the notifiers' stream.
 
-    async with NotifierClient("redis://localhost:6379/0") as notifier:
-        await notifier.send({"user_id": "u1", "type": "workflow_failed", "title": "It failed"})
+async with NotifierClient("redis://localhost:6379/0") as notifier:
+    await notifier.send({"user_id": "u1", "type": "workflow_failed", "title": "It failed"})
 """
 
 from __future__ import annotations
