@@ -6,6 +6,7 @@ scenario and runs the load generator + publisher pinned to core 1 (with Redis). 
 rounds, as ratios to Node's Socket.IO, go to docs/benchmarks.md.
 
     python3 bench/run.py [--rounds 3] [--systems a,b] [--scenarios x,y] [--no-write]
+    python3 bench/run.py --report .bench/results.json   # rewrite the doc from a saved run
 
 Standard library only: it runs before any venv exists.
 """
@@ -28,6 +29,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Any
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
@@ -175,7 +177,8 @@ def run_scenario(
         env["PYTHONPATH"] = str(ARCHMESH_TREE)  # an older checkout's gateway, same venv
         cwd = ARCHMESH_TREE
     cmd = ["taskset", "-c", SERVER_CORE, *server_command(system, port)]
-    server = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL)
+    with server_log(system, scenario) as out:
+        server = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=out)
     try:
         wait_port(port, server)
         args = ["--system", system, "--scenario", scenario, "--port", str(port)]
@@ -191,18 +194,22 @@ def run_notifier(redis_url: str, redis_pid: int, extra: list[str]) -> dict[str, 
     port, notifier_port = free_port(), free_port()
     env = environment(redis_url, port)
     archmesh = str(REPO / ".venv" / "bin" / "archmesh-rt")
-    gateway = subprocess.Popen(
-        ["taskset", "-c", LOAD_CORE, archmesh, "gateway", "--port", str(port)],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-    )
-    notifier = subprocess.Popen(
-        ["taskset", "-c", SERVER_CORE, archmesh, "notifier", "--port", str(notifier_port)],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-    )
+    with server_log("archmesh", "notifier-gateway") as out:
+        gateway = subprocess.Popen(
+            ["taskset", "-c", LOAD_CORE, archmesh, "gateway", "--port", str(port)],
+            env=env,
+            cwd=REPO,
+            stdout=out,
+            stderr=out,
+        )
+    with server_log("archmesh", "notifier") as out:
+        notifier = subprocess.Popen(
+            ["taskset", "-c", SERVER_CORE, archmesh, "notifier", "--port", str(notifier_port)],
+            env=env,
+            cwd=REPO,
+            stdout=out,
+            stderr=out,
+        )
     try:
         wait_port(port, gateway)
         wait_port(notifier_port, notifier)
@@ -213,6 +220,15 @@ def run_notifier(redis_url: str, redis_pid: int, extra: list[str]) -> dict[str, 
     finally:
         stop(notifier)
         stop(gateway)
+
+
+@contextlib.contextmanager
+def server_log(system: str, scenario: str) -> Iterator[IO[bytes]]:
+    """A server's output goes to .bench/logs/, not the terminal (peers log retries)."""
+    logs = PEERS / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with (logs / f"{system}-{scenario}.log").open("ab") as out:
+        yield out
 
 
 def load(args: list[str], env: dict[str, str]) -> dict[str, object]:
@@ -361,7 +377,8 @@ def versions() -> dict[str, str]:
     return found
 
 
-def write_doc(results: Results, systems: list[str], rounds: int, minutes: float) -> None:
+def write_doc(results: Results, meta: dict[str, Any]) -> None:
+    systems, rounds, minutes = meta["systems"], meta["rounds"], meta["minutes"]
     template = (BENCH / "benchmarks.md.in").read_text()
     loadgen = max(
         (
@@ -373,19 +390,27 @@ def write_doc(results: Results, systems: list[str], rounds: int, minutes: float)
         ),
         default=0.0,
     )
+    fanout_note = ""
+    busy = results.median("archmesh", "fanout", "loadgen_cpu") or 0.0
+    if busy >= 0.8 and (results.median("archmesh", "fanout", "server_cpu") or 1.0) < 0.8:
+        fanout_note = (
+            " ArchMesh's fan-out figure is a lower bound: the load generator used"
+            f" {busy:.2f} of its core there while the gateway's core had time to spare."
+        )
     ceiling = results.median(CEILING, "fanout", "rate")
     ceiling_cpu = results.median(CEILING, "fanout", "loadgen_cpu")
     capacity = results.runs.get("archmesh", {}).get("capacity", [])
     doc = template.format(
-        date=time.strftime("%Y-%m-%d"),
-        machine=machine(),
-        versions="\n".join(f"- {k}: {v}" for k, v in versions().items()),
+        date=meta["date"],
+        machine=meta["machine"],
+        versions="\n".join(f"- {k}: {v}" for k, v in meta["versions"].items()),
         rounds=rounds,
         minutes=f"{minutes:.1f}",
         table=table(results, systems),
         targets=targets(results),
         loadgen_cpu=f"{loadgen:.2f}",
         ceiling=fmt(ceiling),
+        fanout_note=fanout_note,
         ceiling_cpu=fmt(ceiling_cpu),
         capacity=json.dumps(capacity[-1], indent=1) if capacity else "(not run)",
         history=(BENCH / "history.md").read_text().strip(),
@@ -408,8 +433,13 @@ def main() -> int:
         help="run the gateway from another checkout (e.g. `git worktree add` of an older "
         "commit) to measure a change; implies --no-write",
     )
+    parser.add_argument("--report", type=Path, help="only write the doc from a saved results file")
     parser.add_argument("extra", nargs="*", help="passed to the load generator, e.g. --clients 10")
     opts = parser.parse_args()
+    if opts.report is not None:
+        saved = json.loads(opts.report.read_text())
+        write_doc(Results(saved["runs"]), saved["meta"])
+        return 0
     if opts.archmesh_tree is not None:
         global ARCHMESH_TREE
         ARCHMESH_TREE = opts.archmesh_tree.resolve()
@@ -420,6 +450,7 @@ def main() -> int:
         raise SystemExit("needs 2 cores: the server on one, the load generator on the other")
     started = time.monotonic()
     install_peers()
+    found = versions()  # before the run: the commit that was measured
     results = Results()
     with redis_server() as (redis_url, redis_pid):
         for round_no in range(1, opts.rounds + 1):
@@ -440,12 +471,21 @@ def main() -> int:
             results.add("archmesh", "capacity", result)
             log(f"archmesh capacity: {json.dumps(result)}")
     minutes = (time.monotonic() - started) / 60
-    (PEERS / "results.json").write_text(json.dumps(results.runs, indent=1))
+    meta = {
+        "systems": systems,
+        "rounds": opts.rounds,
+        "minutes": round(minutes, 1),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "versions": found,
+    }
+    saved = {"meta": meta, "runs": results.runs}
+    (PEERS / "results.json").write_text(json.dumps(saved, indent=1))
     print(table(results, systems))
     print(targets(results))
     log(f"done in {minutes:.1f} min; raw results in .bench/results.json")
     if not opts.no_write:
-        write_doc(results, systems, opts.rounds, minutes)
+        write_doc(results, meta)
     return 0
 
 
