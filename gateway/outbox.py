@@ -169,13 +169,17 @@ class TransportOutbox:
             return
         transport = self._transport
         # The socket may be going; then uvicorn reports the disconnect to the reader.
-        if not (transport.is_closing() or self._protocol.close_sent):
-            if len(frames) == 1:
-                transport.write(frames[0])
-            else:
-                transport.writelines(frames)  # takes the items now, not the list
-            self._buffered = transport.get_write_buffer_size()
-        self.discard()
+        try:
+            if not (transport.is_closing() or self._protocol.close_sent):
+                if len(frames) == 1:
+                    transport.write(frames[0])
+                else:
+                    transport.writelines(frames)  # takes the items now, not the list
+                self._buffered = transport.get_write_buffer_size()
+        except (OSError, RuntimeError):
+            pass  # it died under us (the reader hears of it): never stop the other sockets
+        finally:
+            self.discard()
 
     def discard(self) -> None:
         self._frames.clear()  # reused: one list per socket, not one per flush
