@@ -1,11 +1,13 @@
 """encode/broadcaster (Redis backend) behind a Starlette WebSocket endpoint: a peer.
 `/ws?channel=NAME` subscribes to one channel, says `ready`, then forwards every message."""
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from broadcaster import Broadcast
+from broadcaster._base import Subscriber
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
@@ -14,12 +16,23 @@ broadcast = Broadcast(os.environ["REDIS_URL"])
 
 
 async def endpoint(websocket: WebSocket) -> None:
+    """As in broadcaster's own example: one task forwards, the endpoint reads until the
+    client leaves (a forwarder alone would wait forever on a quiet channel)."""
     await websocket.accept()
     channel = websocket.query_params["channel"]
     async with broadcast.subscribe(channel) as subscriber:
         await websocket.send_text("ready")
-        async for event in subscriber:  # type: ignore[union-attr]
-            await websocket.send_text(event.message)
+        forward = asyncio.create_task(_forward(websocket, subscriber))
+        try:
+            while (await websocket.receive())["type"] != "websocket.disconnect":
+                pass
+        finally:
+            forward.cancel()
+
+
+async def _forward(websocket: WebSocket, subscriber: Subscriber) -> None:
+    async for event in subscriber:  # type: ignore[union-attr]
+        await websocket.send_text(event.message)
 
 
 @asynccontextmanager
