@@ -131,9 +131,11 @@ class Hub:
                     return
             self._last[pub.channel] = (pub.epoch, pub.offset)
         frame = Outgoing(publication_frame(pub))
-        self.flusher.timed()
+        flusher = self.flusher
+        flusher.timed()
         for conn in conns:
             conn.deliver(pub, frame)
+        flusher.fanned_out()
         stats.deliveries += len(conns)
         stats.bytes_out += len(frame.wire) * len(conns)
 

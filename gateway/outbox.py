@@ -55,8 +55,10 @@ class Outbox(Protocol):
 
 
 class Flusher:
-    """Writes every outbox that got frames during this event-loop turn, once, at its end: a
-    burst of publications costs one write per socket, not one per frame.
+    """Decides when frames are written. The first publication of an event-loop turn (and any
+    reply) is written to each socket at once, so the first sockets do not wait for the whole
+    fan-out loop; frames queued after it in the same turn (a burst) are written once per
+    socket at the end of the turn: a burst costs two writes per socket, not one per frame.
 
     `on_flush(seconds)` reports, once per turn that fanned out publications, how long the
     first of them waited from its arrival (`timed()`) until every write of the turn was done.
@@ -67,6 +69,13 @@ class Flusher:
         self._scheduled = False
         self._since: float | None = None
         self._on_flush = on_flush
+        self.write_through = True  # until a publication was fanned out in this turn
+
+    def fanned_out(self) -> None:
+        """A publication went to every socket: queue the rest of this turn's frames."""
+        self.write_through = False
+        if not self._scheduled:
+            self._schedule()
 
     def add(self, outbox: TransportOutbox) -> None:
         self._due.append(outbox)
@@ -86,6 +95,7 @@ class Flusher:
 
     def _run(self) -> None:
         self._scheduled = False
+        self.write_through = True
         due, self._due = self._due, []
         for outbox in due:
             outbox.flush()
@@ -157,6 +167,9 @@ class TransportOutbox:
             if self._buffered + self._size + size > budget:
                 return False
         frames = self._frames
+        if not frames and self._flusher.write_through:
+            self._write(frames, wire)  # nothing queued before it: order holds
+            return True
         frames.append(wire)
         self._size += size
         if len(frames) == 1:
@@ -165,21 +178,26 @@ class TransportOutbox:
 
     def flush(self) -> None:
         frames = self._frames
-        if not frames:
-            return
+        if frames:
+            self._write(frames, None)
+            self.discard()
+
+    def _write(self, frames: list[bytes], wire: bytes | None) -> None:
+        """Write `wire`, or else all of `frames`, unless the socket is going (uvicorn then
+        reports the disconnect to the reader)."""
         transport = self._transport
-        # The socket may be going; then uvicorn reports the disconnect to the reader.
         try:
-            if not (transport.is_closing() or self._protocol.close_sent):
-                if len(frames) == 1:
-                    transport.write(frames[0])
-                else:
-                    transport.writelines(frames)  # takes the items now, not the list
-                self._buffered = transport.get_write_buffer_size()
+            if transport.is_closing() or self._protocol.close_sent:
+                return
+            if wire is not None:
+                transport.write(wire)
+            elif len(frames) == 1:
+                transport.write(frames[0])
+            else:
+                transport.writelines(frames)  # takes the items now, not the list
+            self._buffered = transport.get_write_buffer_size()
         except (OSError, RuntimeError):
             pass  # it died under us (the reader hears of it): never stop the other sockets
-        finally:
-            self.discard()
 
     def discard(self) -> None:
         self._frames.clear()  # reused: one list per socket, not one per flush
