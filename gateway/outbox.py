@@ -2,7 +2,8 @@
 
 - `TransportOutbox` writes finished WebSocket frames straight to the socket's transport. A
   publication's frame is built once per node (`Outgoing.wire`) and the same bytes go to every
-  socket; frames queued for one socket during one event-loop turn leave in one write. Used on
+  socket; a burst of frames for one socket in one event-loop turn leaves in one write (see
+  `Flusher`). Used on
   uvicorn's `websockets-sansio` protocol without extensions (no per-message deflate), where a
   server frame is the same bytes for every socket.
 - `AsgiOutbox` sends through ASGI `websocket.send`, one frame at a time from a writer task: the
