@@ -19,7 +19,14 @@ from notifier.events import inbox_event
 from notifier.templates import TemplateInvalid
 from shared.broker import BrokerError
 from shared.channels import user_channel
-from shared.http_api import ApiError, bearer, error_response, is_api_key, json_body
+from shared.http_api import (
+    ApiError,
+    bearer,
+    error_response,
+    is_api_key,
+    json_body,
+    require_api_key,
+)
 from shared.notifications import (
     ID_PATTERN,
     BatchResult,
@@ -94,12 +101,7 @@ class NotifierApi:
     # -- auth ------------------------------------------------------------------------------
 
     def _service(self, request: Request) -> None:
-        key = self.n.settings.api_key
-        if key is None:
-            raise ApiError(503, "api_disabled", "set ARCHMESH_API_KEY to enable this API")
-        if not is_api_key(bearer(request), key):
-            message = "missing or wrong API key (Authorization: Bearer <key>)"
-            raise ApiError(401, "unauthorized", message)
+        require_api_key(request, self.n.settings.api_key)
 
     def _user(self, request: Request) -> str:
         """The path's user, if the caller is a service or that very user."""

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from notifier import keys
 from notifier.analytics import Analytics
 from notifier.api import NotifierApi
 from notifier.channels.email import EmailSender
@@ -190,7 +191,7 @@ class Notifier:
         """Queue lag and scheduled deliveries, read when scraped."""
         try:
             lag, pending = await self.intake.backlog()
-            due = await self.redis.zcard("nt:due")
+            due = await self.redis.zcard(keys.DUE)
         except Exception:  # a scrape must not fail because Redis is down
             return
         self.metrics.queue_lag.set(lag)

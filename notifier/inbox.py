@@ -43,6 +43,3 @@ class Inbox:
     async def mark_all_read(self, user_id: str) -> int:
         await self._redis.delete(keys.inbox(user_id)[2])
         return 0
-
-    async def unread(self, user_id: str) -> int:
-        return int(await self._redis.scard(keys.inbox(user_id)[2]))

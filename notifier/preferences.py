@@ -20,16 +20,6 @@ class PreferenceStore:
         raw = await self._redis.get(keys.preferences(user_id))
         return None if raw is None else Preferences.model_validate_json(raw)
 
-    async def get_many(self, user_ids: list[str]) -> dict[str, Preferences | None]:
-        unique = list(dict.fromkeys(user_ids))
-        if not unique:
-            return {}
-        raws = await self._redis.mget([keys.preferences(u) for u in unique])
-        return {
-            user: None if raw is None else Preferences.model_validate_json(raw)
-            for user, raw in zip(unique, raws, strict=True)
-        }
-
     async def put(self, user_id: str, preferences: Preferences) -> Preferences:
         await self._redis.set(keys.preferences(user_id), preferences.model_dump_json())
         return preferences

@@ -21,15 +21,5 @@ class TemplateStore:
         raw = await self._redis.get(keys.template(name))
         return None if raw is None else Template.model_validate_json(raw)
 
-    async def get_many(self, names: list[str]) -> dict[str, Template | None]:
-        unique = list(dict.fromkeys(names))
-        if not unique:
-            return {}
-        raws = await self._redis.mget([keys.template(n) for n in unique])
-        return {
-            name: None if raw is None else Template.model_validate_json(raw)
-            for name, raw in zip(unique, raws, strict=True)
-        }
-
     async def delete(self, name: str) -> bool:
         return bool(await self._redis.delete(keys.template(name)))

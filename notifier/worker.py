@@ -79,9 +79,12 @@ class Worker:
         backoff = Backoff(base=0.1, cap=5.0)
         loop = asyncio.get_running_loop()
         next_claim = 0.0
+        group_ready = False
         while not self._stopping.is_set():
             try:
-                await self._intake.ensure_group()
+                if not group_ready:  # again after any Redis error: it may have lost the group
+                    await self._intake.ensure_group()
+                    group_ready = True
                 entries: list[Entry] = []
                 if loop.time() >= next_claim:
                     entries = await self._intake.reclaim(self._batch)
@@ -92,9 +95,8 @@ class Worker:
                     await self._process(entries)
                 backoff.reset()
             except _NETWORK as exc:
-                delay = backoff.next_delay()
-                log.warning("notifier_redis_unreachable", error=str(exc), retry_in=delay)
-                await self._pause(delay)
+                group_ready = False
+                await self._unreachable(backoff, exc)
 
     async def _process(self, entries: list[Entry]) -> None:
         try:
@@ -144,9 +146,12 @@ class Worker:
                     await asyncio.sleep(0)  # let the new sends start before claiming more
                 backoff.reset()
             except _NETWORK as exc:
-                delay = backoff.next_delay()
-                log.warning("notifier_redis_unreachable", error=str(exc), retry_in=delay)
-                await self._pause(delay)
+                await self._unreachable(backoff, exc)
+
+    async def _unreachable(self, backoff: Backoff, exc: Exception) -> None:
+        delay = backoff.next_delay()
+        log.warning("notifier_redis_unreachable", error=str(exc), retry_in=delay)
+        await self._pause(delay)
 
     def _sent(self, task: asyncio.Task[None]) -> None:
         self._sends.discard(task)

@@ -36,9 +36,6 @@ class Channel(StrEnum):
     SMS = "sms"
 
 
-EXTERNAL_CHANNELS = (Channel.EMAIL, Channel.PUSH, Channel.SMS)
-
-
 class DeliveryState(StrEnum):
     PENDING = "pending"
     SENT = "sent"
