@@ -15,7 +15,8 @@ import httpx
 from chaos.cluster import HISTORY_SIZE, SCENARIO_ENV, lever, running
 from chaos.load import Audience, SteadyPublisher
 from chaos.table import Row
-from deploy.local_cluster import LocalCluster, free_port
+from deploy.local_cluster import LocalCluster
+from deploy.ports import free_port
 from tests.tcpproxy import TcpProxy
 
 CLIENTS = 30

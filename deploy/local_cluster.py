@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import json
 import os
 import shutil
 import signal
@@ -31,7 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
 
+import redis
+
 from deploy import nginx
+from deploy.ports import free_port, port_free
 
 REPO = Path(__file__).resolve().parent.parent
 _PR_SET_PDEATHSIG = 1
@@ -39,22 +43,6 @@ _PR_SET_PDEATHSIG = 1
 
 class ClusterError(RuntimeError):
     """A part did not start, or a tool it needs is missing."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 def wait_until(
@@ -130,7 +118,15 @@ class Service:
             raise ClusterError(f"{self.name} exited with {self.proc.returncode}:\n{tail}")
         if self.health_path is None:
             return True
-        return http_status(self.url + self.health_path) == 200
+        node = self.env.get("ARCHMESH_NODE_ID")
+        if node is None:
+            return http_status(self.url + self.health_path) == 200
+        # Ours, not a process that took the port first (ours then fails to bind and exits).
+        try:
+            with urllib.request.urlopen(self.url + self.health_path, timeout=1.0) as reply:  # noqa: S310 (loopback)
+                return bool(json.loads(reply.read()).get("node") == node)
+        except (OSError, ValueError, urllib.error.URLError):
+            return False
 
     def ready(self) -> bool:
         return http_status(f"{self.url}/readyz") == 200
@@ -424,16 +420,14 @@ def _listening(service: Service | None) -> bool:
 
 
 def _redis_ping(service: Service) -> bool:
+    """Our redis-server answers: not another one that took its port first."""
     if not service.running:
         raise ClusterError(f"redis-server exited:\n{service.log.read_text(errors='replace')}")
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        try:
-            sock.connect(("127.0.0.1", service.port))
-            sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
-        except OSError:
-            return False
+    try:
+        with redis.Redis(port=service.port, socket_timeout=0.5) as client:
+            return int(client.info("server")["process_id"]) == service.pid
+    except redis.RedisError:
+        return False
 
 
 # -- command line -----------------------------------------------------------------------
@@ -491,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     gateway_ports = [args.gateway_port + i for i in range(args.gateways)]
     wanted = [args.port, *gateway_ports] + ([] if args.no_notifier else [args.notifier_port])
-    busy = [p for p in wanted if not _port_free(p)]
+    busy = [p for p in wanted if not port_free(p)]
     if busy:
         print(f"make cluster: ports in use: {busy} (see --help)", file=sys.stderr)
         return 2

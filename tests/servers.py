@@ -6,7 +6,6 @@ import functools
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,15 +17,11 @@ from typing import Self
 import httpx
 import redis
 
+from deploy.ports import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 API_KEY = "test-api-key"
 JWT_SECRET = "test-jwt-secret-0123456789abcdef"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
@@ -78,10 +73,7 @@ class RedisServer:
         wait_until(self._ping, what=f"redis-server on {self.port}")
 
     def _ping(self) -> bool:
-        try:
-            return bool(redis.Redis(port=self.port, socket_timeout=0.5).ping())
-        except redis.RedisError:
-            return False
+        return _answers_as(self.proc, self.port, "redis-server")
 
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port)
@@ -95,6 +87,19 @@ class RedisServer:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _answers_as(proc: subprocess.Popen[bytes] | None, port: int, what: str) -> bool:
+    """The redis-server `proc` answers on `port`: not another one that took the port first
+    (then `proc` exits, failing to bind, and this says so instead of testing the wrong server)."""
+    if proc is None or proc.poll() is not None:
+        code = None if proc is None else proc.returncode
+        raise RuntimeError(f"{what} on {port} exited ({code}) before it answered")
+    try:
+        with redis.Redis(port=port, socket_timeout=0.5) as client:
+            return int(client.info("server")["process_id"]) == proc.pid
+    except redis.RedisError:
+        return False
 
 
 class ServiceProcess:
@@ -125,9 +130,11 @@ class ServiceProcess:
             code, log = self.proc.returncode, self.log.read_text()
             raise RuntimeError(f"{self.command} exited {code}:\n{log}")
         try:
-            return httpx.get(f"{self.http}/healthz", timeout=0.5).status_code == 200
+            reply = httpx.get(f"{self.http}/healthz", timeout=0.5)
         except httpx.HTTPError:
             return False
+        # Ours, not another process that took the port first (ours then fails to bind).
+        return reply.status_code == 200 and reply.json().get("node") == self.env["ARCHMESH_NODE_ID"]
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int | None:
         if self.proc is None:
@@ -274,10 +281,7 @@ class RedisCluster:
         )
 
     def _ping(self, index: int) -> bool:
-        try:
-            return bool(redis.Redis(port=self.ports[index], socket_timeout=0.5).ping())
-        except redis.RedisError:
-            return False
+        return _answers_as(self.procs[index], self.ports[index], "cluster node")
 
     def healthy(self) -> bool:
         """Every node is up, says cluster_state:ok and knows every master."""

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from deploy.ports import free_port
 from shared.client import (
     ClientClosed,
     Item,
@@ -40,13 +40,6 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent / "archmesh-rt"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class Gateway:
     """One `archmesh-rt gateway` subprocess on a fixed port (so it can be restarted)."""
 
@@ -65,6 +58,7 @@ class Gateway:
             "ARCHMESH_REDIS_URL": "",
             "ARCHMESH_DRAIN_SECONDS": "0",
             "ARCHMESH_LOG_LEVEL": "warning",
+            "ARCHMESH_NODE_ID": f"client-tests-{self.port}",
         }
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
@@ -80,7 +74,9 @@ class Gateway:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"gateway exited: {self.log_path.read_text()[-2000:]}")
                 try:
-                    if http.get(f"{self.http}/healthz").status_code == 200:
+                    reply = http.get(f"{self.http}/healthz")
+                    # Ours, not a process that took the port first (ours then fails to bind).
+                    if reply.status_code == 200 and reply.json()["node"] == env["ARCHMESH_NODE_ID"]:
                         return
                 except httpx.TransportError:
                     pass

@@ -21,7 +21,8 @@ import pytest
 import yaml
 
 from deploy import nginx
-from deploy.local_cluster import LocalCluster, cli_commands, free_port
+from deploy.local_cluster import LocalCluster, cli_commands
+from deploy.ports import free_port
 from notifier.settings import NotifierSettings
 from tests.servers import REPO, GatewayProcess, RedisServer, wait_until
 from tests.wsclient import open_ws, recv, recv_type, send

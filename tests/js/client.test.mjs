@@ -4,6 +4,7 @@ import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync, spawn } from "node:child_process";
 import { once } from "node:events";
+import { readFileSync } from "node:fs";
 import net from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -36,14 +37,41 @@ function mintToken({ user = "u1", sessions = "s1", secret = SECRET } = {}) {
   return execFileSync(BIN, args, { cwd: ROOT, env: ENV, encoding: "utf8" }).trim();
 }
 
-async function freePort() {
+// Ports below the kernel's ephemeral range (as deploy/ports.py picks them): an outgoing
+// connection, of which these tests open many, never takes one between this pick and the
+// gateway's bind, as it can take a port that listen(0) picked. Never the same one twice.
+const handedOut = new Set();
+const EPHEMERAL_START = (() => {
+  try {
+    return Number(readFileSync("/proc/sys/net/ipv4/ip_local_port_range", "utf8").split(/\s+/)[0]);
+  } catch {
+    return 32768;
+  }
+})();
+
+async function portFree(port) {
   const server = net.createServer();
-  server.listen(0, "127.0.0.1");
-  await once(server, "listening");
-  const { port } = server.address();
-  server.close();
-  await once(server, "close");
-  return port;
+  server.listen(port, "127.0.0.1");
+  const outcome = await Promise.race([
+    once(server, "listening").then(() => true),
+    once(server, "error").then(() => false),
+  ]);
+  if (outcome) {
+    server.close();
+    await once(server, "close");
+  }
+  return outcome;
+}
+
+async function freePort() {
+  for (let i = 0; i < 10000; i++) {
+    const port = 10000 + Math.floor(Math.random() * (EPHEMERAL_START - 10000));
+    if (!handedOut.has(port) && (await portFree(port))) {
+      handedOut.add(port);
+      return port;
+    }
+  }
+  throw new Error("no free loopback port found");
 }
 
 class Gateway {
@@ -56,9 +84,10 @@ class Gateway {
   }
 
   async start() {
+    const node = `js-tests-${this.port}`;
     const proc = spawn(BIN, ["gateway", "--port", String(this.port)], {
       cwd: ROOT,
-      env: ENV,
+      env: { ...ENV, ARCHMESH_NODE_ID: node },
       stdio: ["ignore", "ignore", "pipe"],
     });
     this.proc = proc;
@@ -71,7 +100,8 @@ class Gateway {
       if (proc.exitCode !== null) throw new Error(`gateway exited: ${this.log}`);
       try {
         const response = await fetch(`${this.http}/healthz`);
-        if (response.status === 200) return;
+        // Ours, not a process that took the port first (ours then fails to bind and exits).
+        if (response.status === 200 && (await response.json()).node === node) return;
       } catch {
         // not listening yet
       }
