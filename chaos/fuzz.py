@@ -296,7 +296,15 @@ class FrameProbe:
 
     def _open(self) -> ClientConnection:
         ws = self._sockets.enter_context(
-            connect(self.url, origin=self.origin, open_timeout=10, max_size=2**22)  # type: ignore[arg-type]
+            # ping_interval=None: a keepalive ping draws from the global `random` in another
+            # thread, which Hypothesis, drawing meanwhile, reports as an error.
+            connect(
+                self.url,
+                origin=self.origin,  # type: ignore[arg-type]
+                open_timeout=10,
+                max_size=2**22,
+                ping_interval=None,
+            )
         )
         if self.token is None:
             return ws

@@ -92,7 +92,12 @@ class Browser:
             return f"ws://127.0.0.1:{lines[0]}{lines[1]}" if len(lines) == 2 else None
 
         url = wait_until(endpoint, timeout=30, what="chromium's DevTools endpoint")
-        self._ws = self._stack.enter_context(connect(url, max_size=None, open_timeout=10))
+        # No keepalive pings: each one draws its payload from the global `random` in a thread
+        # of its own, which Hypothesis (drawing in the same process, chaos/fuzz.py) reports
+        # as a strategy using `random`, failing whichever fuzz test it lands in.
+        self._ws = self._stack.enter_context(
+            connect(url, max_size=None, open_timeout=10, ping_interval=None)
+        )
         return self
 
     def call(
