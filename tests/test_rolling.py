@@ -47,7 +47,8 @@ async def test_rolling_restart_loses_nothing() -> None:
     try:
         await audience.start()
         publisher.start()
-        await asyncio.sleep(0.5)
+        # Traffic reaches every client before the first node goes.
+        assert await audience.wait_for(RATE // 4, within=15), "no traffic before the restarts"
         for index, node in enumerate(cluster.gateways):
             node_id = f"gw{index + 1}"
             victims = {r.name for r in audience.receivers if r.nodes[-1] == node_id}
@@ -71,7 +72,9 @@ async def test_rolling_restart_loses_nothing() -> None:
             assert times[-1] - times[0] <= DRAIN + 1.0
             others = [r for r in audience.receivers if r.name not in victims]
             assert all(len(r.disconnects()) == before[r.name] for r in others)
-        await asyncio.sleep(0.5)
+        # Traffic goes on after the last restart, and reaches every client, before it stops.
+        after = publisher.published + RATE // 4
+        assert await audience.wait_for(after, within=15), "no traffic after the restarts"
         published = await publisher.stop()
         assert await audience.wait_for(published, within=30)
     finally:
