@@ -135,8 +135,8 @@ def redis_server() -> Iterator[tuple[str, int]]:
 
 def server_command(system: str, port: int) -> list[str]:
     if system == "archmesh":
-        python = str(REPO / ".venv" / "bin" / "python")
-        return [python, "-m", "shared.cli", "gateway", "--port", str(port)]
+        # The console script: the same command whichever module holds the CLI in that tree.
+        return [str(REPO / ".venv" / "bin" / "archmesh-rt"), "gateway", "--port", str(port)]
     if system in ("socketio", CEILING):
         name = "socketio_server.mjs" if system == "socketio" else "blast_server.mjs"
         return ["node", str(BENCH / "peers" / name)]

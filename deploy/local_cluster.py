@@ -157,7 +157,7 @@ class Service:
 
 def cli_commands() -> set[str]:
     """Subcommands of the installed `archmesh-rt` (the notifier joins when it exists)."""
-    from shared.cli import build_parser
+    from archmesh_realtime.cli import build_parser
 
     parser = build_parser()
     for action in parser._actions:  # argparse exposes subcommands only this way
@@ -278,7 +278,7 @@ class LocalCluster:
         return service
 
     def _service(self, name: str, command: list[str], port: int, env: dict[str, str]) -> Service:
-        argv = [sys.executable, "-m", "shared.cli", *command]
+        argv = [sys.executable, "-m", "archmesh_realtime", *command]
         log = self.workdir / f"{name}.log"
         return Service(name, argv, port, log, env, die_with_parent=self._die)
 

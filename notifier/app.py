@@ -1,8 +1,8 @@
 """The notifier's parts wired together; its HTTP routes and its lifespan.
 
-`archmesh-rt notifier` serves `Notifier.app` (API + worker). `archmesh-rt dev` mounts the same
-routes and lifespan on the gateway's app, sharing its in-memory broker, with the stores in an
-embedded in-memory Redis (fakeredis) instead of a server."""
+`archmesh-rt notifier` serves `Notifier.app` (API + worker). `archmesh-rt dev`
+(archmesh_realtime/dev.py) mounts the same routes and lifespan on the gateway's app, sharing its
+broker, and without Redis gives it an embedded in-memory store."""
 
 from __future__ import annotations
 
@@ -52,11 +52,10 @@ def utcnow() -> datetime:
 
 
 def connect_store(url: str) -> aioredis.Redis:
-    """The notifier's stores: a Redis server, or an embedded in-memory one for `dev`."""
+    """The notifier's stores on the Redis server at `url` (`archmesh-rt dev` without Redis
+    passes an embedded one instead)."""
     if not url or url.startswith("memory://"):
-        import fakeredis
-
-        return fakeredis.FakeAsyncRedis(decode_responses=True)
+        raise ValueError("ARCHMESH_REDIS_URL: the notifier's stores need a Redis server")
     return aioredis.Redis.from_url(
         url,
         decode_responses=True,

@@ -119,7 +119,7 @@ class ServiceProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> Self:
-        cmd = [sys.executable, "-m", "shared.cli", self.command]
+        cmd = [sys.executable, "-m", "archmesh_realtime", self.command]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(cmd, env=self.env, cwd=REPO, stdout=log, stderr=log)
         wait_until(self._healthy, timeout=20, what=f"{self.command} on {self.port}")

@@ -284,7 +284,7 @@ def test_notifier_probe_paths_answer(redis_server: RedisServer) -> None:
     }
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", "notifier"], env=env, stdout=log, stderr=log
+            [sys.executable, "-m", "archmesh_realtime", "notifier"], env=env, stdout=log, stderr=log
         )
         try:
             for probe in probes(container).values():

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from archmesh_realtime.cli import build_parser
 from gateway.protocol import CLOSE_REASONS, ErrorCode
 from notifier.settings import NotifierSettings
-from shared.cli import build_parser
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 

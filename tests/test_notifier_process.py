@@ -149,7 +149,7 @@ async def test_sigterm_stops_taking_requests_and_exits_cleanly(
 
 def test_a_notifier_without_redis_refuses_to_start_with_one_line() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "notifier"],
+        [sys.executable, "-m", "archmesh_realtime", "notifier"],
         cwd=REPO,
         env={"PATH": "/usr/bin:/bin", "ARCHMESH_REDIS_URL": ""},
         capture_output=True,

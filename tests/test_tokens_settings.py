@@ -139,7 +139,7 @@ def test_lists_come_from_comma_separated_environment(monkeypatch: pytest.MonkeyP
 def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("ARCHMESH_")}
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli", *args],
+        [sys.executable, "-m", "archmesh_realtime", *args],
         env={**clean, **env},
         cwd=REPO,
         capture_output=True,

@@ -14,7 +14,7 @@ from tests.servers import API_KEY, REPO, GatewayProcess, wait_until
 
 def _spawn(server: GatewayProcess, command: str) -> None:
     """Start `archmesh-rt <command>` like GatewayProcess.start does for `gateway`."""
-    cmd = [sys.executable, "-m", "shared.cli", command]
+    cmd = [sys.executable, "-m", "archmesh_realtime", command]
     with server.log.open("ab") as log:
         server.proc = subprocess.Popen(cmd, env=server.env, cwd=REPO, stdout=log, stderr=log)
     wait_until(server._healthy, timeout=20, what=f"archmesh-rt {command} on {server.port}")

@@ -85,23 +85,18 @@ def _env_or(name: str, default: str) -> str:
 def _serve(settings: NotifierSettings, dev: bool = False) -> None:
     from gateway.app import Gateway
     from gateway.server import serve
-    from shared.broker import create_broker
     from shared.logging import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
     if not dev:
         serve(Gateway(settings))
         return
-    from notifier.app import Notifier
+    from archmesh_realtime.dev import EmbeddedStoreMissing, development_node
 
-    # One process: the notifier shares the gateway's broker, so in-app messages reach it.
-    broker = create_broker(
-        settings.redis_url, settings.history_policy(), settings.broker_liveness()
-    )
-    notifier = Notifier(settings, broker=broker)
-    serve(
-        Gateway(settings, broker, dev=True, routes=notifier.routes, lifespans=[notifier.lifespan])
-    )
+    try:
+        serve(development_node(settings))
+    except EmbeddedStoreMissing as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _print_dev_banner(settings: NotifierSettings) -> None:
@@ -232,7 +227,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
