@@ -25,6 +25,7 @@ from notifier.preferences import PreferenceStore
 from notifier.status import StatusStore
 from shared.backoff import backoff_delay
 from shared.logging import get_logger
+from shared.lua import lua
 from shared.notifications import (
     TERMINAL_STATES,
     Channel,
@@ -34,15 +35,6 @@ from shared.notifications import (
 )
 
 log = get_logger(__name__)
-
-# Take due jobs and push their score a lease ahead, atomically, so no two replicas send one.
-_CLAIM = """
-local jobs = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
-for _, job in ipairs(jobs) do
-  redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), job)
-end
-return jobs
-"""
 
 _URGENCY = {
     Priority.LOW: "low",
@@ -104,7 +96,7 @@ class Deliverer:
         self._policy = policy
         self._metrics = metrics
         self._clock = clock
-        self._claim = redis.register_script(_CLAIM)
+        self._claim = redis.register_script(lua("notifier.scripts", "claim.lua"))
         self._running: set[str] = set()
 
     async def renew(self) -> None:

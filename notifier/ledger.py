@@ -10,7 +10,6 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
-from importlib import resources
 from typing import Any
 
 import orjson
@@ -18,11 +17,8 @@ import redis.asyncio as aioredis
 
 from notifier import analytics, keys
 from notifier.intake import Entry
+from shared.lua import lua
 from shared.notifications import REQUEST_FIELD, InboxItem
-
-
-def _script(name: str) -> str:
-    return resources.files("notifier").joinpath("scripts", name).read_text()
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +81,8 @@ class Ledger:
     def __init__(self, redis: aioredis.Redis, retention: float, inbox_size: int) -> None:
         self._retention = int(retention)
         self._inbox_size = inbox_size
-        self._prepare = redis.register_script(_script("prepare.lua"))
-        self._commit = redis.register_script(_script("commit.lua"))
+        self._prepare = redis.register_script(lua("notifier.scripts", "prepare.lua"))
+        self._commit = redis.register_script(lua("notifier.scripts", "commit.lua"))
 
     async def prepare(
         self, owner: str, lock_seconds: float, requests: list[tuple[str, str]], templates: list[str]

@@ -19,18 +19,11 @@ from notifier import keys
 from shared.broker import Broker, BrokerError, Publication
 from shared.channels import session_channel
 from shared.logging import get_logger
+from shared.lua import lua
 from shared.notifications import REQUEST_FIELD, NotificationRequest, Priority
 
 log = get_logger(__name__)
 
-# Enqueue a request only the first time its id is seen (every replica reads the same events).
-_ENQUEUE_ONCE = """
-if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then
-  redis.call('XADD', KEYS[2], '*', ARGV[3], ARGV[1])
-  return 1
-end
-return 0
-"""
 _TERMINAL = frozenset({"completed", "failed", "cancelled"})
 
 
@@ -66,7 +59,7 @@ class WorkflowWatcher:
         self._rules = rules
         self._retention = int(retention)
         self._interval = interval
-        self._enqueue = redis.register_script(_ENQUEUE_ONCE)
+        self._enqueue = redis.register_script(lua("notifier.scripts", "enqueue_once.lua"))
         self._task: asyncio.Task[None] | None = None
         self._poke = asyncio.Event()
 
