@@ -25,6 +25,8 @@ from gateway.hub import Hub
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import CloseCode
 from shared.broker import Broker, HistoryPolicy, Retention, create_broker
+from shared.http_errors import ERROR_HANDLERS
+from shared.http_ops import Readiness, ops_routes
 from shared.logging import get_logger
 from shared.publisher import Publisher
 from shared.settings import Settings
@@ -72,8 +74,11 @@ class Gateway:
         self.verifier = TokenVerifier(settings)
         self.draining = False
         static = Mount("/static", StaticFiles(directory=Path(__file__).parent / "static"))
+        ops = ops_routes(self.node, self.readiness, self.metrics.registry)
         self._http = Starlette(
-            routes=[*api.routes, *page.routes, *routes, static], lifespan=self._lifespan
+            routes=[*api.routes, *page.routes, *routes, *ops, static],
+            lifespan=self._lifespan,
+            exception_handlers=ERROR_HANDLERS,
         )
         self._http.state.gateway = self
 
@@ -89,6 +94,12 @@ class Gateway:
         finally:
             await self.hub.stop()
             log.info("gateway_stopped", node=self.node)
+
+    async def readiness(self) -> Readiness:
+        """Ready while live delivery from the broker works and the node is not draining."""
+        broker = self.hub.broker.connected
+        details = {"broker": broker, "draining": self.draining}
+        return Readiness(broker and not self.draining, details)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket" and scope["path"] == "/ws":

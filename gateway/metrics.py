@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, Metric
 
 # From well under a millisecond (a few sockets) to seconds (a node that is falling behind).
@@ -95,6 +95,3 @@ class GatewayMetrics:
             "Times live delivery (re)started, the first start included",
             registry=r,
         )
-
-    def render(self) -> bytes:
-        return generate_latest(self.registry)

@@ -22,7 +22,8 @@ from starlette.types import Message
 from shared.broker import BrokerError
 from shared.channels import InvalidChannel, session_channel, user_channel, validate_channel
 from shared.events import WorkflowStatus, WorkflowUpdate
-from shared.http_api import ApiError, error_response, json_body
+from shared.http_api import json_body
+from shared.http_errors import ApiError
 from shared.logging import get_logger
 from shared.publisher import InvalidPublication
 from shared.tokens import issue_token
@@ -139,22 +140,17 @@ def _sessions(body: dict[str, Any]) -> list[str]:
 async def dev_token(request: Request) -> Response:
     """{user_id, sessions?, channel?} -> {token, user_id, expires_at}. With `channel` the token
     is a subscription token for that one channel (how the page joins a session it creates)."""
-    try:
-        gateway, body = await _dev_body(request)
-        user_id, sessions = _user_id(body), _sessions(body)
-        channel = body.get("channel")
-        if channel is not None:
-            try:
-                validate_channel(channel)
-            except InvalidChannel as exc:
-                raise _invalid("channel", str(exc)) from None
-    except ApiError as exc:
-        return exc.response
+    gateway, body = await _dev_body(request)
+    user_id, sessions = _user_id(body), _sessions(body)
+    channel = body.get("channel")
+    if channel is not None:
+        try:
+            validate_channel(channel)
+        except InvalidChannel as exc:
+            raise _invalid("channel", str(exc)) from None
     settings = gateway.settings
     if settings.jwt_secret is None:
-        return error_response(
-            503, "unavailable", "no ARCHMESH_JWT_SECRET to sign development tokens"
-        )
+        raise ApiError(503, "unavailable", "no ARCHMESH_JWT_SECRET to sign development tokens")
     token = issue_token(
         settings.jwt_secret.get_secret_value(),
         user_id,
@@ -254,23 +250,20 @@ async def dev_simulate(request: Request) -> Response:
     """{session_id, user_id?, interval?} -> 202: publishes SIMULATED_STAGES on the session,
     `interval` seconds apart (default 0.6). With `user_id` the notifier (when this process hosts
     one) is told that user owns the session, so the review and the end notify them."""
+    gateway, body = await _dev_body(request)
+    session_id = body.get("session_id")
     try:
-        gateway, body = await _dev_body(request)
-        session_id = body.get("session_id")
-        try:
-            session_channel(session_id if isinstance(session_id, str) else "")
-        except InvalidChannel:
-            raise _invalid("session_id", "1-128 of A-Z a-z 0-9 . _ @ | + = -") from None
-        user_id = _user_id(body) if body.get("user_id") is not None else None
-        interval = body.get("interval", 0.6)
-        if not isinstance(interval, int | float) or not 0.01 <= interval <= 10:
-            raise _invalid("interval", "seconds between stages, 0.01 to 10")
-    except ApiError as exc:
-        return exc.response
+        session_channel(session_id if isinstance(session_id, str) else "")
+    except InvalidChannel:
+        raise _invalid("session_id", "1-128 of A-Z a-z 0-9 . _ @ | + = -") from None
+    user_id = _user_id(body) if body.get("user_id") is not None else None
+    interval = body.get("interval", 0.6)
+    if not isinstance(interval, int | float) or not 0.01 <= interval <= 10:
+        raise _invalid("interval", "seconds between stages, 0.01 to 10")
     assert isinstance(session_id, str)
     simulations = _simulations(request)
     if len(simulations.tasks) >= _MAX_SIMULATIONS:
-        return error_response(429, "too_many_simulations", f"at most {_MAX_SIMULATIONS} at a time")
+        raise ApiError(429, "too_many_simulations", f"at most {_MAX_SIMULATIONS} at a time")
     notified = user_id is not None and (
         await _register_owner(request, gateway, session_id, user_id) == 200
     )

@@ -1,5 +1,6 @@
 """The notifier's HTTP API. Services use the API key; a user's own token opens that user's
-preferences and inbox (so a browser page can use them directly)."""
+preferences and inbox (so a browser page can use them directly). Refusals are `ApiError`s,
+rendered by shared/http_errors.py."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -19,14 +19,8 @@ from notifier.events import inbox_event
 from notifier.templates import TemplateInvalid
 from shared.broker import BrokerError
 from shared.channels import user_channel
-from shared.http_api import (
-    ApiError,
-    bearer,
-    error_response,
-    is_api_key,
-    json_body,
-    require_api_key,
-)
+from shared.http_api import bearer, is_api_key, json_body, require_api_key
+from shared.http_errors import ApiError
 from shared.notifications import (
     ID_PATTERN,
     BatchResult,
@@ -49,6 +43,17 @@ _TEMPLATE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,99}$")
 Handler = Callable[[Request], Awaitable[Response]]
 
 
+def _route(path: str, **handlers: Handler) -> Route:
+    """One route per path, its handler chosen by method: a wrong method is then a 405 whose
+    `Allow` names every method the path takes (a route per method would name only its own)."""
+
+    async def endpoint(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await handlers[method](request)
+
+    return Route(path, endpoint, methods=list(handlers))
+
+
 def _parse(model: type[BaseModel], body: Any) -> Any:
     try:
         return model.model_validate(body)
@@ -68,35 +73,28 @@ class NotifierApi:
         self.n = notifier
 
     def routes(self) -> list[Route]:
-        e = self._endpoint
         return [
-            Route("/api/notifications", e(self.send), methods=["POST"]),
-            Route("/api/notifications/batch", e(self.send_batch), methods=["POST"]),
-            Route("/api/notifications/{id}", e(self.status), methods=["GET"]),
-            Route("/api/users/{user_id}/preferences", e(self.preferences), methods=["GET"]),
-            Route("/api/users/{user_id}/preferences", e(self.put_preferences), methods=["PUT"]),
-            Route("/api/users/{user_id}/preferences", e(self.patch_preferences), methods=["PATCH"]),
-            Route("/api/users/{user_id}/inbox", e(self.inbox), methods=["GET"]),
-            Route("/api/users/{user_id}/inbox/read-all", e(self.read_all), methods=["POST"]),
-            Route("/api/users/{user_id}/inbox/{id}/read", e(self.read_one), methods=["POST"]),
-            Route("/api/templates/{name}", e(self.template), methods=["GET"]),
-            Route("/api/templates/{name}", e(self.put_template), methods=["PUT"]),
-            Route("/api/templates/{name}", e(self.delete_template), methods=["DELETE"]),
-            Route("/api/analytics", e(self.analytics), methods=["GET"]),
-            Route("/api/sessions/{session_id}", e(self.put_session), methods=["PUT"]),
-            Route("/api/sessions/{session_id}", e(self.delete_session), methods=["DELETE"]),
+            _route("/api/notifications", POST=self.send),
+            _route("/api/notifications/batch", POST=self.send_batch),
+            _route("/api/notifications/{id}", GET=self.status),
+            _route(
+                "/api/users/{user_id}/preferences",
+                GET=self.preferences,
+                PUT=self.put_preferences,
+                PATCH=self.patch_preferences,
+            ),
+            _route("/api/users/{user_id}/inbox", GET=self.inbox),
+            _route("/api/users/{user_id}/inbox/read-all", POST=self.read_all),
+            _route("/api/users/{user_id}/inbox/{id}/read", POST=self.read_one),
+            _route(
+                "/api/templates/{name}",
+                GET=self.template,
+                PUT=self.put_template,
+                DELETE=self.delete_template,
+            ),
+            _route("/api/analytics", GET=self.analytics),
+            _route("/api/sessions/{session_id}", PUT=self.put_session, DELETE=self.delete_session),
         ]
-
-    def _endpoint(self, handler: Handler) -> Handler:
-        async def endpoint(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except ApiError as exc:
-                return exc.response
-            except BrokerError as exc:
-                return error_response(503, "unavailable", str(exc))
-
-        return endpoint
 
     # -- auth ------------------------------------------------------------------------------
 
@@ -145,8 +143,7 @@ class NotifierApi:
                 item = _parse(NotificationRequest, raw)
                 await self._check(item)
             except ApiError as exc:
-                error = _error_of(exc.response)
-                results.append(ItemResult(index=index, ok=False, error=error))
+                results.append(ItemResult(index=index, ok=False, error=exc.body()))
             else:
                 accepted.append(item)
                 results.append(ItemResult(index=index, ok=True, id=item.id))
@@ -274,10 +271,6 @@ class NotifierApi:
         self._service(request)
         await self.n.workflows.forget(_path_id(request, "session_id"))
         return Response(status_code=204)
-
-
-def _error_of(response: JSONResponse) -> Any:
-    return orjson.loads(bytes(response.body))["error"]
 
 
 def _model(model: BaseModel) -> JSONResponse:

@@ -11,13 +11,10 @@ import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any
 
 import redis.asyncio as aioredis
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
 from notifier import keys
 from notifier.analytics import Analytics
@@ -38,6 +35,8 @@ from notifier.template_store import TemplateStore
 from notifier.worker import Worker
 from notifier.workflow import WorkflowWatcher, parse_rules
 from shared.broker import Broker, create_broker
+from shared.http_errors import ERROR_HANDLERS
+from shared.http_ops import Readiness, ops_routes
 from shared.logging import get_logger
 from shared.publisher import Publisher
 from shared.tokens import TokenVerifier
@@ -97,7 +96,12 @@ class Notifier:
         )
         self.worker = self._worker(clock)
         self.routes: list[BaseRoute] = [*NotifierApi(self).routes()]
-        self.app = Starlette(routes=[*self.routes, *self._ops_routes()], lifespan=self._app_span)
+        ops = ops_routes(
+            self.node, self.readiness, self.metrics.registry, before_scrape=self.refresh_gauges
+        )
+        self.app = Starlette(
+            routes=[*self.routes, *ops], lifespan=self._app_span, exception_handlers=ERROR_HANDLERS
+        )
 
     def _worker(self, clock: Clock) -> Worker:
         s = self.settings
@@ -164,27 +168,13 @@ class Notifier:
         async with self.lifespan():
             yield
 
-    def _ops_routes(self) -> list[BaseRoute]:
-        return [
-            Route("/healthz", self._healthz, methods=["GET"]),
-            Route("/readyz", self._readyz, methods=["GET"]),
-            Route("/metrics", self._metrics, methods=["GET"]),
-        ]
-
-    async def _healthz(self, _: Request) -> Response:
-        return JSONResponse({"status": "ok", "node": self.node})
-
-    async def _readyz(self, _: Request) -> Response:
+    async def readiness(self) -> Readiness:
+        """Ready while its Redis answers."""
         try:
             ready = bool(await self.redis.ping())
         except Exception:  # any failure to answer means not ready
             ready = False
-        body: dict[str, Any] = {"ready": ready, "node": self.node}
-        return JSONResponse(body, status_code=200 if ready else 503)
-
-    async def _metrics(self, _: Request) -> Response:
-        await self.refresh_gauges()
-        return Response(self.metrics.render(), media_type="text/plain; version=0.0.4")
+        return Readiness(ready)
 
     async def refresh_gauges(self) -> None:
         """Queue lag and scheduled deliveries, read when scraped."""

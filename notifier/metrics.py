@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class NotifierMetrics:
@@ -58,6 +58,3 @@ class NotifierMetrics:
             ["channel"],
             registry=r,
         )
-
-    def render(self) -> bytes:
-        return generate_latest(self.registry)

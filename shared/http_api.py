@@ -1,5 +1,5 @@
-"""What the gateway's and the notifier's HTTP APIs share: JSON errors, bounded JSON bodies,
-API-key checks. Every refusal is a 4xx/5xx with `{"error": {"code", "message", ...}}`."""
+"""What the gateway's and the notifier's HTTP APIs share about requests: bounded JSON bodies and
+API-key checks. They refuse with `ApiError` (shared/http_errors.py renders it)."""
 
 from __future__ import annotations
 
@@ -9,17 +9,8 @@ from typing import Any
 import orjson
 from pydantic import SecretStr
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 
-
-def error_response(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status)
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.response = error_response(status, code, message, **extra)
+from shared.http_errors import ApiError
 
 
 def bearer(request: Request) -> str | None:
