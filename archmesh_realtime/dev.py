@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from archmesh_realtime.devtools import DevTools
 from gateway.app import Gateway
 from notifier.app import Notifier
 from notifier.settings import NotifierSettings
@@ -43,6 +44,11 @@ def development_node(settings: NotifierSettings) -> Gateway:
     )
     embedded = not settings.redis_url or settings.redis_url.startswith("memory://")
     notifier = Notifier(settings, broker=broker, redis=embedded_store() if embedded else None)
+    tools = DevTools(owners=notifier.workflows)
     return Gateway(
-        settings, broker, dev=True, routes=notifier.routes, lifespans=[notifier.lifespan]
+        settings,
+        broker,
+        dev=True,
+        routes=[*tools.routes, *notifier.routes],
+        lifespans=[notifier.lifespan],
     )

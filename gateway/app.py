@@ -19,10 +19,11 @@ from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
-from gateway import api, page
+from gateway.api import PublishApi
 from gateway.connection import Connection
 from gateway.hub import Hub
 from gateway.metrics import GatewayMetrics
+from gateway.page import page_routes
 from gateway.protocol import CloseCode
 from shared.broker import Broker, HistoryPolicy, Retention, create_broker
 from shared.http_errors import ERROR_HANDLERS
@@ -76,7 +77,13 @@ class Gateway:
         static = Mount("/static", StaticFiles(directory=Path(__file__).parent / "static"))
         ops = ops_routes(self.node, self.readiness, self.metrics.registry)
         self._http = Starlette(
-            routes=[*api.routes, *page.routes, *routes, *ops, static],
+            routes=[
+                *PublishApi(self.publisher, settings, self.metrics).routes,
+                *page_routes(dev=dev, node=self.node),
+                *routes,
+                *ops,
+                static,
+            ],
             lifespan=self._lifespan,
             exception_handlers=ERROR_HANDLERS,
         )

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
@@ -35,7 +35,34 @@ from shared.notifications import (
 from shared.tokens import InvalidToken
 
 if TYPE_CHECKING:
-    from notifier.app import Notifier
+    from notifier.analytics import Analytics
+    from notifier.inbox import Inbox
+    from notifier.intake import Intake
+    from notifier.metrics import NotifierMetrics
+    from notifier.preferences import PreferenceStore
+    from notifier.settings import NotifierSettings
+    from notifier.status import StatusStore
+    from notifier.template_store import TemplateStore
+    from notifier.workflow import WorkflowWatcher
+    from shared.publisher import Publisher
+    from shared.tokens import TokenVerifier
+
+
+class NotifierParts(Protocol):
+    """What the API works with: the notifier's stores and intake (`notifier.app.Notifier`)."""
+
+    settings: NotifierSettings
+    verifier: TokenVerifier | None
+    metrics: NotifierMetrics
+    intake: Intake
+    preferences: PreferenceStore
+    templates: TemplateStore
+    statuses: StatusStore
+    inbox: Inbox
+    analytics: Analytics
+    workflows: WorkflowWatcher
+    publisher: Publisher
+
 
 MAX_BODY = 256 * 1024
 _ID = re.compile(ID_PATTERN)
@@ -69,8 +96,8 @@ def _path_id(request: Request, name: str) -> str:
 
 
 class NotifierApi:
-    def __init__(self, notifier: Notifier) -> None:
-        self.n = notifier
+    def __init__(self, notifier: NotifierParts) -> None:
+        self.notifier = notifier
 
     def routes(self) -> list[Route]:
         return [
@@ -99,18 +126,18 @@ class NotifierApi:
     # -- auth ------------------------------------------------------------------------------
 
     def _service(self, request: Request) -> None:
-        require_api_key(request, self.n.settings.api_key)
+        require_api_key(request, self.notifier.settings.api_key)
 
     def _user(self, request: Request) -> str:
         """The path's user, if the caller is a service or that very user."""
         user_id = _path_id(request, "user_id")
         given = bearer(request)
-        if is_api_key(given, self.n.settings.api_key):
+        if is_api_key(given, self.notifier.settings.api_key):
             return user_id
-        if given is None or self.n.verifier is None:
+        if given is None or self.notifier.verifier is None:
             raise ApiError(401, "unauthorized", "send the API key or the user's token as Bearer")
         try:
-            claims = self.n.verifier.verify(given)
+            claims = self.notifier.verifier.verify(given)
         except InvalidToken as exc:
             raise ApiError(401, "invalid_token", str(exc)) from None
         if claims.user_id != user_id:
@@ -123,13 +150,13 @@ class NotifierApi:
         self._service(request)
         item = _parse(NotificationRequest, await json_body(request, MAX_BODY))
         await self._check(item)
-        await self.n.intake.enqueue([item])
-        self.n.metrics.received.inc()
+        await self.notifier.intake.enqueue([item])
+        self.notifier.metrics.received.inc()
         return JSONResponse({"id": item.id, "status": "queued"}, status_code=202)
 
     async def send_batch(self, request: Request) -> Response:
         self._service(request)
-        limit = self.n.settings.max_batch_items
+        limit = self.notifier.settings.max_batch_items
         body = await json_body(request, MAX_BODY * 4)
         items = body.get("notifications") if isinstance(body, dict) else body
         if not isinstance(items, list) or not items:
@@ -148,23 +175,23 @@ class NotifierApi:
                 accepted.append(item)
                 results.append(ItemResult(index=index, ok=True, id=item.id))
         if accepted:
-            await self.n.intake.enqueue(accepted)
-            self.n.metrics.received.inc(len(accepted))
+            await self.notifier.intake.enqueue(accepted)
+            self.notifier.metrics.received.inc(len(accepted))
         return JSONResponse(BatchResult.of(results).model_dump(mode="json", exclude_none=True))
 
     async def _check(self, item: NotificationRequest) -> None:
         """Refuse now what the worker would dead-letter: unknown template or user."""
-        if item.template is not None and await self.n.templates.get(item.template) is None:
+        if item.template is not None and await self.notifier.templates.get(item.template) is None:
             raise ApiError(422, "unknown_template", f"no template named {item.template!r}")
         if (
-            self.n.settings.notifier_known_users_only
-            and await self.n.preferences.get(item.user_id) is None
+            self.notifier.settings.notifier_known_users_only
+            and await self.notifier.preferences.get(item.user_id) is None
         ):
             raise ApiError(422, "unknown_user", f"user {item.user_id!r} has no preferences saved")
 
     async def status(self, request: Request) -> Response:
         self._service(request)
-        found = await self.n.statuses.get(_path_id(request, "id"))
+        found = await self.notifier.statuses.get(_path_id(request, "id"))
         if found is None:
             raise ApiError(404, "not_found", "no such notification (or it expired)")
         return JSONResponse(found.model_dump(mode="json"))
@@ -173,19 +200,19 @@ class NotifierApi:
 
     async def preferences(self, request: Request) -> Response:
         user_id = self._user(request)
-        saved = await self.n.preferences.get(user_id)
+        saved = await self.notifier.preferences.get(user_id)
         return _model(saved or Preferences())
 
     async def put_preferences(self, request: Request) -> Response:
         user_id = self._user(request)
         prefs = _parse(Preferences, await json_body(request, MAX_BODY))
-        return _model(await self.n.preferences.put(user_id, prefs))
+        return _model(await self.notifier.preferences.put(user_id, prefs))
 
     async def patch_preferences(self, request: Request) -> Response:
         user_id = self._user(request)
         patch = _parse(PreferencesPatch, await json_body(request, MAX_BODY))
         try:
-            return _model(await self.n.preferences.patch(user_id, patch))
+            return _model(await self.notifier.preferences.patch(user_id, patch))
         except ValidationError as exc:
             raise ApiError(422, **validation_error(exc)) from None
 
@@ -194,12 +221,12 @@ class NotifierApi:
     async def inbox(self, request: Request) -> Response:
         user_id = self._user(request)
         limit = _int_param(request, "limit", 50, 1, 500)
-        items, unread = await self.n.inbox.list(user_id, limit)
+        items, unread = await self.notifier.inbox.list(user_id, limit)
         return JSONResponse({"items": [i.model_dump(mode="json") for i in items], "unread": unread})
 
     async def read_one(self, request: Request) -> Response:
         user_id = self._user(request)
-        found, unread = await self.n.inbox.mark_read(user_id, _path_id(request, "id"))
+        found, unread = await self.notifier.inbox.mark_read(user_id, _path_id(request, "id"))
         if not found:
             raise ApiError(404, "not_found", "no such notification in this inbox")
         await self._push_unread(user_id, unread)
@@ -207,21 +234,21 @@ class NotifierApi:
 
     async def read_all(self, request: Request) -> Response:
         user_id = self._user(request)
-        unread = await self.n.inbox.mark_all_read(user_id)
+        unread = await self.notifier.inbox.mark_all_read(user_id)
         await self._push_unread(user_id, unread)
         return JSONResponse({"unread": unread})
 
     async def _push_unread(self, user_id: str, unread: int) -> None:
         try:
-            await self.n.publisher.publish(user_channel(user_id), inbox_event(unread))
+            await self.notifier.publisher.publish(user_channel(user_id), inbox_event(unread))
         except BrokerError:
-            self.n.metrics.push_failures.inc()  # the count is right in the store regardless
+            self.notifier.metrics.push_failures.inc()  # the count is right in the store regardless
 
     # -- templates -------------------------------------------------------------------------
 
     async def template(self, request: Request) -> Response:
         self._service(request)
-        found = await self.n.templates.get(_name(request))
+        found = await self.notifier.templates.get(_name(request))
         if found is None:
             raise ApiError(404, "not_found", "no such template")
         return _model(found)
@@ -231,14 +258,14 @@ class NotifierApi:
         name = _name(request)
         template = _parse(Template, await json_body(request, MAX_BODY))
         try:
-            await self.n.templates.put(name, template)
+            await self.notifier.templates.put(name, template)
         except TemplateInvalid as exc:
             raise ApiError(422, "invalid_template", str(exc)) from None
         return JSONResponse({"name": name, "saved": True})
 
     async def delete_template(self, request: Request) -> Response:
         self._service(request)
-        if not await self.n.templates.delete(_name(request)):
+        if not await self.notifier.templates.delete(_name(request)):
             raise ApiError(404, "not_found", "no such template")
         return Response(status_code=204)
 
@@ -254,7 +281,7 @@ class NotifierApi:
         channel = request.query_params.get("channel")
         if channel is not None and channel not in {c.value for c in Channel}:
             raise ApiError(422, "validation_error", "channel: one of in_app, email, push, sms")
-        buckets = await self.n.analytics.query(start, end, kind, channel)
+        buckets = await self.notifier.analytics.query(start, end, kind, channel)
         return JSONResponse({"from": start.isoformat(), "to": end.isoformat(), "buckets": buckets})
 
     async def put_session(self, request: Request) -> Response:
@@ -264,12 +291,12 @@ class NotifierApi:
         owner = body.get("owner_id") if isinstance(body, dict) else None
         if not isinstance(owner, str) or not _ID.match(owner):
             raise ApiError(422, "validation_error", 'expected {"owner_id": "<user id>"}')
-        await self.n.workflows.watch(session_id, owner)
+        await self.notifier.workflows.watch(session_id, owner)
         return JSONResponse({"session_id": session_id, "owner_id": owner})
 
     async def delete_session(self, request: Request) -> Response:
         self._service(request)
-        await self.n.workflows.forget(_path_id(request, "session_id"))
+        await self.notifier.workflows.forget(_path_id(request, "session_id"))
         return Response(status_code=204)
 
 
