@@ -64,8 +64,8 @@ export interface ConnectionInfo {
   expires_at: number;
 }
 
-/** Why the client stopped for good (`client.closed`). `code` is the WebSocket close code
- * (e.g. 4501), null when the client was closed by `close()` or never reached a gateway. */
+/** Why the client stopped for good (`client.closed`). `code` is the last WebSocket close code
+ * (e.g. 4501), null when there was none (`close()`, a failure before any connection). */
 export interface ClosedInfo {
   code: number | null;
   reason: string;
