@@ -31,7 +31,8 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-# The browser SDK's tests run on Node's built-in runner against a real gateway.
+# The JS client's tests on Node's built-in runner: they `npm pack` clients/js (@archmesh/realtime),
+# install the tarball offline and use it against real gateways, and tsc-check its declarations.
 jstest: $(STAMP)
 	npm --prefix tests/js install --no-audit --no-fund --no-package-lock --loglevel=error
 	node --test tests/js/
@@ -56,3 +57,4 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache tests/js/node_modules
+	rm -f clients/js/archmesh-realtime.js clients/js/*.tgz

@@ -1,0 +1,328 @@
+// Type declarations for archmesh-realtime.js (gateway/static/archmesh-realtime.js), written by
+// hand next to the plain ES module they describe. tests/js type-checks a consumer against
+// them with `tsc --strict`, in a browser (DOM) and in a Node (@types/node, ws) setting.
+
+/** The client's connection states, as values: `State.CONNECTED === "connected"`. */
+export declare const State: Readonly<{
+  CONNECTING: "connecting";
+  CONNECTED: "connected";
+  RECONNECTING: "reconnecting";
+  CLOSED: "closed";
+}>;
+/** One of the states: "connecting" | "connected" | "reconnecting" | "closed". */
+export type State = (typeof State)[keyof typeof State];
+
+/** A JWT, or a function returning one (sync or async), called on every (re)connect. */
+export type TokenSource = string | (() => string | Promise<string>);
+
+/** A place in a channel's stream: the offset of a publication and its stream's epoch. */
+export interface Position {
+  offset: number;
+  epoch: string;
+}
+
+/** What the client needs of a WebSocket: the browser's and the `ws` package's both fit. */
+export interface WebSocketLike {
+  readonly readyState: number;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+  addEventListener(
+    type: "open" | "message" | "error" | "close",
+    // The event's type differs by implementation (the DOM's MessageEvent, ws's, ...).
+    listener: (event: any) => void,
+  ): void;
+}
+
+/** A WebSocket constructor: `globalThis.WebSocket`, or `WebSocket` from the `ws` package. */
+export type WebSocketConstructor = new (url: string) => WebSocketLike;
+
+export interface ArchMeshRealtimeOptions {
+  /** Connection JWT, or a provider asked on every connect and reconnect. */
+  token: TokenSource;
+  /** Default `globalThis.WebSocket`; in Node 20, which has none, pass the `ws` package's. */
+  WebSocket?: WebSocketConstructor;
+  /** Milliseconds; default 500. Before reconnect attempt n (from 0) the client waits a
+   * uniform random time in [0, min(backoffCap, backoffBase * 2**n)]. */
+  backoffBase?: number;
+  /** Milliseconds; default 20000. */
+  backoffCap?: number;
+  /** Reconnect attempts before giving up (state "closed"); default Infinity. */
+  maxAttempts?: number;
+  /** Milliseconds a request (subscribe, ping, ...) waits for its reply; default 10000. */
+  requestTimeout?: number;
+  /** Jitter source in [0, 1); default Math.random. */
+  random?: () => number;
+}
+
+/** The gateway's `connected` reply (`client.info`, what `connect()` resolves with). */
+export interface ConnectionInfo {
+  client_id: string;
+  user_id: string;
+  /** The gateway node's id. */
+  node: string;
+  /** The connection token's expiry, seconds since the epoch. */
+  expires_at: number;
+}
+
+/** Why the client stopped for good (`client.closed`). `code` is the last WebSocket close code
+ * (e.g. 4501), null when there was none (`close()`, a failure before any connection). */
+export interface ClosedInfo {
+  code: number | null;
+  reason: string;
+}
+
+/** The `subscribed` reply; also the payload of the "subscribed" event. */
+export interface Subscribed {
+  channel: string;
+  /** The channel's stream head when subscribed. */
+  offset: number;
+  epoch: string;
+  /** When subscribed from a position (`since`, a resubscription after a reconnect) or told
+   * unasked that history was lost: whether what was missed is replayed (true) or not (false);
+   * null for a plain subscribe. */
+  recovered: boolean | null;
+  /** With `recovered: false`: epoch_changed, history_trimmed, unknown_position, history_lost. */
+  reason: string | null;
+}
+
+/** The data a backend published: a JSON object (published through the gateway's APIs it has
+ * a string `type`). */
+export type PublicationData = Record<string, unknown>;
+
+/** Payload of the "publication" event. */
+export interface Publication {
+  channel: string;
+  /** null for a bare Redis PUBLISH, which bypasses the channel's history. */
+  offset: number | null;
+  epoch: string | null;
+  data: PublicationData;
+}
+
+/** Payload of the "recovery_failed" event: missed messages could not be replayed; the client
+ * continues live from `offset` (reload that channel's state from your backend). */
+export interface RecoveryFailed {
+  channel: string;
+  reason: string;
+  offset: number;
+  epoch: string;
+}
+
+/** Payload of the "state" event while connecting or connected. */
+export interface StateChangeUp {
+  state: "connecting" | "connected";
+  attempt: number;
+  delay: null;
+  code: null;
+  reason: null;
+}
+
+/** Payload of the "state" event before a reconnect attempt. */
+export interface StateChangeReconnecting {
+  state: "reconnecting";
+  /** The attempt about to be made, from 1. */
+  attempt: number;
+  /** Milliseconds until that attempt. */
+  delay: number;
+  /** Close code of the connection that ended (null: no close code, e.g. network failure). */
+  code: number | null;
+  reason: string;
+}
+
+/** Payload of the "state" event once the client stopped for good. */
+export interface StateChangeClosed {
+  state: "closed";
+  attempt: number;
+  delay: null;
+  code: number | null;
+  reason: string;
+}
+
+/** Payload of the "state" event; narrow on `state`. */
+export type StateChange = StateChangeUp | StateChangeReconnecting | StateChangeClosed;
+
+/** The gateway's `pong` reply to `ping()`. */
+export interface PongReply {
+  type: "pong";
+  id: number;
+}
+
+/** The gateway's `refreshed` reply to `refresh()`. */
+export interface RefreshedReply {
+  type: "refreshed";
+  id: number;
+  /** The new token's expiry, seconds since the epoch. */
+  expires_at: number;
+}
+
+/** One entry of `presence()`. */
+export interface PresenceClient {
+  client_id: string;
+  user_id: string;
+}
+
+/** Error codes the gateway sends in `error` replies. */
+export type GatewayErrorCode =
+  | "bad_json"
+  | "bad_frame"
+  | "frame_too_large"
+  | "not_connected"
+  | "already_connected"
+  | "invalid_channel"
+  | "forbidden"
+  | "too_many_subscriptions"
+  | "not_subscribed"
+  | "rate_limited"
+  | "invalid_token"
+  | "unavailable";
+
+/** Error codes the client itself gives: `timeout` (no reply within requestTimeout),
+ * `connection_lost` (the connection dropped before the reply), `closed` (the client stopped
+ * for good; see `closeCode` and `reason`), `unsubscribed` (unsubscribe() while a subscribe
+ * waited), `client_error` (building the connect frame failed), `unknown` (an error frame
+ * without a code). */
+export type ClientErrorCode =
+  | "timeout"
+  | "connection_lost"
+  | "closed"
+  | "unsubscribed"
+  | "client_error"
+  | "unknown";
+
+export type RealtimeErrorCode = GatewayErrorCode | ClientErrorCode;
+
+/** An error reply, a request that got none, or a final close (`code` "closed"). */
+export declare class RealtimeError extends Error {
+  constructor(
+    code: string,
+    message: string,
+    extra?: { request?: string; channel?: string; closeCode?: number | null; reason?: string },
+  );
+  readonly name: "RealtimeError";
+  /** A RealtimeErrorCode; a newer gateway may send codes not listed there. */
+  readonly code: RealtimeErrorCode | (string & {});
+  /** The request refused or lost: "subscribe", "ping", "refresh", "presence", ... */
+  readonly request: string | null;
+  /** The channel, for a refused subscribe. */
+  readonly channel: string | null;
+  /** With code "closed": the WebSocket close code (e.g. 4501), if any. */
+  readonly closeCode: number | null;
+  /** With code "closed": the close reason (e.g. "invalid_token"). */
+  readonly reason: string | null;
+}
+
+/** Event types and their payloads (`event.detail`; what `on()` handlers receive). */
+export interface ArchMeshRealtimeEventMap {
+  state: StateChange;
+  publication: Publication;
+  subscribed: Subscribed;
+  recovery_failed: RecoveryFailed;
+  /** Errors no request waits for: a refused resubscription, an error frame without id. */
+  error: RealtimeError;
+}
+
+/** The events the client dispatches: CustomEvents, the payload in `detail`. */
+export type ArchMeshRealtimeEvent<K extends keyof ArchMeshRealtimeEventMap> = CustomEvent<
+  ArchMeshRealtimeEventMap[K]
+>;
+
+// EventTarget's own parameter types, taken from it: the DOM and @types/node name them
+// differently (only the DOM has AddEventListenerOptions and EventListenerOrEventListenerObject).
+type Listener = Parameters<EventTarget["addEventListener"]>[1];
+type AddListenerOptions = Parameters<EventTarget["addEventListener"]>[2];
+type RemoveListenerOptions = Parameters<EventTarget["removeEventListener"]>[2];
+
+export interface SubscribeOptions {
+  /** A subscription JWT (or provider) for a session the connection token does not grant. */
+  token?: TokenSource;
+  /** Replay from this position instead of from the last one seen. */
+  since?: Position | null;
+}
+
+/** Whether a close with `code` (null: connection lost) calls for a reconnect: 4500-4999 and
+ * 1002, 1003, 1007-1010 do not. */
+export declare function shouldReconnect(code: number | null | undefined): boolean;
+
+/** Full jitter: uniform in [0, min(cap, base * 2**attempt)]; `attempt` counts from 0. */
+export declare function backoffDelay(
+  attempt: number,
+  base: number,
+  cap: number,
+  random?: () => number,
+): number;
+
+/** A connection to an ArchMesh Realtime gateway that reconnects by itself, keeps its
+ * subscriptions, resumes each from the last position seen and drops duplicates. */
+export declare class ArchMeshRealtime extends EventTarget {
+  /** @param url ws:// or wss:// URL of the gateway's /ws endpoint. Throws a TypeError without
+   * a token or a WebSocket implementation. */
+  constructor(url: string, options: ArchMeshRealtimeOptions);
+
+  readonly url: string;
+  readonly backoffBase: number;
+  readonly backoffCap: number;
+  readonly maxAttempts: number;
+  readonly requestTimeout: number;
+  /** "closed" before connect() and after the end. */
+  readonly state: State;
+  /** Reconnect attempts since the last successful connect. */
+  readonly attempt: number;
+  /** The last `connected` reply, null before the first. */
+  readonly info: ConnectionInfo | null;
+  /** Set when the client stopped for good. */
+  readonly closed: ClosedInfo | null;
+  /** Channels subscribed (kept across reconnects). */
+  get channels(): string[];
+
+  /** Last position seen on `channel`, or null. */
+  position(channel: string): Position | null;
+
+  /** Listen with a handler that receives `event.detail`; returns a function removing it. */
+  on<K extends keyof ArchMeshRealtimeEventMap>(
+    type: K,
+    handler: (detail: ArchMeshRealtimeEventMap[K]) => void,
+  ): () => void;
+
+  addEventListener<K extends keyof ArchMeshRealtimeEventMap>(
+    type: K,
+    listener: (event: ArchMeshRealtimeEvent<K>) => void,
+    options?: AddListenerOptions,
+  ): void;
+  addEventListener(type: string, listener: Listener, options?: AddListenerOptions): void;
+  removeEventListener<K extends keyof ArchMeshRealtimeEventMap>(
+    type: K,
+    listener: (event: ArchMeshRealtimeEvent<K>) => void,
+    options?: RemoveListenerOptions,
+  ): void;
+  removeEventListener(type: string, listener: Listener, options?: RemoveListenerOptions): void;
+
+  /** Connect (once per client; a second call rejects with an Error). Network failures are retried with backoff; rejects with a
+   * RealtimeError (code "closed", closeCode e.g. 4501) if the gateway refuses for good or
+   * maxAttempts runs out. */
+  connect(): Promise<ConnectionInfo>;
+
+  /** Close for good; resolves once the state is "closed". */
+  close(): Promise<void>;
+
+  /** Subscribe (kept across reconnects). Call connect() first (else an Error); before it
+   * resolves, the subscription goes with the connect frame. Rejects with a RealtimeError
+   * (forbidden, invalid_channel, timeout, closed, ...) if refused or never answered. */
+  subscribe(channel: string, options?: SubscribeOptions): Promise<Subscribed>;
+
+  /** Stop receiving `channel` (no error if it was not subscribed). */
+  unsubscribe(channel: string): Promise<void>;
+
+  /** Round trip to the gateway. */
+  ping(): Promise<PongReply>;
+
+  /** Extend the connection with a new token (default: from the token provider; without a
+   * provider a token is required, else a TypeError). */
+  refresh(token?: string): Promise<RefreshedReply>;
+
+  /** Who is subscribed to `channel`. */
+  presence(channel: string): Promise<PresenceClient[]>;
+}
+
+export default ArchMeshRealtime;
+
+// Only what is exported above is public (the helper types are not).
+export {};
