@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from archmesh_client.publisher import InvalidPublication
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from shared.broker import BrokerError
 from shared.http_api import ApiError, error_response, json_body, require_api_key
-from shared.publisher import InvalidPublication
 
 if TYPE_CHECKING:
     from gateway.app import Gateway

@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
+from archmesh_client.publisher import Publisher
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
@@ -26,7 +27,6 @@ from gateway.metrics import GatewayMetrics
 from gateway.protocol import CloseCode
 from shared.broker import Broker, HistoryPolicy, Retention, create_broker
 from shared.logging import get_logger
-from shared.publisher import Publisher
 from shared.settings import Settings
 from shared.tokens import TokenVerifier
 

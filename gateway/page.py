@@ -14,17 +14,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from archmesh_client.channels import InvalidChannel, session_channel, user_channel, validate_channel
+from archmesh_client.events import WorkflowStatus, WorkflowUpdate
+from archmesh_client.publisher import InvalidPublication
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Message
 
 from shared.broker import BrokerError
-from shared.channels import InvalidChannel, session_channel, user_channel, validate_channel
-from shared.events import WorkflowStatus, WorkflowUpdate
 from shared.http_api import ApiError, error_response, json_body
 from shared.logging import get_logger
-from shared.publisher import InvalidPublication
 from shared.tokens import issue_token
 
 if TYPE_CHECKING:

@@ -9,6 +9,15 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from archmesh_client.channels import user_channel
+from archmesh_client.notifications import (
+    ID_PATTERN,
+    BatchResult,
+    Channel,
+    ItemResult,
+    NotificationRequest,
+    validation_error,
+)
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -16,9 +25,9 @@ from starlette.routing import Route
 
 from notifier.analytics import MAX_RANGE
 from notifier.events import inbox_event
+from notifier.schemas import Preferences, PreferencesPatch, Template
 from notifier.templates import TemplateInvalid
 from shared.broker import BrokerError
-from shared.channels import user_channel
 from shared.http_api import (
     ApiError,
     bearer,
@@ -26,17 +35,6 @@ from shared.http_api import (
     is_api_key,
     json_body,
     require_api_key,
-)
-from shared.notifications import (
-    ID_PATTERN,
-    BatchResult,
-    Channel,
-    ItemResult,
-    NotificationRequest,
-    Preferences,
-    PreferencesPatch,
-    Template,
-    validation_error,
 )
 from shared.tokens import InvalidToken
 

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis.asyncio as aioredis
+from archmesh_client.publisher import Publisher
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -39,7 +40,6 @@ from notifier.worker import Worker
 from notifier.workflow import WorkflowWatcher, parse_rules
 from shared.broker import Broker, create_broker
 from shared.logging import get_logger
-from shared.publisher import Publisher
 from shared.tokens import TokenVerifier
 
 log = get_logger(__name__)

@@ -15,10 +15,11 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from archmesh_client.notifications import REQUEST_FIELD
 
 from notifier import analytics, keys
 from notifier.intake import Entry
-from shared.notifications import REQUEST_FIELD, InboxItem
+from notifier.schemas import InboxItem
 
 
 def _script(name: str) -> str:
