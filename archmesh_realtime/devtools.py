@@ -10,18 +10,18 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
+from archmesh_client.channels import InvalidChannel, session_channel, user_channel, validate_channel
+from archmesh_client.events import WorkflowStatus, WorkflowUpdate
+from archmesh_client.publisher import InvalidPublication
 from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from shared.broker import BrokerError
-from shared.channels import InvalidChannel, session_channel, user_channel, validate_channel
-from shared.events import WorkflowStatus, WorkflowUpdate
 from shared.http_api import json_body
 from shared.http_errors import ApiError
 from shared.logging import get_logger
-from shared.publisher import InvalidPublication
 from shared.tokens import issue_token
 
 if TYPE_CHECKING:

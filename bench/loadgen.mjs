@@ -123,7 +123,7 @@ function makeSystem() {
     },
   };
   if (SYSTEM === "archmesh") {
-    const script = readFileSync(new URL("../shared/broker/publish.lua", import.meta.url), "utf8");
+    const script = readFileSync(new URL("../clients/python/src/archmesh_client/publish.lua", import.meta.url), "utf8");
     let sha = null;
     return {
       url: () => `${base}/ws`,

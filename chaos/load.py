@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+from archmesh_client.publisher import Publisher, connect_publisher
+from archmesh_client.realtime import Publication, RealtimeClient, RecoveryFailed, StateChange
+from archmesh_client.redis_transport import PublishError
+from archmesh_client.retention import HistoryPolicy, Retention
 from redis.exceptions import RedisError
-
-from shared.broker import BrokerError, HistoryPolicy, Retention
-from shared.client import Publication, RealtimeClient, RecoveryFailed, StateChange
-from shared.publisher import Publisher, connect_publisher
 
 
 @dataclass
@@ -222,7 +222,7 @@ class SteadyPublisher:
                     continue
             try:
                 await publisher.publish(self.channel, self.event(self.published))
-            except (BrokerError, OSError):
+            except (PublishError, OSError):
                 self.errors += 1
                 uncertain = True
                 await asyncio.sleep(0.05)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from archmesh_client.publisher import InvalidPublication, Publisher
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -13,7 +14,6 @@ from gateway.metrics import GatewayMetrics
 from shared.broker import BrokerError
 from shared.http_api import json_body, require_api_key
 from shared.http_errors import ApiError, unavailable
-from shared.publisher import InvalidPublication, Publisher
 from shared.settings import Settings
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
+from archmesh_client.publisher import Publisher
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
@@ -29,7 +30,6 @@ from shared.broker import Broker, HistoryPolicy, Retention, create_broker
 from shared.http_errors import ERROR_HANDLERS
 from shared.http_ops import Readiness, ops_routes
 from shared.logging import get_logger
-from shared.publisher import Publisher
 from shared.settings import Settings
 from shared.tokens import TokenVerifier
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from shared.channels import BROADCAST, SESSION_PREFIX, USER_PREFIX
+from archmesh_client.channels import BROADCAST, SESSION_PREFIX, USER_PREFIX
+
 from shared.tokens import Claims, InvalidToken, TokenVerifier
 
 

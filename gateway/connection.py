@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 import structlog
+from archmesh_client.channels import InvalidChannel, user_channel, validate_channel
 from pydantic import ValidationError
 
 from gateway.authorization import authorize
@@ -39,7 +40,6 @@ from gateway.protocol import (
 )
 from gateway.ratelimit import TokenBucket
 from shared.broker import BrokerError, Publication, StreamPosition
-from shared.channels import InvalidChannel, user_channel, validate_channel
 from shared.logging import get_logger
 from shared.settings import Settings
 from shared.tokens import Claims, InvalidToken, TokenVerifier

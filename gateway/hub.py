@@ -7,11 +7,12 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING
 
+from archmesh_client.backoff import Backoff
+
 from gateway.expiry import Expiries
 from gateway.metrics import GatewayMetrics
 from gateway.outbox import Flusher
 from gateway.protocol import Outgoing, encode, publication_frame
-from shared.backoff import Backoff
 from shared.broker import Broker, BrokerError, PresenceEntry, Publication, StreamPosition
 from shared.logging import get_logger
 

@@ -9,6 +9,15 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
+from archmesh_client.channels import user_channel
+from archmesh_client.notifications import (
+    ID_PATTERN,
+    BatchResult,
+    Channel,
+    ItemResult,
+    NotificationRequest,
+    validation_error,
+)
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -16,25 +25,16 @@ from starlette.routing import Route
 
 from notifier.analytics import MAX_RANGE
 from notifier.events import inbox_event
+from notifier.schemas import Preferences, PreferencesPatch, Template
 from notifier.templates import TemplateInvalid
 from shared.broker import BrokerError
-from shared.channels import user_channel
 from shared.http_api import bearer, is_api_key, json_body, require_api_key
 from shared.http_errors import ApiError
-from shared.notifications import (
-    ID_PATTERN,
-    BatchResult,
-    Channel,
-    ItemResult,
-    NotificationRequest,
-    Preferences,
-    PreferencesPatch,
-    Template,
-    validation_error,
-)
 from shared.tokens import InvalidToken
 
 if TYPE_CHECKING:
+    from archmesh_client.publisher import Publisher
+
     from notifier.analytics import Analytics
     from notifier.inbox import Inbox
     from notifier.intake import Intake
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
     from notifier.status import StatusStore
     from notifier.template_store import TemplateStore
     from notifier.workflow import WorkflowWatcher
-    from shared.publisher import Publisher
     from shared.tokens import TokenVerifier
 
 

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 import redis.asyncio as aioredis
+from archmesh_client.publisher import Publisher
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
@@ -38,7 +39,6 @@ from shared.broker import Broker, create_broker
 from shared.http_errors import ERROR_HANDLERS
 from shared.http_ops import Readiness, ops_routes
 from shared.logging import get_logger
-from shared.publisher import Publisher
 from shared.tokens import TokenVerifier
 
 log = get_logger(__name__)

@@ -14,6 +14,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import redis.asyncio as aioredis
+from archmesh_client.backoff import backoff_delay
+from archmesh_client.notifications import Channel, Priority
 
 from notifier import analytics, keys, status
 from notifier.channels.base import DeliveryError, SubscriptionGone
@@ -22,17 +24,10 @@ from notifier.channels.push import PushSender, PushTarget
 from notifier.channels.sms import SmsSender
 from notifier.metrics import NotifierMetrics
 from notifier.preferences import PreferenceStore
+from notifier.schemas import TERMINAL_STATES, ChannelDelivery, DeliveryState
 from notifier.status import StatusStore
-from shared.backoff import backoff_delay
 from shared.logging import get_logger
 from shared.lua import lua
-from shared.notifications import (
-    TERMINAL_STATES,
-    Channel,
-    ChannelDelivery,
-    DeliveryState,
-    Priority,
-)
 
 log = get_logger(__name__)
 

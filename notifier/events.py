@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.notifications import InboxItem
+from notifier.schemas import InboxItem
 
 
 def notification_event(item: InboxItem, unread: int) -> dict[str, Any]:

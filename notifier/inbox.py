@@ -10,7 +10,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from notifier import keys
-from shared.notifications import InboxItem
+from notifier.schemas import InboxItem
 
 
 class Inbox:

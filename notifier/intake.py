@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from archmesh_client.notifications import REQUEST_FIELD, NotificationRequest
 from redis.exceptions import ResponseError
 
 from notifier import keys
-from shared.notifications import REQUEST_FIELD, NotificationRequest
 
 
 @dataclass(frozen=True, slots=True)

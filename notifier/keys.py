@@ -4,7 +4,7 @@ Everything lives under `nt:`; the request stream and its dead letters are the pu
 
 from __future__ import annotations
 
-from shared.notifications import REQUEST_STREAM
+from archmesh_client.notifications import REQUEST_STREAM
 
 REQUESTS = REQUEST_STREAM  # XADD nt:requests * request <NotificationRequest JSON>
 DEAD_LETTERS = "nt:dead"  # entries: request, reason, entry, failed_at

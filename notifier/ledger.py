@@ -14,11 +14,12 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from archmesh_client.notifications import REQUEST_FIELD
 
 from notifier import analytics, keys
 from notifier.intake import Entry
+from notifier.schemas import InboxItem
 from shared.lua import lua
-from shared.notifications import REQUEST_FIELD, InboxItem
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,17 +9,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from archmesh_client.notifications import Channel, NotificationRequest
+
 from notifier import templates
 from notifier.quiet_hours import OVERRIDING, quiet_until
-from shared.notifications import (
-    Channel,
-    ChannelDelivery,
-    DeliveryState,
-    InboxItem,
-    NotificationRequest,
-    Preferences,
-    Template,
-)
+from notifier.schemas import ChannelDelivery, DeliveryState, InboxItem, Preferences, Template
 
 
 @dataclass(slots=True)

@@ -8,7 +8,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
 from notifier import keys
-from shared.notifications import Preferences, PreferencesPatch
+from notifier.schemas import Preferences, PreferencesPatch
 
 
 class PreferenceStore:

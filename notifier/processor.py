@@ -11,6 +11,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
+from archmesh_client.channels import user_channel
+from archmesh_client.notifications import Channel, NotificationRequest, validation_error
 from pydantic import ValidationError
 
 from notifier import keys, status
@@ -19,17 +21,9 @@ from notifier.intake import Entry
 from notifier.ledger import Ledger, Outcome
 from notifier.metrics import NotifierMetrics
 from notifier.planner import Plan, plan
+from notifier.schemas import DeliveryState, Preferences, Template
 from shared.broker import Broker, BrokerError
-from shared.channels import user_channel
 from shared.logging import get_logger
-from shared.notifications import (
-    Channel,
-    DeliveryState,
-    NotificationRequest,
-    Preferences,
-    Template,
-    validation_error,
-)
 
 log = get_logger(__name__)
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from shared.notifications import Preferences, Priority
+from archmesh_client.notifications import Priority
+
+from notifier.schemas import Preferences
 
 # These reach the user whatever the hour: that is what the priority is for.
 OVERRIDING = frozenset({Priority.HIGH, Priority.URGENT})

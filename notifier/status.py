@@ -10,9 +10,10 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from archmesh_client.notifications import Channel
 
 from notifier import keys
-from shared.notifications import Channel, ChannelDelivery, DeliveryStatus
+from notifier.schemas import ChannelDelivery, DeliveryStatus
 
 
 def fields_of(

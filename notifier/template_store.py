@@ -5,7 +5,7 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 
 from notifier import keys, templates
-from shared.notifications import Template
+from notifier.schemas import Template
 
 
 class TemplateStore:

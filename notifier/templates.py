@@ -7,11 +7,12 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
+from archmesh_client.notifications import Channel
 from jinja2 import StrictUndefined, TemplateError
 from jinja2 import Template as JinjaTemplate
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from shared.notifications import Channel, Template
+from notifier.schemas import Template
 
 # Fields rendered as HTML (escaped); every other field is plain text (not escaped).
 _HTML_FIELDS = frozenset({"html"})

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from archmesh_client.backoff import Backoff
 from redis.exceptions import RedisError
 
 from notifier.deliveries import Deliverer
@@ -15,7 +16,6 @@ from notifier.intake import Entry, Intake
 from notifier.ledger import Ledger, Outcome
 from notifier.metrics import NotifierMetrics
 from notifier.processor import Processor
-from shared.backoff import Backoff
 from shared.logging import get_logger
 
 log = get_logger(__name__)

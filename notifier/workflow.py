@@ -13,14 +13,14 @@ from dataclasses import dataclass
 
 import orjson
 import redis.asyncio as aioredis
+from archmesh_client.channels import session_channel
+from archmesh_client.notifications import REQUEST_FIELD, NotificationRequest, Priority
 from redis.exceptions import RedisError
 
 from notifier import keys
 from shared.broker import Broker, BrokerError, Publication
-from shared.channels import session_channel
 from shared.logging import get_logger
 from shared.lua import lua
-from shared.notifications import REQUEST_FIELD, NotificationRequest, Priority
 
 log = get_logger(__name__)
 

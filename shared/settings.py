@@ -8,8 +8,9 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 if TYPE_CHECKING:
+    from archmesh_client.retention import HistoryPolicy
+
     from shared.broker.link import Liveness
-    from shared.broker.policy import HistoryPolicy
 
 # Used only by `archmesh-rt dev` and `archmesh-rt token` when no secret is configured.
 DEV_JWT_SECRET = "archmesh-dev-secret-do-not-use-in-production"
@@ -82,7 +83,7 @@ class Settings(BaseSettings):
         known = ("memory://", "redis://", "rediss://", "unix://")
         cluster = ("redis+cluster://", "rediss+cluster://")
         if value.startswith(cluster):
-            from shared.broker.cluster import ClusterAddress
+            from archmesh_client.redis_url import ClusterAddress
 
             ClusterAddress.parse(value)  # fails start-up on a malformed node list
         elif value and not value.startswith(known):
@@ -95,7 +96,7 @@ class Settings(BaseSettings):
     @field_validator("history_overrides")
     @classmethod
     def _overrides(cls, value: str) -> str:
-        from shared.broker.policy import HistoryPolicy, Retention
+        from archmesh_client.retention import HistoryPolicy, Retention
 
         HistoryPolicy.parse(Retention(0, 1), value)  # fails start-up on a bad spec
         return value
@@ -132,7 +133,7 @@ class Settings(BaseSettings):
         return self
 
     def history_policy(self) -> HistoryPolicy:
-        from shared.broker.policy import HistoryPolicy, Retention
+        from archmesh_client.retention import HistoryPolicy, Retention
 
         default = Retention(self.history_size, self.history_ttl)
         return HistoryPolicy.parse(default, self.history_overrides)

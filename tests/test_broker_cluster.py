@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator, Iterator
 
 import orjson
 import pytest
+from archmesh_client.redis_url import ClusterAddress
 
 from shared.broker import Broker, BrokerError, Liveness, create_broker
-from shared.broker.cluster import ClusterAddress
 from shared.settings import Settings
 from tests.servers import GatewayProcess, RedisCluster, wait_until
 from tests.test_broker_contract import Recorder, _until, event

@@ -1,4 +1,4 @@
-"""shared/client.py against real gateway subprocesses (in-memory broker)."""
+"""archmesh_client.realtime (clients/python) against real gateway processes (in-memory broker)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-
-from deploy.ports import free_port
-from shared.client import (
+from archmesh_client.realtime import (
     ClientClosed,
     Item,
     Position,
@@ -31,6 +29,8 @@ from shared.client import (
     backoff_delay,
     should_reconnect,
 )
+
+from deploy.ports import free_port
 from shared.tokens import issue_token
 
 SECRET = "archmesh-client-tests-secret-0123456789"  # >= 32 bytes (HS256)
@@ -233,7 +233,7 @@ async def test_duplicates_are_dropped(
     assert epoch is not None
 
     # Ask the gateway to replay from offset 1: it resends 2 and 3, which the client has.
-    caplog.set_level(logging.DEBUG, logger="shared.client")
+    caplog.set_level(logging.DEBUG, logger="archmesh_client.realtime")
     reply = await client.subscribe(channel, since=Position(1, epoch.epoch))
     assert reply.recovered is True
     await gateway.publish(channel, stage="s", progress=0.4)

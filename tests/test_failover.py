@@ -7,9 +7,9 @@ import asyncio
 import signal
 
 import pytest
+from archmesh_client.publisher import connect_publisher
+from archmesh_client.realtime import Publication, RealtimeClient, RecoveryFailed
 
-from shared.client import Publication, RealtimeClient, RecoveryFailed
-from shared.publisher import connect_publisher
 from tests.balancer import Balancer
 from tests.servers import GatewayProcess, RedisServer
 from tests.wsclient import token

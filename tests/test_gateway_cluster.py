@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from archmesh_client.events import WorkflowUpdate
+from archmesh_client.publisher import connect_publisher
 
-from shared.events import WorkflowUpdate
-from shared.publisher import connect_publisher
 from tests.servers import API_KEY, GatewayProcess, RedisServer, wait_until
 from tests.wsclient import assert_silent, connect, recv, recv_type, send, subscribe, token
 

@@ -8,8 +8,8 @@ import signal
 
 import httpx
 import pytest
+from archmesh_client.publisher import connect_publisher
 
-from shared.publisher import connect_publisher
 from tests.servers import GatewayProcess, RedisServer, wait_until
 from tests.wsclient import RawSocketClient, connect, recv, recv_type, send, subscribe
 

@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from archmesh_client.notifier import NotifierClient
 
-from shared.notifier_client import NotifierClient
 from shared.tokens import issue_token
 from tests.fakes.push_endpoint import PushEndpoint
 from tests.fakes.smtp import SmtpServer

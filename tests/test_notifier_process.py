@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from archmesh_client.notifier import NotifierClient
 
-from shared.notifier_client import NotifierClient
 from tests import wsclient
 from tests.fakes.smtp import SmtpServer
 from tests.servers import REPO, GatewayProcess, NotifierProcess, RedisServer

@@ -5,20 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from archmesh_client.notifications import Channel, NotificationRequest, Priority
 from pydantic import ValidationError
 
 from notifier import templates
 from notifier.planner import plan
 from notifier.quiet_hours import quiet_until
+from notifier.schemas import DeliveryState, Preferences, Template
 from notifier.workflow import parse_rules
-from shared.notifications import (
-    Channel,
-    DeliveryState,
-    NotificationRequest,
-    Preferences,
-    Priority,
-    Template,
-)
 
 ALL = frozenset(Channel)
 

@@ -8,9 +8,9 @@ import asyncio
 import time
 
 import pytest
+from archmesh_client.publisher import connect_publisher
 
 from shared.broker import BrokerError, Liveness, create_broker
-from shared.publisher import connect_publisher
 from tests.servers import GatewayProcess, RedisServer, wait_until
 from tests.tcpproxy import TcpProxy
 from tests.test_broker_contract import Recorder, _until, event

@@ -7,8 +7,8 @@ import random
 import signal
 
 import pytest
+from archmesh_client.publisher import connect_publisher
 
-from shared.publisher import connect_publisher
 from tests.servers import GatewayProcess, RedisServer, wait_until
 from tests.wsclient import connect, recv, recv_type, send, subscribe, token
 

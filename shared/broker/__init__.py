@@ -3,16 +3,11 @@
 
 from __future__ import annotations
 
-from shared.broker.base import (
-    Broker,
-    BrokerError,
-    History,
-    PresenceEntry,
-    Publication,
-    StreamPosition,
-)
+from archmesh_client.retention import HistoryPolicy, Retention
+from archmesh_client.stream import StreamPosition
+
+from shared.broker.base import Broker, BrokerError, History, PresenceEntry, Publication
 from shared.broker.link import Liveness
-from shared.broker.policy import HistoryPolicy, Retention
 
 __all__ = [
     "Broker",

@@ -6,6 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from archmesh_client.stream import StreamPosition
+
 
 @dataclass(frozen=True, slots=True)
 class Publication:
@@ -18,14 +20,6 @@ class Publication:
     data: str
     offset: int | None = None
     epoch: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StreamPosition:
-    """Where a channel's history stands: the last offset given out, in this epoch."""
-
-    offset: int
-    epoch: str
 
 
 @dataclass(frozen=True, slots=True)

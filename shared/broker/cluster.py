@@ -15,58 +15,14 @@ map, and the hub repairs the gaps from history, exactly as on one Redis.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-from urllib.parse import unquote
-
 import redis.asyncio as aioredis
+from archmesh_client.redis_url import ClusterAddress
+from archmesh_client.retention import HistoryPolicy
+from archmesh_client.stream import StreamPosition
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
-from shared.broker.base import StreamPosition
 from shared.broker.link import Liveness
-from shared.broker.policy import HistoryPolicy
 from shared.broker.redis import RedisBroker
-
-SCHEMES = ("redis+cluster", "rediss+cluster")
-
-
-@dataclass(frozen=True, slots=True)
-class ClusterAddress:
-    nodes: tuple[tuple[str, int], ...]
-    username: str | None = None
-    password: str | None = None
-    tls: bool = False
-
-    @classmethod
-    def parse(cls, url: str) -> ClusterAddress:
-        scheme, sep, rest = url.partition("://")
-        if not sep or scheme not in SCHEMES:
-            raise ValueError(f"a Redis Cluster URL starts with {' or '.join(SCHEMES)}://")
-        userinfo, _, hosts = rest.rpartition("@")
-        hosts, _, path = hosts.partition("/")
-        if path not in ("", "0") or "?" in hosts:
-            raise ValueError("a Redis Cluster URL has no database (only 0) and no options")
-        nodes = tuple(_host_port(item) for item in hosts.split(","))
-        user, _, password = userinfo.partition(":")
-        return cls(
-            nodes,
-            username=unquote(user) or None,
-            password=unquote(password) or None,
-            tls=scheme == "rediss+cluster",
-        )
-
-    def credentials(self) -> dict[str, Any]:
-        return {"username": self.username, "password": self.password, "ssl": self.tls}
-
-
-def _host_port(item: str) -> tuple[str, int]:
-    host, sep, port = item.strip().rpartition(":")
-    if not sep or not host or "]" in port:
-        host, port = item.strip(), "6379"
-    host = host.removeprefix("[").removesuffix("]")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"Redis Cluster node {item!r}: expected host:port")
-    return host, int(port)
 
 
 class RedisClusterBroker(RedisBroker):

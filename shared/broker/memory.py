@@ -7,15 +7,10 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 
-from shared.broker.base import (
-    Handler,
-    History,
-    PresenceEntry,
-    Publication,
-    StateHandler,
-    StreamPosition,
-)
-from shared.broker.policy import HistoryPolicy
+from archmesh_client.retention import HistoryPolicy
+from archmesh_client.stream import StreamPosition
+
+from shared.broker.base import Handler, History, PresenceEntry, Publication, StateHandler
 
 
 def new_epoch() -> str:

@@ -10,24 +10,9 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisClusterException, RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
-
-from shared.backoff import Backoff
-from shared.broker.base import (
-    BrokerError,
-    Handler,
-    History,
-    PresenceEntry,
-    Publication,
-    StateHandler,
-    StreamPosition,
-)
-from shared.broker.link import LinkDead, LinkSilent, Liveness, PubSubLink
-from shared.broker.policy import HistoryPolicy
-from shared.channels import (
+from archmesh_client import publish_script
+from archmesh_client.backoff import Backoff
+from archmesh_client.channels import (
     channel_of_pubsub,
     history_key,
     meta_key,
@@ -35,6 +20,22 @@ from shared.channels import (
     presence_key,
     pubsub_name,
 )
+from archmesh_client.retention import HistoryPolicy
+from archmesh_client.stream import StreamPosition
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from shared.broker.base import (
+    BrokerError,
+    Handler,
+    History,
+    PresenceEntry,
+    Publication,
+    StateHandler,
+)
+from shared.broker.link import LinkDead, LinkSilent, Liveness, PubSubLink
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -95,7 +96,7 @@ class RedisBroker:
         self._policy = policy or HistoryPolicy()
         self._liveness = liveness or Liveness()
         self._redis = self._command_client()
-        self._publish = self._redis.register_script(_script("publish.lua"))
+        self._publish = self._redis.register_script(publish_script.SOURCE)
         self._history = self._redis.register_script(_script("history.lua"))
         self._presence_join = self._redis.register_script(_PRESENCE_JOIN)
         self._presence_get = self._redis.register_script(_PRESENCE_GET)
@@ -333,9 +334,8 @@ class RedisBroker:
 
     def _publish_args(self, channel: str, data: str) -> dict[str, Any]:
         retention = self._policy.for_channel(channel)
-        sharded = "1" if self.sharded else "0"
-        args: list[str | int] = [data, retention.size, int(retention.ttl * 1000), sharded]
-        return {"keys": [meta_key(channel), history_key(channel)], "args": args}
+        keys, args = publish_script.keys_and_args(channel, data, retention, sharded=self.sharded)
+        return {"keys": keys, "args": args}
 
     async def history(self, channel: str, since: int, limit: int) -> History:
         ttl_ms = int(self._policy.for_channel(channel).ttl * 1000)

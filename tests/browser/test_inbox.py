@@ -12,7 +12,7 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from shared.notifications import Preferences
+from notifier.schemas import Preferences
 from tests.browser.cdp import Page
 from tests.browser.processes import DevProcess
 from tests.fakes.smtp import SmtpServer

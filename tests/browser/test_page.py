@@ -8,8 +8,8 @@ from typing import Any
 
 import httpx
 import pytest
+from archmesh_client.publisher import connect_publisher
 
-from shared.publisher import connect_publisher
 from tests.browser.cdp import Page
 from tests.browser.processes import DevProcess, NotifierProcess
 from tests.servers import GatewayProcess, RedisServer

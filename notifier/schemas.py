@@ -1,39 +1,24 @@
-"""Notification schemas shared by the notifier, its HTTP API and its Python client."""
+"""The notifier's own schemas: preferences, templates, delivery status, inbox items.
+
+What a backend sends (NotificationRequest, BatchResult, the request stream) is the client
+package's `archmesh_client.notifications`; only the notifier speaks these.
+"""
 
 from __future__ import annotations
 
 import re
-import uuid
 from datetime import datetime
 from enum import StrEnum
 from functools import lru_cache
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from archmesh_client.notifications import TYPE_PATTERN, Channel, Priority
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-# Ids travel in channel names and Redis keys: the channel id alphabet, nothing that escapes.
-ID_PATTERN = r"^[A-Za-z0-9._@|+=-]{1,128}$"
-_TYPE_PATTERN = r"^[a-z0-9][a-z0-9_.:-]{0,99}$"
 _TIME = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 _PHONE = re.compile(r"^\+[1-9]\d{6,14}$")
 _EMAIL = re.compile(r"^[^@\s<>\"]{1,64}@[^@\s<>\"]{1,255}\.[^@\s<>\"]+$")
-
-Id = Annotated[str, Field(pattern=ID_PATTERN)]
-
-
-class Priority(StrEnum):
-    LOW = "low"
-    NORMAL = "normal"
-    HIGH = "high"
-    URGENT = "urgent"
-
-
-class Channel(StrEnum):
-    IN_APP = "in_app"
-    EMAIL = "email"
-    PUSH = "push"
-    SMS = "sms"
 
 
 class DeliveryState(StrEnum):
@@ -50,37 +35,6 @@ TERMINAL_STATES = frozenset({DeliveryState.SENT, DeliveryState.FAILED, DeliveryS
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-def new_notification_id() -> str:
-    return uuid.uuid4().hex
-
-
-class NotificationRequest(_Strict):
-    """What a backend asks for. `id` is the idempotency key: the same id is processed once."""
-
-    id: Id = Field(default_factory=new_notification_id)
-    user_id: Id
-    type: str = Field(pattern=_TYPE_PATTERN, description="e.g. workflow_review_required")
-    title: str | None = Field(None, min_length=1, max_length=200)
-    body: str | None = Field(None, max_length=5000)
-    template: str | None = Field(None, pattern=_TYPE_PATTERN)
-    data: dict[str, Any] = Field(default_factory=dict)
-    priority: Priority = Priority.NORMAL
-    channels: list[Channel] | None = Field(None, min_length=1)
-
-    @field_validator("channels")
-    @classmethod
-    def _unique(cls, value: list[Channel] | None) -> list[Channel] | None:
-        if value is not None and len(set(value)) != len(value):
-            raise ValueError("channels must not repeat")
-        return value
-
-    @model_validator(mode="after")
-    def _content(self) -> NotificationRequest:
-        if self.template is None and self.title is None:
-            raise ValueError("give a title (and body), or a template")
-        return self
 
 
 class QuietHours(_Strict):
@@ -175,7 +129,7 @@ class Preferences(_Strict):
     @classmethod
     def _types(cls, value: dict[str, ChannelSwitches]) -> dict[str, ChannelSwitches]:
         for key in value:
-            if key != "default" and not re.match(_TYPE_PATTERN, key):
+            if key != "default" and not re.match(TYPE_PATTERN, key):
                 raise ValueError(f"{key!r} is not a notification type")
         if len(value) > 100:
             raise ValueError("at most 100 notification types")
@@ -271,42 +225,3 @@ class InboxItem(BaseModel):
     data: dict[str, Any]
     created_at: datetime
     read: bool = False
-
-
-class ItemResult(BaseModel):
-    index: int
-    ok: bool
-    id: str | None = None
-    error: dict[str, Any] | None = None
-
-
-class BatchResult(BaseModel):
-    """One bad item never fails the others: each has its own result."""
-
-    total: int
-    successful: int
-    failed: int
-    results: list[ItemResult]
-
-    @classmethod
-    def of(cls, results: list[ItemResult]) -> BatchResult:
-        good = sum(1 for r in results if r.ok)
-        return cls(total=len(results), successful=good, failed=len(results) - good, results=results)
-
-
-# The Redis Stream the notifiers read: `XADD nt:requests * request <NotificationRequest JSON>`.
-REQUEST_STREAM = "nt:requests"
-REQUEST_FIELD = "request"
-
-
-def validation_error(exc: Exception) -> dict[str, Any]:
-    """A JSON-able error body for a refused request, field by field for pydantic errors."""
-    from pydantic import ValidationError
-
-    if isinstance(exc, ValidationError):
-        fields = [
-            {"loc": [str(p) for p in e["loc"]], "msg": e["msg"], "type": e["type"]}
-            for e in exc.errors(include_url=False, include_input=False)
-        ]
-        return {"code": "validation_error", "message": "invalid notification", "fields": fields}
-    return {"code": "validation_error", "message": str(exc)}

@@ -37,7 +37,7 @@ from websockets.exceptions import (
     WebSocketException,
 )
 
-from shared.backoff import backoff_delay
+from archmesh_client.backoff import backoff_delay
 
 __all__ = [
     "ClientClosed",

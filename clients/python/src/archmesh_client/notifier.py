@@ -13,7 +13,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 
-from shared.notifications import (
+from archmesh_client.notifications import (
     REQUEST_FIELD,
     REQUEST_STREAM,
     BatchResult,

@@ -1,0 +1,107 @@
+"""What a backend sends the notifiers: the request schema, per-item results, and where the
+notifiers read requests (a Redis Stream). The notifier's HTTP API and its queue consumer
+validate with these same models, so a request this client accepts is one the service accepts.
+"""
+
+from __future__ import annotations
+
+import uuid
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Ids travel in channel names and Redis keys: the channel id alphabet, nothing that escapes.
+ID_PATTERN = r"^[A-Za-z0-9._@|+=-]{1,128}$"
+# A notification type (also a template name): lower case, e.g. `workflow_review_required`.
+TYPE_PATTERN = r"^[a-z0-9][a-z0-9_.:-]{0,99}$"
+
+Id = Annotated[str, Field(pattern=ID_PATTERN)]
+
+
+class Priority(StrEnum):
+    LOW = "low"
+    NORMAL = "normal"
+    HIGH = "high"
+    URGENT = "urgent"
+
+
+class Channel(StrEnum):
+    IN_APP = "in_app"
+    EMAIL = "email"
+    PUSH = "push"
+    SMS = "sms"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def new_notification_id() -> str:
+    return uuid.uuid4().hex
+
+
+class NotificationRequest(_Strict):
+    """What a backend asks for. `id` is the idempotency key: the same id is processed once."""
+
+    id: Id = Field(default_factory=new_notification_id)
+    user_id: Id
+    type: str = Field(pattern=TYPE_PATTERN, description="e.g. workflow_review_required")
+    title: str | None = Field(None, min_length=1, max_length=200)
+    body: str | None = Field(None, max_length=5000)
+    template: str | None = Field(None, pattern=TYPE_PATTERN)
+    data: dict[str, Any] = Field(default_factory=dict)
+    priority: Priority = Priority.NORMAL
+    channels: list[Channel] | None = Field(None, min_length=1)
+
+    @field_validator("channels")
+    @classmethod
+    def _unique(cls, value: list[Channel] | None) -> list[Channel] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("channels must not repeat")
+        return value
+
+    @model_validator(mode="after")
+    def _content(self) -> NotificationRequest:
+        if self.template is None and self.title is None:
+            raise ValueError("give a title (and body), or a template")
+        return self
+
+
+class ItemResult(BaseModel):
+    index: int
+    ok: bool
+    id: str | None = None
+    error: dict[str, Any] | None = None
+
+
+class BatchResult(BaseModel):
+    """One bad item never fails the others: each has its own result."""
+
+    total: int
+    successful: int
+    failed: int
+    results: list[ItemResult]
+
+    @classmethod
+    def of(cls, results: list[ItemResult]) -> BatchResult:
+        good = sum(1 for r in results if r.ok)
+        return cls(total=len(results), successful=good, failed=len(results) - good, results=results)
+
+
+# The Redis Stream the notifiers read: `XADD nt:requests * request <NotificationRequest JSON>`.
+REQUEST_STREAM = "nt:requests"
+REQUEST_FIELD = "request"
+
+
+def validation_error(exc: Exception) -> dict[str, Any]:
+    """A JSON-able error body for a refused request, field by field for pydantic errors."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        fields = [
+            {"loc": [str(p) for p in e["loc"]], "msg": e["msg"], "type": e["type"]}
+            for e in exc.errors(include_url=False, include_input=False)
+        ]
+        return {"code": "validation_error", "message": "invalid notification", "fields": fields}
+    return {"code": "validation_error", "message": str(exc)}

@@ -1,0 +1,87 @@
+"""Publishing for backends: validate once, then append to history and fan out.
+
+    async with connect_publisher("redis://localhost:6379/0") as publisher:
+        await publisher.publish("session:abc", WorkflowUpdate(session_id="abc", ...))
+
+`connect_publisher` talks to Redis (or a Redis Cluster, `redis+cluster://host:port,...`)
+directly, through the same publish script the gateways use: the event lands in the channel's
+history and reaches every subscribed client, or neither. The gateway publishes with the same
+`Publisher` over its own broker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
+
+from pydantic import BaseModel, TypeAdapter
+
+from archmesh_client.channels import validate_channel
+from archmesh_client.redis_transport import RedisTransport
+from archmesh_client.retention import HistoryPolicy
+from archmesh_client.stream import StreamPosition
+
+# Compact JSON, NaN and infinities as null: text every client parses.
+_JSON: TypeAdapter[Any] = TypeAdapter(Any)
+
+
+class InvalidPublication(ValueError):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Transport(Protocol):
+    """Where a publisher's events go: the gateway's broker, or Redis for a backend."""
+
+    async def publish(self, channel: str, data: str) -> StreamPosition:
+        """Append `data` (a JSON object's text) to history and fan it out, atomically."""
+        ...
+
+
+def encode_event(data: BaseModel | Mapping[str, Any], max_bytes: int) -> str:
+    """The event's JSON text; it must be an object with a string `type`."""
+    if isinstance(data, BaseModel):
+        text = data.model_dump_json()
+    elif isinstance(data, Mapping):
+        if not isinstance(data.get("type"), str) or not data["type"]:
+            raise InvalidPublication("bad_data", "data must have a non-empty string 'type'")
+        try:
+            text = _JSON.dump_json(data).decode()
+        except (TypeError, ValueError) as exc:  # pydantic's serialization error is a ValueError
+            raise InvalidPublication("bad_data", f"data is not JSON: {exc}") from exc
+    else:
+        raise InvalidPublication("bad_data", "data must be a JSON object")
+    if len(text.encode()) > max_bytes:
+        raise InvalidPublication("too_large", f"data exceeds {max_bytes} bytes")
+    return text
+
+
+class Publisher:
+    """`await publisher.publish("session:abc", WorkflowUpdate(...))` from any backend."""
+
+    def __init__(self, transport: Transport, max_bytes: int = 65536) -> None:
+        self._transport = transport
+        self._max_bytes = max_bytes
+
+    async def publish(self, channel: str, data: BaseModel | Mapping[str, Any]) -> StreamPosition:
+        try:
+            validate_channel(channel)
+        except ValueError as exc:
+            raise InvalidPublication("invalid_channel", str(exc)) from exc
+        return await self._transport.publish(channel, encode_event(data, self._max_bytes))
+
+
+@asynccontextmanager
+async def connect_publisher(
+    redis_url: str, policy: HistoryPolicy | None = None, max_bytes: int = 65536
+) -> AsyncIterator[Publisher]:
+    """A publisher with its own Redis connection, for a backend process. `policy` must be
+    the gateways' history policy (ARCHMESH_HISTORY_*): the publish sets each channel's
+    retention. A failed publish raises `PublishError` (`archmesh_client.redis_transport`)."""
+    transport = RedisTransport(redis_url, policy)
+    try:
+        yield Publisher(transport, max_bytes)
+    finally:
+        await transport.close()

@@ -1,0 +1,70 @@
+"""A backend's connection for publishing: one Redis server or a Redis Cluster, the publish
+script over it, and nothing of the gateway's broker (no pub/sub links, no reconnect loop)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException, RedisError
+from redis.retry import Retry
+
+from archmesh_client import publish_script
+from archmesh_client.redis_url import ClusterAddress, is_cluster_url
+from archmesh_client.retention import HistoryPolicy
+from archmesh_client.stream import StreamPosition
+
+# Bounds every command and connection attempt, so a silent Redis fails a publish instead of
+# hanging it (the gateways' default ARCHMESH_REDIS_PING_TIMEOUT).
+TIMEOUT = 3.0
+
+_NETWORK_ERRORS = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
+
+
+class PublishError(RuntimeError):
+    """Redis could not be reached, or refused the publish. It may or may not have happened."""
+
+
+def _redis_client(url: str) -> Any:
+    # No hidden retries: a publish retried by the client could be applied twice.
+    options: dict[str, Any] = {
+        "retry": Retry(NoBackoff(), 0),
+        "socket_connect_timeout": TIMEOUT,
+        "socket_timeout": TIMEOUT,
+    }
+    if is_cluster_url(url):
+        address = ClusterAddress.parse(url)
+        startup = [ClusterNode(host, port) for host, port in address.nodes]
+        return RedisCluster(startup_nodes=startup, **address.credentials(), **options)
+    if url.partition("://")[0] not in ("redis", "rediss", "unix"):
+        raise ValueError(
+            "a backend publishes through Redis: use a redis://, rediss://, unix://, "
+            "redis+cluster:// or rediss+cluster:// URL"
+        )
+    return aioredis.Redis.from_url(url, **options)
+
+
+class RedisTransport:
+    """Publishes with the gateways' script and key layout; on a cluster URL with SPUBLISH, the
+    sharded pub/sub the gateways subscribe to there."""
+
+    def __init__(self, url: str, policy: HistoryPolicy | None = None) -> None:
+        self._policy = policy or HistoryPolicy()
+        self._sharded = is_cluster_url(url)
+        self._redis = _redis_client(url)
+        self._script = self._redis.register_script(publish_script.SOURCE)
+
+    async def publish(self, channel: str, data: str) -> StreamPosition:
+        retention = self._policy.for_channel(channel)
+        keys, args = publish_script.keys_and_args(channel, data, retention, sharded=self._sharded)
+        try:
+            reply = await self._script(keys=keys, args=args)
+        except _NETWORK_ERRORS as exc:
+            raise PublishError(f"publish failed: {exc}") from exc
+        return publish_script.position(reply)
+
+    async def close(self) -> None:
+        await self._redis.aclose()
