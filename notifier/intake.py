@@ -11,6 +11,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from archmesh_client.notifications import REQUEST_FIELD, NotificationRequest
+from archmesh_client.request_stream import enqueue
 from redis.exceptions import ResponseError
 
 from notifier import keys
@@ -42,11 +43,7 @@ class Intake:
                 raise
 
     async def enqueue(self, requests: Iterable[NotificationRequest]) -> list[str]:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for request in requests:
-                pipe.xadd(keys.REQUESTS, {REQUEST_FIELD: request.model_dump_json()})
-            ids: list[str] = await pipe.execute()
-        return ids
+        return await enqueue(self._redis, requests)
 
     async def reclaim(self, count: int) -> list[Entry]:
         """Entries another (dead or stuck) replica left pending for `claim_idle`."""

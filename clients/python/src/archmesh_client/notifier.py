@@ -14,13 +14,12 @@ import redis.asyncio as aioredis
 from pydantic import ValidationError
 
 from archmesh_client.notifications import (
-    REQUEST_FIELD,
-    REQUEST_STREAM,
     BatchResult,
     ItemResult,
     NotificationRequest,
     validation_error,
 )
+from archmesh_client.request_stream import enqueue
 
 Item = NotificationRequest | Mapping[str, Any]
 
@@ -38,7 +37,7 @@ class NotifierClient:
     async def send(self, item: Item) -> str:
         """Queue one notification; returns its id. Raises pydantic's ValidationError."""
         request = _request(item)
-        await self._redis.xadd(REQUEST_STREAM, {REQUEST_FIELD: request.model_dump_json()})
+        await enqueue(self._redis, [request])
         return request.id
 
     async def send_batch(self, items: Sequence[Item]) -> BatchResult:
@@ -54,10 +53,7 @@ class NotifierClient:
                 valid.append(request)
                 results.append(ItemResult(index=index, ok=True, id=request.id))
         if valid:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for request in valid:
-                    pipe.xadd(REQUEST_STREAM, {REQUEST_FIELD: request.model_dump_json()})
-                await pipe.execute()
+            await enqueue(self._redis, valid)
         return BatchResult.of(results)
 
     async def aclose(self) -> None:
