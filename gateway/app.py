@@ -26,6 +26,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.protocol import CloseCode
 from shared.broker import Broker, HistoryPolicy, Retention, create_broker
 from shared.logging import get_logger
+from shared.presence import PresenceStore, create_presence
 from shared.publisher import Publisher
 from shared.settings import Settings
 from shared.tokens import TokenVerifier
@@ -47,6 +48,7 @@ class Gateway:
         self,
         settings: Settings,
         broker: Broker | None = None,
+        presence: PresenceStore | None = None,
         *,
         dev: bool = False,
         routes: Sequence[BaseRoute] = (),
@@ -61,8 +63,10 @@ class Gateway:
         self.metrics = GatewayMetrics()
         liveness = settings.broker_liveness()
         broker = broker or create_broker(settings.redis_url, history_policy(settings), liveness)
+        presence = presence or create_presence(settings.redis_url, liveness)
         self.hub = Hub(
             broker,
+            presence,
             self.metrics,
             self.node,
             tuple(settings.presence_prefixes),

@@ -384,7 +384,7 @@ class Connection:
         if not self._hub.tracks_presence(channel):
             raise FrameError(ErrorCode.FORBIDDEN, f"presence is not tracked for {channel}")
         try:
-            entries = await self._hub.broker.presence(channel)
+            entries = await self._hub.presence.members(channel)
         except BrokerError as exc:
             raise FrameError(ErrorCode.UNAVAILABLE, f"broker unavailable: {exc}") from None
         clients = [{"client_id": e.client_id, "user_id": e.user_id} for e in entries]

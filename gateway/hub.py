@@ -12,8 +12,9 @@ from gateway.metrics import GatewayMetrics
 from gateway.outbox import Flusher
 from gateway.protocol import Outgoing, encode, publication_frame
 from shared.backoff import Backoff
-from shared.broker import Broker, BrokerError, PresenceEntry, Publication, StreamPosition
+from shared.broker import Broker, BrokerError, Publication, StreamPosition
 from shared.logging import get_logger
+from shared.presence import PresenceEntry, PresenceStore
 
 if TYPE_CHECKING:
     from gateway.connection import Connection
@@ -28,12 +29,14 @@ class Hub:
     def __init__(
         self,
         broker: Broker,
+        presence: PresenceStore,
         metrics: GatewayMetrics,
         node: str,
         presence_prefixes: tuple[str, ...] = ("session:",),
         presence_ttl: float = 30.0,
     ) -> None:
         self.broker = broker
+        self.presence = presence
         self.node = node
         self._metrics = metrics
         self.flusher = Flusher(metrics.fanout_seconds.observe)
@@ -63,6 +66,7 @@ class Hub:
                 await task
         self.expiries.stop()
         await self.broker.close()
+        await self.presence.close()
 
     # -- membership ---------------------------------------------------------------------
 
@@ -106,7 +110,7 @@ class Hub:
             await self.broker.unsubscribe(channel)
         if self.tracks_presence(channel):
             with contextlib.suppress(BrokerError):
-                await self.broker.presence_leave(channel, conn.client_id)
+                await self.presence.leave(channel, conn.client_id)
 
     # -- fan-out ------------------------------------------------------------------------
 
@@ -214,7 +218,7 @@ class Hub:
     async def _presence_join(self, channel: str, conn: Connection) -> None:
         entry = PresenceEntry(conn.client_id, conn.user_id or "", self.node)
         try:
-            await self.broker.presence_join(channel, entry, self.presence_ttl)
+            await self.presence.join(channel, entry, self.presence_ttl)
         except BrokerError as exc:
             log.warning("presence_join_failed", channel=channel, error=str(exc))
 
