@@ -92,7 +92,7 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     gateway = _gateway(request)
-    broker_ok = gateway.hub.broker.connected
+    broker_ok = gateway.broker.connected
     ready = broker_ok and not gateway.draining
     body = {"ready": ready, "broker": broker_ok, "draining": gateway.draining, "node": gateway.node}
     return JSONResponse(body, status_code=200 if ready else 503)
