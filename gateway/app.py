@@ -1,5 +1,7 @@
 """The gateway node as one ASGI app: `/ws` handled raw (no middleware on the hot path), every
-other path by Starlette; one lifespan that starts and stops the hub."""
+other path by Starlette; one lifespan that starts and stops the node's parts. This is where they
+are put together: the hub (registration, fan-out) and membership, presence, and the context
+each connection gets."""
 
 from __future__ import annotations
 
@@ -22,14 +24,19 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.api import PublishApi
 from gateway.connection import Connection
+from gateway.context import ConnectionContext
+from gateway.expiry import Expiries
 from gateway.hub import Hub
 from gateway.metrics import GatewayMetrics
+from gateway.outbox import Flusher
 from gateway.page import page_routes
+from gateway.presence import PresenceTracker
 from gateway.protocol import CloseCode
 from shared.broker import Broker, HistoryPolicy, Retention, create_broker
 from shared.http_errors import ERROR_HANDLERS
 from shared.http_ops import Readiness, ops_routes
 from shared.logging import get_logger
+from shared.presence import PresenceStore, create_presence
 from shared.settings import Settings
 from shared.tokens import TokenVerifier
 
@@ -50,6 +57,7 @@ class Gateway:
         self,
         settings: Settings,
         broker: Broker | None = None,
+        presence: PresenceStore | None = None,
         *,
         dev: bool = False,
         routes: Sequence[BaseRoute] = (),
@@ -64,15 +72,31 @@ class Gateway:
         self.metrics = GatewayMetrics()
         liveness = settings.broker_liveness()
         broker = broker or create_broker(settings.redis_url, history_policy(settings), liveness)
-        self.hub = Hub(
-            broker,
-            self.metrics,
+        self.broker = broker
+        flusher = Flusher(self.metrics.fanout_seconds.observe)
+        self.hub = Hub(broker, self.metrics, flusher)
+        self.presence = PresenceTracker(
+            presence or create_presence(settings.redis_url, liveness),
+            self.hub.membership,
             self.node,
             tuple(settings.presence_prefixes),
             settings.presence_ttl,
         )
+        self.expiries = Expiries()
         self.publisher = Publisher(broker, settings.max_publish_bytes)
         self.verifier = TokenVerifier(settings)
+        self._context = ConnectionContext(
+            node=self.node,
+            settings=settings,
+            verifier=self.verifier,
+            metrics=self.metrics,
+            stats=self.metrics.stats,
+            flusher=flusher,
+            expiries=self.expiries,
+            membership=self.hub.membership,
+            presence=self.presence,
+            history=broker.history,
+        )
         self.draining = False
         static = Mount("/static", StaticFiles(directory=Path(__file__).parent / "static"))
         ops = ops_routes(self.node, self.readiness, self.metrics.registry)
@@ -92,19 +116,22 @@ class Gateway:
     @asynccontextmanager
     async def _lifespan(self, _: Starlette) -> AsyncIterator[None]:
         await self.hub.start()
-        log.info("gateway_started", node=self.node, broker=type(self.hub.broker).__name__)
+        self.presence.start()
+        log.info("gateway_started", node=self.node, broker=type(self.broker).__name__)
         try:
             async with contextlib.AsyncExitStack() as stack:
                 for lifespan in self._lifespans:
                     await stack.enter_async_context(lifespan())
                 yield
         finally:
+            await self.presence.stop()
+            self.expiries.stop()
             await self.hub.stop()
             log.info("gateway_stopped", node=self.node)
 
     async def readiness(self) -> Readiness:
         """Ready while live delivery from the broker works and the node is not draining."""
-        broker = self.hub.broker.connected
+        broker = self.broker.connected
         details = {"broker": broker, "draining": self.draining}
         return Readiness(broker and not self.draining, details)
 
@@ -115,7 +142,11 @@ class Gateway:
             opened = await self._handshake(scope, receive, send)
             if opened is not None:
                 conn, token = opened
-                await conn.run(receive, token)
+                self.hub.add(conn)
+                try:
+                    await conn.run(receive, token)
+                finally:
+                    self.hub.remove(conn)
         else:
             await self._http(scope, receive, send)
 
@@ -139,7 +170,7 @@ class Gateway:
         scheme, _, value = headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer" and value:
             token = value.strip()
-        return Connection(send, self.hub, self.settings, self.verifier, self.metrics), token
+        return Connection(send, self._context), token
 
     def _origin_allowed(self, origin: str, host: str) -> bool:
         allowed = self.settings.allowed_origins

@@ -15,10 +15,9 @@ from archmesh_client.channels import InvalidChannel, user_channel, validate_chan
 from pydantic import ValidationError
 
 from gateway.authorization import authorize
+from gateway.catchup import Catchup
+from gateway.context import ConnectionContext
 from gateway.expiry import Expiry
-from gateway.hub import Hub
-from gateway.metrics import GatewayMetrics
-from gateway.outbox import open_outbox
 from gateway.protocol import (
     CLIENT_FRAME,
     CLOSE_REASONS,
@@ -41,8 +40,7 @@ from gateway.protocol import (
 from gateway.ratelimit import TokenBucket
 from shared.broker import BrokerError, Publication, StreamPosition
 from shared.logging import get_logger
-from shared.settings import Settings
-from shared.tokens import Claims, InvalidToken, TokenVerifier
+from shared.tokens import Claims, InvalidToken
 
 Message = MutableMapping[str, Any]
 Send = Callable[[Message], Awaitable[None]]
@@ -65,83 +63,71 @@ class Connection:
     # Slots: thousands of these live on a node, and a per-instance dict costs more than them.
     __slots__ = (
         "_bucket",
-        "_caught_up",
+        "_catchups",
         "_close_code",
         "_closer",
+        "_ctx",
         "_deadline",
-        "_hub",
-        "_metrics",
         "_outbox",
         "_peer_code",
-        "_recovering",
         "_refused",
-        "_settings",
-        "_verifier",
-        "channels",
         "claims",
         "client_id",
         "user_id",
     )
 
-    def __init__(
-        self,
-        send: Send,
-        hub: Hub,
-        settings: Settings,
-        verifier: TokenVerifier,
-        metrics: GatewayMetrics,
-    ) -> None:
+    def __init__(self, send: Send, ctx: ConnectionContext) -> None:
         self.client_id = uuid.uuid4().hex
         self.user_id: str | None = None
         self.claims: Claims | None = None
-        self.channels: set[str] = set()
-        self._hub = hub
-        self._settings = settings
-        self._verifier = verifier
-        self._metrics = metrics
-        self._outbox = open_outbox(send, settings.client_queue_bytes, hub.flusher)
-        self._recovering: dict[str, list[tuple[Publication, Outgoing]]] = {}
-        self._caught_up: dict[str, tuple[str, int]] = {}  # channel -> (epoch, offset sent)
+        self._ctx = ctx
+        self._outbox = ctx.open_outbox(send)
+        # channel -> its catch-up while history is read, or after it while live delivery lags
+        # what history sent (see `_held`); empty otherwise, which keeps `deliver` fast.
+        self._catchups: dict[str, Catchup] = {}
         self._close_code: CloseCode | None = None
         self._closer: asyncio.Task[None] | None = None
         self._deadline: Expiry | None = None  # connect timeout, then the token's expiry
         self._refused = 0
         self._peer_code: int | None = None  # the close code the client (or uvicorn) gave
+        settings = ctx.settings
         self._bucket = TokenBucket(settings.rate_limit_per_second, settings.rate_limit_burst)
 
     @property
     def _log(self) -> structlog.stdlib.BoundLogger:
         """Bound when something is logged (connect, disconnect, failures), not kept per socket."""
-        bound = log.bind(client_id=self.client_id, node=self._hub.node)
+        bound = log.bind(client_id=self.client_id, node=self._ctx.node)
         return bound if self.user_id is None else bound.bind(user_id=self.user_id)
 
     # -- outbound -----------------------------------------------------------------------
 
     def deliver(self, pub: Publication, frame: Outgoing) -> None:
-        """Hub fan-out entry point. The common case is two falsy checks and a push."""
-        if (self._recovering or self._caught_up) and self._held(pub, frame):
+        """Hub fan-out entry point. The common case is a falsy check and a push."""
+        if self._catchups and self._held(pub, frame):
             return
         self._enqueue(frame)
 
     def _held(self, pub: Publication, frame: Outgoing) -> bool:
-        waiting = self._recovering.get(pub.channel)
-        if waiting is not None:
-            waiting.append((pub, frame))  # sent in order once the history read is done
+        catchup = self._catchups.get(pub.channel)
+        if catchup is None:
+            return False
+        held = catchup.held
+        if held is not None:
+            held.append((pub, frame))  # sent in order once the history read is done
             return True
-        mark = self._caught_up.get(pub.channel)
-        if mark is None or pub.offset is None:
+        if pub.offset is None:
             return False
         # The history read can overtake pub/sub (two Redis connections): a live message the
         # client already got from history may still be on its way. Drop those until the live
-        # stream passes the mark.
-        if pub.epoch == mark[0] and pub.offset <= mark[1]:
+        # stream passes the position history reached.
+        if catchup.covers(pub):
             return True
-        del self._caught_up[pub.channel]
+        del self._catchups[pub.channel]
         return False
 
     def push(self, frame: Outgoing) -> None:
         """A frame the hub's fan-out did not count: a reply, an error, a history replay."""
-        self._hub.stats.bytes_out += len(frame.wire)
+        self._ctx.stats.bytes_out += len(frame.wire)
         self._enqueue(frame)
 
     def _enqueue(self, frame: Outgoing) -> None:
@@ -154,7 +140,7 @@ class Connection:
         if self._close_code is not None:
             return
         self._close_code = code
-        self._metrics.disconnects.labels(code=str(int(code))).inc()
+        self._ctx.metrics.disconnects.labels(code=str(int(code))).inc()
         if code is CloseCode.SLOW_CONSUMER:
             self._outbox.discard()
         self._closer = asyncio.create_task(self._finish(code), name="close")
@@ -172,15 +158,14 @@ class Connection:
         self.push(Outgoing(encode(frame)))
 
     def error(self, code: ErrorCode, message: str, request_id: int | None = None) -> None:
-        self._metrics.errors.labels(code=code.value).inc()
+        self._ctx.metrics.errors.labels(code=code.value).inc()
         self.push(Outgoing(error_frame(code, message, request_id)))
 
     # -- lifecycle ----------------------------------------------------------------------
 
     async def run(self, receive: Receive, header_token: str | None) -> None:
-        self._hub.add(self)
-        deadline = time.time() + self._settings.connect_timeout
-        self._deadline = self._hub.expiries.add(deadline, self._connect_timeout)
+        deadline = time.time() + self._ctx.settings.connect_timeout
+        self._deadline = self._ctx.expiries.add(deadline, self._connect_timeout)
         try:
             if header_token is not None:
                 await self._on_connect(ConnectFrame(type="connect", token=header_token))
@@ -193,7 +178,8 @@ class Connection:
             self._outbox.stop()
             if self._deadline is not None:
                 self._deadline.cancel()
-            await self._hub.remove(self)
+            for channel in list(self._ctx.membership.channels(self)):
+                await self._leave(channel)
             code = int(self._close_code) if self._close_code is not None else self._peer_code
             self._log.info("client_disconnected", user_id=self.user_id, code=code)
 
@@ -202,19 +188,20 @@ class Connection:
             self.close(CloseCode.CONNECT_TIMEOUT)
 
     async def _on_message(self, message: Message) -> None:
-        self._hub.stats.frames_in += 1
+        self._ctx.stats.frames_in += 1
         text = message.get("text")
         if text is None:
             self.error(ErrorCode.BAD_FRAME, "binary frames are not supported; send JSON text")
             return
+        settings = self._ctx.settings
         if not self._bucket.allow():
             self._refused += 1
-            if self._refused >= self._settings.rate_limit_close_after:
+            if self._refused >= settings.rate_limit_close_after:
                 self.close(CloseCode.RATE_LIMITED)
             else:
                 self.error(ErrorCode.RATE_LIMITED, "too many frames; slow down")
             return
-        limit = self._settings.max_frame_bytes
+        limit = settings.max_frame_bytes
         if len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit):
             self.error(ErrorCode.FRAME_TOO_LARGE, f"frames are limited to {limit} bytes")
             return
@@ -268,7 +255,7 @@ class Connection:
         if self.user_id is not None:
             raise FrameError(ErrorCode.ALREADY_CONNECTED, "this connection is already connected")
         try:
-            claims = self._verifier.verify(frame.token)
+            claims = self._ctx.verifier.verify(frame.token)
             own = user_channel(claims.user_id)
         except (InvalidToken, InvalidChannel) as exc:
             self._log.info("connect_refused", reason=str(exc))
@@ -276,14 +263,14 @@ class Connection:
             return
         self.claims, self.user_id = claims, claims.user_id
         self._schedule_expiry(claims.expires_at)
-        await self._hub.subscribe(self, own)
+        await self._join(own)
         self.reply(
             _with_id(
                 {
                     "type": "connected",
                     "client_id": self.client_id,
                     "user_id": self.user_id,
-                    "node": self._hub.node,
+                    "node": self._ctx.node,
                     "expires_at": int(claims.expires_at),
                 },
                 frame.id,
@@ -299,29 +286,41 @@ class Connection:
 
     async def _on_subscribe(self, frame: SubscribeFrame) -> None:
         channel = self._authorized(frame.channel, frame.token)
-        if channel in self.channels:
+        channels = self._ctx.membership.channels(self)
+        limit = self._ctx.settings.max_subscriptions
+        if channel in channels:
             # Resubscribing is how a client asks to recover: treat it as a fresh subscribe.
-            await self._hub.unsubscribe(self, channel)
-        elif len(self.channels) >= self._settings.max_subscriptions:
+            await self._leave(channel)
+        elif len(channels) >= limit:
             raise FrameError(
-                ErrorCode.TOO_MANY_SUBSCRIPTIONS,
-                f"at most {self._settings.max_subscriptions} subscriptions per connection",
+                ErrorCode.TOO_MANY_SUBSCRIPTIONS, f"at most {limit} subscriptions per connection"
             )
-        self._recovering[channel] = []
+        catchup = self._catchups[channel] = Catchup()
+        catchup.hold()
         try:
-            await self._hub.subscribe(self, channel)
-            await self._recover(channel, frame)
+            await self._join(channel)
+            await self._recover(channel, frame, catchup)
         except BrokerError as exc:
-            await self._hub.unsubscribe(self, channel)
+            await self._leave(channel)
             raise FrameError(ErrorCode.UNAVAILABLE, f"broker unavailable: {exc}") from None
         finally:
-            self._recovering.pop(channel, None)
+            if catchup.held is not None:  # the history read never finished
+                self._catchups.pop(channel, None)
 
-    async def _recover(self, channel: str, frame: SubscribeFrame) -> None:
+    async def _join(self, channel: str) -> None:
+        await self._ctx.membership.join(self, channel)
+        if self._ctx.presence.tracks(channel):
+            await self._ctx.presence.join(channel, self)
+
+    async def _leave(self, channel: str) -> None:
+        if await self._ctx.membership.leave(self, channel) and self._ctx.presence.tracks(channel):
+            await self._ctx.presence.leave(channel, self)
+
+    async def _recover(self, channel: str, frame: SubscribeFrame, catchup: Catchup) -> None:
         """Reply `subscribed`, then what was missed since `since`, then what arrived meanwhile;
         in offset order, each once."""
         since = frame.since
-        history = await self._hub.broker.history(
+        history = await self._ctx.history(
             channel, since.offset if since else 0, RECOVERY_LIMIT if since else 0
         )
         position = history.position
@@ -334,43 +333,33 @@ class Connection:
         missed: list[Publication] = []
         if since is not None:
             recovered, reason = _recovery_outcome(since, history.complete, position)
-            self._metrics.recoveries.labels(outcome=reason or "recovered").inc()
+            self._ctx.metrics.recoveries.labels(outcome=reason or "recovered").inc()
             reply["recovered"] = recovered
             if recovered:
                 missed = history.publications
             else:
                 reply["reason"] = reason
         self.reply(_with_id(reply, frame.id))
-        # The last offset this client has, so that buffered live messages are sent once.
-        last: int | None = position.offset
-        if since is not None and reply["recovered"]:
-            last = missed[-1].offset if missed else since.offset
+        # Recovered or not, the client now stands at `position` (it was told so).
         for pub in missed:
             self.push(Outgoing(publication_frame(pub)))
-        live_reached = -1  # how far the live stream got while history was read
-        for pub, live in self._recovering.get(channel, []):
-            # Live messages that history already covered are skipped; bare PUBLISHes have no offset.
-            same_epoch = pub.offset is not None and pub.epoch == position.epoch
-            if same_epoch:
-                live_reached = max(live_reached, pub.offset or 0)
-            if not same_epoch or (last is not None and (pub.offset or 0) > last):
-                self._enqueue(live)  # counted by the hub's fan-out already
-                if same_epoch:
-                    last = pub.offset
-        if last is not None and live_reached < last:
+        released, live_reached = catchup.release(position)
+        for _, live in released:
+            self._enqueue(live)  # counted by the hub's fan-out already
+        if live_reached:
             # Only while live delivery lags what was sent; otherwise the fast path stays clear.
-            self._caught_up[channel] = (position.epoch, last)
+            del self._catchups[channel]
 
     async def _on_unsubscribe(self, frame: UnsubscribeFrame) -> None:
-        if frame.channel not in self.channels:
+        if frame.channel not in self._ctx.membership.channels(self):
             raise FrameError(ErrorCode.NOT_SUBSCRIBED, f"not subscribed to {frame.channel}")
-        await self._hub.unsubscribe(self, frame.channel)
-        self._caught_up.pop(frame.channel, None)
+        await self._leave(frame.channel)
+        self._catchups.pop(frame.channel, None)
         self.reply(_with_id({"type": "unsubscribed", "channel": frame.channel}, frame.id))
 
     def _on_refresh(self, frame: RefreshFrame) -> None:
         try:
-            claims = self._verifier.verify(frame.token)
+            claims = self._ctx.verifier.verify(frame.token)
         except InvalidToken as exc:
             raise FrameError(ErrorCode.INVALID_TOKEN, f"refresh refused: {exc}") from None
         if claims.user_id != self.user_id:
@@ -381,10 +370,10 @@ class Connection:
 
     async def _on_presence(self, frame: PresenceFrame) -> None:
         channel = self._authorized(frame.channel, None)
-        if not self._hub.tracks_presence(channel):
+        if not self._ctx.presence.tracks(channel):
             raise FrameError(ErrorCode.FORBIDDEN, f"presence is not tracked for {channel}")
         try:
-            entries = await self._hub.broker.presence(channel)
+            entries = await self._ctx.presence.members(channel)
         except BrokerError as exc:
             raise FrameError(ErrorCode.UNAVAILABLE, f"broker unavailable: {exc}") from None
         clients = [{"client_id": e.client_id, "user_id": e.user_id} for e in entries]
@@ -396,14 +385,14 @@ class Connection:
         except InvalidChannel as exc:
             raise FrameError(ErrorCode.INVALID_CHANNEL, str(exc)) from None
         assert self.claims is not None
-        if not authorize(self.claims, channel, token, self._verifier):
+        if not authorize(self.claims, channel, token, self._ctx.verifier):
             raise FrameError(ErrorCode.FORBIDDEN, f"not allowed to use {channel}")
         return channel
 
     def _schedule_expiry(self, expires_at: float) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
-        self._deadline = self._hub.expiries.add(expires_at, self._token_expired)
+        self._deadline = self._ctx.expiries.add(expires_at, self._token_expired)
 
     def _token_expired(self) -> None:
         self.close(CloseCode.TOKEN_EXPIRED)

@@ -99,18 +99,6 @@ async def test_plain_spublish_reaches_subscribers_without_offset(
     client.close()
 
 
-async def test_presence_on_cluster(broker: tuple[Broker, Recorder]) -> None:
-    from shared.broker import PresenceEntry
-
-    b, _ = broker
-    await b.presence_join("session:p1", PresenceEntry("c1", "u1", "n1"), ttl=30)
-    await b.presence_join("session:p2", PresenceEntry("c2", "u2", "n1"), ttl=30)
-    assert await b.presence("session:p1") == [PresenceEntry("c1", "u1", "n1")]
-    await b.presence_leave("session:p1", "c1")
-    assert await b.presence("session:p1") == []
-    assert [e.client_id for e in await b.presence("session:p2")] == ["c2"]
-
-
 async def test_slot_move_resubscribes_on_the_new_owner(private_cluster: RedisCluster) -> None:
     b = create_broker(private_cluster.url, liveness=FAST)
     rec = Recorder()

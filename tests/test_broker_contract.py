@@ -12,7 +12,6 @@ import pytest
 from shared.broker import (
     Broker,
     HistoryPolicy,
-    PresenceEntry,
     Publication,
     Retention,
     create_broker,
@@ -137,17 +136,6 @@ async def test_position_of_a_fresh_channel_is_stable(broker: tuple[Broker, Recor
     assert before.offset == 0
     assert published.epoch == before.epoch
     assert published.offset == 1
-
-
-async def test_presence_join_leave_and_expiry(broker: tuple[Broker, Recorder]) -> None:
-    b, _ = broker
-    await b.presence_join("session:p", PresenceEntry("c1", "u1", "n1"), ttl=30)
-    await b.presence_join("session:p", PresenceEntry("c2", "u2", "n2"), ttl=0.2)
-    assert {e.client_id for e in await b.presence("session:p")} == {"c1", "c2"}
-    await asyncio.sleep(0.3)  # c2's ttl passes: its node died and stopped refreshing
-    assert await b.presence("session:p") == [PresenceEntry("c1", "u1", "n1")]
-    await b.presence_leave("session:p", "c1")
-    assert await b.presence("session:p") == []
 
 
 async def test_redis_bare_publish_is_delivered_without_offset(redis_server: RedisServer) -> None:

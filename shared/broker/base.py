@@ -36,13 +36,6 @@ class History:
     complete: bool
 
 
-@dataclass(frozen=True, slots=True)
-class PresenceEntry:
-    client_id: str
-    user_id: str
-    node: str
-
-
 Handler = Callable[[Publication], None]
 StateHandler = Callable[[bool], None]
 
@@ -52,7 +45,8 @@ class BrokerError(RuntimeError):
 
 
 class Broker(Protocol):
-    """Fan-in for one node: publish, follow channels, read history and presence."""
+    """Fan-in for one node: publish, follow channels, read history. (Presence is a store of
+    its own: `shared.presence`.)"""
 
     @property
     def connected(self) -> bool:
@@ -87,14 +81,6 @@ class Broker(Protocol):
         ...
 
     async def position(self, channel: str) -> StreamPosition: ...
-
-    async def presence_join(self, channel: str, entry: PresenceEntry, ttl: float) -> None:
-        """Add or refresh `entry`; it vanishes `ttl` seconds after its last refresh."""
-        ...
-
-    async def presence_leave(self, channel: str, client_id: str) -> None: ...
-
-    async def presence(self, channel: str) -> list[PresenceEntry]: ...
 
     async def ping(self) -> bool:
         """Whether the backend answers now."""

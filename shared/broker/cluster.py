@@ -1,5 +1,5 @@
 """Redis Cluster broker: sharded pub/sub (SSUBSCRIBE/SPUBLISH, Redis >= 7), one watched link
-per master, history and presence keys hash-tagged per channel so they share its slot.
+per master, history keys hash-tagged per channel so they share its slot.
 
 URL: `redis+cluster://[user:password@]host:port[,host:port...]` (`rediss+cluster://` for TLS).
 The hosts are only the first contact; the cluster tells where every slot lives.

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from archmesh_client.retention import HistoryPolicy
 from archmesh_client.stream import StreamPosition
 
-from shared.broker.base import Handler, History, PresenceEntry, Publication, StateHandler
+from shared.broker.base import Handler, History, Publication, StateHandler
 
 
 def new_epoch() -> str:
@@ -30,7 +30,6 @@ class MemoryBroker:
         self._policy = policy or HistoryPolicy()
         self._streams: dict[str, _Stream] = {}
         self._subscribed: set[str] = set()
-        self._presence: dict[str, dict[str, tuple[PresenceEntry, float]]] = {}
         self._on_message: Handler | None = None
 
     @property
@@ -92,23 +91,6 @@ class MemoryBroker:
     async def position(self, channel: str) -> StreamPosition:
         stream = self._stream(channel)
         return StreamPosition(stream.offset, stream.epoch)
-
-    async def presence_join(self, channel: str, entry: PresenceEntry, ttl: float) -> None:
-        members = self._presence.setdefault(channel, {})
-        members[entry.client_id] = (entry, time.monotonic() + ttl)
-
-    async def presence_leave(self, channel: str, client_id: str) -> None:
-        members = self._presence.get(channel, {})
-        members.pop(client_id, None)
-        if not members:
-            self._presence.pop(channel, None)
-
-    async def presence(self, channel: str) -> list[PresenceEntry]:
-        now = time.monotonic()
-        members = self._presence.get(channel, {})
-        for client_id in [c for c, (_, expiry) in members.items() if expiry <= now]:
-            del members[client_id]
-        return [entry for entry, _ in members.values()]
 
     async def ping(self) -> bool:
         return True

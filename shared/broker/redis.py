@@ -1,11 +1,9 @@
-"""Redis broker: one watched pub/sub link per server, history and presence in Lua scripts."""
+"""Redis broker: one watched pub/sub link per server, publish and history in Lua scripts."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-from importlib import resources
 from typing import Any
 
 import orjson
@@ -16,8 +14,6 @@ from archmesh_client.channels import (
     channel_of_pubsub,
     history_key,
     meta_key,
-    presence_info_key,
-    presence_key,
     pubsub_name,
 )
 from archmesh_client.retention import HistoryPolicy
@@ -31,57 +27,16 @@ from shared.broker.base import (
     BrokerError,
     Handler,
     History,
-    PresenceEntry,
     Publication,
     StateHandler,
 )
 from shared.broker.link import LinkDead, LinkSilent, Liveness, PubSubLink
 from shared.logging import get_logger
+from shared.lua import lua
 
 log = get_logger(__name__)
 
-_PRESENCE_JOIN = """
-local now = redis.call('TIME')
-local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-local ttl = tonumber(ARGV[3])
-redis.call('ZADD', KEYS[1], ms + ttl, ARGV[1])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ttl * 2)
-redis.call('PEXPIRE', KEYS[2], ttl * 2)
-return 1
-"""
-
-_PRESENCE_GET = """
-local now = redis.call('TIME')
-local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ms)
-if #gone > 0 then
-  redis.call('ZREM', KEYS[1], unpack(gone))
-  redis.call('HDEL', KEYS[2], unpack(gone))
-end
-local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
-local reply = {}
-for _, id in ipairs(ids) do
-  local info = redis.call('HGET', KEYS[2], id)
-  if info then
-    reply[#reply + 1] = id
-    reply[#reply + 1] = info
-  end
-end
-return reply
-"""
-
-_PRESENCE_LEAVE = """
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
-return 1
-"""
-
 _NETWORK_ERRORS = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
-
-
-def _script(name: str) -> str:
-    return resources.files("shared.broker").joinpath(name).read_text()
 
 
 class RedisBroker:
@@ -97,10 +52,7 @@ class RedisBroker:
         self._liveness = liveness or Liveness()
         self._redis = self._command_client()
         self._publish = self._redis.register_script(publish_script.SOURCE)
-        self._history = self._redis.register_script(_script("history.lua"))
-        self._presence_join = self._redis.register_script(_PRESENCE_JOIN)
-        self._presence_get = self._redis.register_script(_PRESENCE_GET)
-        self._presence_leave = self._redis.register_script(_PRESENCE_LEAVE)
+        self._history = self._redis.register_script(lua("shared.broker", "history.lua"))
         self._channels: set[str] = set()
         self._links: dict[str, PubSubLink] = {}
         self._kick = asyncio.Event()
@@ -357,33 +309,6 @@ class RedisBroker:
 
     async def position(self, channel: str) -> StreamPosition:
         return (await self.history(channel, 0, 0)).position
-
-    async def presence_join(self, channel: str, entry: PresenceEntry, ttl: float) -> None:
-        info = json.dumps({"user_id": entry.user_id, "node": entry.node})
-        keys = [presence_key(channel), presence_info_key(channel)]
-        try:
-            await self._presence_join(keys=keys, args=[entry.client_id, info, int(ttl * 1000)])
-        except _NETWORK_ERRORS as exc:
-            raise BrokerError(f"presence failed: {exc}") from exc
-
-    async def presence_leave(self, channel: str, client_id: str) -> None:
-        keys = [presence_key(channel), presence_info_key(channel)]
-        try:
-            await self._presence_leave(keys=keys, args=[client_id])
-        except _NETWORK_ERRORS as exc:
-            raise BrokerError(f"presence failed: {exc}") from exc
-
-    async def presence(self, channel: str) -> list[PresenceEntry]:
-        keys = [presence_key(channel), presence_info_key(channel)]
-        try:
-            flat = await self._presence_get(keys=keys)
-        except _NETWORK_ERRORS as exc:
-            raise BrokerError(f"presence failed: {exc}") from exc
-        entries = []
-        for i in range(0, len(flat), 2):
-            details = json.loads(flat[i + 1])
-            entries.append(PresenceEntry(flat[i].decode(), details["user_id"], details["node"]))
-        return entries
 
     async def ping(self) -> bool:
         try:

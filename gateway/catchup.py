@@ -1,0 +1,55 @@
+"""A position on one channel, plus the live publications held back while history after it is
+read: the one way this node catches up without skipping or repeating a publication.
+
+Two consumers use it. The hub follows every channel's position and, when the broker lost
+messages (a gap, or a reconnect), reads them back from history (gap repair). A connection that
+subscribes reads history (recovery with `since`, or just the current position). Either way live
+publications keep arriving during the read, possibly overtaken by it (history and pub/sub are
+two Redis connections). They are held, and once history through a position has been delivered,
+`release` hands back the held ones that position does not cover: in order, each once.
+"""
+
+from __future__ import annotations
+
+from gateway.protocol import Outgoing
+from shared.broker import Publication, StreamPosition
+
+Held = tuple[Publication, Outgoing]
+
+
+class Catchup:
+    # Slots: one per channel on a node, and one per connection while it subscribes.
+    __slots__ = ("epoch", "held", "offset")
+
+    def __init__(self, epoch: str = "", offset: int = 0) -> None:
+        self.epoch = epoch  # "" until known: no publication has it
+        self.offset = offset
+        self.held: list[Held] | None = None  # a list while history is read
+
+    def hold(self, first: Held | None = None) -> None:
+        """History is about to be read: hold live publications (from `first` on) until
+        `release`."""
+        self.held = [] if first is None else [first]
+
+    def covers(self, pub: Publication) -> bool:
+        """Whether `pub` is at or before the position, in its epoch: delivered already."""
+        return pub.offset is not None and pub.epoch == self.epoch and pub.offset <= self.offset
+
+    def release(self, position: StreamPosition) -> tuple[list[Held], bool]:
+        """Everything through `position` has been (or is about to be) delivered from history:
+        move there, stop holding, and return the held publications that `position` does not
+        cover, in arrival order, with whether the live stream had already reached `position`.
+        If it had not, live copies of what history delivered may still be on their way: keep
+        the position and drop what it `covers`."""
+        held, self.held = self.held or [], None
+        self.epoch, self.offset = position.epoch, position.offset
+        released: list[Held] = []
+        reached = False
+        for item in held:
+            pub = item[0]
+            if pub.offset is not None and pub.epoch == position.epoch:
+                reached = reached or pub.offset >= position.offset
+                if pub.offset <= position.offset:
+                    continue
+            released.append(item)
+        return released, reached

@@ -1,0 +1,37 @@
+"""What a connection needs from its node, and nothing more: settings and token checks, the
+channels it joins (membership, presence), history reads, the shared write scheduling, counters
+and expiry timer. A connection never reaches the hub or the broker: the hub registers it and
+fans publications out to it, that is all."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from gateway.expiry import Expiries
+from gateway.membership import Membership
+from gateway.metrics import FanoutStats, GatewayMetrics
+from gateway.outbox import Flusher, Outbox, Send, open_outbox
+from gateway.presence import PresenceTracker
+from shared.broker import History
+from shared.settings import Settings
+from shared.tokens import TokenVerifier
+
+HistoryRead = Callable[[str, int, int], Awaitable[History]]  # (channel, since, limit)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionContext:
+    node: str
+    settings: Settings
+    verifier: TokenVerifier
+    metrics: GatewayMetrics
+    stats: FanoutStats
+    flusher: Flusher
+    expiries: Expiries
+    membership: Membership
+    presence: PresenceTracker
+    history: HistoryRead
+
+    def open_outbox(self, send: Send) -> Outbox:
+        return open_outbox(send, self.settings.client_queue_bytes, self.flusher)

@@ -1,0 +1,80 @@
+"""Which local connections follow which channel, and which channels each connection follows:
+both maps live here and only here change them. The broker subscriptions follow from them by
+reference counting: the first local subscriber of a channel subscribes the node to it, the last
+one leaving unsubscribes it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Set
+from typing import Protocol
+
+from gateway.metrics import GatewayMetrics
+from gateway.protocol import CloseCode, Outgoing
+from shared.broker import Broker, Publication
+
+
+class Member(Protocol):
+    """What the node's registries (membership, hub, presence) need of a client connection
+    (gateway.connection.Member), so that they never import it."""
+
+    client_id: str
+    user_id: str | None
+
+    def deliver(self, pub: Publication, frame: Outgoing) -> None: ...
+
+    def push(self, frame: Outgoing) -> None: ...
+
+    def close(self, code: CloseCode) -> None: ...
+
+
+_NONE: frozenset[str] = frozenset()
+
+
+class Membership:
+    def __init__(
+        self, broker: Broker, metrics: GatewayMetrics, on_vacated: Callable[[str], None]
+    ) -> None:
+        """`on_vacated(channel)` is called when a channel's last local subscriber left."""
+        self._broker = broker
+        self._metrics = metrics
+        self._on_vacated = on_vacated
+        # channel -> its local connections. Read (never written) by the hub's fan-out and the
+        # presence refresh; a channel is here only while it has one.
+        self.local: dict[str, set[Member]] = {}
+        self._channels_of: dict[Member, set[str]] = {}  # only connections with a channel
+
+    def channels(self, conn: Member) -> Set[str]:
+        return self._channels_of.get(conn, _NONE)
+
+    async def join(self, conn: Member, channel: str) -> None:
+        channels = self._channels_of.get(conn)
+        if channels is None:
+            channels = self._channels_of[conn] = set()
+        channels.add(channel)
+        self._metrics.subscriptions.inc()
+        conns = self.local.get(channel)
+        if conns is None:
+            self.local[channel] = {conn}
+            self._metrics.channels.set(len(self.local))
+            await self._broker.subscribe(channel)
+        else:
+            conns.add(conn)
+
+    async def leave(self, conn: Member, channel: str) -> bool:
+        """Whether `conn` was a member of `channel` (and now is not)."""
+        channels = self._channels_of.get(conn)
+        if channels is not None:
+            channels.discard(channel)
+            if not channels:
+                del self._channels_of[conn]
+        conns = self.local.get(channel)
+        if conns is None or conn not in conns:
+            return False
+        conns.discard(conn)
+        self._metrics.subscriptions.dec()
+        if not conns:
+            del self.local[channel]
+            self._on_vacated(channel)
+            self._metrics.channels.set(len(self.local))
+            await self._broker.unsubscribe(channel)
+        return True

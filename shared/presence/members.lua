@@ -1,0 +1,19 @@
+-- A channel's present clients, dropping those whose time ran out (their node died).
+-- KEYS as in join.lua. Returns a flat list: client id, details, client id, details, ...
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ms)
+if #gone > 0 then
+  redis.call('ZREM', KEYS[1], unpack(gone))
+  redis.call('HDEL', KEYS[2], unpack(gone))
+end
+local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
+local reply = {}
+for _, id in ipairs(ids) do
+  local info = redis.call('HGET', KEYS[2], id)
+  if info then
+    reply[#reply + 1] = id
+    reply[#reply + 1] = info
+  end
+end
+return reply

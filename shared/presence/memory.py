@@ -1,0 +1,33 @@
+"""In-memory presence: the embedded default for one process, with the Redis store's expiry."""
+
+from __future__ import annotations
+
+import time
+
+from shared.presence.base import PresenceEntry
+
+
+class MemoryPresence:
+    def __init__(self) -> None:
+        # channel -> client id -> (entry, monotonic expiry)
+        self._channels: dict[str, dict[str, tuple[PresenceEntry, float]]] = {}
+
+    async def join(self, channel: str, entry: PresenceEntry, ttl: float) -> None:
+        members = self._channels.setdefault(channel, {})
+        members[entry.client_id] = (entry, time.monotonic() + ttl)
+
+    async def leave(self, channel: str, client_id: str) -> None:
+        members = self._channels.get(channel, {})
+        members.pop(client_id, None)
+        if not members:
+            self._channels.pop(channel, None)
+
+    async def members(self, channel: str) -> list[PresenceEntry]:
+        now = time.monotonic()
+        members = self._channels.get(channel, {})
+        for client_id in [c for c, (_, expiry) in members.items() if expiry <= now]:
+            del members[client_id]
+        return [entry for entry, _ in members.values()]
+
+    async def close(self) -> None:
+        self._channels.clear()

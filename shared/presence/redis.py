@@ -1,0 +1,75 @@
+"""Redis presence, on one server or a Redis Cluster: a sorted set (client id -> expiry) and a
+hash (client id -> details) per channel, hash-tagged with the channel so that each script
+touches one slot. Entries expire by time, so a node killed without cleanup vanishes from every
+list once its refreshes stop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import redis.asyncio as aioredis
+from archmesh_client.channels import presence_info_key, presence_key
+from archmesh_client.redis_url import ClusterAddress
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException, RedisError
+from redis.retry import Retry
+
+from shared.broker.base import BrokerError
+from shared.broker.link import Liveness
+from shared.lua import lua
+from shared.presence.base import PresenceEntry
+
+_NETWORK_ERRORS = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
+
+
+def redis_client(url: str, liveness: Liveness, *, cluster: bool) -> Any:
+    """A command client bounded like the broker's: no hidden retries, every command and
+    connection attempt limited to `liveness.timeout`, so a silent Redis fails a presence call
+    instead of hanging the connection that made it."""
+    options: dict[str, Any] = {
+        "retry": Retry(NoBackoff(), 0),
+        "socket_connect_timeout": liveness.timeout,
+        "socket_timeout": liveness.timeout,
+    }
+    if not cluster:
+        return aioredis.Redis.from_url(url, **options)
+    address = ClusterAddress.parse(url)
+    startup = [ClusterNode(host, port) for host, port in address.nodes]
+    return RedisCluster(startup_nodes=startup, **address.credentials(), **options)
+
+
+class RedisPresence:
+    def __init__(self, client: aioredis.Redis | RedisCluster) -> None:
+        self._redis = client
+        self._join = client.register_script(lua("shared.presence", "join.lua"))
+        self._members = client.register_script(lua("shared.presence", "members.lua"))
+        self._leave = client.register_script(lua("shared.presence", "leave.lua"))
+
+    async def join(self, channel: str, entry: PresenceEntry, ttl: float) -> None:
+        info = json.dumps({"user_id": entry.user_id, "node": entry.node})
+        args: list[str | int] = [entry.client_id, info, int(ttl * 1000)]
+        await self._run(self._join, channel, args)
+
+    async def leave(self, channel: str, client_id: str) -> None:
+        await self._run(self._leave, channel, [client_id])
+
+    async def members(self, channel: str) -> list[PresenceEntry]:
+        flat = await self._run(self._members, channel, [])
+        entries = []
+        for i in range(0, len(flat), 2):
+            details = json.loads(flat[i + 1])
+            entries.append(PresenceEntry(flat[i].decode(), details["user_id"], details["node"]))
+        return entries
+
+    async def _run(self, script: Any, channel: str, args: list[str | int]) -> Any:
+        keys = [presence_key(channel), presence_info_key(channel)]
+        try:
+            return await script(keys=keys, args=args)
+        except _NETWORK_ERRORS as exc:
+            raise BrokerError(f"presence failed: {exc}") from exc
+
+    async def close(self) -> None:
+        await self._redis.aclose()

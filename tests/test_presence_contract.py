@@ -1,0 +1,73 @@
+"""One presence contract, three stores: in memory, on one Redis and on a 3-master Redis Cluster
+(each channel's keys in its own slot) they behave the same."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from shared.broker import BrokerError, Liveness
+from shared.presence import PresenceEntry, PresenceStore, create_presence
+from tests.servers import RedisCluster, RedisServer
+
+
+@pytest.fixture(params=["memory", "redis", "cluster"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[PresenceStore]:
+    url = "memory://"
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        url = server.url
+    elif request.param == "cluster":
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        url = cluster.url
+    instance = create_presence(url)
+    yield instance
+    await instance.close()
+
+
+async def test_join_leave_and_expiry(store: PresenceStore) -> None:
+    await store.join("session:p", PresenceEntry("c1", "u1", "n1"), ttl=30)
+    await store.join("session:p", PresenceEntry("c2", "u2", "n2"), ttl=0.2)
+    assert {e.client_id for e in await store.members("session:p")} == {"c1", "c2"}
+    await asyncio.sleep(0.3)  # c2's ttl passes: its node died and stopped refreshing
+    assert await store.members("session:p") == [PresenceEntry("c1", "u1", "n1")]
+    await store.leave("session:p", "c1")
+    assert await store.members("session:p") == []
+
+
+async def test_refresh_keeps_an_entry(store: PresenceStore) -> None:
+    entry = PresenceEntry("c1", "u1", "n1")
+    await store.join("session:r", entry, ttl=0.3)
+    for _ in range(3):
+        await asyncio.sleep(0.15)
+        await store.join("session:r", entry, ttl=0.3)  # what a live node does every ttl/3
+    assert await store.members("session:r") == [entry]
+
+
+async def test_channels_are_independent(store: PresenceStore) -> None:
+    # On the cluster, these two channels' keys live in different slots.
+    await store.join("session:p1", PresenceEntry("c1", "u1", "n1"), ttl=30)
+    await store.join("session:p2", PresenceEntry("c2", "u2", "n1"), ttl=30)
+    assert await store.members("session:p1") == [PresenceEntry("c1", "u1", "n1")]
+    await store.leave("session:p1", "c1")
+    await store.leave("session:p1", "c-never-joined")  # leaving twice is harmless
+    assert await store.members("session:p1") == []
+    assert [e.client_id for e in await store.members("session:p2")] == ["c2"]
+
+
+async def test_unreachable_redis_is_a_broker_error(redis_server: RedisServer) -> None:
+    # A port nothing listens on: refused at once, reported as the broker's outage.
+    unreachable = redis_server.url.replace(f":{redis_server.port}", ":1")
+    store = create_presence(unreachable, Liveness(interval=0.2, timeout=1.0))
+    try:
+        with pytest.raises(BrokerError, match="presence failed"):
+            await store.members("session:x")
+    finally:
+        await store.close()
+
+
+def test_unknown_scheme_fails_loudly() -> None:
+    with pytest.raises(ValueError, match="unknown broker URL scheme"):
+        create_presence("kafka://localhost")
