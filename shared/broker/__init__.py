@@ -8,7 +8,7 @@ from typing import Literal
 from archmesh_client.retention import HistoryPolicy, Retention
 from archmesh_client.stream import StreamPosition
 
-from shared.broker.base import Broker, BrokerError, History, Publication
+from shared.broker.base import Broker, BrokerError, BrokerPublication, History
 from shared.broker.link import Liveness
 
 Backend = Literal["memory", "redis", "cluster"]
@@ -17,10 +17,10 @@ __all__ = [
     "Backend",
     "Broker",
     "BrokerError",
+    "BrokerPublication",
     "History",
     "HistoryPolicy",
     "Liveness",
-    "Publication",
     "Retention",
     "StreamPosition",
     "backend_of",

@@ -10,8 +10,10 @@ from archmesh_client.stream import StreamPosition
 
 
 @dataclass(frozen=True, slots=True)
-class Publication:
-    """One message on a channel. `data` is the event's JSON text, kept as received.
+class BrokerPublication:
+    """One message on a channel as the broker hands it to a node (clients receive it as a
+    `publication` frame; the client SDKs' own `Publication` is that frame). `data` is the
+    event's JSON text, kept as received.
 
     `offset` and `epoch` are None only for a bare Redis PUBLISH, which bypasses history.
     """
@@ -31,12 +33,12 @@ class History:
     `limit` cut the list short. The caller must then tell its client recovery failed.
     """
 
-    publications: list[Publication]
+    publications: list[BrokerPublication]
     position: StreamPosition
     complete: bool
 
 
-Handler = Callable[[Publication], None]
+Handler = Callable[[BrokerPublication], None]
 StateHandler = Callable[[bool], None]
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from archmesh_client.retention import HistoryPolicy
 from archmesh_client.stream import StreamPosition
 
-from shared.broker.base import Handler, History, Publication, StateHandler
+from shared.broker.base import BrokerPublication, Handler, History, StateHandler
 
 
 def new_epoch() -> str:
@@ -22,7 +22,7 @@ class _Stream:
     epoch: str
     offset: int = 0
     touched: float = 0.0
-    entries: deque[Publication] = field(default_factory=deque)
+    entries: deque[BrokerPublication] = field(default_factory=deque)
 
 
 class MemoryBroker:
@@ -57,7 +57,7 @@ class MemoryBroker:
         stream = self._stream(channel)
         stream.offset += 1
         stream.touched = time.monotonic()
-        publication = Publication(channel, data, stream.offset, stream.epoch)
+        publication = BrokerPublication(channel, data, stream.offset, stream.epoch)
         size = self._policy.for_channel(channel).size
         if size:
             stream.entries.append(publication)

@@ -18,25 +18,20 @@ from archmesh_client.channels import (
 )
 from archmesh_client.retention import HistoryPolicy
 from archmesh_client.stream import StreamPosition
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
 from shared.broker.base import (
-    BrokerError,
+    BrokerPublication,
     Handler,
     History,
-    Publication,
     StateHandler,
 )
 from shared.broker.link import LinkDead, LinkSilent, Liveness, PubSubLink
 from shared.logging import get_logger
 from shared.lua import lua
+from shared.redis_calls import NETWORK_ERRORS, as_broker_error, client_options
 
 log = get_logger(__name__)
-
-_NETWORK_ERRORS = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
 
 
 class RedisBroker:
@@ -65,15 +60,7 @@ class RedisBroker:
     # -- what differs on a cluster --------------------------------------------------------
 
     def _options(self) -> dict[str, Any]:
-        # No hidden retries: a publish retried by the client could be applied twice, and the
-        # reader below owns reconnects so that it knows when to repair gaps. Every command and
-        # connection attempt is bounded, so a silent Redis fails them instead of hanging them.
-        timeout = self._liveness.timeout
-        return {
-            "retry": Retry(NoBackoff(), 0),
-            "socket_connect_timeout": timeout,
-            "socket_timeout": timeout,
-        }
+        return client_options(self._liveness)
 
     def _command_client(self) -> Any:
         return aioredis.Redis.from_url(self._url, **self._options())
@@ -116,7 +103,7 @@ class RedisBroker:
         while True:
             try:
                 await self._session(backoff)
-            except _NETWORK_ERRORS as exc:
+            except NETWORK_ERRORS as exc:
                 delay = backoff.next_delay()
                 log.warning(
                     "redis_unreachable", error=str(exc) or type(exc).__name__, retry_in=delay
@@ -124,7 +111,7 @@ class RedisBroker:
                 self._set_connected(False)
                 if isinstance(exc, LinkSilent):
                     # Commands in flight on the same dead path would wait out their timeout.
-                    with contextlib.suppress(*_NETWORK_ERRORS):
+                    with contextlib.suppress(*NETWORK_ERRORS):
                         await self._drop_command_connections()
                 await asyncio.sleep(delay)
 
@@ -259,29 +246,25 @@ class RedisBroker:
                 await link.subscribe(name)
             else:
                 await link.unsubscribe(name)
-        except _NETWORK_ERRORS as exc:
+        except NETWORK_ERRORS as exc:
             # The link's reader fails too and the next session resubscribes everything.
             log.warning("redis_subscribe_failed", channel=channel, error=str(exc))
 
     # -- commands -------------------------------------------------------------------------
 
     async def publish(self, channel: str, data: str) -> StreamPosition:
-        try:
+        with as_broker_error("publish"):
             offset, epoch = await self._publish(**self._publish_args(channel, data))
-        except _NETWORK_ERRORS as exc:
-            raise BrokerError(f"publish failed: {exc}") from exc
         return StreamPosition(int(offset), epoch.decode())
 
     async def publish_many(self, items: list[tuple[str, str]]) -> list[StreamPosition]:
         if not items:
             return []
-        try:
+        with as_broker_error("publish"):
             async with self._redis.pipeline(transaction=False) as pipe:
                 for channel, data in items:
                     await self._publish(**self._publish_args(channel, data), client=pipe)
                 replies = await pipe.execute()
-        except _NETWORK_ERRORS as exc:
-            raise BrokerError(f"publish failed: {exc}") from exc
         return [StreamPosition(int(offset), epoch.decode()) for offset, epoch in replies]
 
     def _publish_args(self, channel: str, data: str) -> dict[str, Any]:
@@ -292,15 +275,13 @@ class RedisBroker:
     async def history(self, channel: str, since: int, limit: int) -> History:
         ttl_ms = int(self._policy.for_channel(channel).ttl * 1000)
         keys = [meta_key(channel), history_key(channel)]
-        try:
+        with as_broker_error("history"):
             reply = await self._history(keys=keys, args=[since, limit, ttl_ms])
-        except _NETWORK_ERRORS as exc:
-            raise BrokerError(f"history failed: {exc}") from exc
         offset, epoch, first = int(reply[0]), reply[1].decode(), int(reply[2])
         position = StreamPosition(offset, epoch)
         entries = reply[3:]
         publications = [
-            Publication(channel, entries[i + 1].decode(), int(entries[i]), epoch)
+            BrokerPublication(channel, entries[i + 1].decode(), int(entries[i]), epoch)
             for i in range(0, len(entries), 2)
         ]
         covered = since == offset or (first != -1 and first <= since + 1)
@@ -313,22 +294,22 @@ class RedisBroker:
     async def ping(self) -> bool:
         try:
             return bool(await self._redis.ping())
-        except _NETWORK_ERRORS:
+        except NETWORK_ERRORS:
             return False
 
 
-def _parse(channel: str, raw: bytes) -> Publication | None:
+def _parse(channel: str, raw: bytes) -> BrokerPublication | None:
     """`<offset>:<epoch>:<json>` from the publish script, or bare JSON from a plain PUBLISH."""
     try:
         if raw[:1] == b"{":
             if not isinstance(orjson.loads(raw), dict):
                 return None
-            return Publication(channel, raw.decode())
+            return BrokerPublication(channel, raw.decode())
         offset, _, rest = raw.partition(b":")
         epoch, _, data = rest.partition(b":")
         if not epoch.isalnum() or data[:1] != b"{":
             return None
-        return Publication(channel, data.decode(), int(offset), epoch.decode())
+        return BrokerPublication(channel, data.decode(), int(offset), epoch.decode())
     except ValueError:
         return None
 

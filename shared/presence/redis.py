@@ -5,7 +5,6 @@ list once its refreshes stop."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -13,27 +12,18 @@ import redis.asyncio as aioredis
 from archmesh_client.channels import presence_info_key, presence_key
 from archmesh_client.redis_url import ClusterAddress
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisClusterException, RedisError
-from redis.retry import Retry
 
-from shared.broker.base import BrokerError
 from shared.broker.link import Liveness
 from shared.lua import lua
 from shared.presence.base import PresenceEntry
-
-_NETWORK_ERRORS = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
+from shared.redis_calls import as_broker_error, client_options
 
 
 def redis_client(url: str, liveness: Liveness, *, cluster: bool) -> Any:
     """A command client bounded like the broker's: no hidden retries, every command and
     connection attempt limited to `liveness.timeout`, so a silent Redis fails a presence call
     instead of hanging the connection that made it."""
-    options: dict[str, Any] = {
-        "retry": Retry(NoBackoff(), 0),
-        "socket_connect_timeout": liveness.timeout,
-        "socket_timeout": liveness.timeout,
-    }
+    options = client_options(liveness)
     if not cluster:
         return aioredis.Redis.from_url(url, **options)
     address = ClusterAddress.parse(url)
@@ -66,10 +56,8 @@ class RedisPresence:
 
     async def _run(self, script: Any, channel: str, args: list[str | int]) -> Any:
         keys = [presence_key(channel), presence_info_key(channel)]
-        try:
+        with as_broker_error("presence"):
             return await script(keys=keys, args=args)
-        except _NETWORK_ERRORS as exc:
-            raise BrokerError(f"presence failed: {exc}") from exc
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -1,0 +1,42 @@
+"""How the server's stores call Redis: bounded, never retried behind their back, and every
+failure turned into one `BrokerError` in one place.
+
+No hidden retries: a publish retried by the client could be applied twice, and the broker's
+reader owns reconnects so that it knows when to repair gaps. Every command and connection
+attempt is bounded by the liveness timeout, so a silent Redis fails a call instead of hanging
+the client connection that made it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException, RedisError
+from redis.retry import Retry
+
+from shared.broker.base import BrokerError
+from shared.broker.link import Liveness
+
+# What a Redis call raises when the server, the network or the cluster's routing fails.
+NETWORK_ERRORS = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
+
+
+def client_options(liveness: Liveness) -> dict[str, Any]:
+    """redis-py client options: no retries, every command and connect within the timeout."""
+    return {
+        "retry": Retry(NoBackoff(), 0),
+        "socket_connect_timeout": liveness.timeout,
+        "socket_timeout": liveness.timeout,
+    }
+
+
+@contextmanager
+def as_broker_error(what: str) -> Iterator[None]:
+    """Run a Redis call; a failure becomes `BrokerError("<what> failed: <why>")`."""
+    try:
+        yield
+    except NETWORK_ERRORS as exc:
+        raise BrokerError(f"{what} failed: {exc}") from exc
