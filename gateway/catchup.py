@@ -12,9 +12,9 @@ two Redis connections). They are held, and once history through a position has b
 from __future__ import annotations
 
 from gateway.protocol import Outgoing
-from shared.broker import Publication, StreamPosition
+from shared.broker import BrokerPublication, StreamPosition
 
-Held = tuple[Publication, Outgoing]
+Held = tuple[BrokerPublication, Outgoing]
 
 
 class Catchup:
@@ -31,7 +31,7 @@ class Catchup:
         `release`."""
         self.held = [] if first is None else [first]
 
-    def covers(self, pub: Publication) -> bool:
+    def covers(self, pub: BrokerPublication) -> bool:
         """Whether `pub` is at or before the position, in its epoch: delivered already."""
         return pub.offset is not None and pub.epoch == self.epoch and pub.offset <= self.offset
 

@@ -38,7 +38,7 @@ from gateway.protocol import (
     publication_frame,
 )
 from gateway.ratelimit import TokenBucket
-from shared.broker import BrokerError, Publication, StreamPosition
+from shared.broker import BrokerError, BrokerPublication, StreamPosition
 from shared.logging import get_logger
 from shared.tokens import Claims, InvalidToken
 
@@ -101,13 +101,13 @@ class Connection:
 
     # -- outbound -----------------------------------------------------------------------
 
-    def deliver(self, pub: Publication, frame: Outgoing) -> None:
+    def deliver(self, pub: BrokerPublication, frame: Outgoing) -> None:
         """Hub fan-out entry point. The common case is a falsy check and a push."""
         if self._catchups and self._held(pub, frame):
             return
         self._enqueue(frame)
 
-    def _held(self, pub: Publication, frame: Outgoing) -> bool:
+    def _held(self, pub: BrokerPublication, frame: Outgoing) -> bool:
         catchup = self._catchups.get(pub.channel)
         if catchup is None:
             return False
@@ -330,7 +330,7 @@ class Connection:
             "offset": position.offset,
             "epoch": position.epoch,
         }
-        missed: list[Publication] = []
+        missed: list[BrokerPublication] = []
         if since is not None:
             recovered, reason = _recovery_outcome(since, history.complete, position)
             self._ctx.metrics.recoveries.labels(outcome=reason or "recovered").inc()

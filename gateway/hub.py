@@ -15,7 +15,7 @@ from gateway.membership import Member, Membership
 from gateway.metrics import GatewayMetrics
 from gateway.outbox import Flusher
 from gateway.protocol import Outgoing, encode, publication_frame
-from shared.broker import Broker, BrokerError, History, Publication, StreamPosition
+from shared.broker import Broker, BrokerError, BrokerPublication, History, StreamPosition
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -65,7 +65,7 @@ class Hub:
 
     # -- fan-out ------------------------------------------------------------------------
 
-    def dispatch(self, pub: Publication, frame: Outgoing | None = None) -> None:
+    def dispatch(self, pub: BrokerPublication, frame: Outgoing | None = None) -> None:
         """Called by the broker for every message (and by gap repair, with what history had
         and what was held meanwhile); never awaits a socket."""
         conns = self._local.get(pub.channel)
@@ -183,5 +183,5 @@ class Hub:
             conn.push(frame)
 
 
-def _framed(pub: Publication, frame: Outgoing | None) -> Held:
+def _framed(pub: BrokerPublication, frame: Outgoing | None) -> Held:
     return pub, frame if frame is not None else Outgoing(publication_frame(pub))

@@ -10,7 +10,7 @@ from typing import Protocol
 
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import CloseCode, Outgoing
-from shared.broker import Broker, Publication
+from shared.broker import Broker, BrokerPublication
 
 
 class Member(Protocol):
@@ -20,7 +20,7 @@ class Member(Protocol):
     client_id: str
     user_id: str | None
 
-    def deliver(self, pub: Publication, frame: Outgoing) -> None: ...
+    def deliver(self, pub: BrokerPublication, frame: Outgoing) -> None: ...
 
     def push(self, frame: Outgoing) -> None: ...
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from shared.broker import Publication
+from shared.broker import BrokerPublication
 
 
 class ErrorCode(StrEnum):
@@ -160,7 +160,7 @@ def disconnect_frame(code: CloseCode) -> str:
     )
 
 
-def publication_frame(publication: Publication) -> str:
+def publication_frame(publication: BrokerPublication) -> str:
     """Built by concatenation: `data` is already JSON and the channel needs no escaping, so
     one message costs one string build per node, whatever the number of sockets."""
     if publication.offset is None:

@@ -13,8 +13,8 @@ from archmesh_client.channels import user_channel
 from archmesh_client.notifications import (
     ID_PATTERN,
     BatchResult,
-    Channel,
     ItemResult,
+    Medium,
     NotificationRequest,
     validation_error,
 )
@@ -278,7 +278,7 @@ class NotifierApi:
             raise ApiError(422, "bad_range", f"need from < to, at most {MAX_RANGE.days} days apart")
         kind = request.query_params.get("type")
         channel = request.query_params.get("channel")
-        if channel is not None and channel not in {c.value for c in Channel}:
+        if channel is not None and channel not in {c.value for c in Medium}:
             raise ApiError(422, "validation_error", "channel: one of in_app, email, push, sms")
         buckets = await self.notifier.analytics.query(start, end, kind, channel)
         return JSONResponse({"from": start.isoformat(), "to": end.isoformat(), "buckets": buckets})

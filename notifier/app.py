@@ -20,9 +20,6 @@ from starlette.routing import BaseRoute
 from notifier import keys
 from notifier.analytics import Analytics
 from notifier.api import NotifierApi
-from notifier.channels.email import EmailSender
-from notifier.channels.push import PushSender
-from notifier.channels.sms import SmsSender
 from notifier.deliveries import Deliverer, RetryPolicy, Senders
 from notifier.inbox import Inbox
 from notifier.intake import Intake
@@ -30,6 +27,9 @@ from notifier.ledger import Ledger
 from notifier.metrics import NotifierMetrics
 from notifier.preferences import PreferenceStore
 from notifier.processor import Options, Processor
+from notifier.senders.email import EmailSender
+from notifier.senders.push import PushSender
+from notifier.senders.sms import SmsSender
 from notifier.settings import NotifierSettings
 from notifier.status import StatusStore
 from notifier.template_store import TemplateStore

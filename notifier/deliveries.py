@@ -15,16 +15,16 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from archmesh_client.backoff import backoff_delay
-from archmesh_client.notifications import Channel, Priority
+from archmesh_client.notifications import Medium, Priority
 
 from notifier import analytics, keys, status
-from notifier.channels.base import DeliveryError, SubscriptionGone
-from notifier.channels.email import EmailMessage, EmailSender
-from notifier.channels.push import PushSender, PushTarget
-from notifier.channels.sms import SmsSender
 from notifier.metrics import NotifierMetrics
 from notifier.preferences import PreferenceStore
 from notifier.schemas import TERMINAL_STATES, ChannelDelivery, DeliveryState
+from notifier.senders.base import DeliveryError, SubscriptionGone
+from notifier.senders.email import EmailMessage, EmailSender
+from notifier.senders.push import PushSender, PushTarget
+from notifier.senders.sms import SmsSender
 from notifier.status import StatusStore
 from shared.logging import get_logger
 from shared.lua import lua
@@ -46,8 +46,8 @@ class Senders:
     sms: SmsSender | None = None
 
     @property
-    def configured(self) -> frozenset[Channel]:
-        pairs = ((Channel.EMAIL, self.email), (Channel.PUSH, self.push), (Channel.SMS, self.sms))
+    def configured(self) -> frozenset[Medium]:
+        pairs = ((Medium.EMAIL, self.email), (Medium.PUSH, self.push), (Medium.SMS, self.sms))
         return frozenset(channel for channel, sender in pairs if sender is not None)
 
     async def aclose(self) -> None:
@@ -130,7 +130,7 @@ class Deliverer:
 
     async def _run(self, job: str) -> None:
         notification_id, _, name = job.rpartition("|")
-        channel = Channel(name)
+        channel = Medium(name)
         loaded = await self._statuses.job(notification_id, channel)
         if loaded is None or loaded[1].status in TERMINAL_STATES:
             await self._redis.zrem(keys.DUE, job)
@@ -143,7 +143,7 @@ class Deliverer:
             await self._preferences.remove_push_subscription(meta["user_id"], endpoint)
         await self._record(job, meta, channel, delivery.attempts + 1, work, outcome)
 
-    async def _send(self, channel: Channel, meta: dict[str, Any], work: dict[str, Any]) -> _Outcome:
+    async def _send(self, channel: Medium, meta: dict[str, Any], work: dict[str, Any]) -> _Outcome:
         outcome = _Outcome(remaining=list(work["targets"]))
         for target in list(outcome.remaining):
             try:
@@ -162,10 +162,10 @@ class Deliverer:
         return outcome
 
     async def _send_one(
-        self, channel: Channel, meta: dict[str, Any], target: Any, content: dict[str, str]
+        self, channel: Medium, meta: dict[str, Any], target: Any, content: dict[str, str]
     ) -> None:
         senders = self._senders
-        if channel is Channel.EMAIL and senders.email is not None:
+        if channel is Medium.EMAIL and senders.email is not None:
             message = EmailMessage(
                 to=target,
                 subject=content["subject"],
@@ -174,9 +174,9 @@ class Deliverer:
                 message_id=f"{meta['id']}.email",
             )
             await senders.email.send(message)
-        elif channel is Channel.SMS and senders.sms is not None:
+        elif channel is Medium.SMS and senders.sms is not None:
             await senders.sms.send(target, content["text"])
-        elif channel is Channel.PUSH and senders.push is not None:
+        elif channel is Medium.PUSH and senders.push is not None:
             payload = {
                 "id": meta["id"],
                 "type": meta["type"],
@@ -195,7 +195,7 @@ class Deliverer:
         self,
         job: str,
         meta: dict[str, Any],
-        channel: Channel,
+        channel: Medium,
         attempts: int,
         work: dict[str, Any],
         outcome: _Outcome,

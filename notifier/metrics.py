@@ -20,7 +20,7 @@ class NotifierMetrics:
         )
         self.deliveries = Counter(
             "archmesh_notifier_deliveries",
-            "Channel deliveries reaching a state (sent, failed, held, suppressed, retrying)",
+            "Medium deliveries reaching a state (sent, failed, held, suppressed, retrying)",
             ["channel", "status"],
             registry=r,
         )

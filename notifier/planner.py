@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from archmesh_client.notifications import Channel, NotificationRequest
+from archmesh_client.notifications import Medium, NotificationRequest
 
 from notifier import templates
 from notifier.quiet_hours import OVERRIDING, quiet_until
@@ -18,9 +18,9 @@ from notifier.schemas import ChannelDelivery, DeliveryState, InboxItem, Preferen
 
 @dataclass(slots=True)
 class Plan:
-    deliveries: dict[Channel, ChannelDelivery] = field(default_factory=dict)
-    jobs: dict[Channel, dict[str, Any]] = field(default_factory=dict)  # external, to send
-    due: dict[Channel, datetime] = field(default_factory=dict)  # when each job may go
+    deliveries: dict[Medium, ChannelDelivery] = field(default_factory=dict)
+    jobs: dict[Medium, dict[str, Any]] = field(default_factory=dict)  # external, to send
+    due: dict[Medium, datetime] = field(default_factory=dict)  # when each job may go
     inbox: InboxItem | None = None
 
 
@@ -29,11 +29,11 @@ def plan(
     preferences: Preferences,
     template: Template | None,
     now: datetime,
-    configured: frozenset[Channel],
+    configured: frozenset[Medium],
 ) -> Plan:
     result = Plan()
     quiet_end = None if request.priority in OVERRIDING else quiet_until(preferences, now)
-    for channel in request.channels or list(Channel):
+    for channel in request.channels or list(Medium):
         state, reason = _gate(request, preferences, channel, configured)
         if state is None:
             try:
@@ -52,7 +52,7 @@ def plan(
 
 
 def _quiet(
-    result: Plan, channel: Channel, until: datetime, policy: str
+    result: Plan, channel: Medium, until: datetime, policy: str
 ) -> tuple[DeliveryState, str]:
     """Only in_app reaches a user in quiet hours: hold the rest until the window ends, or drop."""
     if policy == "drop":
@@ -65,21 +65,21 @@ def _quiet(
 def _gate(
     request: NotificationRequest,
     preferences: Preferences,
-    channel: Channel,
-    configured: frozenset[Channel],
+    channel: Medium,
+    configured: frozenset[Medium],
 ) -> tuple[DeliveryState | None, str | None]:
     """A reason not to deliver on `channel` at all, or (None, None)."""
     if not preferences.enabled(request.type, channel):
         return DeliveryState.SUPPRESSED, "disabled in the user's preferences"
-    if channel is Channel.IN_APP:
+    if channel is Medium.IN_APP:
         return None, None
     if channel not in configured:
         return DeliveryState.SUPPRESSED, f"{channel.value} is not configured on this notifier"
     contacts = preferences.contacts
     missing = {
-        Channel.EMAIL: contacts.email is None and "no email address",
-        Channel.SMS: contacts.phone is None and "no phone number",
-        Channel.PUSH: not contacts.push_subscriptions and "no push subscription",
+        Medium.EMAIL: contacts.email is None and "no email address",
+        Medium.SMS: contacts.phone is None and "no phone number",
+        Medium.PUSH: not contacts.push_subscriptions and "no push subscription",
     }[channel]
     if missing:
         return DeliveryState.SUPPRESSED, str(missing)
@@ -90,11 +90,11 @@ def _schedule(
     result: Plan,
     request: NotificationRequest,
     preferences: Preferences,
-    channel: Channel,
+    channel: Medium,
     content: dict[str, str],
     now: datetime,
 ) -> tuple[DeliveryState, str | None]:
-    if channel is Channel.IN_APP:
+    if channel is Medium.IN_APP:
         result.inbox = InboxItem(
             id=request.id,
             type=request.type,
@@ -107,17 +107,17 @@ def _schedule(
         return DeliveryState.SENT, None
     contacts = preferences.contacts
     targets: list[Any]
-    if channel is Channel.PUSH:
+    if channel is Medium.PUSH:
         targets = [s.model_dump() for s in contacts.push_subscriptions]
     else:
-        targets = [contacts.email if channel is Channel.EMAIL else contacts.phone]
+        targets = [contacts.email if channel is Medium.EMAIL else contacts.phone]
     result.jobs[channel] = {"targets": targets, "content": content}
     result.due[channel] = now
     return DeliveryState.PENDING, None
 
 
 def _content(
-    request: NotificationRequest, template: Template | None, channel: Channel
+    request: NotificationRequest, template: Template | None, channel: Medium
 ) -> dict[str, str]:
     if template is not None:
         context = {
@@ -138,14 +138,14 @@ def _content(
     return _plain(request.title or "", request.body or "", channel)
 
 
-def _plain(title: str, body: str, channel: Channel) -> dict[str, str]:
-    if channel is Channel.EMAIL:
+def _plain(title: str, body: str, channel: Medium) -> dict[str, str]:
+    if channel is Medium.EMAIL:
         paragraphs = "".join(f"<p>{html.escape(p)}</p>" for p in body.split("\n\n") if p)
         return {
             "subject": title,
             "text": body or title,
             "html": f"<h1>{html.escape(title)}</h1>{paragraphs}",
         }
-    if channel is Channel.SMS:
+    if channel is Medium.SMS:
         return {"text": f"{title}: {body}" if body else title}
     return {"title": title, "body": body}

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 from archmesh_client.channels import user_channel
-from archmesh_client.notifications import Channel, NotificationRequest, validation_error
+from archmesh_client.notifications import Medium, NotificationRequest, validation_error
 from pydantic import ValidationError
 
 from notifier import keys, status
@@ -36,7 +36,7 @@ class Options:
     lock_seconds: float
     retention: float
     known_users_only: bool
-    configured: frozenset[Channel]
+    configured: frozenset[Medium]
 
 
 @dataclass(slots=True)

@@ -13,7 +13,7 @@ from functools import lru_cache
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from archmesh_client.notifications import TYPE_PATTERN, Channel, Priority
+from archmesh_client.notifications import TYPE_PATTERN, Medium, Priority
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 _TIME = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
@@ -86,12 +86,12 @@ class Contacts(_Strict):
         return value
 
 
-ChannelSwitches = dict[Channel, bool]
+ChannelSwitches = dict[Medium, bool]
 
 
 def _default_switches() -> dict[str, ChannelSwitches]:
     # SMS costs money and interrupts: users opt in to it.
-    defaults = {Channel.IN_APP: True, Channel.EMAIL: True, Channel.PUSH: True, Channel.SMS: False}
+    defaults = {Medium.IN_APP: True, Medium.EMAIL: True, Medium.PUSH: True, Medium.SMS: False}
     return {"default": defaults}
 
 
@@ -135,7 +135,7 @@ class Preferences(_Strict):
             raise ValueError("at most 100 notification types")
         return value
 
-    def enabled(self, notification_type: str, channel: Channel) -> bool:
+    def enabled(self, notification_type: str, channel: Medium) -> bool:
         for key in (notification_type, "default"):
             switches = self.channels.get(key, {})
             if channel in switches:
@@ -213,7 +213,7 @@ class DeliveryStatus(BaseModel):
     type: str
     priority: Priority
     created_at: datetime
-    deliveries: dict[Channel, ChannelDelivery]
+    deliveries: dict[Medium, ChannelDelivery]
 
 
 class InboxItem(BaseModel):

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-from archmesh_client.notifications import Channel
+from archmesh_client.notifications import Medium
 
 from notifier import keys
 from notifier.schemas import ChannelDelivery, DeliveryStatus
@@ -18,8 +18,8 @@ from notifier.schemas import ChannelDelivery, DeliveryStatus
 
 def fields_of(
     meta: dict[str, Any],
-    deliveries: dict[Channel, ChannelDelivery],
-    jobs: dict[Channel, dict[str, Any]],
+    deliveries: dict[Medium, ChannelDelivery],
+    jobs: dict[Medium, dict[str, Any]],
 ) -> dict[str, str]:
     """The hash of a new notification."""
     fields = {"meta": orjson.dumps(meta).decode()}
@@ -33,7 +33,7 @@ def fields_of(
 def stage_update(
     pipe: Any,
     notification_id: str,
-    channel: Channel,
+    channel: Medium,
     delivery: ChannelDelivery,
     job: dict[str, Any] | None = None,
 ) -> None:
@@ -55,7 +55,7 @@ class StatusStore:
             return None
         meta = orjson.loads(fields["meta"])
         deliveries = {
-            Channel(name[3:]): ChannelDelivery.model_validate_json(value)
+            Medium(name[3:]): ChannelDelivery.model_validate_json(value)
             for name, value in fields.items()
             if name.startswith("ch:")
         }
@@ -69,7 +69,7 @@ class StatusStore:
         )
 
     async def job(
-        self, notification_id: str, channel: Channel
+        self, notification_id: str, channel: Medium
     ) -> tuple[dict[str, Any], ChannelDelivery, dict[str, Any]] | None:
         """Meta, current delivery and the pending job of one channel (None if expired)."""
         meta, delivery, job = await self._redis.hmget(

@@ -7,7 +7,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from archmesh_client.notifications import Channel
+from archmesh_client.notifications import Medium
 from jinja2 import StrictUndefined, TemplateError
 from jinja2 import Template as JinjaTemplate
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -32,7 +32,7 @@ def _compile(source: str, html: bool) -> JinjaTemplate:
     return (_html_env if html else _text_env).from_string(source)
 
 
-def _fields(template: Template, channel: Channel) -> dict[str, str] | None:
+def _fields(template: Template, channel: Medium) -> dict[str, str] | None:
     part = getattr(template.channels, channel.value)
     if part is None:
         return None
@@ -41,9 +41,9 @@ def _fields(template: Template, channel: Channel) -> dict[str, str] | None:
 
 def validate(template: Template) -> None:
     """Compile every source now, so a broken template never reaches a delivery."""
-    if not any(_fields(template, channel) for channel in Channel):
+    if not any(_fields(template, channel) for channel in Medium):
         raise TemplateInvalid("channels: give at least one of in_app, email, push, sms")
-    for channel in Channel:
+    for channel in Medium:
         for name, source in (_fields(template, channel) or {}).items():
             try:
                 _compile(source, name in _HTML_FIELDS)
@@ -51,7 +51,7 @@ def validate(template: Template) -> None:
                 raise TemplateInvalid(f"{channel.value}.{name}: {exc}") from None
 
 
-def render(template: Template, channel: Channel, context: dict[str, Any]) -> dict[str, str] | None:
+def render(template: Template, channel: Medium, context: dict[str, Any]) -> dict[str, str] | None:
     """The channel's fields rendered, None when the template has no part for the channel."""
     fields = _fields(template, channel)
     if fields is None:

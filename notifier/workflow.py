@@ -18,7 +18,7 @@ from archmesh_client.notifications import REQUEST_FIELD, NotificationRequest, Pr
 from redis.exceptions import RedisError
 
 from notifier import keys
-from shared.broker import Broker, BrokerError, Publication
+from shared.broker import Broker, BrokerError, BrokerPublication
 from shared.logging import get_logger
 from shared.lua import lua
 
@@ -116,7 +116,7 @@ class WorkflowWatcher:
             state.update(offset=last, epoch=history.position.epoch)
             await self._redis.hset(keys.SESSIONS, session_id, orjson.dumps(state))
 
-    async def _handle(self, session_id: str, owner: str, publication: Publication) -> bool:
+    async def _handle(self, session_id: str, owner: str, publication: BrokerPublication) -> bool:
         """Enqueue a notification if a rule matches; True when the workflow has ended."""
         try:
             event = orjson.loads(publication.data)
@@ -134,7 +134,7 @@ class WorkflowWatcher:
         self,
         session_id: str,
         owner: str,
-        publication: Publication,
+        publication: BrokerPublication,
         event: dict[str, object],
         rule: Rule,
     ) -> None:

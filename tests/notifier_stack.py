@@ -15,10 +15,10 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from notifier.app import Notifier
-from notifier.channels.email import EmailSender
-from notifier.channels.push import PushSender
-from notifier.channels.sms import SmsSender
 from notifier.deliveries import Senders
+from notifier.senders.email import EmailSender
+from notifier.senders.push import PushSender
+from notifier.senders.sms import SmsSender
 from notifier.settings import NotifierSettings
 from tests.fakes.push_endpoint import PushEndpoint
 from tests.fakes.smtp import SmtpServer

@@ -11,8 +11,8 @@ import pytest
 
 from shared.broker import (
     Broker,
+    BrokerPublication,
     HistoryPolicy,
-    Publication,
     Retention,
     create_broker,
 )
@@ -21,16 +21,16 @@ from tests.servers import RedisCluster, RedisServer
 
 class Recorder:
     def __init__(self) -> None:
-        self.queue: asyncio.Queue[Publication] = asyncio.Queue()
+        self.queue: asyncio.Queue[BrokerPublication] = asyncio.Queue()
         self.states: list[bool] = []
 
-    def on_message(self, pub: Publication) -> None:
+    def on_message(self, pub: BrokerPublication) -> None:
         self.queue.put_nowait(pub)
 
     def on_state(self, connected: bool) -> None:
         self.states.append(connected)
 
-    async def next(self) -> Publication:
+    async def next(self) -> BrokerPublication:
         return await asyncio.wait_for(self.queue.get(), 5)
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from gateway.catchup import Catchup, Held
 from gateway.protocol import Outgoing
-from shared.broker import Publication, StreamPosition
+from shared.broker import BrokerPublication, StreamPosition
 
 
 def live(offset: int | None, epoch: str | None = "e1", channel: str = "session:c") -> Held:
-    pub = Publication(channel, f'{{"n":{offset}}}', offset, epoch)
+    pub = BrokerPublication(channel, f'{{"n":{offset}}}', offset, epoch)
     return pub, Outgoing(pub.data)
 
 

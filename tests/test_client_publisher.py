@@ -17,7 +17,7 @@ from archmesh_client.redis_transport import PublishError
 from archmesh_client.retention import HistoryPolicy, Retention
 
 from deploy.ports import free_port
-from shared.broker import Broker, Publication, create_broker
+from shared.broker import Broker, BrokerPublication, create_broker
 from tests.servers import RedisCluster, RedisServer
 
 POLICY = HistoryPolicy.parse(Retention(size=50, ttl=60), "session:short-=2/60")
@@ -35,10 +35,12 @@ def redis_url(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def subscriber(redis_url: str) -> AsyncIterator[tuple[Broker, asyncio.Queue[Publication]]]:
+async def subscriber(
+    redis_url: str,
+) -> AsyncIterator[tuple[Broker, asyncio.Queue[BrokerPublication]]]:
     """A gateway's broker on the same Redis, subscribed to CHANNELS."""
     broker = create_broker(redis_url, POLICY)
-    received: asyncio.Queue[Publication] = asyncio.Queue()
+    received: asyncio.Queue[BrokerPublication] = asyncio.Queue()
     await broker.start(received.put_nowait)
     async with asyncio.timeout(10):
         while not broker.connected:
@@ -50,7 +52,7 @@ async def subscriber(redis_url: str) -> AsyncIterator[tuple[Broker, asyncio.Queu
 
 
 async def test_publications_reach_the_gateways_broker_live_and_in_history(
-    redis_url: str, subscriber: tuple[Broker, asyncio.Queue[Publication]]
+    redis_url: str, subscriber: tuple[Broker, asyncio.Queue[BrokerPublication]]
 ) -> None:
     broker, received = subscriber
     async with connect_publisher(redis_url, POLICY) as publisher:

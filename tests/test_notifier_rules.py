@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from archmesh_client.notifications import Channel, NotificationRequest, Priority
+from archmesh_client.notifications import Medium, NotificationRequest, Priority
 from pydantic import ValidationError
 
 from notifier import templates
@@ -14,7 +14,7 @@ from notifier.quiet_hours import quiet_until
 from notifier.schemas import DeliveryState, Preferences, Template
 from notifier.workflow import parse_rules
 
-ALL = frozenset(Channel)
+ALL = frozenset(Medium)
 
 
 def prefs(**extra: object) -> Preferences:
@@ -77,8 +77,8 @@ def test_in_quiet_hours_only_in_app_goes_and_the_rest_is_held_until_the_end() ->
     now = datetime(2026, 1, 15, 22, 30, tzinfo=UTC)
     result = plan(request(), prefs(), None, now, ALL)
     states = {c: d.status for c, d in result.deliveries.items()}
-    assert states[Channel.IN_APP] is DeliveryState.SENT
-    for channel in (Channel.EMAIL, Channel.PUSH, Channel.SMS):
+    assert states[Medium.IN_APP] is DeliveryState.SENT
+    for channel in (Medium.EMAIL, Medium.PUSH, Medium.SMS):
         assert states[channel] is DeliveryState.HELD
         assert result.due[channel] == datetime(2026, 1, 16, 6, 0, tzinfo=UTC)
         assert result.deliveries[channel].next_attempt_at == result.due[channel]
@@ -98,10 +98,10 @@ def test_high_priority_overrides_quiet_hours(priority: Priority) -> None:
 def test_drop_policy_suppresses_external_channels_in_quiet_hours() -> None:
     now = datetime(2026, 1, 15, 22, 30, tzinfo=UTC)
     result = plan(request(), prefs(held="drop"), None, now, ALL)
-    assert result.deliveries[Channel.EMAIL].status is DeliveryState.SUPPRESSED
-    assert "quiet hours" in (result.deliveries[Channel.EMAIL].last_error or "")
-    assert Channel.EMAIL not in result.jobs
-    assert Channel.EMAIL not in result.due
+    assert result.deliveries[Medium.EMAIL].status is DeliveryState.SUPPRESSED
+    assert "quiet hours" in (result.deliveries[Medium.EMAIL].last_error or "")
+    assert Medium.EMAIL not in result.jobs
+    assert Medium.EMAIL not in result.due
 
 
 def test_preferences_per_type_override_the_default_and_defaults_apply_to_new_users() -> None:
@@ -113,20 +113,20 @@ def test_preferences_per_type_override_the_default_and_defaults_apply_to_new_use
         }
     )
     result = plan(request(), p, None, now, ALL)
-    assert result.deliveries[Channel.EMAIL].status is DeliveryState.SUPPRESSED
-    assert result.deliveries[Channel.SMS].status is DeliveryState.PENDING
+    assert result.deliveries[Medium.EMAIL].status is DeliveryState.SUPPRESSED
+    assert result.deliveries[Medium.SMS].status is DeliveryState.PENDING
     fresh = plan(request(), Preferences(), None, now, ALL)
-    assert fresh.deliveries[Channel.IN_APP].status is DeliveryState.SENT
-    assert fresh.deliveries[Channel.SMS].last_error == "disabled in the user's preferences"
-    assert fresh.deliveries[Channel.EMAIL].last_error == "no email address"
+    assert fresh.deliveries[Medium.IN_APP].status is DeliveryState.SENT
+    assert fresh.deliveries[Medium.SMS].last_error == "disabled in the user's preferences"
+    assert fresh.deliveries[Medium.EMAIL].last_error == "no email address"
 
 
 def test_requested_channels_limit_and_unconfigured_channels_are_suppressed() -> None:
     now = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
-    result = plan(request(channels=["email", "sms"]), prefs(), None, now, frozenset({Channel.SMS}))
-    assert set(result.deliveries) == {Channel.EMAIL, Channel.SMS}
-    assert result.deliveries[Channel.EMAIL].last_error == "email is not configured on this notifier"
-    assert result.jobs[Channel.SMS] == {
+    result = plan(request(channels=["email", "sms"]), prefs(), None, now, frozenset({Medium.SMS}))
+    assert set(result.deliveries) == {Medium.EMAIL, Medium.SMS}
+    assert result.deliveries[Medium.EMAIL].last_error == "email is not configured on this notifier"
+    assert result.jobs[Medium.SMS] == {
         "targets": ["+14155550100"],
         "content": {"text": "Failed"},
     }
@@ -146,11 +146,11 @@ def test_a_render_error_fails_only_that_channel() -> None:
     result = plan(request(data={"stage": "design"}), prefs(), template, now, ALL)
     assert result.inbox is not None
     assert result.inbox.title == "design failed"
-    email = result.deliveries[Channel.EMAIL]
+    email = result.deliveries[Medium.EMAIL]
     assert email.status is DeliveryState.FAILED
     assert "missing_var" in (email.last_error or "")
     # No sms part in the template: the request's own title is used.
-    assert result.jobs[Channel.SMS]["content"] == {"text": "Failed"}
+    assert result.jobs[Medium.SMS]["content"] == {"text": "Failed"}
 
 
 def test_templates_escape_html_but_not_text_and_refuse_sandbox_escapes() -> None:
@@ -165,7 +165,7 @@ def test_templates_escape_html_but_not_text_and_refuse_sandbox_escapes() -> None
             }
         }
     )
-    out = templates.render(template, Channel.EMAIL, {"name": "<script>x</script>"})
+    out = templates.render(template, Medium.EMAIL, {"name": "<script>x</script>"})
     assert out is not None
     assert out["subject"] == "Hi <script>x</script>"
     assert out["html"] == "<b>&lt;script&gt;x&lt;/script&gt;</b>"
@@ -173,7 +173,7 @@ def test_templates_escape_html_but_not_text_and_refuse_sandbox_escapes() -> None
         {"channels": {"sms": {"text": "{{ ''.__class__.__mro__[1].__subclasses__() }}"}}}
     )
     with pytest.raises(templates.TemplateInvalid, match=r"SecurityError|unsafe"):
-        templates.render(escape, Channel.SMS, {})
+        templates.render(escape, Medium.SMS, {})
 
 
 @pytest.mark.parametrize(

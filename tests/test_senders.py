@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import SecretStr
 
-from notifier.channels import (
+from notifier.senders import (
     DeliveryError,
     EmailMessage,
     EmailSender,
@@ -25,7 +25,7 @@ from notifier.channels import (
     SmsSender,
     SubscriptionGone,
 )
-from notifier.channels.push import load_vapid_key
+from notifier.senders.push import load_vapid_key
 from notifier.settings import NotifierSettings
 from tests.fakes.push_endpoint import FakeSubscription, PushEndpoint
 from tests.fakes.smtp import SmtpServer

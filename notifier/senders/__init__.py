@@ -5,10 +5,10 @@ configured), delivers one message per `send()`, and raises `DeliveryError` (with
 telling whether a retry can help) or `SubscriptionGone` for a dead push subscription.
 """
 
-from notifier.channels.base import DeliveryError, SubscriptionGone
-from notifier.channels.email import EmailMessage, EmailSender
-from notifier.channels.push import PushSender, PushTarget
-from notifier.channels.sms import SmsSender
+from notifier.senders.base import DeliveryError, SubscriptionGone
+from notifier.senders.email import EmailMessage, EmailSender
+from notifier.senders.push import PushSender, PushTarget
+from notifier.senders.sms import SmsSender
 
 __all__ = [
     "DeliveryError",

@@ -11,7 +11,7 @@ from typing import Literal
 
 import aiosmtplib
 
-from notifier.channels.base import DeliveryError, quote_remote
+from notifier.senders.base import DeliveryError, quote_remote
 from notifier.settings import NotifierSettings
 
 Security = Literal["none", "starttls", "tls"]

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from py_vapid import Vapid
 from pywebpush import WebPushException, webpush_async
 
-from notifier.channels.base import DeliveryError, SubscriptionGone, quote_remote
+from notifier.senders.base import DeliveryError, SubscriptionGone, quote_remote
 from notifier.settings import NotifierSettings
 
 URGENCIES = ("very-low", "low", "normal", "high")

@@ -12,7 +12,7 @@ from twilio.http import AsyncHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
 
-from notifier.channels.base import DeliveryError, quote_remote
+from notifier.senders.base import DeliveryError, quote_remote
 from notifier.settings import NotifierSettings
 
 # Twilio error codes that mean "this number will never take this message".

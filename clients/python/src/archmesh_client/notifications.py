@@ -26,7 +26,10 @@ class Priority(StrEnum):
     URGENT = "urgent"
 
 
-class Channel(StrEnum):
+class Medium(StrEnum):
+    """How a notification reaches a person (the requests' and preferences' `channels` field on
+    the wire). Not a pub/sub channel: in-app delivery publishes to the `user:` channel."""
+
     IN_APP = "in_app"
     EMAIL = "email"
     PUSH = "push"
@@ -52,11 +55,11 @@ class NotificationRequest(_Strict):
     template: str | None = Field(None, pattern=TYPE_PATTERN)
     data: dict[str, Any] = Field(default_factory=dict)
     priority: Priority = Priority.NORMAL
-    channels: list[Channel] | None = Field(None, min_length=1)
+    channels: list[Medium] | None = Field(None, min_length=1)
 
     @field_validator("channels")
     @classmethod
-    def _unique(cls, value: list[Channel] | None) -> list[Channel] | None:
+    def _unique(cls, value: list[Medium] | None) -> list[Medium] | None:
         if value is not None and len(set(value)) != len(value):
             raise ValueError("channels must not repeat")
         return value
