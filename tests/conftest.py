@@ -67,3 +67,15 @@ def gateways() -> Iterator[list[GatewayProcess]]:
     yield started
     for gateway in started:
         gateway.stop()
+
+
+@pytest.fixture(params=["memory", "redis", "cluster"])
+def backend_url(request: pytest.FixtureRequest) -> str:
+    """Each backend a store runs on, by URL: the axis of the broker and presence contracts."""
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        return server.url
+    if request.param == "cluster":
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        return cluster.url
+    return "memory://"

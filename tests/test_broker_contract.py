@@ -16,7 +16,7 @@ from shared.broker import (
     Retention,
     create_broker,
 )
-from tests.servers import RedisCluster, RedisServer
+from tests.servers import RedisServer
 
 
 class Recorder:
@@ -37,16 +37,9 @@ class Recorder:
 POLICY = HistoryPolicy.parse(Retention(size=5, ttl=60), "user:=2/60,session:short-=3/0.3")
 
 
-@pytest.fixture(params=["memory", "redis", "cluster"])
-async def broker(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Broker, Recorder]]:
-    url = "memory://"
-    if request.param == "redis":
-        server: RedisServer = request.getfixturevalue("redis_server")
-        url = server.url
-    elif request.param == "cluster":
-        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
-        url = cluster.url
-    instance = create_broker(url, POLICY)
+@pytest.fixture
+async def broker(backend_url: str) -> AsyncIterator[tuple[Broker, Recorder]]:
+    instance = create_broker(backend_url, POLICY)
     recorder = Recorder()
     await instance.start(recorder.on_message, recorder.on_state)
     await _until(lambda: instance.connected)

@@ -10,19 +10,12 @@ import pytest
 
 from shared.broker import BrokerError, Liveness
 from shared.presence import PresenceEntry, PresenceStore, create_presence
-from tests.servers import RedisCluster, RedisServer
+from tests.servers import RedisServer
 
 
-@pytest.fixture(params=["memory", "redis", "cluster"])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[PresenceStore]:
-    url = "memory://"
-    if request.param == "redis":
-        server: RedisServer = request.getfixturevalue("redis_server")
-        url = server.url
-    elif request.param == "cluster":
-        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
-        url = cluster.url
-    instance = create_presence(url)
+@pytest.fixture
+async def store(backend_url: str) -> AsyncIterator[PresenceStore]:
+    instance = create_presence(backend_url)
     yield instance
     await instance.close()
 
