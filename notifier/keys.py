@@ -40,5 +40,10 @@ def stats(hour: str) -> str:
     return f"nt:stats:{hour}"
 
 
+def workflow_request(request_id: str) -> str:
+    """Marks a workflow event's request as enqueued (one replica enqueues it, once)."""
+    return f"nt:wf:{request_id}"
+
+
 def due_member(notification_id: str, channel: str) -> str:
     return f"{notification_id}|{channel}"

@@ -150,7 +150,7 @@ class WorkflowWatcher:
             data={"session_id": session_id, "stage": stage, "status": status},
         )
         added = await self._enqueue(
-            [f"nt:wf:{request.id}", keys.REQUESTS],
+            [keys.workflow_request(request.id), keys.REQUESTS],
             [request.model_dump_json(), self._retention, REQUEST_FIELD],
         )
         if added:
