@@ -11,13 +11,19 @@ from typing import Any
 
 import orjson
 import structlog
-from archmesh_client.channels import InvalidChannel, user_channel, validate_channel
+from archmesh_client.channels import (
+    SESSION_PREFIX,
+    InvalidChannel,
+    user_channel,
+    validate_channel,
+)
 from pydantic import ValidationError
 
-from gateway.authorization import authorize
+from gateway.authorization import claims_allow, subscription_grant
 from gateway.catchup import Catchup
 from gateway.context import ConnectionContext
 from gateway.expiry import Expiry
+from gateway.grants import SubscriptionGrants
 from gateway.protocol import (
     CLIENT_FRAME,
     CLOSE_REASONS,
@@ -30,8 +36,10 @@ from gateway.protocol import (
     PresenceFrame,
     RefreshFrame,
     Since,
+    SubRefreshFrame,
     SubscribeFrame,
     UnsubscribeFrame,
+    UnsubscribeReason,
     disconnect_frame,
     encode,
     error_frame,
@@ -51,6 +59,8 @@ log = get_logger(__name__)
 # How long a close frame may wait for a socket that does not drain before it is aborted.
 CLOSE_GRACE = 2.0
 RECOVERY_LIMIT = 10_000
+# Tasks that end a subscription whose token expired, referenced until they finish.
+_ENDINGS: set[asyncio.Task[None]] = set()
 
 
 class FrameError(Exception):
@@ -68,6 +78,7 @@ class Connection:
         "_closer",
         "_ctx",
         "_deadline",
+        "_grants",
         "_outbox",
         "_peer_code",
         "_refused",
@@ -88,6 +99,7 @@ class Connection:
         self._close_code: CloseCode | None = None
         self._closer: asyncio.Task[None] | None = None
         self._deadline: Expiry | None = None  # connect timeout, then the token's expiry
+        self._grants: SubscriptionGrants | None = None  # made on the first subscription token
         self._refused = 0
         self._peer_code: int | None = None  # the close code the client (or uvicorn) gave
         settings = ctx.settings
@@ -178,6 +190,8 @@ class Connection:
             self._outbox.stop()
             if self._deadline is not None:
                 self._deadline.cancel()
+            if self._grants is not None:
+                self._grants.clear()
             for channel in list(self._ctx.membership.channels(self)):
                 await self._leave(channel)
             code = int(self._close_code) if self._close_code is not None else self._peer_code
@@ -245,7 +259,9 @@ class Connection:
         elif isinstance(frame, PingFrame):
             self.reply(_with_id({"type": "pong"}, frame.id))
         elif isinstance(frame, RefreshFrame):
-            self._on_refresh(frame)
+            await self._on_refresh(frame)
+        elif isinstance(frame, SubRefreshFrame):
+            self._on_sub_refresh(frame)
         elif isinstance(frame, PresenceFrame):
             await self._on_presence(frame)
 
@@ -285,7 +301,7 @@ class Connection:
                 self.error(exc.code, str(exc), sub.id)
 
     async def _on_subscribe(self, frame: SubscribeFrame) -> None:
-        channel = self._authorized(frame.channel, frame.token)
+        channel, until = self._authorized(frame.channel, frame.token)
         channels = self._ctx.membership.channels(self)
         limit = self._ctx.settings.max_subscriptions
         if channel in channels:
@@ -295,12 +311,15 @@ class Connection:
             raise FrameError(
                 ErrorCode.TOO_MANY_SUBSCRIPTIONS, f"at most {limit} subscriptions per connection"
             )
+        # Before any await: a grant's expiry that fires meanwhile sees the new grant (or none).
+        self._set_grant(channel, until)
         catchup = self._catchups[channel] = Catchup()
         catchup.hold()
         try:
             await self._join(channel)
             await self._recover(channel, frame, catchup)
         except BrokerError as exc:
+            self._set_grant(channel, None)
             await self._leave(channel)
             raise FrameError(ErrorCode.UNAVAILABLE, f"broker unavailable: {exc}") from None
         finally:
@@ -353,11 +372,12 @@ class Connection:
     async def _on_unsubscribe(self, frame: UnsubscribeFrame) -> None:
         if frame.channel not in self._ctx.membership.channels(self):
             raise FrameError(ErrorCode.NOT_SUBSCRIBED, f"not subscribed to {frame.channel}")
+        self._set_grant(frame.channel, None)
         await self._leave(frame.channel)
         self._catchups.pop(frame.channel, None)
         self.reply(_with_id({"type": "unsubscribed", "channel": frame.channel}, frame.id))
 
-    def _on_refresh(self, frame: RefreshFrame) -> None:
+    async def _on_refresh(self, frame: RefreshFrame) -> None:
         try:
             claims = self._ctx.verifier.verify(frame.token)
         except InvalidToken as exc:
@@ -366,10 +386,42 @@ class Connection:
             raise FrameError(ErrorCode.INVALID_TOKEN, "refresh token is for another user")
         self.claims = claims
         self._schedule_expiry(claims.expires_at)
+        # The new claims are the connection's only standing access: a session they no longer
+        # allow, and no subscription token holds, ends now.
+        grants = self._grants
+        for channel in [
+            c
+            for c in self._ctx.membership.channels(self)
+            if c.startswith(SESSION_PREFIX)
+            and not claims_allow(claims, c)
+            and not (grants is not None and grants.holds(c))
+        ]:
+            await self._end(channel, UnsubscribeReason.REVOKED)
         self.reply(_with_id({"type": "refreshed", "expires_at": int(claims.expires_at)}, frame.id))
 
+    def _on_sub_refresh(self, frame: SubRefreshFrame) -> None:
+        channel = frame.channel
+        if channel not in self._ctx.membership.channels(self):
+            raise FrameError(ErrorCode.NOT_SUBSCRIBED, f"not subscribed to {channel}")
+        if self._grants is None or not self._grants.holds(channel):
+            raise FrameError(
+                ErrorCode.NO_SUBSCRIPTION_TOKEN,
+                f"{channel} is not held by a subscription token: there is nothing to refresh",
+            )
+        try:
+            grant = self._ctx.verifier.verify(frame.token)
+        except InvalidToken as exc:
+            raise FrameError(ErrorCode.INVALID_TOKEN, f"sub_refresh refused: {exc}") from None
+        if grant.user_id != self.user_id:
+            raise FrameError(ErrorCode.INVALID_TOKEN, "subscription token is for another user")
+        if grant.channel != channel:
+            raise FrameError(ErrorCode.INVALID_TOKEN, f"subscription token is not for {channel}")
+        self._set_grant(channel, grant.expires_at)
+        reply = {"type": "sub_refreshed", "channel": channel, "expires_at": int(grant.expires_at)}
+        self.reply(_with_id(reply, frame.id))
+
     async def _on_presence(self, frame: PresenceFrame) -> None:
-        channel = self._authorized(frame.channel, None)
+        channel, _ = self._authorized(frame.channel, None)
         if not self._ctx.presence.tracks(channel):
             raise FrameError(ErrorCode.FORBIDDEN, f"presence is not tracked for {channel}")
         try:
@@ -379,15 +431,61 @@ class Connection:
         clients = [{"client_id": e.client_id, "user_id": e.user_id} for e in entries]
         self.reply(_with_id({"type": "presence", "channel": channel, "clients": clients}, frame.id))
 
-    def _authorized(self, name: str, token: str | None) -> str:
+    def _authorized(self, name: str, token: str | None) -> tuple[str, float | None]:
+        """The validated channel, and until when a subscription token grants it (None: no
+        valid token; the connection's claims allow it)."""
         try:
             channel = validate_channel(name)
         except InvalidChannel as exc:
             raise FrameError(ErrorCode.INVALID_CHANNEL, str(exc)) from None
-        assert self.claims is not None
-        if not authorize(self.claims, channel, token, self._ctx.verifier):
+        claims = self.claims
+        assert claims is not None
+        until = None
+        if token is not None:
+            until = subscription_grant(claims, channel, token, self._ctx.verifier)
+        if until is None and not claims_allow(claims, channel):
             raise FrameError(ErrorCode.FORBIDDEN, f"not allowed to use {channel}")
-        return channel
+        return channel, until
+
+    # -- subscription grants --------------------------------------------------------------
+
+    def _set_grant(self, channel: str, until: float | None) -> None:
+        """Hold `channel` by a subscription token until `until`, or (None) by claims only."""
+        grants = self._grants
+        if until is None:
+            if grants is not None:
+                grants.drop(channel)
+            return
+        if grants is None:
+            grants = self._grants = SubscriptionGrants(self._ctx.expiries)
+        grants.grant(channel, until, self._grant_due)
+
+    def _grant_due(self, channel: str) -> None:
+        """On the shared timer: leaving is async, so a short task ends the subscription."""
+        task = asyncio.create_task(self._grant_expired(channel), name="grant-expired")
+        _ENDINGS.add(task)
+        task.add_done_callback(_ENDINGS.discard)
+
+    async def _grant_expired(self, channel: str) -> None:
+        grants = self._grants
+        if self._close_code is not None or grants is None or not grants.take_due(channel):
+            return  # closed, unsubscribed, resubscribed or refreshed meanwhile
+        if self.claims is not None and claims_allow(self.claims, channel):
+            return  # the connection's claims hold it still
+        try:
+            await self._end(channel, UnsubscribeReason.TOKEN_EXPIRED)
+        except Exception:
+            self._log.exception("subscription_end_failed", channel=channel)
+            self.close(CloseCode.SERVER_ERROR)
+
+    async def _end(self, channel: str, reason: UnsubscribeReason) -> None:
+        """End a subscription the client did not ask to end, and tell it why. The client is
+        told before the first await, so the notice precedes any later reply about `channel`;
+        leaving stops deliveries before its first await too."""
+        self._set_grant(channel, None)
+        self._catchups.pop(channel, None)
+        self.reply({"type": "unsubscribed", "channel": channel, "reason": reason.value})
+        await self._leave(channel)
 
     def _schedule_expiry(self, expires_at: float) -> None:
         if self._deadline is not None:

@@ -26,7 +26,15 @@ class ErrorCode(StrEnum):
     NOT_SUBSCRIBED = "not_subscribed"
     RATE_LIMITED = "rate_limited"
     INVALID_TOKEN = "invalid_token"
+    NO_SUBSCRIPTION_TOKEN = "no_subscription_token"
     UNAVAILABLE = "unavailable"
+
+
+class UnsubscribeReason(StrEnum):
+    """`reason` of an unasked `unsubscribed`: the gateway ended a subscription by itself."""
+
+    TOKEN_EXPIRED = "token_expired"  # the subscription token's `exp` passed, no `sub_refresh`
+    REVOKED = "revoked"  # a `refresh` brought claims that no longer allow the channel
 
 
 class CloseCode(IntEnum):
@@ -100,17 +108,31 @@ class RefreshFrame(_Frame):
     token: str = Field(max_length=8192)
 
 
+class SubRefreshFrame(_Frame):
+    type: Literal["sub_refresh"]
+    channel: str = Field(max_length=200)
+    token: str = Field(max_length=8192)
+
+
 class PresenceFrame(_Frame):
     type: Literal["presence"]
     channel: str = Field(max_length=200)
 
 
 ClientFrame = Annotated[
-    ConnectFrame | SubscribeFrame | UnsubscribeFrame | PingFrame | RefreshFrame | PresenceFrame,
+    ConnectFrame
+    | SubscribeFrame
+    | UnsubscribeFrame
+    | PingFrame
+    | RefreshFrame
+    | SubRefreshFrame
+    | PresenceFrame,
     Field(discriminator="type"),
 ]
 CLIENT_FRAME: TypeAdapter[ClientFrame] = TypeAdapter(ClientFrame)
-FRAME_TYPES = frozenset(("connect", "subscribe", "unsubscribe", "ping", "refresh", "presence"))
+FRAME_TYPES = frozenset(
+    ("connect", "subscribe", "unsubscribe", "ping", "refresh", "sub_refresh", "presence")
+)
 
 
 class Outgoing:
