@@ -34,6 +34,7 @@ SERVER_FRAMES = frozenset(
         "unsubscribed",
         "pong",
         "refreshed",
+        "sub_refreshed",
         "presence",
         "publication",
         "error",
@@ -113,8 +114,15 @@ frames = st.fixed_dictionaries(
         "extra": json_values,
     },
 )
+# Well-formed enough to reach the handler: a session's subscription refreshed with a token
+# that is garbage, a JWT shape, or (for the fuzzing user's own sessions) missing.
+sub_refreshes = st.fixed_dictionaries(
+    {"type": st.just("sub_refresh"), "channel": channels},
+    optional={"token": tokens, "id": st.integers(min_value=0, max_value=2**53)},
+)
 client_inputs = st.one_of(
     frames.map(json.dumps),
+    sub_refreshes.map(json.dumps),
     json_values.map(json.dumps),
     st.text(max_size=300),
     st.binary(max_size=120),
