@@ -13,6 +13,12 @@ disconnect the gateway marks as retryable and after network failures, calling th
 provider again each time; it resubscribes every channel from the last offset it saw and
 drops publications it already delivered. A close with code 4500-4999 is final: the iterator
 then raises `ClientClosed`. Only depends on the `websockets` package.
+
+A subscription that a subscription token granted ends at that token's `exp`. Given a
+`subscription_token` callback, the client asks it for a fresh token ahead of expiry (at a random
+point in the last 10-30% of the token's life) and sends `sub_refresh`; if the gateway ended the
+subscription anyway (`token_expired`), it asks once more and resubscribes from the last offset
+seen, so nothing is lost while access continues.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import contextlib
 import itertools
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -38,6 +45,7 @@ from websockets.exceptions import (
 )
 
 from archmesh_client.backoff import backoff_delay
+from archmesh_client.token_life import renew_delay, token_expiry
 
 __all__ = [
     "ClientClosed",
@@ -53,8 +61,10 @@ __all__ = [
     "State",
     "StateChange",
     "Subscribed",
+    "SubscriptionTokenProvider",
     "TokenProvider",
     "TokenSource",
+    "Unsubscribed",
     "backoff_delay",
     "should_reconnect",
 ]
@@ -64,6 +74,9 @@ log = logging.getLogger(__name__)
 TokenProvider = Callable[[], str | Awaitable[str]]
 """Called on every (re)connect; may be a plain or an async function."""
 TokenSource = str | TokenProvider
+SubscriptionTokenProvider = Callable[[str], str | Awaitable[str]]
+"""Called with a channel for a fresh subscription token for it; may be a plain or an async
+function."""
 
 # WebSocket close codes after which reconnecting cannot help (besides 4500-4999).
 _FINAL_WS_CODES: Final = frozenset({1002, 1003, 1007, 1008, 1009, 1010})
@@ -149,6 +162,16 @@ class Subscribed:
 
 
 @dataclass(frozen=True, slots=True)
+class Unsubscribed:
+    """Passed to `on_unsubscribed` when the gateway ended a subscription by itself and the
+    client does not resume it: `reason` is `revoked` (a `refresh` brought claims without the
+    channel) or `token_expired` (its subscription token expired and no fresh one came)."""
+
+    channel: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Connected:
     client_id: str
     user_id: str
@@ -198,6 +221,13 @@ class _Subscription:
     token: TokenSource | None = None
     since: Position | None = None  # explicit starting point asked by the caller, used once
     waiters: list[asyncio.Future[Subscribed]] = field(default_factory=list)
+    sent_token: str | None = None  # the subscription token the gateway holds it by
+    renewal: asyncio.TimerHandle | None = None  # when to send `sub_refresh`
+
+    def stop_renewal(self) -> None:
+        if self.renewal is not None:
+            self.renewal.cancel()
+            self.renewal = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,9 +248,14 @@ class _Final(Exception):
 async def _resolve(source: TokenSource) -> str:
     if isinstance(source, str):
         return source
-    value = source()
-    if not isinstance(value, str):
-        value = await value
+    return _checked(await _awaited(source()))
+
+
+async def _awaited(value: str | Awaitable[str]) -> str:
+    return value if isinstance(value, str) else await value
+
+
+def _checked(value: object) -> str:
     if not isinstance(value, str) or not value:
         raise RealtimeError("token provider must return a non-empty string")
     return value
@@ -238,6 +273,10 @@ class RealtimeClient:
     [0, min(backoff_cap, backoff_base * 2**n)] seconds; `max_attempts` None means forever.
     `on_state` gets every `StateChange`; `on_error` gets `RequestError`s that no request is
     waiting for (an error frame without id, or a resubscription the gateway refused).
+    `subscription_token(channel)` (sync or async) returns a fresh subscription token for a
+    channel subscribed with one: called ahead of the token's expiry, and once more if the
+    gateway ended the subscription at expiry. `on_unsubscribed` gets an `Unsubscribed` when
+    the gateway ended a subscription that the client does not resume.
     """
 
     def __init__(
@@ -253,6 +292,8 @@ class RealtimeClient:
         on_state: Callable[[StateChange], None] | None = None,
         on_error: Callable[[RequestError], None] | None = None,
         connect_options: Mapping[str, Any] | None = None,
+        subscription_token: SubscriptionTokenProvider | None = None,
+        on_unsubscribed: Callable[[Unsubscribed], None] | None = None,
     ) -> None:
         if backoff_base < 0 or backoff_cap < 0:
             raise ValueError("backoff_base and backoff_cap must be >= 0")
@@ -266,6 +307,9 @@ class RealtimeClient:
         self._on_state = on_state
         self._on_error = on_error
         self._connect_options = dict(connect_options or {})
+        self._subscription_token = subscription_token
+        self._on_unsubscribed = on_unsubscribed
+        self._renewals: set[asyncio.Task[None]] = set()  # referenced until they finish
 
         self._state = State.CLOSED
         self._attempt = 0
@@ -409,6 +453,7 @@ class RealtimeClient:
         sub = self._subs.pop(channel, None)
         self._positions.pop(channel, None)
         if sub is not None:
+            sub.stop_renewal()
             for waiter in sub.waiters:
                 if not waiter.done():
                     waiter.set_exception(RealtimeError(f"unsubscribed from {channel}"))
@@ -478,7 +523,11 @@ class RealtimeClient:
         if since is not None:
             item["since"] = {"offset": since.offset, "epoch": since.epoch}
         if sub.token is not None:
-            item["token"] = await _resolve(sub.token)
+            token = await _resolve(sub.token)
+            expires = token_expiry(token)
+            if expires is not None and expires <= time.time() + 1 and self._subscription_token:
+                token = await self._fresh_subscription_token(sub)  # stale after a long outage
+            item["token"] = sub.sent_token = token
         self._sub_requests[request_id] = sub.channel
         self._awaiting[sub.channel] = since
         return item
@@ -495,6 +544,7 @@ class RealtimeClient:
 
     def _drop_subscription(self, sub: _Subscription, error: Exception | None = None) -> bool:
         """Forget `sub`; fail its waiters with `error`. Whether any waiter was told."""
+        sub.stop_renewal()
         if self._subs.get(sub.channel) is sub:
             del self._subs[sub.channel]
         told = False
@@ -653,6 +703,8 @@ class RealtimeClient:
         return f"user:{self._info.user_id}" if self._info is not None else None
 
     def _connection_lost(self) -> None:
+        for sub in self._subs.values():
+            sub.stop_renewal()  # the resubscription on reconnect sends a token again
         self._connected_event.clear()
         self._awaiting.clear()
         self._sub_requests.clear()
@@ -691,6 +743,8 @@ class RealtimeClient:
         request_id = _as_int(frame.get("id"))
         if kind == "subscribed":
             self._on_subscribed(frame, request_id)
+        elif kind == "unsubscribed" and request_id is None:
+            self._on_ended(frame)
         elif kind == "error":
             self._on_error_frame(frame, request_id)
         elif kind == "disconnect":
@@ -756,6 +810,7 @@ class RealtimeClient:
         sub = self._subs.get(channel)
         if sub is not None:
             sub.since = None
+            self._schedule_renewal(sub)
             for waiter in sub.waiters:
                 if not waiter.done():
                     waiter.set_result(reply)
@@ -784,6 +839,100 @@ class RealtimeClient:
             pending[0].set_exception(RequestError(code, message, pending[1]))
             return
         self._report(RequestError(code, message, "frame"))
+
+    # -- subscription tokens --------------------------------------------------------------
+
+    async def _fresh_subscription_token(self, sub: _Subscription) -> str:
+        assert self._subscription_token is not None
+        token = _checked(await _awaited(self._subscription_token(sub.channel)))
+        if sub.token is None or isinstance(sub.token, str):
+            sub.token = token  # a resubscription after a reconnect uses the newest one
+        return token
+
+    def _schedule_renewal(self, sub: _Subscription) -> None:
+        sub.stop_renewal()
+        if self._subscription_token is None or sub.sent_token is None:
+            return
+        delay = renew_delay(sub.sent_token)
+        if delay is not None:
+            loop = asyncio.get_running_loop()
+            sub.renewal = loop.call_later(delay, self._renewal_due, sub)
+
+    def _renewal_due(self, sub: _Subscription) -> None:
+        sub.renewal = None
+        self._spawn(self._renew(sub))
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._renewals.add(task)
+        task.add_done_callback(self._renewals.discard)
+
+    async def _renew(self, sub: _Subscription) -> None:
+        """Ahead of expiry: a fresh token, sent as `sub_refresh`. A failure is reported; the
+        gateway then ends the subscription at expiry, and `_on_ended` asks once more."""
+        if self._subs.get(sub.channel) is not sub:
+            return
+        try:
+            token = await self._fresh_subscription_token(sub)
+        except Exception as exc:
+            self._report(RequestError("token_error", repr(exc), "sub_refresh", sub.channel))
+            return
+        try:
+            await self._request({"type": "sub_refresh", "channel": sub.channel, "token": token})
+        except (ConnectionLost, ClientClosed):
+            return  # a reconnect resubscribes with a token; a closed client needs none
+        except RequestError as exc:
+            if exc.code != "not_subscribed":  # it expired meanwhile: `_on_ended` resumes it
+                self._report(RequestError(exc.code, exc.message, "sub_refresh", sub.channel))
+            return
+        except TimeoutError:
+            self._report(RequestError("timeout", "no sub_refresh reply", "sub_refresh"))
+            return
+        if self._subs.get(sub.channel) is sub:
+            sub.sent_token = token
+            self._schedule_renewal(sub)
+
+    def _on_ended(self, frame: dict[str, Any]) -> None:
+        """An unasked `unsubscribed`: the gateway ended a subscription."""
+        channel, reason = str(frame.get("channel", "")), str(frame.get("reason", ""))
+        sub = self._subs.get(channel)
+        if sub is None:
+            return
+        sub.stop_renewal()
+        if reason == "token_expired" and self._subscription_token is not None:
+            self._spawn(self._resume(sub))
+            return
+        self._drop_subscription(sub)
+        self._positions.pop(channel, None)
+        self._tell_unsubscribed(Unsubscribed(channel, reason))
+
+    async def _resume(self, sub: _Subscription) -> None:
+        """After `token_expired`: ask once more, and resubscribe from the last offset seen."""
+        try:
+            if self._subs.get(sub.channel) is not sub:
+                return
+            await self._fresh_subscription_token(sub)
+            if self._subs.get(sub.channel) is not sub:
+                return  # unsubscribed meanwhile
+            ws = self._ws
+            if ws is None or self._state is not State.CONNECTED:
+                return  # the reconnect resubscribes with the fresh token
+            item = await self._subscribe_item(sub)
+            with contextlib.suppress(ConnectionClosed):  # resent on reconnect
+                await ws.send(json.dumps(item))
+        except Exception as exc:
+            self._drop_subscription(sub)
+            self._positions.pop(sub.channel, None)
+            self._report(RequestError("token_error", repr(exc), "subscribe", sub.channel))
+            self._tell_unsubscribed(Unsubscribed(sub.channel, "token_expired"))
+
+    def _tell_unsubscribed(self, event: Unsubscribed) -> None:
+        log.info("archmesh gateway ended %s: %s", event.channel, event.reason)
+        if self._on_unsubscribed is not None:
+            try:
+                self._on_unsubscribed(event)
+            except Exception:
+                log.exception("on_unsubscribed callback failed")
 
     def _report(self, error: RequestError) -> None:
         log.warning("archmesh gateway error: %s", error)
