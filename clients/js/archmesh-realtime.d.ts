@@ -15,6 +15,9 @@ export type State = (typeof State)[keyof typeof State];
 /** A JWT, or a function returning one (sync or async), called on every (re)connect. */
 export type TokenSource = string | (() => string | Promise<string>);
 
+/** Returns a fresh subscription token (a JWT) for `channel`, sync or async. */
+export type SubscriptionTokenProvider = (channel: string) => string | Promise<string>;
+
 /** A place in a channel's stream: the offset of a publication and its stream's epoch. */
 export interface Position {
   offset: number;
@@ -52,6 +55,11 @@ export interface ArchMeshRealtimeOptions {
   requestTimeout?: number;
   /** Jitter source in [0, 1); default Math.random. */
   random?: () => number;
+  /** For channels subscribed with a subscription token: asked for a fresh one ahead of the
+   * token's expiry (at a random point in the last 10-30% of its life), which the client sends
+   * as `sub_refresh`; and asked once more if the gateway ended the subscription at expiry,
+   * which the client then resubscribes from the last offset seen. */
+  subscriptionToken?: SubscriptionTokenProvider;
 }
 
 /** The gateway's `connected` reply (`client.info`, what `connect()` resolves with). */
@@ -105,6 +113,18 @@ export interface RecoveryFailed {
   reason: string;
   offset: number;
   epoch: string;
+}
+
+/** Why the gateway ended a subscription by itself: its subscription token expired, or a
+ * `refresh` brought claims that no longer allow the channel. */
+export type UnsubscribeReason = "token_expired" | "revoked";
+
+/** Payload of the "unsubscribed" event: the gateway ended a subscription and the client does
+ * not resume it (the channel has left `channels`). */
+export interface Unsubscribed {
+  channel: string;
+  /** An UnsubscribeReason; a newer gateway may send reasons not listed there. */
+  reason: UnsubscribeReason | (string & {});
 }
 
 /** Payload of the "state" event while connecting or connected. */
@@ -173,19 +193,22 @@ export type GatewayErrorCode =
   | "not_subscribed"
   | "rate_limited"
   | "invalid_token"
+  | "no_subscription_token"
   | "unavailable";
 
 /** Error codes the client itself gives: `timeout` (no reply within requestTimeout),
  * `connection_lost` (the connection dropped before the reply), `closed` (the client stopped
  * for good; see `closeCode` and `reason`), `unsubscribed` (unsubscribe() while a subscribe
- * waited), `client_error` (building the connect frame failed), `unknown` (an error frame
- * without a code). */
+ * waited), `client_error` (building the connect frame failed), `token_error` (the
+ * subscriptionToken option failed or returned no token), `unknown` (an error frame without a
+ * code). */
 export type ClientErrorCode =
   | "timeout"
   | "connection_lost"
   | "closed"
   | "unsubscribed"
   | "client_error"
+  | "token_error"
   | "unknown";
 
 export type RealtimeErrorCode = GatewayErrorCode | ClientErrorCode;
@@ -216,6 +239,7 @@ export interface ArchMeshRealtimeEventMap {
   publication: Publication;
   subscribed: Subscribed;
   recovery_failed: RecoveryFailed;
+  unsubscribed: Unsubscribed;
   /** Errors no request waits for: a refused resubscription, an error frame without id. */
   error: RealtimeError;
 }

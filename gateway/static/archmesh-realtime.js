@@ -12,11 +12,19 @@
  * a fresh token each time; resubscribes every channel from the last offset it saw and drops
  * publications it already delivered. A close with code 4500-4999 is final (state "closed").
  *
+ * A subscription that a subscription token granted ends at that token's `exp`. Given a
+ * `subscriptionToken(channel)` option, the client asks it for a fresh token ahead of expiry (at
+ * a random point in the last 10-30% of the token's life) and sends `sub_refresh`; if the
+ * gateway ended the subscription anyway (`token_expired`), it asks once more and resubscribes
+ * from the last offset seen, so nothing is lost while access continues.
+ *
  * Events (CustomEvent, payload in `event.detail`):
  *   "state"            {state, attempt, delay, code, reason}
  *   "publication"      {channel, offset, epoch, data}   (offset/epoch null for bare PUBLISH)
  *   "subscribed"       {channel, offset, epoch, recovered, reason}
  *   "recovery_failed"  {channel, reason, offset, epoch}  missed messages could not be replayed
+ *   "unsubscribed"     {channel, reason}  the gateway ended a subscription that the client does
+ *                      not resume (reason "revoked", or "token_expired" with no fresh token)
  *   "error"            RealtimeError for errors no request waits for (e.g. a refused
  *                      resubscription, a frame error without id)
  *
@@ -82,6 +90,35 @@ async function resolveToken(source) {
   return value;
 }
 
+// A token is renewed at a uniformly random point in this last part of its life.
+const RENEW_WINDOW = [0.1, 0.3];
+
+/** `exp` and `iat` of a JWT, read from its payload without verifying (the gateway verifies). */
+function tokenTimes(token) {
+  const parts = typeof token === "string" ? token.split(".") : [];
+  if (parts.length !== 3) return null;
+  try {
+    const b64 = parts[1].replace(/-/g, "+").replace(/_/g, "/");
+    const claims = JSON.parse(atob(b64 + "=".repeat((4 - (b64.length % 4)) % 4)));
+    if (!claims || typeof claims.exp !== "number") return null;
+    return { exp: claims.exp, iat: typeof claims.iat === "number" ? claims.iat : null };
+  } catch {
+    return null;
+  }
+}
+
+/** Milliseconds until `token` should be renewed (null: it has no `exp`): spread over the last
+ * 10-30% of its life, so clients whose tokens were minted together do not all ask together. */
+function renewDelay(token, random) {
+  const times = tokenTimes(token);
+  if (!times) return null;
+  const now = Date.now() / 1000;
+  const start = times.iat !== null && times.iat < times.exp ? times.iat : now;
+  const [low, high] = RENEW_WINDOW;
+  const beforeExp = (times.exp - start) * (low + (high - low) * random());
+  return Math.max(0, (times.exp - beforeExp - now) * 1000);
+}
+
 function isInt(value) {
   return Number.isInteger(value);
 }
@@ -105,6 +142,8 @@ export class ArchMeshRealtime extends EventTarget {
    * @param {number} [options.maxAttempts]  reconnect attempts before giving up, default Infinity
    * @param {number} [options.requestTimeout]  ms, default 10000
    * @param {() => number} [options.random]  jitter source, default Math.random
+   * @param {(channel: string) => string | Promise<string>} [options.subscriptionToken]  a fresh
+   *   subscription token for a channel subscribed with one, asked ahead of its expiry
    */
   constructor(url, options = {}) {
     super();
@@ -123,6 +162,7 @@ export class ArchMeshRealtime extends EventTarget {
     this._WebSocket = WS;
     this._token = options.token;
     this._random = options.random ?? Math.random;
+    this._subscriptionToken = options.subscriptionToken ?? null;
 
     /** @type {string} */
     this.state = State.CLOSED;
@@ -140,7 +180,7 @@ export class ArchMeshRealtime extends EventTarget {
     this._nextId = 1;
     this._connectedWaiters = new Set();
     this._closeWaiters = [];
-    /** @type {Map<string, {token: any, since: any, waiters: Set<any>}>} */
+    /** @type {Map<string, {token: any, since: any, waiters: Set<any>, sentToken: string | null, renewal: any}>} */
     this._subs = new Map();
     /** @type {Map<string, {offset: number, epoch: string}>} */
     this._positions = new Map();
@@ -214,7 +254,7 @@ export class ArchMeshRealtime extends EventTarget {
     if (!this._started) return Promise.reject(new Error("call connect() first"));
     let sub = this._subs.get(channel);
     if (!sub) {
-      sub = { token: null, since: null, waiters: new Set() };
+      sub = { token: null, since: null, waiters: new Set(), sentToken: null, renewal: null };
       this._subs.set(channel, sub);
     }
     if (token) sub.token = token;
@@ -238,6 +278,7 @@ export class ArchMeshRealtime extends EventTarget {
     this._subs.delete(channel);
     this._positions.delete(channel);
     if (sub) {
+      this._stopRenewal(sub);
       for (const waiter of sub.waiters) {
         this._settle(waiter, sub, null, new RealtimeError("unsubscribed", `unsubscribed from ${channel}`));
       }
@@ -338,7 +379,14 @@ export class ArchMeshRealtime extends EventTarget {
     const item = { type: "subscribe", channel, id };
     const since = sub.since ?? this._positions.get(channel) ?? null;
     if (since) item.since = { offset: since.offset, epoch: since.epoch };
-    if (sub.token) item.token = await resolveToken(sub.token);
+    if (sub.token) {
+      let token = await resolveToken(sub.token);
+      const times = tokenTimes(token);
+      if (times && times.exp <= Date.now() / 1000 + 1 && this._subscriptionToken) {
+        token = await this._freshSubscriptionToken(channel, sub); // stale after a long outage
+      }
+      item.token = sub.sentToken = token;
+    }
     this._subRequests.set(id, channel);
     this._awaiting.set(channel, since);
     return item;
@@ -487,6 +535,8 @@ export class ArchMeshRealtime extends EventTarget {
   }
 
   _connectionLost() {
+    // The resubscription on reconnect sends a token again.
+    for (const sub of this._subs.values()) this._stopRenewal(sub);
     this._awaiting.clear();
     this._subRequests.clear();
     this._connectId = null;
@@ -519,6 +569,7 @@ export class ArchMeshRealtime extends EventTarget {
   }
 
   _onFrame(frame) {
+    if (frame.type === "unsubscribed" && !isInt(frame.id)) return this._onEnded(frame);
     switch (frame.type) {
       case "publication":
         return this._onPublication(frame);
@@ -584,7 +635,10 @@ export class ArchMeshRealtime extends EventTarget {
       this._positions.set(channel, { offset: reply.offset, epoch: reply.epoch });
     }
     const sub = this._subs.get(channel);
-    if (sub) sub.since = null;
+    if (sub) {
+      sub.since = null;
+      this._scheduleRenewal(channel, sub);
+    }
     this._emit("subscribed", reply);
     if (reply.recovered === false) {
       this._emit("recovery_failed", {
@@ -615,6 +669,7 @@ export class ArchMeshRealtime extends EventTarget {
         return;
       }
       this._subs.delete(channel);
+      this._stopRenewal(sub);
       const waiters = [...sub.waiters];
       for (const waiter of waiters) this._settle(waiter, sub, null, error);
       if (!waiters.length) this._emit("error", error); // a resubscription was refused
@@ -627,6 +682,88 @@ export class ArchMeshRealtime extends EventTarget {
       return;
     }
     this._emit("error", new RealtimeError(code, message));
+  }
+
+  // -- subscription tokens ------------------------------------------------------------
+
+  async _freshSubscriptionToken(channel, sub) {
+    const token = await resolveToken(() => this._subscriptionToken(channel));
+    // A resubscription after a reconnect uses the newest token (a provider is asked anyway).
+    if (typeof sub.token !== "function") sub.token = token;
+    return token;
+  }
+
+  _stopRenewal(sub) {
+    clearTimeout(sub.renewal);
+    sub.renewal = null;
+  }
+
+  _scheduleRenewal(channel, sub) {
+    this._stopRenewal(sub);
+    if (!this._subscriptionToken || !sub.sentToken) return;
+    const delay = renewDelay(sub.sentToken, this._random);
+    if (delay !== null) sub.renewal = setTimeout(() => this._renew(channel, sub), delay);
+  }
+
+  /** Ahead of expiry: a fresh token, sent as `sub_refresh`. A failure is reported; the gateway
+   * then ends the subscription at expiry, and `_onEnded` asks once more. */
+  async _renew(channel, sub) {
+    sub.renewal = null;
+    if (this._subs.get(channel) !== sub) return;
+    let token;
+    try {
+      token = await this._freshSubscriptionToken(channel, sub);
+    } catch (err) {
+      const error = new RealtimeError("token_error", `subscription token for ${channel}: ${err}`, {
+        request: "sub_refresh",
+        channel,
+      });
+      return this._emit("error", error);
+    }
+    try {
+      await this._request({ type: "sub_refresh", channel, token });
+    } catch (err) {
+      // Lost: the reconnect resubscribes with a token. not_subscribed: it expired meanwhile.
+      if (["connection_lost", "closed", "not_subscribed"].includes(err.code)) return;
+      return this._emit("error", new RealtimeError(err.code, err.message, { request: "sub_refresh", channel }));
+    }
+    if (this._subs.get(channel) === sub) {
+      sub.sentToken = token;
+      this._scheduleRenewal(channel, sub);
+    }
+  }
+
+  /** An unasked `unsubscribed`: the gateway ended a subscription. */
+  _onEnded(frame) {
+    const channel = String(frame.channel ?? "");
+    const reason = String(frame.reason ?? "");
+    const sub = this._subs.get(channel);
+    if (!sub) return;
+    this._stopRenewal(sub);
+    if (reason === "token_expired" && this._subscriptionToken) return this._resume(channel, sub);
+    this._subs.delete(channel);
+    this._positions.delete(channel);
+    this._emit("unsubscribed", { channel, reason });
+  }
+
+  /** After `token_expired`: ask once more, and resubscribe from the last offset seen. */
+  async _resume(channel, sub) {
+    try {
+      await this._freshSubscriptionToken(channel, sub);
+    } catch (err) {
+      if (this._subs.get(channel) !== sub) return;
+      this._subs.delete(channel);
+      this._positions.delete(channel);
+      const error = new RealtimeError("token_error", `subscription token for ${channel}: ${err}`, {
+        request: "subscribe",
+        channel,
+      });
+      this._emit("error", error);
+      return this._emit("unsubscribed", { channel, reason: "token_expired" });
+    }
+    if (this._subs.get(channel) !== sub) return; // unsubscribed meanwhile
+    // Not connected: the reconnect resubscribes with the fresh token.
+    if (this.state === State.CONNECTED && this._ws) this._sendSubscribe(this._ws, channel, sub);
   }
 }
 

@@ -2,6 +2,7 @@
 // .venv, on loopback ports no outgoing connection can take; and tokens minted by its CLI.
 import assert from "node:assert/strict";
 import { execFileSync, spawn } from "node:child_process";
+import { createHmac } from "node:crypto";
 import { once } from "node:events";
 import { readFileSync } from "node:fs";
 import net from "node:net";
@@ -25,6 +26,15 @@ const ENV = {
 export function mintToken({ user = "u1", sessions = "s1", secret = SECRET } = {}) {
   const args = ["token", "--user", user, "--sessions", sessions, "--secret", secret];
   return execFileSync(BIN, args, { cwd: ROOT, env: ENV, encoding: "utf8" }).trim();
+}
+
+/** A subscription token (HS256, as a backend mints one), made in-process: a token callback
+ * that runs often must not block the event loop on a CLI subprocess. */
+export function subscriptionToken({ user = "u1", channel, ttl = 3600 }) {
+  const iat = Math.floor(Date.now() / 1000);
+  const part = (value) => Buffer.from(JSON.stringify(value)).toString("base64url");
+  const body = `${part({ alg: "HS256", typ: "JWT" })}.${part({ sub: user, channel, iat, exp: iat + ttl })}`;
+  return `${body}.${createHmac("sha256", SECRET).update(body).digest("base64url")}`;
 }
 
 // Ports below the kernel's ephemeral range (as deploy/ports.py picks them): an outgoing

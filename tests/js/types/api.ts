@@ -27,7 +27,10 @@ import ArchMeshRealtimeDefault, {
   type StateChange,
   type SubscribeOptions,
   type Subscribed,
+  type SubscriptionTokenProvider,
   type TokenSource,
+  type UnsubscribeReason,
+  type Unsubscribed,
   type WebSocketConstructor,
   type WebSocketLike,
 } from "@archmesh/realtime";
@@ -48,7 +51,16 @@ export type Checks = [
   Assert<Equal<ArchMeshRealtimeEventMap["recovery_failed"], RecoveryFailed>>,
   Assert<Equal<ArchMeshRealtimeEventMap["state"], StateChange>>,
   Assert<Equal<ArchMeshRealtimeEventMap["error"], RealtimeError>>,
-  Assert<Equal<keyof ArchMeshRealtimeEventMap, "state" | "publication" | "subscribed" | "recovery_failed" | "error">>,
+  Assert<Equal<ArchMeshRealtimeEventMap["unsubscribed"], Unsubscribed>>,
+  Assert<
+    Equal<
+      keyof ArchMeshRealtimeEventMap,
+      "state" | "publication" | "subscribed" | "recovery_failed" | "unsubscribed" | "error"
+    >
+  >,
+  Assert<Equal<SubscriptionTokenProvider, (channel: string) => string | Promise<string>>>,
+  Assert<Equal<UnsubscribeReason, "token_expired" | "revoked">>,
+  Assert<Equal<Unsubscribed, { channel: string; reason: UnsubscribeReason | (string & {}) }>>,
   Assert<Equal<ArchMeshRealtimeEvent<"publication">["detail"], Publication>>,
   Assert<Equal<Publication["data"], PublicationData>>,
   Assert<Equal<ReturnType<ArchMeshRealtime["connect"]>, Promise<ConnectionInfo>>>,
@@ -110,6 +122,7 @@ export type Checks = [
         maxAttempts?: number;
         requestTimeout?: number;
         random?: () => number;
+        subscriptionToken?: SubscriptionTokenProvider;
       }
     >
   >,
@@ -141,6 +154,7 @@ export const options: ArchMeshRealtimeOptions = {
   maxAttempts: Infinity,
   requestTimeout: 10000,
   random: Math.random,
+  subscriptionToken: async (channel) => `jwt-for-${channel}`,
 };
 export const client = new ArchMeshRealtime("wss://rt.example.com/ws", options);
 new ArchMeshRealtime("ws://x/ws", { token: "jwt" });
@@ -155,6 +169,9 @@ new ArchMeshRealtime("ws://x/ws", { token: () => 42 });
 new ArchMeshRealtime("ws://x/ws", { token: "jwt", backoffBase: "500" });
 // @ts-expect-error no such option
 new ArchMeshRealtime("ws://x/ws", { token: "jwt", reconnect: false });
+new ArchMeshRealtime("ws://x/ws", { token: "jwt", subscriptionToken: (channel: string) => channel });
+// @ts-expect-error the subscription token provider returns a string
+new ArchMeshRealtime("ws://x/ws", { token: "jwt", subscriptionToken: () => 42 });
 
 export const socket: WebSocketLike = new SomeWebSocket("ws://x/ws");
 export const target: EventTarget = client;
@@ -236,6 +253,15 @@ export function listen(c: ArchMeshRealtime): Array<() => void> {
     }),
     c.on("subscribed", (s) => void s.channel.length),
     c.on("recovery_failed", (f) => void [f.channel, f.reason, f.offset.toFixed(), f.epoch]),
+    c.on("unsubscribed", (u) => {
+      const channel: string = u.channel;
+      const reason: string = u.reason;
+      const ended: boolean = u.reason === "revoked" || u.reason === "token_expired";
+      // @ts-expect-error a reason is a string
+      const count: number = u.reason;
+      // @ts-expect-error an unsubscribed event has no offset
+      void [channel, reason, ended, count, u.offset];
+    }),
     c.on("error", (err) => void err.code),
   ];
   // @ts-expect-error not an event of the client
@@ -268,6 +294,7 @@ export function describe(err: unknown): string | null {
   const channel: string | null = err.channel;
   if (err.code === "closed") return `${err.closeCode ?? "-"} ${err.reason ?? ""}`;
   if (err.code === "forbidden") return channel;
+  if (err.code === "no_subscription_token" || err.code === "token_error") return channel;
   // @ts-expect-error the error's fields are read-only
   err.code = "timeout";
   void [plain, name, request];
