@@ -12,7 +12,7 @@ import contextlib
 import json
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -135,12 +135,31 @@ events = (
     )
     | json_values
 )
+# A few keys reused across inputs, so that repeats and conflicts (409) happen too.
+_reused_keys = st.sampled_from(["fuzz-key-1", "fuzz-key-2", "fuzz-key-3"])
+idempotency_keys = _reused_keys | st.text(max_size=140) | json_values
+# Header values: printable ASCII without surrounding blanks (what HTTP can carry at all).
+idempotency_headers: st.SearchStrategy[dict[str, str]] = st.one_of(
+    st.just({}),
+    st.fixed_dictionaries(
+        {
+            "Idempotency-Key": _reused_keys
+            | st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=140).map(
+                str.strip
+            )
+        }
+    ),
+)
 publications = (
-    st.fixed_dictionaries({"channel": channels}, optional={"data": events, "extra": json_values})
+    st.fixed_dictionaries(
+        {"channel": channels},
+        optional={"data": events, "idempotency_key": idempotency_keys, "extra": json_values},
+    )
     | json_values
 )
+# (path, body, extra headers)
 publish_bodies = st.one_of(
-    st.tuples(st.just("/api/publish"), publications.map(json.dumps)),
+    st.tuples(st.just("/api/publish"), publications.map(json.dumps), idempotency_headers),
     st.tuples(
         st.just("/api/publish/batch"),
         (
@@ -148,8 +167,13 @@ publish_bodies = st.one_of(
             | st.fixed_dictionaries({"items": st.lists(publications, max_size=6)})
             | json_values
         ).map(json.dumps),
+        idempotency_headers,
     ),
-    st.tuples(st.sampled_from(["/api/publish", "/api/publish/batch"]), st.text(max_size=200)),
+    st.tuples(
+        st.sampled_from(["/api/publish", "/api/publish/batch"]),
+        st.text(max_size=200),
+        idempotency_headers,
+    ),
 )
 
 _users = (
@@ -383,9 +407,12 @@ class HttpProbe:
     def close(self) -> None:
         self.http.close()
 
-    def probe(self, method: str, path: str, body: str) -> None:
+    def probe(
+        self, method: str, path: str, body: str, headers: Mapping[str, str] | None = None
+    ) -> None:
         self.findings.inputs += 1
-        reply = self.http.request(method, path, content=body.encode("utf-8", "surrogatepass"))
+        content = body.encode("utf-8", "surrogatepass")
+        reply = self.http.request(method, path, content=content, headers=headers)
         where = f"{method} {path} {body!r:.200}"
         if reply.status_code >= 500:
             raise Violation(f"{reply.status_code} {reply.text!r:.200} for {where}")
@@ -466,7 +493,7 @@ def fuzz_frames(url: str, token: str | None, examples: int, origin: str | None =
 def fuzz_publish_api(base_url: str, api_key: str, examples: int) -> Findings:
     probe = HttpProbe(base_url, api_key)
     try:
-        check = _tolerant(probe.findings, lambda pair: probe.probe("POST", *pair))
+        check = _tolerant(probe.findings, lambda request: probe.probe("POST", *request))
         run(publish_bodies, check, examples)
     finally:
         probe.close()

@@ -83,7 +83,7 @@ class Gateway:
             settings.presence_ttl,
         )
         self.expiries = Expiries()
-        self.publisher = Publisher(broker, settings.max_publish_bytes)
+        self.publisher = Publisher(broker, settings.max_publish_bytes, settings.idempotency_window)
         self.verifier = TokenVerifier(settings)
         self._context = ConnectionContext(
             node=self.node,

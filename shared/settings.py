@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     ws_per_message_deflate: bool = False
     max_publish_bytes: int = Field(65536, ge=256)
     max_batch_items: int = Field(1000, ge=1)
+    idempotency_window: float = Field(
+        300.0, gt=0, description="Seconds an idempotency key of a publish is remembered."
+    )
 
     history_size: int = Field(1000, ge=0)
     history_ttl: float = Field(3600.0, gt=0)

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import orjson
 import pytest
+from archmesh_client.idempotency import Idempotency, IdempotencyConflict
 
 from shared.broker import (
     Broker,
@@ -16,6 +17,7 @@ from shared.broker import (
     Retention,
     create_broker,
 )
+from shared.broker.memory import MemoryBroker
 from tests.servers import RedisServer
 
 
@@ -183,3 +185,73 @@ async def test_publish_many_in_order_across_channels(broker: tuple[Broker, Recor
     by_channel = {c: [p.offset for p in got if p.channel == c] for c in ("session:m1", "user:m2")}
     assert by_channel == {"session:m1": [1, 2], "user:m2": [1]}
     assert await b.publish_many([]) == []
+
+
+# -- idempotent publishing ----------------------------------------------------------------
+
+
+async def test_a_repeated_idempotency_key_publishes_once(broker: tuple[Broker, Recorder]) -> None:
+    b, rec = broker
+    await b.subscribe("session:idem")
+    once = Idempotency("order-1", 60)
+    first = await b.publish("session:idem", event(1), once)
+    again = await b.publish("session:idem", event(1), once)
+    assert (first.offset, first.duplicate) == (1, False)
+    assert (again.offset, again.epoch, again.duplicate) == (1, first.epoch, True)
+    control = await b.publish("session:idem", event(2))  # no key: a publication of its own
+    assert (control.offset, control.duplicate) == (2, False)
+    got = [await rec.next(), await rec.next()]
+    assert [(p.offset, orjson.loads(p.data)["n"]) for p in got] == [(1, 1), (2, 2)]
+    assert rec.queue.empty()
+    history = await b.history("session:idem", 0, 10)
+    assert [p.offset for p in history.publications] == [1, 2]
+
+
+async def test_a_key_is_per_channel(broker: tuple[Broker, Recorder]) -> None:
+    b, _ = broker
+    once = Idempotency("same-key", 60)
+    assert not (await b.publish("session:k1", event(1), once)).duplicate
+    assert not (await b.publish("session:k2", event(1), once)).duplicate
+    assert (await b.publish("session:k1", event(1), once)).duplicate
+
+
+async def test_a_key_reused_for_another_event_is_a_conflict(
+    broker: tuple[Broker, Recorder],
+) -> None:
+    b, _ = broker
+    once = Idempotency("order-2", 60)
+    await b.publish("session:conflict", event(1), once)
+    with pytest.raises(IdempotencyConflict):
+        await b.publish("session:conflict", event(2), once)
+    assert (await b.position("session:conflict")).offset == 1
+    assert (await b.publish("session:conflict", event(1), once)).duplicate
+
+
+async def test_a_key_is_forgotten_after_its_window(broker: tuple[Broker, Recorder]) -> None:
+    b, _ = broker
+    once = Idempotency("order-3", 0.3)
+    first = await b.publish("session:window", event(1), once)
+    assert (await b.publish("session:window", event(1), once)).duplicate
+    await asyncio.sleep(0.5)  # past the window: expiry itself is the subject
+    later = await b.publish("session:window", event(2), once)  # no conflict either
+    assert (later.offset, later.duplicate) == (first.offset + 1, False)
+
+
+async def test_concurrent_repeats_publish_once(broker: tuple[Broker, Recorder]) -> None:
+    b, _ = broker
+    keys = [Idempotency(f"race-{n}", 60) for n in range(20)]
+    tries = [b.publish("session:race", event(n % 20), keys[n % 20]) for n in range(60)]
+    results = await asyncio.gather(*tries)
+    assert sum(not r.duplicate for r in results) == 20
+    for n in range(20):
+        assert len({(r.offset, r.epoch) for r in results[n::20]}) == 1
+    assert (await b.position("session:race")).offset == 20
+
+
+async def test_the_memory_broker_remembers_a_bounded_number_of_keys() -> None:
+    b = MemoryBroker(idempotency_keys=2)
+    for key in ("a", "b", "c"):  # "a" is forgotten to make room for "c"
+        await b.publish("session:bound", event(1), Idempotency(key, 60))
+    assert (await b.publish("session:bound", event(1), Idempotency("c", 60))).duplicate
+    again = await b.publish("session:bound", event(1), Idempotency("a", 60))
+    assert (again.offset, again.duplicate) == (4, False)

@@ -7,13 +7,18 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+import uuid
 from collections.abc import AsyncIterator
 
 import orjson
 import pytest
+import redis
+from archmesh_client import publish_script
 from archmesh_client.events import WorkflowStatus, WorkflowUpdate
+from archmesh_client.idempotency import IdempotencyConflict
 from archmesh_client.publisher import InvalidPublication, connect_publisher, encode_event
 from archmesh_client.redis_transport import PublishError
+from archmesh_client.redis_url import ClusterAddress, is_cluster_url
 from archmesh_client.retention import HistoryPolicy, Retention
 
 from deploy.ports import free_port
@@ -129,3 +134,75 @@ async def test_a_backend_publishes_through_redis_only(url: str) -> None:
     with pytest.raises(ValueError, match="publishes through Redis"):
         async with connect_publisher(url):
             pass
+
+
+# -- idempotent publishing ----------------------------------------------------------------
+
+
+async def test_a_retried_publish_with_its_key_lands_once(
+    redis_url: str, subscriber: tuple[Broker, asyncio.Queue[BrokerPublication]]
+) -> None:
+    broker, received = subscriber
+    channel = CHANNELS[1]
+    async with connect_publisher(redis_url, POLICY) as publisher:
+        first = await publisher.publish(channel, {"type": "t", "n": 1}, idempotency_key="job-7")
+        again = await publisher.publish(channel, {"type": "t", "n": 1}, idempotency_key="job-7")
+        with pytest.raises(IdempotencyConflict):
+            await publisher.publish(channel, {"type": "t", "n": 2}, idempotency_key="job-7")
+        control = await publisher.publish(channel, {"type": "t", "n": 3})
+    assert not first.duplicate
+    assert again.duplicate
+    assert again == first  # the first publication's position
+    got = [await asyncio.wait_for(received.get(), 10) for _ in range(2)]
+    assert [(p.offset, orjson.loads(p.data)["n"]) for p in got] == [(1, 1), (2, 3)]
+    assert control.offset == 2
+    history = await broker.history(channel, 0, 10)
+    assert [orjson.loads(p.data)["n"] for p in history.publications] == [1, 3]
+
+
+async def test_an_idempotency_key_lives_for_the_window(redis_url: str) -> None:
+    async with connect_publisher(redis_url, POLICY, idempotency_window=0.3) as publisher:
+        first = await publisher.publish("session:w", {"type": "t"}, idempotency_key="k")
+        assert (await publisher.publish("session:w", {"type": "t"}, idempotency_key="k")).duplicate
+        await asyncio.sleep(0.5)  # past the window: expiry itself is the subject
+        later = await publisher.publish("session:w", {"type": "t"}, idempotency_key="k")
+    assert (later.offset, later.duplicate) == (first.offset + 1, False)
+
+
+async def test_invalid_idempotency_keys_are_refused_before_redis(
+    redis_server: RedisServer,
+) -> None:
+    async with connect_publisher(redis_server.url) as publisher:
+        for key in ("", "has space", "x" * 129, "{brace}", "é", 5):
+            with pytest.raises(InvalidPublication) as exc:
+                await publisher.publish("session:x", {"type": "t"}, idempotency_key=key)  # type: ignore[arg-type]
+            assert exc.value.code == "invalid_idempotency_key"
+        await publisher.publish("session:x", {"type": "t"}, idempotency_key="x" * 128)
+        await publisher.publish("session:x", {"type": "t"}, idempotency_key=str(uuid.uuid4()))
+    assert redis_server.client().hlen("rt:{session:x}:meta") == 2
+
+
+async def test_the_documented_plain_redis_layout_with_a_key(redis_url: str) -> None:
+    """What a service in another language runs: EVAL with a third key and the window."""
+    client: redis.Redis | redis.RedisCluster
+    if is_cluster_url(redis_url):
+        host, port = ClusterAddress.parse(redis_url).nodes[0]
+        client = redis.RedisCluster(host=host, port=port)
+    else:
+        client = redis.Redis.from_url(redis_url)
+    channel = "session:plain"
+    keys = [f"rt:{{{channel}}}:meta", f"rt:{{{channel}}}:history", f"rt:{{{channel}}}:idem:k-1"]
+    event = '{"type":"workflow_update","stage":"design"}'
+    try:
+        first = client.eval(publish_script.SOURCE, 3, *keys, event, 1000, 3600000, 0, 300000)
+        again = client.eval(publish_script.SOURCE, 3, *keys, event, 1000, 3600000, 0, 300000)
+        assert len(first) == 2
+        assert again == [*first, 1]
+        assert 299000 < client.pttl(keys[2]) <= 300000
+        with pytest.raises(redis.ResponseError, match="idempotency_conflict"):
+            client.eval(publish_script.SOURCE, 3, *keys, '{"type":"other"}', 1000, 3600000, 0)
+        with pytest.raises(redis.ResponseError, match="third key"):
+            client.eval(publish_script.SOURCE, 3, *keys[:2], keys[0] + ":idem:", event, 1000)
+        assert client.xlen(keys[1]) == 1
+    finally:
+        client.close()

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from archmesh_client.idempotency import Idempotency
 from archmesh_client.stream import StreamPosition
 
 
@@ -65,8 +66,14 @@ class Broker(Protocol):
 
     async def close(self) -> None: ...
 
-    async def publish(self, channel: str, data: str) -> StreamPosition:
-        """Append `data` (a JSON object's text) to history and fan it out, atomically."""
+    async def publish(
+        self, channel: str, data: str, idempotency: Idempotency | None = None
+    ) -> StreamPosition:
+        """Append `data` (a JSON object's text) to history and fan it out, atomically.
+
+        With `idempotency`, in the same atomic step: if its key was used on `channel` within
+        its window, publish nothing and return that publication's position with
+        `duplicate=True`, or raise `IdempotencyConflict` if that one's data differed."""
         ...
 
     async def publish_many(self, items: list[tuple[str, str]]) -> list[StreamPosition]:

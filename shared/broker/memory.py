@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
+from archmesh_client.idempotency import Idempotency, IdempotencyConflict
 from archmesh_client.retention import HistoryPolicy
 from archmesh_client.stream import StreamPosition
 
@@ -25,10 +27,49 @@ class _Stream:
     entries: deque[BrokerPublication] = field(default_factory=deque)
 
 
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    """A publication made with an idempotency key, as publish.lua records it."""
+
+    position: StreamPosition
+    digest: str
+    expires: float
+
+
+class _SeenKeys:
+    """Idempotency keys in use, each until its window ends; at most `limit` of them (the
+    oldest are forgotten first), so a flood of keys cannot grow the process without bound."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._seen: OrderedDict[tuple[str, str], _Seen] = OrderedDict()
+
+    def get(self, channel: str, key: str, now: float) -> _Seen | None:
+        while self._seen:  # in insertion order, which is expiry order for one window
+            oldest = next(iter(self._seen.values()))
+            if oldest.expires > now:
+                break
+            self._seen.popitem(last=False)
+        seen = self._seen.get((channel, key))
+        return seen if seen is not None and seen.expires > now else None
+
+    def add(self, channel: str, key: str, seen: _Seen) -> None:
+        self._seen[(channel, key)] = seen
+        self._seen.move_to_end((channel, key))
+        while len(self._seen) > self._limit:
+            self._seen.popitem(last=False)
+
+
 class MemoryBroker:
-    def __init__(self, policy: HistoryPolicy | None = None) -> None:
+    """`idempotency_keys`: how many keys are remembered at once; beyond, the oldest are
+    forgotten before their window ends."""
+
+    def __init__(
+        self, policy: HistoryPolicy | None = None, idempotency_keys: int = 100_000
+    ) -> None:
         self._policy = policy or HistoryPolicy()
         self._streams: dict[str, _Stream] = {}
+        self._seen = _SeenKeys(idempotency_keys)
         self._subscribed: set[str] = set()
         self._on_message: Handler | None = None
 
@@ -53,7 +94,24 @@ class MemoryBroker:
             stream = self._streams[channel] = _Stream(epoch=new_epoch(), touched=now)
         return stream
 
-    async def publish(self, channel: str, data: str) -> StreamPosition:
+    async def publish(
+        self, channel: str, data: str, idempotency: Idempotency | None = None
+    ) -> StreamPosition:
+        if idempotency is None:
+            return self._append(channel, data)
+        # No await between the check and the append: one atomic step, as in publish.lua.
+        now = time.monotonic()
+        digest = hashlib.sha1(data.encode(), usedforsecurity=False).hexdigest()
+        seen = self._seen.get(channel, idempotency.key, now)
+        if seen is not None:
+            if seen.digest != digest:
+                raise IdempotencyConflict()
+            return StreamPosition(seen.position.offset, seen.position.epoch, duplicate=True)
+        position = self._append(channel, data)
+        self._seen.add(channel, idempotency.key, _Seen(position, digest, now + idempotency.window))
+        return position
+
+    def _append(self, channel: str, data: str) -> StreamPosition:
         stream = self._stream(channel)
         stream.offset += 1
         stream.touched = time.monotonic()

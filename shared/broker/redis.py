@@ -16,8 +16,10 @@ from archmesh_client.channels import (
     meta_key,
     pubsub_name,
 )
+from archmesh_client.idempotency import Idempotency
 from archmesh_client.retention import HistoryPolicy
 from archmesh_client.stream import StreamPosition
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.broker.base import (
@@ -252,10 +254,18 @@ class RedisBroker:
 
     # -- commands -------------------------------------------------------------------------
 
-    async def publish(self, channel: str, data: str) -> StreamPosition:
+    async def publish(
+        self, channel: str, data: str, idempotency: Idempotency | None = None
+    ) -> StreamPosition:
         with as_broker_error("publish"):
-            offset, epoch = await self._publish(**self._publish_args(channel, data))
-        return StreamPosition(int(offset), epoch.decode())
+            try:
+                reply = await self._publish(**self._publish_args(channel, data, idempotency))
+            except ResponseError as exc:
+                conflict = publish_script.conflict(exc)
+                if conflict is not None:
+                    raise conflict from None
+                raise
+        return publish_script.position(reply)
 
     async def publish_many(self, items: list[tuple[str, str]]) -> list[StreamPosition]:
         if not items:
@@ -267,9 +277,13 @@ class RedisBroker:
                 replies = await pipe.execute()
         return [StreamPosition(int(offset), epoch.decode()) for offset, epoch in replies]
 
-    def _publish_args(self, channel: str, data: str) -> dict[str, Any]:
+    def _publish_args(
+        self, channel: str, data: str, idempotency: Idempotency | None = None
+    ) -> dict[str, Any]:
         retention = self._policy.for_channel(channel)
-        keys, args = publish_script.keys_and_args(channel, data, retention, sharded=self.sharded)
+        keys, args = publish_script.keys_and_args(
+            channel, data, retention, sharded=self.sharded, idempotency=idempotency
+        )
         return {"keys": keys, "args": args}
 
     async def history(self, channel: str, since: int, limit: int) -> History:

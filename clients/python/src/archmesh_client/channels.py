@@ -54,6 +54,12 @@ def history_key(channel: str) -> str:
     return f"rt:{{{channel}}}:history"
 
 
+def idempotency_key(channel: str, key: str) -> str:
+    """Hash `offset`, `epoch`, `digest` of the publication that used idempotency `key` on
+    `channel`; it expires after the idempotency window."""
+    return f"rt:{{{channel}}}:idem:{key}"
+
+
 def presence_key(channel: str) -> str:
     """Sorted set client id -> expiry time, with details in `presence_info_key`."""
     return f"rt:{{{channel}}}:presence"

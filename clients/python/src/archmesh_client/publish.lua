@@ -1,12 +1,19 @@
--- ArchMesh Realtime: append to a channel's history and fan out, atomically.
+-- ArchMesh Realtime: append to a channel's history and fan out, atomically; at most once per
+-- idempotency key.
 --
 -- EVAL <this script> 2 rt:{<channel>}:meta rt:{<channel>}:history <data> [size] [ttl_ms] [sharded]
---   data     the event, a JSON object (its text)
---   size     history entries to keep (default 1000; 0 keeps none)
---   ttl_ms   history lifetime after the last publish (default 3600000)
---   sharded  "1" to fan out with SPUBLISH (Redis Cluster), else PUBLISH
+-- EVAL <this script> 3 rt:{<channel>}:meta rt:{<channel>}:history rt:{<channel>}:idem:<key>
+--      <data> <size> <ttl_ms> <sharded> [window_ms]
+--   data       the event, a JSON object (its text)
+--   size       history entries to keep (default 1000; 0 keeps none)
+--   ttl_ms     history lifetime after the last publish (default 3600000)
+--   sharded    "1" to fan out with SPUBLISH (Redis Cluster), else PUBLISH
+--   window_ms  how long the idempotency key is remembered (default 300000)
 -- Returns {offset, epoch}. The pub/sub message is "<offset>:<epoch>:<data>" on rt:{<channel>}.
-local meta, history = KEYS[1], KEYS[2]
+-- With an idempotency key already used within the window: the same event returns
+-- {offset, epoch, 1} of the first publication and publishes nothing; a different event is
+-- refused with the error "archmesh: idempotency_conflict ...".
+local meta, history, idem = KEYS[1], KEYS[2], KEYS[3]
 local data = ARGV[1]
 local size = tonumber(ARGV[2] or '1000')
 local ttl = tonumber(ARGV[3] or '3600000')
@@ -15,6 +22,24 @@ if not string.match(data, '^%s*{') or not pcall(cjson.decode, data) then
 end
 if string.sub(meta, -5) ~= ':meta' or string.sub(history, -8) ~= ':history' then
   return redis.error_reply('ERR archmesh: keys must be rt:{<channel>}:meta and rt:{<channel>}:history')
+end
+local name = string.sub(meta, 1, -6)
+local digest
+if idem then
+  -- The key shares the channel's hash tag (one slot on a cluster): checked, then recorded
+  -- below, in this one script, so two racing retries cannot both publish.
+  local prefix = name .. ':idem:'
+  if #idem <= #prefix or string.sub(idem, 1, #prefix) ~= prefix then
+    return redis.error_reply('ERR archmesh: the third key must be rt:{<channel>}:idem:<key>')
+  end
+  digest = redis.sha1hex(data)
+  local seen = redis.call('HMGET', idem, 'offset', 'epoch', 'digest')
+  if seen[1] then
+    if seen[3] ~= digest then
+      return redis.error_reply('ERR archmesh: idempotency_conflict: the key was used for a different event')
+    end
+    return {tonumber(seen[1]), seen[2], 1}
+  end
 end
 local epoch = redis.call('HGET', meta, 'epoch')
 if not epoch then
@@ -32,8 +57,11 @@ else
   redis.call('DEL', history)
 end
 redis.call('PEXPIRE', meta, ttl)
+if idem then
+  redis.call('HSET', idem, 'offset', offset, 'epoch', epoch, 'digest', digest)
+  redis.call('PEXPIRE', idem, tonumber(ARGV[5] or '300000'))
+end
 local message = offset .. ':' .. epoch .. ':' .. data
-local name = string.sub(meta, 1, -6)
 if ARGV[4] == '1' then
   redis.call('SPUBLISH', name, message)
 else

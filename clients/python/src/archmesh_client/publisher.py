@@ -7,6 +7,11 @@
 directly, through the same publish script the gateways use: the event lands in the channel's
 history and reaches every subscribed client, or neither. The gateway publishes with the same
 `Publisher` over its own broker.
+
+A publish that may be retried (a timeout, a `PublishError`: it may or may not have happened)
+carries an idempotency key; the retry then publishes nothing if the first one did:
+
+    await publisher.publish("session:abc", update, idempotency_key="run-42-design-done")
 """
 
 from __future__ import annotations
@@ -18,6 +23,12 @@ from typing import Any, Protocol
 from pydantic import BaseModel, TypeAdapter
 
 from archmesh_client.channels import validate_channel
+from archmesh_client.idempotency import (
+    DEFAULT_WINDOW,
+    Idempotency,
+    InvalidIdempotencyKey,
+    validate_idempotency_key,
+)
 from archmesh_client.redis_transport import RedisTransport
 from archmesh_client.retention import HistoryPolicy
 from archmesh_client.stream import StreamPosition
@@ -35,8 +46,12 @@ class InvalidPublication(ValueError):
 class Transport(Protocol):
     """Where a publisher's events go: the gateway's broker, or Redis for a backend."""
 
-    async def publish(self, channel: str, data: str) -> StreamPosition:
-        """Append `data` (a JSON object's text) to history and fan it out, atomically."""
+    async def publish(
+        self, channel: str, data: str, idempotency: Idempotency | None = None
+    ) -> StreamPosition:
+        """Append `data` (a JSON object's text) to history and fan it out, atomically; with
+        `idempotency`, only if its key was not used on the channel within its window (else
+        the first publication's position, `duplicate=True`, or `IdempotencyConflict`)."""
         ...
 
 
@@ -61,27 +76,55 @@ def encode_event(data: BaseModel | Mapping[str, Any], max_bytes: int) -> str:
 class Publisher:
     """`await publisher.publish("session:abc", WorkflowUpdate(...))` from any backend."""
 
-    def __init__(self, transport: Transport, max_bytes: int = 65536) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        max_bytes: int = 65536,
+        idempotency_window: float = DEFAULT_WINDOW,
+    ) -> None:
         self._transport = transport
         self._max_bytes = max_bytes
+        self._window = idempotency_window
 
-    async def publish(self, channel: str, data: BaseModel | Mapping[str, Any]) -> StreamPosition:
+    async def publish(
+        self,
+        channel: str,
+        data: BaseModel | Mapping[str, Any],
+        idempotency_key: str | None = None,
+    ) -> StreamPosition:
+        """The publication's position. With `idempotency_key`, a repeat of the key on the
+        channel within the window publishes nothing and returns the first publication's
+        position with `duplicate=True`; a repeat with a different event raises
+        `IdempotencyConflict` (`archmesh_client.idempotency`)."""
         try:
             validate_channel(channel)
         except ValueError as exc:
             raise InvalidPublication("invalid_channel", str(exc)) from exc
-        return await self._transport.publish(channel, encode_event(data, self._max_bytes))
+        once = None
+        if idempotency_key is not None:
+            try:
+                once = Idempotency(validate_idempotency_key(idempotency_key), self._window)
+            except InvalidIdempotencyKey as exc:
+                raise InvalidPublication("invalid_idempotency_key", str(exc)) from exc
+        text = encode_event(data, self._max_bytes)
+        if once is None:
+            return await self._transport.publish(channel, text)
+        return await self._transport.publish(channel, text, once)
 
 
 @asynccontextmanager
 async def connect_publisher(
-    redis_url: str, policy: HistoryPolicy | None = None, max_bytes: int = 65536
+    redis_url: str,
+    policy: HistoryPolicy | None = None,
+    max_bytes: int = 65536,
+    idempotency_window: float = DEFAULT_WINDOW,
 ) -> AsyncIterator[Publisher]:
     """A publisher with its own Redis connection, for a backend process. `policy` must be
     the gateways' history policy (ARCHMESH_HISTORY_*): the publish sets each channel's
-    retention. A failed publish raises `PublishError` (`archmesh_client.redis_transport`)."""
+    retention. `idempotency_window` is how long (seconds) an idempotency key is remembered.
+    A failed publish raises `PublishError` (`archmesh_client.redis_transport`)."""
     transport = RedisTransport(redis_url, policy)
     try:
-        yield Publisher(transport, max_bytes)
+        yield Publisher(transport, max_bytes, idempotency_window)
     finally:
         await transport.close()

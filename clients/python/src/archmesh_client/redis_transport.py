@@ -13,6 +13,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry
 
 from archmesh_client import publish_script
+from archmesh_client.idempotency import Idempotency
 from archmesh_client.redis_url import ClusterAddress, is_cluster_url
 from archmesh_client.retention import HistoryPolicy
 from archmesh_client.stream import StreamPosition
@@ -57,12 +58,19 @@ class RedisTransport:
         self._redis = _redis_client(url)
         self._script = self._redis.register_script(publish_script.SOURCE)
 
-    async def publish(self, channel: str, data: str) -> StreamPosition:
+    async def publish(
+        self, channel: str, data: str, idempotency: Idempotency | None = None
+    ) -> StreamPosition:
         retention = self._policy.for_channel(channel)
-        keys, args = publish_script.keys_and_args(channel, data, retention, sharded=self._sharded)
+        keys, args = publish_script.keys_and_args(
+            channel, data, retention, sharded=self._sharded, idempotency=idempotency
+        )
         try:
             reply = await self._script(keys=keys, args=args)
         except _NETWORK_ERRORS as exc:
+            conflict = publish_script.conflict(exc)
+            if conflict is not None:
+                raise conflict from None
             raise PublishError(f"publish failed: {exc}") from exc
         return publish_script.position(reply)
 
