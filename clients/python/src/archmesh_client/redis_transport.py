@@ -21,14 +21,15 @@ from archmesh_client.stream import StreamPosition
 # hanging it (the gateways' default ARCHMESH_REDIS_PING_TIMEOUT).
 TIMEOUT = 3.0
 
-_NETWORK_ERRORS = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
+NETWORK_ERRORS = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
 
 
 class PublishError(RuntimeError):
     """Redis could not be reached, or refused the publish. It may or may not have happened."""
 
 
-def _redis_client(url: str) -> Any:
+def redis_client(url: str) -> Any:
+    """A backend's Redis (or Redis Cluster) client: bounded, never retrying behind its back."""
     # No hidden retries: a publish retried by the client could be applied twice.
     options: dict[str, Any] = {
         "retry": Retry(NoBackoff(), 0),
@@ -54,7 +55,7 @@ class RedisTransport:
     def __init__(self, url: str, policy: HistoryPolicy | None = None) -> None:
         self._policy = policy or HistoryPolicy()
         self._sharded = is_cluster_url(url)
-        self._redis = _redis_client(url)
+        self._redis = redis_client(url)
         self._script = self._redis.register_script(publish_script.SOURCE)
 
     async def publish(self, channel: str, data: str) -> StreamPosition:
@@ -62,7 +63,7 @@ class RedisTransport:
         keys, args = publish_script.keys_and_args(channel, data, retention, sharded=self._sharded)
         try:
             reply = await self._script(keys=keys, args=args)
-        except _NETWORK_ERRORS as exc:
+        except NETWORK_ERRORS as exc:
             raise PublishError(f"publish failed: {exc}") from exc
         return publish_script.position(reply)
 
