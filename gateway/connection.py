@@ -178,6 +178,7 @@ class Connection:
             self._outbox.stop()
             if self._deadline is not None:
                 self._deadline.cancel()
+            self._ctx.admission.left(self)
             for channel in list(self._ctx.membership.channels(self)):
                 await self._leave(channel)
             code = int(self._close_code) if self._close_code is not None else self._peer_code
@@ -245,7 +246,7 @@ class Connection:
         elif isinstance(frame, PingFrame):
             self.reply(_with_id({"type": "pong"}, frame.id))
         elif isinstance(frame, RefreshFrame):
-            self._on_refresh(frame)
+            await self._on_refresh(frame)
         elif isinstance(frame, PresenceFrame):
             await self._on_presence(frame)
 
@@ -262,6 +263,11 @@ class Connection:
             self.close(CloseCode.INVALID_TOKEN)
             return
         self.claims, self.user_id = claims, claims.user_id
+        refusal = await self._ctx.admission.admit(self, claims)  # revoked, or over the limit
+        if refusal is not None:
+            self._log.info("connect_refused", reason=CLOSE_REASONS[refusal])
+            self.close(refusal)
+            return
         self._schedule_expiry(claims.expires_at)
         await self._join(own)
         self.reply(
@@ -286,6 +292,29 @@ class Connection:
 
     async def _on_subscribe(self, frame: SubscribeFrame) -> None:
         channel = self._authorized(frame.channel, frame.token)
+        if frame.token is not None and not await self._ctx.admission.grant_allowed(frame.token):
+            raise FrameError(ErrorCode.FORBIDDEN, f"subscription token for {channel} is revoked")
+        await self._subscribe(channel, frame)
+
+    async def subscribe_by_server(self, channel: str) -> None:
+        """A backend subscribed this connection (control API): an unasked `subscribed`, then
+        the channel's publications. Nothing when it already is subscribed or is closing."""
+        if self._close_code is not None or channel in self._ctx.membership.channels(self):
+            return
+        try:
+            await self._subscribe(channel, SubscribeFrame(type="subscribe", channel=channel))
+        except FrameError as exc:
+            self._log.info("server_subscribe_failed", channel=channel, reason=str(exc))
+
+    async def unsubscribe_by_server(self, channel: str, reason: str) -> None:
+        """A backend took `channel` away (control API): an unasked `unsubscribed` with why."""
+        if self._close_code is not None or channel not in self._ctx.membership.channels(self):
+            return
+        await self._leave(channel)
+        self._catchups.pop(channel, None)
+        self.reply({"type": "unsubscribed", "channel": channel, "reason": reason})
+
+    async def _subscribe(self, channel: str, frame: SubscribeFrame) -> None:
         channels = self._ctx.membership.channels(self)
         limit = self._ctx.settings.max_subscriptions
         if channel in channels:
@@ -346,7 +375,7 @@ class Connection:
         released, live_reached = catchup.release(position)
         for _, live in released:
             self._enqueue(live)  # counted by the hub's fan-out already
-        if live_reached:
+        if live_reached and self._catchups.get(channel) is catchup:
             # Only while live delivery lags what was sent; otherwise the fast path stays clear.
             del self._catchups[channel]
 
@@ -357,13 +386,15 @@ class Connection:
         self._catchups.pop(frame.channel, None)
         self.reply(_with_id({"type": "unsubscribed", "channel": frame.channel}, frame.id))
 
-    def _on_refresh(self, frame: RefreshFrame) -> None:
+    async def _on_refresh(self, frame: RefreshFrame) -> None:
         try:
             claims = self._ctx.verifier.verify(frame.token)
         except InvalidToken as exc:
             raise FrameError(ErrorCode.INVALID_TOKEN, f"refresh refused: {exc}") from None
         if claims.user_id != self.user_id:
             raise FrameError(ErrorCode.INVALID_TOKEN, "refresh token is for another user")
+        if not await self._ctx.admission.renewal_allowed(self, claims):
+            raise FrameError(ErrorCode.INVALID_TOKEN, "refresh refused: the token is revoked")
         self.claims = claims
         self._schedule_expiry(claims.expires_at)
         self.reply(_with_id({"type": "refreshed", "expires_at": int(claims.expires_at)}, frame.id))
