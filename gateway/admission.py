@@ -63,6 +63,10 @@ class Admission:
             log.warning("revocation_check_failed", stage="subscribe", error=str(exc))
             return True
 
+    def admitted(self, conn: Controlled) -> bool:
+        """Whether `conn` was admitted and has not left."""
+        return conn in self._users
+
     def left(self, conn: Controlled) -> None:
         self._users.discard(conn)
         self._unchecked.discard(conn)

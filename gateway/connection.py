@@ -299,12 +299,17 @@ class Connection:
     async def subscribe_by_server(self, channel: str) -> None:
         """A backend subscribed this connection (control API): an unasked `subscribed`, then
         the channel's publications. Nothing when it already is subscribed or is closing."""
+        admitted = self._ctx.admission.admitted
         if self._close_code is not None or channel in self._ctx.membership.channels(self):
             return
+        if not admitted(self):
+            return  # gone: its clean-up ran already
         try:
             await self._subscribe(channel, SubscribeFrame(type="subscribe", channel=channel))
         except FrameError as exc:
             self._log.info("server_subscribe_failed", channel=channel, reason=str(exc))
+        if not admitted(self):  # it went while this ran (not in its reader): leave for it
+            await self._leave(channel)
 
     async def unsubscribe_by_server(self, channel: str, reason: str) -> None:
         """A backend took `channel` away (control API): an unasked `unsubscribed` with why."""
