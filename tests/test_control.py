@@ -373,3 +373,13 @@ async def test_the_control_api_on_a_redis_cluster(
     ok(control(a, "revoke", {"jti": jti}), "revoke_token")
     await refused_at_connect(b.ws, other, 4503, "token_revoked")
     await alive(await connect_token(b.ws, make_token(target)))
+
+
+async def test_clients_can_neither_follow_nor_feed_the_control_stream(nodes) -> None:
+    a, b = nodes
+    ws = await connect_token(b.ws, make_token(user()))
+    refused = await subscribe(ws, CONTROL_CHANNEL)
+    assert (refused["type"], refused["code"]) == ("error", "invalid_channel")
+    forged = a.publish(CONTROL_CHANNEL, {"type": "disconnect", "user": "x", "reconnect": True})
+    assert (forged.status_code, forged.json()["error"]["code"]) == (422, "invalid_channel")
+    await alive(ws)
