@@ -564,6 +564,10 @@ async def hostile_input(examples: int = FUZZ_EXAMPLES) -> list[Row]:
                 f"fuzz: publish API bodies ({examples:,})",
                 lambda: fuzz.fuzz_publish_api(api, api_key, examples),
             ),
+            (
+                f"fuzz: control API bodies ({examples:,})",
+                lambda: fuzz.fuzz_control_api(api, api_key, examples),
+            ),
         ]
         if notifier:
             fuzzers.append(

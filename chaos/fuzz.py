@@ -1,6 +1,6 @@
 """Property-based fuzzing of everything a stranger can send: client WebSocket frames over a
-real socket, and the bodies of the publish and notifier HTTP APIs. The property: no crash,
-no 5xx, and every answer is a documented one (a known frame type, an error code that the
+real socket, and the bodies of the publish, control and notifier HTTP APIs. The property: no
+crash, no 5xx, and every answer is a documented one (a known frame type, an error code that the
 README names, a close code of the protocol).
 
 Hypothesis drives synchronous clients (websockets' sync client, httpx.Client), so a run
@@ -174,6 +174,50 @@ publish_bodies = st.one_of(
         st.text(max_size=200),
         idempotency_headers,
     ),
+)
+
+# Users of the control API's bodies: never one the other fuzzers (or attacks) connect as, so a
+# generated disconnect or revocation cannot close their sockets.
+_control_users = (
+    st.sampled_from(["ctl-fuzz", "ctl-nobody"])
+    | st.from_regex(rf"ctl-{_ids}", fullmatch=True)
+    | json_values
+)
+_times = (
+    st.floats(min_value=-1e12, max_value=1e12, allow_nan=False)
+    | st.integers(min_value=-(2**40), max_value=2**40)
+    | json_values
+)
+_control_shapes = {
+    "/api/control/disconnect": st.fixed_dictionaries(
+        {"user": _control_users}, optional={"reconnect": st.booleans() | json_values}
+    ),
+    "/api/control/unsubscribe": st.fixed_dictionaries(
+        {"user": _control_users, "channel": channels},
+        optional={"reason": st.from_regex(r"[a-z_]{1,10}", fullmatch=True) | json_values},
+    ),
+    "/api/control/subscribe": st.fixed_dictionaries(
+        {"user": _control_users, "channel": channels | st.just("$control")}
+    ),
+    "/api/control/revoke": st.fixed_dictionaries(
+        {"jti": st.text(max_size=30) | json_values}, optional={"exp": _times}
+    )
+    | st.fixed_dictionaries({"user": _control_users}, optional={"before": _times}),
+}
+_control_extras = st.fixed_dictionaries({}, optional={"type": json_values, "extra": json_values})
+
+
+def _with_extras(body: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
+    """`body`, sometimes with a `type` (the path names the command) or an unknown field."""
+    return _control_extras.map(lambda more: {**body, **more})
+
+
+control_bodies = st.one_of(
+    *(
+        st.tuples(st.just(path), (shape.flatmap(_with_extras) | json_values).map(json.dumps))
+        for path, shape in _control_shapes.items()
+    ),
+    st.tuples(st.sampled_from(sorted(_control_shapes)), st.text(max_size=200)),
 )
 
 _users = (
@@ -495,6 +539,16 @@ def fuzz_publish_api(base_url: str, api_key: str, examples: int) -> Findings:
     try:
         check = _tolerant(probe.findings, lambda request: probe.probe("POST", *request))
         run(publish_bodies, check, examples)
+    finally:
+        probe.close()
+    return probe.findings
+
+
+def fuzz_control_api(base_url: str, api_key: str, examples: int) -> Findings:
+    probe = HttpProbe(base_url, api_key)
+    try:
+        check = _tolerant(probe.findings, lambda pair: probe.probe("POST", *pair))
+        run(control_bodies, check, examples)
     finally:
         probe.close()
     return probe.findings

@@ -1,7 +1,8 @@
 """The gateway node as one ASGI app: `/ws` handled raw (no middleware on the hot path), every
 other path by Starlette; one lifespan that starts and stops the node's parts. This is where they
-are put together: the hub (registration, fan-out) and membership, presence, and the context
-each connection gets."""
+are put together: the hub (registration, fan-out) and membership, presence, control (the
+control stream's follower, its API, admission at connect), and the context each connection
+gets."""
 
 from __future__ import annotations
 
@@ -16,15 +17,19 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
+from archmesh_client.control import ControlClient
 from archmesh_client.publisher import Publisher
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
+from gateway.admission import Admission
 from gateway.api import PublishApi
 from gateway.connection import Connection
 from gateway.context import ConnectionContext
+from gateway.control import ControlFollower
+from gateway.control_api import ControlApi, NodeControlTransport
 from gateway.expiry import Expiries
 from gateway.hub import Hub
 from gateway.metrics import GatewayMetrics
@@ -32,22 +37,19 @@ from gateway.outbox import Flusher
 from gateway.page import page_routes
 from gateway.presence import PresenceTracker
 from gateway.protocol import CloseCode
-from shared.broker import Broker, HistoryPolicy, Retention, create_broker
+from gateway.user_connections import UserConnections
+from shared.broker import Broker, create_broker
 from shared.http_errors import ERROR_HANDLERS
 from shared.http_ops import Readiness, ops_routes
 from shared.logging import get_logger
 from shared.presence import PresenceStore, create_presence
+from shared.revocations import RevocationStore, create_revocations
 from shared.settings import Settings
 from shared.tokens import TokenVerifier
 
 log = get_logger(__name__)
 
 Lifespan = Callable[[], contextlib.AbstractAsyncContextManager[None]]
-
-
-def history_policy(settings: Settings) -> HistoryPolicy:
-    default = Retention(settings.history_size, settings.history_ttl)
-    return HistoryPolicy.parse(default, settings.history_overrides)
 
 
 class Gateway:
@@ -58,6 +60,7 @@ class Gateway:
         settings: Settings,
         broker: Broker | None = None,
         presence: PresenceStore | None = None,
+        revocations: RevocationStore | None = None,
         *,
         dev: bool = False,
         routes: Sequence[BaseRoute] = (),
@@ -71,7 +74,7 @@ class Gateway:
         self.node = settings.node_id or f"{socket.gethostname()}-{os.getpid()}"
         self.metrics = GatewayMetrics()
         liveness = settings.broker_liveness()
-        broker = broker or create_broker(settings.redis_url, history_policy(settings), liveness)
+        broker = broker or create_broker(settings.redis_url, settings.history_policy(), liveness)
         self.broker = broker
         flusher = Flusher(self.metrics.fanout_seconds.observe)
         self.hub = Hub(broker, self.metrics, flusher)
@@ -85,6 +88,13 @@ class Gateway:
         self.expiries = Expiries()
         self.publisher = Publisher(broker, settings.max_publish_bytes, settings.idempotency_window)
         self.verifier = TokenVerifier(settings)
+        self.revocations = revocations or create_revocations(settings.redis_url, liveness)
+        users = UserConnections(settings.user_connection_limit)
+        self.admission = Admission(self.revocations, users, self.verifier)
+        self.control = ControlFollower(self.hub, users, self.admission)
+        control = ControlClient(
+            NodeControlTransport(broker, self.revocations), settings.max_token_lifetime
+        )
         self._context = ConnectionContext(
             node=self.node,
             settings=settings,
@@ -96,6 +106,7 @@ class Gateway:
             membership=self.hub.membership,
             presence=self.presence,
             history=broker.history,
+            admission=self.admission,
         )
         self.draining = False
         static = Mount("/static", StaticFiles(directory=Path(__file__).parent / "static"))
@@ -103,6 +114,7 @@ class Gateway:
         self._http = Starlette(
             routes=[
                 *PublishApi(self.publisher, settings, self.metrics).routes,
+                *ControlApi(control, settings).routes,
                 *page_routes(dev=dev, node=self.node),
                 *routes,
                 *ops,
@@ -117,6 +129,7 @@ class Gateway:
     async def _lifespan(self, _: Starlette) -> AsyncIterator[None]:
         await self.hub.start()
         self.presence.start()
+        self.control.start()
         log.info("gateway_started", node=self.node, broker=type(self.broker).__name__)
         try:
             async with contextlib.AsyncExitStack() as stack:
@@ -124,16 +137,20 @@ class Gateway:
                     await stack.enter_async_context(lifespan())
                 yield
         finally:
+            await self.control.stop()
+            await self.admission.stop()
             await self.presence.stop()
             self.expiries.stop()
             await self.hub.stop()
+            await self.revocations.close()
             log.info("gateway_stopped", node=self.node)
 
     async def readiness(self) -> Readiness:
-        """Ready while live delivery from the broker works and the node is not draining."""
-        broker = self.broker.connected
-        details = {"broker": broker, "draining": self.draining}
-        return Readiness(broker and not self.draining, details)
+        """Ready while live delivery from the broker works, the control stream is followed
+        (from then on no command is missed) and the node is not draining."""
+        broker, control = self.broker.connected, self.control.following
+        details = {"broker": broker, "control": control, "draining": self.draining}
+        return Readiness(broker and control and not self.draining, details)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket" and scope["path"] == "/ws":

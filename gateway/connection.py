@@ -192,6 +192,7 @@ class Connection:
                 self._deadline.cancel()
             if self._grants is not None:
                 self._grants.clear()
+            self._ctx.admission.left(self)
             for channel in list(self._ctx.membership.channels(self)):
                 await self._leave(channel)
             code = int(self._close_code) if self._close_code is not None else self._peer_code
@@ -261,7 +262,7 @@ class Connection:
         elif isinstance(frame, RefreshFrame):
             await self._on_refresh(frame)
         elif isinstance(frame, SubRefreshFrame):
-            self._on_sub_refresh(frame)
+            await self._on_sub_refresh(frame)
         elif isinstance(frame, PresenceFrame):
             await self._on_presence(frame)
 
@@ -278,6 +279,11 @@ class Connection:
             self.close(CloseCode.INVALID_TOKEN)
             return
         self.claims, self.user_id = claims, claims.user_id
+        refusal = await self._ctx.admission.admit(self, claims)  # revoked, or over the limit
+        if refusal is not None:
+            self._log.info("connect_refused", reason=CLOSE_REASONS[refusal])
+            self.close(refusal)
+            return
         self._schedule_expiry(claims.expires_at)
         await self._join(own)
         self.reply(
@@ -302,6 +308,32 @@ class Connection:
 
     async def _on_subscribe(self, frame: SubscribeFrame) -> None:
         channel, until = self._authorized(frame.channel, frame.token)
+        if frame.token is not None and not await self._ctx.admission.grant_allowed(frame.token):
+            raise FrameError(ErrorCode.FORBIDDEN, f"subscription token for {channel} is revoked")
+        await self._subscribe(channel, frame, until)
+
+    async def subscribe_by_server(self, channel: str) -> None:
+        """A backend subscribed this connection (control API): an unasked `subscribed`, then
+        the channel's publications. Nothing when it already is subscribed or is closing."""
+        admitted = self._ctx.admission.admitted
+        if self._close_code is not None or channel in self._ctx.membership.channels(self):
+            return
+        if not admitted(self):
+            return  # gone: its clean-up ran already
+        try:
+            await self._subscribe(channel, SubscribeFrame(type="subscribe", channel=channel), None)
+        except FrameError as exc:
+            self._log.info("server_subscribe_failed", channel=channel, reason=str(exc))
+        if not admitted(self):  # it went while this ran (not in its reader): leave for it
+            await self._leave(channel)
+
+    async def unsubscribe_by_server(self, channel: str, reason: str) -> None:
+        """A backend took `channel` away (control API): an unasked `unsubscribed` with why."""
+        if self._close_code is not None or channel not in self._ctx.membership.channels(self):
+            return
+        await self._end(channel, reason)
+
+    async def _subscribe(self, channel: str, frame: SubscribeFrame, until: float | None) -> None:
         channels = self._ctx.membership.channels(self)
         limit = self._ctx.settings.max_subscriptions
         if channel in channels:
@@ -365,7 +397,7 @@ class Connection:
         released, live_reached = catchup.release(position)
         for _, live in released:
             self._enqueue(live)  # counted by the hub's fan-out already
-        if live_reached:
+        if live_reached and self._catchups.get(channel) is catchup:
             # Only while live delivery lags what was sent; otherwise the fast path stays clear.
             del self._catchups[channel]
 
@@ -384,6 +416,8 @@ class Connection:
             raise FrameError(ErrorCode.INVALID_TOKEN, f"refresh refused: {exc}") from None
         if claims.user_id != self.user_id:
             raise FrameError(ErrorCode.INVALID_TOKEN, "refresh token is for another user")
+        if not await self._ctx.admission.renewal_allowed(self, claims):
+            raise FrameError(ErrorCode.INVALID_TOKEN, "refresh refused: the token is revoked")
         self.claims = claims
         self._schedule_expiry(claims.expires_at)
         # The new claims are the connection's only standing access: a session they no longer
@@ -399,7 +433,7 @@ class Connection:
             await self._end(channel, UnsubscribeReason.REVOKED)
         self.reply(_with_id({"type": "refreshed", "expires_at": int(claims.expires_at)}, frame.id))
 
-    def _on_sub_refresh(self, frame: SubRefreshFrame) -> None:
+    async def _on_sub_refresh(self, frame: SubRefreshFrame) -> None:
         channel = frame.channel
         if channel not in self._ctx.membership.channels(self):
             raise FrameError(ErrorCode.NOT_SUBSCRIBED, f"not subscribed to {channel}")
@@ -416,6 +450,10 @@ class Connection:
             raise FrameError(ErrorCode.INVALID_TOKEN, "subscription token is for another user")
         if grant.channel != channel:
             raise FrameError(ErrorCode.INVALID_TOKEN, f"subscription token is not for {channel}")
+        if not await self._ctx.admission.grant_allowed(frame.token):
+            raise FrameError(ErrorCode.INVALID_TOKEN, "sub_refresh refused: the token is revoked")
+        if channel not in self._ctx.membership.channels(self):  # it ended during that check
+            raise FrameError(ErrorCode.NOT_SUBSCRIBED, f"not subscribed to {channel}")
         self._set_grant(channel, grant.expires_at)
         reply = {"type": "sub_refreshed", "channel": channel, "expires_at": int(grant.expires_at)}
         self.reply(_with_id(reply, frame.id))
@@ -478,13 +516,13 @@ class Connection:
             self._log.exception("subscription_end_failed", channel=channel)
             self.close(CloseCode.SERVER_ERROR)
 
-    async def _end(self, channel: str, reason: UnsubscribeReason) -> None:
+    async def _end(self, channel: str, reason: str) -> None:
         """End a subscription the client did not ask to end, and tell it why. The client is
         told before the first await, so the notice precedes any later reply about `channel`;
         leaving stops deliveries before its first await too."""
         self._set_grant(channel, None)
         self._catchups.pop(channel, None)
-        self.reply({"type": "unsubscribed", "channel": channel, "reason": reason.value})
+        self.reply({"type": "unsubscribed", "channel": channel, "reason": str(reason)})
         await self._leave(channel)
 
     def _schedule_expiry(self, expires_at: float) -> None:

@@ -1,13 +1,14 @@
 """What a connection needs from its node, and nothing more: settings and token checks, the
-channels it joins (membership, presence), history reads, the shared write scheduling, counters
-and expiry timer. A connection never reaches the hub or the broker: the hub registers it and
-fans publications out to it, that is all."""
+channels it joins (membership, presence), history reads, admission (revocations, the per-user
+limit), the shared write scheduling, counters and expiry timer. A connection never reaches the
+hub or the broker: the hub registers it and fans publications out to it, that is all."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from gateway.admission import Admission
 from gateway.expiry import Expiries
 from gateway.membership import Membership
 from gateway.metrics import FanoutStats, GatewayMetrics
@@ -32,6 +33,7 @@ class ConnectionContext:
     membership: Membership
     presence: PresenceTracker
     history: HistoryRead
+    admission: Admission  # revocations and the per-user limit, at connect, refresh, subscribe
 
     def open_outbox(self, send: Send) -> Outbox:
         return open_outbox(send, self.settings.client_queue_bytes, self.flusher)

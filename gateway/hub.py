@@ -63,6 +63,28 @@ class Hub:
         if not self.connections:
             self.empty.set()
 
+    async def follow(self, channel: str, member: Member) -> None:
+        """Follow `channel` for the node itself (`member`, e.g. the control follower) from its
+        current position, read first (retried while the broker is out): whatever is published
+        after it reaches `member`, live or, after a gap or a reconnect, from history, even
+        before the first publication arrives."""
+        backoff = Backoff(base=0.1, cap=5.0)
+        while True:
+            try:
+                position = await self._broker.position(channel)
+                break
+            except BrokerError as exc:
+                delay = backoff.next_delay()
+                log.warning("follow_failed", channel=channel, error=str(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+        if channel not in self._positions:  # no await from here on: no message in between
+            self._positions[channel] = Catchup(position.epoch, position.offset)
+        await self.membership.follow(member, channel)
+        caught = self._positions.get(channel)
+        if caught is not None and caught.held is None:
+            # What was published between the read and the subscription taking effect.
+            self._start_repair(channel, caught, None)
+
     # -- fan-out ------------------------------------------------------------------------
 
     def dispatch(self, pub: BrokerPublication, frame: Outgoing | None = None) -> None:

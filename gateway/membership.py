@@ -42,6 +42,7 @@ class Membership:
         # presence refresh; a channel is here only while it has one.
         self.local: dict[str, set[Member]] = {}
         self._channels_of: dict[Member, set[str]] = {}  # only connections with a channel
+        self._internal: set[str] = set()  # channels only the node itself follows
 
     def channels(self, conn: Member) -> Set[str]:
         return self._channels_of.get(conn, _NONE)
@@ -55,10 +56,20 @@ class Membership:
         conns = self.local.get(channel)
         if conns is None:
             self.local[channel] = {conn}
-            self._metrics.channels.set(len(self.local))
+            self._count_channels()
             await self._broker.subscribe(channel)
         else:
             conns.add(conn)
+
+    async def follow(self, member: Member, channel: str) -> None:
+        """Make the node itself a member of `channel` (the control stream): fanned out to and
+        repaired like a client's channel, not counted as a client's subscription, never left."""
+        self._internal.add(channel)
+        self.local.setdefault(channel, set()).add(member)
+        await self._broker.subscribe(channel)
+
+    def _count_channels(self) -> None:
+        self._metrics.channels.set(len(self.local) - len(self._internal))
 
     async def leave(self, conn: Member, channel: str) -> bool:
         """Whether `conn` was a member of `channel` (and now is not)."""
@@ -75,6 +86,6 @@ class Membership:
         if not conns:
             del self.local[channel]
             self._on_vacated(channel)
-            self._metrics.channels.set(len(self.local))
+            self._count_channels()
             await self._broker.unsubscribe(channel)
         return True

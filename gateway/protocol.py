@@ -46,7 +46,11 @@ class CloseCode(IntEnum):
     TOKEN_EXPIRED = 4004
     RATE_LIMITED = 4005
     CONNECT_TIMEOUT = 4006
+    DISCONNECTED = 4007  # by a backend (control API), asking the client to reconnect
     INVALID_TOKEN = 4501
+    TERMINATED = 4502  # by a backend (control API), asking the client not to reconnect
+    TOKEN_REVOKED = 4503
+    CONNECTION_LIMIT = 4504
 
     @property
     def reconnect(self) -> bool:
@@ -60,7 +64,11 @@ CLOSE_REASONS: dict[CloseCode, str] = {
     CloseCode.TOKEN_EXPIRED: "token_expired",
     CloseCode.RATE_LIMITED: "rate_limited",
     CloseCode.CONNECT_TIMEOUT: "connect_timeout",
+    CloseCode.DISCONNECTED: "disconnected",
     CloseCode.INVALID_TOKEN: "invalid_token",
+    CloseCode.TERMINATED: "terminated",
+    CloseCode.TOKEN_REVOKED: "token_revoked",
+    CloseCode.CONNECTION_LIMIT: "connection_limit",
 }
 
 

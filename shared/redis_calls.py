@@ -13,6 +13,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import redis.asyncio as aioredis
+from archmesh_client.redis_url import ClusterAddress
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry
@@ -31,6 +34,18 @@ def client_options(liveness: Liveness) -> dict[str, Any]:
         "socket_connect_timeout": liveness.timeout,
         "socket_timeout": liveness.timeout,
     }
+
+
+def redis_client(url: str, liveness: Liveness, *, cluster: bool) -> Any:
+    """A command client bounded like the broker's: no hidden retries, every command and
+    connection attempt limited to `liveness.timeout`, so a silent Redis fails a store's call
+    (presence, revocations) instead of hanging the connection that made it."""
+    options = client_options(liveness)
+    if not cluster:
+        return aioredis.Redis.from_url(url, **options)
+    address = ClusterAddress.parse(url)
+    startup = [ClusterNode(host, port) for host, port in address.nodes]
+    return RedisCluster(startup_nodes=startup, **address.credentials(), **options)
 
 
 @contextmanager

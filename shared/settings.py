@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     jwt_issuer: str | None = None
     jwt_leeway: float = Field(5.0, ge=0, le=300)
 
+    max_token_lifetime: float = Field(
+        86400.0, gt=0, description="Longest exp - iat of issued tokens: a user revocation's life."
+    )
+    user_connection_limit: int = Field(0, ge=0, description="Per user per node; 0: no limit.")
+
     api_key: SecretStr | None = None
     allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
@@ -136,10 +141,13 @@ class Settings(BaseSettings):
         return self
 
     def history_policy(self) -> HistoryPolicy:
+        """ARCHMESH_HISTORY_*, and the control stream's own retention (which they cannot
+        change: a node cut off from Redis must find the commands it missed)."""
+        from archmesh_client.control_commands import with_control_retention
         from archmesh_client.retention import HistoryPolicy, Retention
 
         default = Retention(self.history_size, self.history_ttl)
-        return HistoryPolicy.parse(default, self.history_overrides)
+        return with_control_retention(HistoryPolicy.parse(default, self.history_overrides))
 
     def broker_liveness(self) -> Liveness:
         """How fast a Redis broker notices a silent link (ARCHMESH_REDIS_PING_*)."""

@@ -22,6 +22,8 @@ class Claims:
     expires_at: float
     sessions: frozenset[str]
     channel: str | None = None
+    token_id: str | None = None  # `jti`: what a token revocation names
+    issued_at: float | None = None  # `iat`: what a user's revocation cut-off is compared with
 
 
 def _load_key(value: str) -> str:
@@ -80,7 +82,11 @@ def _claims(claims: dict[str, Any]) -> Claims:
         raise InvalidToken("claim 'sessions' must be a list of strings")
     if channel is not None and not isinstance(channel, str):
         raise InvalidToken("claim 'channel' must be a string")
-    return Claims(sub, float(claims["exp"]), frozenset(sessions), channel)
+    jti, iat = claims.get("jti"), claims.get("iat")  # PyJWT checked that `iat` is a number
+    if jti is not None and not isinstance(jti, str):
+        raise InvalidToken("claim 'jti' must be a string")
+    issued_at = None if iat is None else float(iat)
+    return Claims(sub, float(claims["exp"]), frozenset(sessions), channel, jti, issued_at)
 
 
 def issue_token(
@@ -92,6 +98,7 @@ def issue_token(
     ttl: float = 3600,
     audience: str | None = None,
     issuer: str | None = None,
+    jti: str | None = None,
 ) -> str:
     """An HS256 token, as a backend would mint for its users (or `archmesh-rt token`)."""
     now = int(time.time())
@@ -104,4 +111,6 @@ def issue_token(
         claims["aud"] = audience
     if issuer:
         claims["iss"] = issuer
+    if jti:
+        claims["jti"] = jti
     return jwt.encode(claims, secret, algorithm="HS256")

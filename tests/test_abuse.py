@@ -86,6 +86,12 @@ def test_generated_publish_bodies_get_documented_answers(target: abuse.Target) -
     assert {"200", "400 bad_json", "422 bad_request"} <= set(findings.answers)
 
 
+def test_generated_control_bodies_get_documented_answers(target: abuse.Target) -> None:
+    findings = fuzz.fuzz_control_api(target.cluster.url, target.cluster.api_key, EXAMPLES)
+    _run(findings, EXAMPLES)
+    assert {"200", "400 bad_json", "422 bad_request"} <= set(findings.answers)
+
+
 @needs_notifier
 def test_generated_notifier_bodies_get_documented_answers(target: abuse.Target) -> None:
     probe = fuzz.HttpProbe(target.cluster.url, target.cluster.api_key)

@@ -16,6 +16,7 @@ def create_presence(url: str, liveness: Liveness | None = None) -> PresenceStore
         from shared.presence.memory import MemoryPresence
 
         return MemoryPresence()
-    from shared.presence.redis import RedisPresence, redis_client
+    from shared.presence.redis import RedisPresence
+    from shared.redis_calls import redis_client
 
     return RedisPresence(redis_client(url, liveness or Liveness(), cluster=backend == "cluster"))

@@ -10,25 +10,11 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from archmesh_client.channels import presence_info_key, presence_key
-from archmesh_client.redis_url import ClusterAddress
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import RedisCluster
 
-from shared.broker.link import Liveness
 from shared.lua import lua
 from shared.presence.base import PresenceEntry
-from shared.redis_calls import as_broker_error, client_options
-
-
-def redis_client(url: str, liveness: Liveness, *, cluster: bool) -> Any:
-    """A command client bounded like the broker's: no hidden retries, every command and
-    connection attempt limited to `liveness.timeout`, so a silent Redis fails a presence call
-    instead of hanging the connection that made it."""
-    options = client_options(liveness)
-    if not cluster:
-        return aioredis.Redis.from_url(url, **options)
-    address = ClusterAddress.parse(url)
-    startup = [ClusterNode(host, port) for host, port in address.nodes]
-    return RedisCluster(startup_nodes=startup, **address.credentials(), **options)
+from shared.redis_calls import as_broker_error
 
 
 class RedisPresence:

@@ -3,6 +3,8 @@ gateway and the notifier, and nothing of the servers.
 
 - `archmesh_client.realtime`: `RealtimeClient`, the asyncio WebSocket SDK (needs `websockets`).
 - `archmesh_client.publisher`: `connect_publisher`, publishing events on channels via Redis.
+- `archmesh_client.control`: `connect_control`, disconnecting, (un)subscribing users and
+  revoking tokens on every gateway node via Redis.
 - `archmesh_client.notifier`: `NotifierClient`, queueing notifications via Redis.
 - `archmesh_client.events`, `.notifications`, `.channels`: the event and request schemas and
   the channel names (and their Redis layout) that clients and servers share.

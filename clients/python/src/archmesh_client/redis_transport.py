@@ -22,14 +22,15 @@ from archmesh_client.stream import StreamPosition
 # hanging it (the gateways' default ARCHMESH_REDIS_PING_TIMEOUT).
 TIMEOUT = 3.0
 
-_NETWORK_ERRORS = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
+NETWORK_ERRORS = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
 
 
 class PublishError(RuntimeError):
     """Redis could not be reached, or refused the publish. It may or may not have happened."""
 
 
-def _redis_client(url: str) -> Any:
+def redis_client(url: str) -> Any:
+    """A backend's Redis (or Redis Cluster) client: bounded, never retrying behind its back."""
     # No hidden retries: a publish retried by the client could be applied twice.
     options: dict[str, Any] = {
         "retry": Retry(NoBackoff(), 0),
@@ -55,7 +56,7 @@ class RedisTransport:
     def __init__(self, url: str, policy: HistoryPolicy | None = None) -> None:
         self._policy = policy or HistoryPolicy()
         self._sharded = is_cluster_url(url)
-        self._redis = _redis_client(url)
+        self._redis = redis_client(url)
         self._script = self._redis.register_script(publish_script.SOURCE)
 
     async def publish(
@@ -67,7 +68,7 @@ class RedisTransport:
         )
         try:
             reply = await self._script(keys=keys, args=args)
-        except _NETWORK_ERRORS as exc:
+        except NETWORK_ERRORS as exc:
             conflict = publish_script.conflict(exc)
             if conflict is not None:
                 raise conflict from None
