@@ -383,3 +383,25 @@ async def test_clients_can_neither_follow_nor_feed_the_control_stream(nodes) -> 
     forged = a.publish(CONTROL_CHANNEL, {"type": "disconnect", "user": "x", "reconnect": True})
     assert (forged.status_code, forged.json()["error"]["code"]) == (422, "invalid_channel")
     await alive(ws)
+
+
+async def test_the_python_sdk_adopts_a_server_side_subscription(nodes) -> None:
+    from archmesh_client.realtime import Publication, RealtimeClient
+
+    a, b = nodes
+    target = user()
+    async with RealtimeClient(b.ws, make_token(target)) as client:
+        ok(control(a, "subscribe", {"user": target, "channel": "session:ctl-sdk"}), "subscribe")
+        items = client.publications()
+        deadline = time.monotonic() + 5
+        while "session:ctl-sdk" not in client.channels:  # the unasked `subscribed`
+            assert time.monotonic() < deadline, "the SDK never adopted the subscription"
+            await asyncio.sleep(0.02)
+        published = a.publish("session:ctl-sdk", {"type": "t", "n": 7}).json()
+        item = await asyncio.wait_for(anext(items), 5)
+        assert isinstance(item, Publication)
+        assert (item.channel, item.offset, item.data["n"]) == (
+            "session:ctl-sdk",
+            published["offset"],
+            7,
+        )

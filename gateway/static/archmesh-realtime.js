@@ -616,6 +616,14 @@ export class ArchMeshRealtime extends EventTarget {
     const sent = this._awaiting.get(channel) ?? null;
     this._awaiting.delete(channel);
     if (!isInt(frame.offset) || typeof frame.epoch !== "string") return;
+    const unasked = !isInt(frame.id) && !sent && frame.reason === undefined;
+    if (unasked && !this._subs.has(channel) && channel !== this._ownChannel()) {
+      // A backend subscribed this connection (control API): adopt it like one of ours, so its
+      // publications arrive and a reconnect resubscribes it from the last offset seen. (An
+      // unasked `subscribed` with a reason, history_lost, never adds a channel.)
+      const adopted = { token: null, since: null, waiters: new Set(), sentToken: null, renewal: null };
+      this._subs.set(channel, adopted);
+    }
     if (!this._subs.has(channel) && channel !== this._ownChannel()) return; // unsubscribed meanwhile
     const reply = {
       channel,

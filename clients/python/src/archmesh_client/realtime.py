@@ -784,7 +784,14 @@ class RealtimeClient:
         offset, epoch = _as_int(frame.get("offset")), frame.get("epoch")
         if offset is None or not isinstance(epoch, str):
             return
-        if channel not in self._subs and channel != self._own_channel():
+        own = self._own_channel()
+        unasked = request_id is None and sent is None and "reason" not in frame
+        if unasked and channel not in self._subs and channel != own:
+            # A backend subscribed this connection (control API): adopt it like one of ours, so
+            # its publications arrive and a reconnect resubscribes it from the last offset seen.
+            # (An unasked `subscribed` with a reason, history_lost, never adds a channel.)
+            self._subs[channel] = _Subscription(channel)
+        if channel not in self._subs and channel != own:
             return  # unsubscribed meanwhile
         recovered = frame.get("recovered")
         reason = frame.get("reason")
