@@ -1,6 +1,9 @@
 """This node's part of presence: the connections subscribed here to a tracked channel are
 entered in the presence store, refreshed every third of the TTL while they stay, and removed
-when they leave. A node that dies stops refreshing, and its entries expire."""
+when they leave. A node that dies stops refreshing, and its entries expire.
+
+The refresh covers every tracked (channel, connection) of the node in one store call, so it
+costs one round trip per interval (per Redis server), however many subscriptions there are."""
 
 from __future__ import annotations
 
@@ -46,9 +49,8 @@ class PresenceTracker:
 
     async def join(self, channel: str, conn: Member) -> None:
         """Enter (or refresh) `conn`; a failure is logged, the next refresh tries again."""
-        entry = PresenceEntry(conn.client_id, conn.user_id or "", self._node)
         try:
-            await self._store.join(channel, entry, self._ttl)
+            await self._store.join(channel, self._entry(conn), self._ttl)
         except BrokerError as exc:
             log.warning("presence_join_failed", channel=channel, error=str(exc))
 
@@ -64,7 +66,25 @@ class PresenceTracker:
     async def _refresh(self) -> None:
         while True:
             await asyncio.sleep(self._ttl / 3)
-            for channel, conns in list(self._membership.local.items()):
-                if self.tracks(channel):
-                    for conn in list(conns):
-                        await self.join(channel, conn)
+            batch = {
+                channel: [self._entry(conn) for conn in conns]
+                for channel, conns in list(self._membership.local.items())
+                if conns and self.tracks(channel)
+            }
+            try:
+                await self._store.refresh(batch, self._ttl)
+            except BrokerError as exc:  # the entries live until their TTL; the next try
+                log.warning("presence_refresh_failed", channels=len(batch), error=str(exc))
+                continue
+            # A connection that left while the refresh was in flight may have been entered
+            # again after its leave: take it out (rare, so checked only here).
+            local = self._membership.local
+            for channel, entries in batch.items():
+                stayed = {conn.client_id for conn in local.get(channel, ())}
+                for entry in entries:
+                    if entry.client_id not in stayed:
+                        with contextlib.suppress(BrokerError):
+                            await self._store.leave(channel, entry.client_id)
+
+    def _entry(self, conn: Member) -> PresenceEntry:
+        return PresenceEntry(conn.client_id, conn.user_id or "", self._node)

@@ -64,3 +64,50 @@ async def test_unreachable_redis_is_a_broker_error(redis_server: RedisServer) ->
 def test_unknown_scheme_fails_loudly() -> None:
     with pytest.raises(ValueError, match="unknown broker URL scheme"):
         create_presence("kafka://localhost")
+
+
+async def test_batch_refresh_enters_and_keeps_every_entry(store: PresenceStore) -> None:
+    # On the cluster these channels' keys spread over the masters: one pipeline reaches them all.
+    channels = {
+        f"session:b{i}": [PresenceEntry(f"c{i}-{j}", f"u{j}", "n1") for j in range(3)]
+        for i in range(6)
+    }
+    await store.refresh(channels, ttl=0.4)
+    for _ in range(3):
+        await asyncio.sleep(0.2)
+        await store.refresh(channels, ttl=0.4)  # what a live node does every ttl/3
+    for channel, entries in channels.items():
+        assert sorted(await store.members(channel), key=lambda e: e.client_id) == entries
+    await store.refresh({}, ttl=0.4)  # a node with nothing tracked: nothing to do
+    await asyncio.sleep(0.5)  # no more refreshes: the node died
+    for channel in channels:
+        assert await store.members(channel) == []
+
+
+async def test_batch_refresh_is_one_script_call_per_channel(redis_server: RedisServer) -> None:
+    # Not one per subscription: 4 channels x 50 connections cost 4 EVALSHA in one pipeline.
+    store = create_presence(redis_server.url)
+    admin = redis_server.client()
+    try:
+        channels = {
+            f"session:m{i}": [PresenceEntry(f"c{i}-{j}", f"u{j}", "n1") for j in range(50)]
+            for i in range(4)
+        }
+        await store.join("session:warm", PresenceEntry("c0", "u0", "n1"), ttl=30)  # loads it
+        admin.config_resetstat()
+        await store.refresh(channels, ttl=30)
+        stats = admin.info("commandstats")
+        assert stats["cmdstat_evalsha"]["calls"] == 4
+        assert len(await store.members("session:m3")) == 50
+    finally:
+        await store.close()
+
+
+async def test_batch_refresh_survives_a_flushed_script_cache(redis_server: RedisServer) -> None:
+    store = create_presence(redis_server.url)
+    try:
+        redis_server.client().script_flush()  # as after a restart or a failover
+        await store.refresh({"session:f": [PresenceEntry("c1", "u1", "n1")]}, ttl=30)
+        assert await store.members("session:f") == [PresenceEntry("c1", "u1", "n1")]
+    finally:
+        await store.close()

@@ -6,6 +6,7 @@ presence is state with expiry, not message flow, and a node can lose one without
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -23,6 +24,11 @@ class PresenceStore(Protocol):
 
     async def join(self, channel: str, entry: PresenceEntry, ttl: float) -> None:
         """Add or refresh `entry`; it vanishes `ttl` seconds after its last refresh."""
+        ...
+
+    async def refresh(self, channels: Mapping[str, Sequence[PresenceEntry]], ttl: float) -> None:
+        """`join` for every entry of every channel at once: a node's periodic refresh, in one
+        round trip to each backend server (not one per subscription)."""
         ...
 
     async def leave(self, channel: str, client_id: str) -> None: ...

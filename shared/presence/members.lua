@@ -3,6 +3,15 @@
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ms)
+for _, id in ipairs(gone) do
+  local info = redis.call('HGET', KEYS[2], id)
+  if info then
+    local user = cjson.decode(info)['user_id']
+    if redis.call('HINCRBY', KEYS[3], user, -1) <= 0 then
+      redis.call('HDEL', KEYS[3], user)
+    end
+  end
+end
 if #gone > 0 then
   redis.call('ZREM', KEYS[1], unpack(gone))
   redis.call('HDEL', KEYS[2], unpack(gone))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 
 from shared.presence.base import PresenceEntry
 
@@ -15,6 +16,11 @@ class MemoryPresence:
     async def join(self, channel: str, entry: PresenceEntry, ttl: float) -> None:
         members = self._channels.setdefault(channel, {})
         members[entry.client_id] = (entry, time.monotonic() + ttl)
+
+    async def refresh(self, channels: Mapping[str, Sequence[PresenceEntry]], ttl: float) -> None:
+        for channel, entries in channels.items():
+            for entry in entries:
+                await self.join(channel, entry, ttl)
 
     async def leave(self, channel: str, client_id: str) -> None:
         members = self._channels.get(channel, {})

@@ -1,16 +1,22 @@
-"""Redis presence, on one server or a Redis Cluster: a sorted set (client id -> expiry) and a
-hash (client id -> details) per channel, hash-tagged with the channel so that each script
-touches one slot. Entries expire by time, so a node killed without cleanup vanishes from every
-list once its refreshes stop."""
+"""Redis presence, on one server or a Redis Cluster: a sorted set (client id -> expiry), a hash
+(client id -> details) and a hash (user id -> present clients of that user) per channel,
+hash-tagged with the channel so that each script touches one slot. Entries expire by time, so
+a node killed without cleanup vanishes from every list once its refreshes stop.
+
+A node's periodic refresh is one pipeline: one script call per channel covering all of the
+node's clients there, sent in one round trip (per Cluster node: redis-py's cluster pipeline
+groups the calls by the node owning each slot)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
-from archmesh_client.channels import presence_info_key, presence_key
+from archmesh_client.channels import presence_info_key, presence_key, presence_users_key
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError
 
 from shared.lua import lua
 from shared.presence.base import PresenceEntry
@@ -25,9 +31,26 @@ class RedisPresence:
         self._leave = client.register_script(lua("shared.presence", "leave.lua"))
 
     async def join(self, channel: str, entry: PresenceEntry, ttl: float) -> None:
-        info = json.dumps({"user_id": entry.user_id, "node": entry.node})
-        args: list[str | int] = [entry.client_id, info, int(ttl * 1000)]
-        await self._run(self._join, channel, args)
+        await self._run(self._join, channel, _join_args([entry], ttl))
+
+    async def refresh(self, channels: Mapping[str, Sequence[PresenceEntry]], ttl: float) -> None:
+        calls = [(channel, _join_args(entries, ttl)) for channel, entries in channels.items()]
+        if not calls:
+            return
+        with as_broker_error("presence"):
+            pipe = self._redis.pipeline(transaction=False)
+            for channel, args in calls:
+                # execute_command: the cluster pipeline blocks its evalsha method (not the
+                # command); each call names its keys, all in its channel's slot.
+                pipe.execute_command("EVALSHA", self._join.sha, 3, *_keys(channel), *args)
+            results = await pipe.execute(raise_on_error=False)
+        for (channel, args), result in zip(calls, results, strict=True):
+            if isinstance(result, NoScriptError):
+                # The script cache was flushed (restart, failover): the script object loads it.
+                await self._run(self._join, channel, args)
+            elif isinstance(result, Exception):
+                with as_broker_error("presence"):
+                    raise result
 
     async def leave(self, channel: str, client_id: str) -> None:
         await self._run(self._leave, channel, [client_id])
@@ -41,9 +64,19 @@ class RedisPresence:
         return entries
 
     async def _run(self, script: Any, channel: str, args: list[str | int]) -> Any:
-        keys = [presence_key(channel), presence_info_key(channel)]
         with as_broker_error("presence"):
-            return await script(keys=keys, args=args)
+            return await script(keys=_keys(channel), args=args)
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+def _keys(channel: str) -> list[str]:
+    return [presence_key(channel), presence_info_key(channel), presence_users_key(channel)]
+
+
+def _join_args(entries: Sequence[PresenceEntry], ttl: float) -> list[str | int]:
+    args: list[str | int] = [int(ttl * 1000)]
+    for entry in entries:
+        args += [entry.client_id, json.dumps({"user_id": entry.user_id, "node": entry.node})]
+    return args

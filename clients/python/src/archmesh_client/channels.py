@@ -69,6 +69,11 @@ def presence_info_key(channel: str) -> str:
     return f"rt:{{{channel}}}:presence:info"
 
 
+def presence_users_key(channel: str) -> str:
+    """Hash user id -> how many of the channel's present clients are that user's."""
+    return f"rt:{{{channel}}}:presence:users"
+
+
 def channel_of_pubsub(name: str) -> str | None:
     """Inverse of pubsub_name; None for a name that is not ours."""
     if name.startswith("rt:{") and name.endswith("}"):
