@@ -34,6 +34,7 @@ from gateway.protocol import (
     Outgoing,
     PingFrame,
     PresenceFrame,
+    PresenceStatsFrame,
     RefreshFrame,
     Since,
     SubRefreshFrame,
@@ -265,6 +266,8 @@ class Connection:
             await self._on_sub_refresh(frame)
         elif isinstance(frame, PresenceFrame):
             await self._on_presence(frame)
+        elif isinstance(frame, PresenceStatsFrame):
+            await self._on_presence_stats(frame)
 
     # -- handlers -----------------------------------------------------------------------
 
@@ -459,15 +462,34 @@ class Connection:
         self.reply(_with_id(reply, frame.id))
 
     async def _on_presence(self, frame: PresenceFrame) -> None:
-        channel, _ = self._authorized(frame.channel, None)
-        if not self._ctx.presence.tracks(channel):
-            raise FrameError(ErrorCode.FORBIDDEN, f"presence is not tracked for {channel}")
+        channel = self._presence_channel(frame.channel)
         try:
             entries = await self._ctx.presence.members(channel)
         except BrokerError as exc:
             raise FrameError(ErrorCode.UNAVAILABLE, f"broker unavailable: {exc}") from None
         clients = [{"client_id": e.client_id, "user_id": e.user_id} for e in entries]
         self.reply(_with_id({"type": "presence", "channel": channel, "clients": clients}, frame.id))
+
+    async def _on_presence_stats(self, frame: PresenceStatsFrame) -> None:
+        channel = self._presence_channel(frame.channel)
+        try:
+            stats = await self._ctx.presence.stats(channel)
+        except BrokerError as exc:
+            raise FrameError(ErrorCode.UNAVAILABLE, f"broker unavailable: {exc}") from None
+        reply = {
+            "type": "presence_stats",
+            "channel": channel,
+            "connections": stats.connections,
+            "users": stats.users,
+        }
+        self.reply(_with_id(reply, frame.id))
+
+    def _presence_channel(self, name: str) -> str:
+        """`name` validated, allowed to this connection (as for a subscribe) and tracked."""
+        channel, _ = self._authorized(name, None)
+        if not self._ctx.presence.tracks(channel):
+            raise FrameError(ErrorCode.FORBIDDEN, f"presence is not tracked for {channel}")
+        return channel
 
     def _authorized(self, name: str, token: str | None) -> tuple[str, float | None]:
         """The validated channel, and until when a subscription token grants it (None: no

@@ -13,7 +13,7 @@ import contextlib
 from gateway.membership import Member, Membership
 from shared.broker import BrokerError
 from shared.logging import get_logger
-from shared.presence import PresenceEntry, PresenceStore
+from shared.presence import PresenceEntry, PresenceStats, PresenceStore
 
 log = get_logger(__name__)
 
@@ -62,6 +62,10 @@ class PresenceTracker:
     async def members(self, channel: str) -> list[PresenceEntry]:
         """Raises BrokerError when the store cannot answer."""
         return await self._store.members(channel)
+
+    async def stats(self, channel: str) -> PresenceStats:
+        """Raises BrokerError when the store cannot answer."""
+        return await self._store.stats(channel)
 
     async def _refresh(self) -> None:
         while True:

@@ -127,6 +127,11 @@ class PresenceFrame(_Frame):
     channel: str = Field(max_length=200)
 
 
+class PresenceStatsFrame(_Frame):
+    type: Literal["presence_stats"]
+    channel: str = Field(max_length=200)
+
+
 ClientFrame = Annotated[
     ConnectFrame
     | SubscribeFrame
@@ -134,12 +139,22 @@ ClientFrame = Annotated[
     | PingFrame
     | RefreshFrame
     | SubRefreshFrame
-    | PresenceFrame,
+    | PresenceFrame
+    | PresenceStatsFrame,
     Field(discriminator="type"),
 ]
 CLIENT_FRAME: TypeAdapter[ClientFrame] = TypeAdapter(ClientFrame)
 FRAME_TYPES = frozenset(
-    ("connect", "subscribe", "unsubscribe", "ping", "refresh", "sub_refresh", "presence")
+    (
+        "connect",
+        "subscribe",
+        "unsubscribe",
+        "ping",
+        "refresh",
+        "sub_refresh",
+        "presence",
+        "presence_stats",
+    )
 )
 
 

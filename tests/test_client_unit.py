@@ -192,6 +192,9 @@ async def test_connect_subscribe_receive_and_requests(
     assert [r["type"] for r in replies[:2]] == ["pong", "pong"]
     assert replies[0]["id"] != replies[1]["id"]
     assert {"client_id": info.client_id, "user_id": user} in replies[2]
+    counted = await client.presence_stats(channel)
+    assert (counted["type"], counted["channel"]) == ("presence_stats", channel)
+    assert (counted["connections"], counted["users"]) == (1, 1)
     refreshed = await client.refresh(token(user, session))
     assert refreshed["type"] == "refreshed"
     with pytest.raises(RequestError) as refused:

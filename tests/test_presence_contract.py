@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from shared.broker import BrokerError, Liveness
-from shared.presence import PresenceEntry, PresenceStore, create_presence
+from shared.presence import PresenceEntry, PresenceStats, PresenceStore, create_presence
 from tests.servers import RedisServer
 
 
@@ -109,5 +109,42 @@ async def test_batch_refresh_survives_a_flushed_script_cache(redis_server: Redis
         redis_server.client().script_flush()  # as after a restart or a failover
         await store.refresh({"session:f": [PresenceEntry("c1", "u1", "n1")]}, ttl=30)
         assert await store.members("session:f") == [PresenceEntry("c1", "u1", "n1")]
+    finally:
+        await store.close()
+
+
+async def test_stats_count_live_connections_and_distinct_users(store: PresenceStore) -> None:
+    assert await store.stats("session:s") == PresenceStats(0, 0)
+    await store.join("session:s", PresenceEntry("c1", "u1", "n1"), ttl=30)
+    await store.join("session:s", PresenceEntry("c2", "u1", "n2"), ttl=30)  # u1 twice
+    await store.join("session:s", PresenceEntry("c2", "u1", "n2"), ttl=30)  # a refresh
+    await store.refresh({"session:s": [PresenceEntry("c3", "u2", "n1")]}, ttl=30)
+    await store.join("session:s", PresenceEntry("c4", "u3", "n3"), ttl=0.2)  # n3 dies
+    assert await store.stats("session:s") == PresenceStats(4, 3)
+    await asyncio.sleep(0.3)
+    assert await store.stats("session:s") == PresenceStats(3, 2)  # expired: not counted
+    await store.leave("session:s", "c1")
+    assert await store.stats("session:s") == PresenceStats(2, 2)  # u1 still has c2
+    await store.leave("session:s", "c2")
+    await store.leave("session:s", "c2")  # leaving twice does not count twice
+    assert await store.stats("session:s") == PresenceStats(1, 1)
+    await store.join("session:s", PresenceEntry("c4", "u3", "n3"), ttl=30)  # back, after expiry
+    assert await store.stats("session:s") == PresenceStats(2, 2)
+    await store.members("session:s")  # listing drops expired entries too, counted once
+    assert await store.stats("session:s") == PresenceStats(2, 2)
+
+
+async def test_stats_of_many_clients_is_one_cheap_call(redis_server: RedisServer) -> None:
+    store = create_presence(redis_server.url)
+    admin = redis_server.client()
+    try:
+        entries = [PresenceEntry(f"c{j}", f"u{j % 2500}", "n1") for j in range(10_000)]
+        await store.refresh({"session:big": entries}, ttl=30)
+        admin.config_resetstat()
+        assert await store.stats("session:big") == PresenceStats(10_000, 2500)
+        stats = admin.info("commandstats")
+        assert stats["cmdstat_evalsha"]["calls"] == 1
+        # Counted, not listed: no full ZRANGE/HGETALL of the channel's entries.
+        assert stats["cmdstat_evalsha"]["usec"] < 5_000
     finally:
         await store.close()

@@ -180,6 +180,17 @@ export interface PresenceClient {
   user_id: string;
 }
 
+/** The reply of `presence_stats()`: counts, without the list. */
+export interface PresenceStatsReply {
+  type: "presence_stats";
+  id: number;
+  channel: string;
+  /** Live connections subscribed to the channel, on every node. */
+  connections: number;
+  /** Distinct users among them. */
+  users: number;
+}
+
 /** Error codes the gateway sends in `error` replies. */
 export type GatewayErrorCode =
   | "bad_json"
@@ -344,6 +355,9 @@ export declare class ArchMeshRealtime extends EventTarget {
 
   /** Who is subscribed to `channel`. */
   presence(channel: string): Promise<PresenceClient[]>;
+
+  /** How many connections and distinct users are subscribed to `channel`. */
+  presence_stats(channel: string): Promise<PresenceStatsReply>;
 }
 
 export default ArchMeshRealtime;

@@ -315,6 +315,12 @@ export class ArchMeshRealtime extends EventTarget {
     return Array.isArray(reply.clients) ? reply.clients : [];
   }
 
+  /** How many connections and distinct users are subscribed to `channel`: resolves with
+   * the `presence_stats` reply {channel, connections, users}. */
+  presence_stats(channel) {
+    return this._request({ type: "presence_stats", channel });
+  }
+
   // -- internals ----------------------------------------------------------------------
 
   _emit(type, detail) {

@@ -4,9 +4,9 @@ URL as the broker (see `shared.broker.backend_of`)."""
 from __future__ import annotations
 
 from shared.broker import Liveness, backend_of
-from shared.presence.base import PresenceEntry, PresenceStore
+from shared.presence.base import PresenceEntry, PresenceStats, PresenceStore
 
-__all__ = ["PresenceEntry", "PresenceStore", "create_presence"]
+__all__ = ["PresenceEntry", "PresenceStats", "PresenceStore", "create_presence"]
 
 
 def create_presence(url: str, liveness: Liveness | None = None) -> PresenceStore:

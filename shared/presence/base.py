@@ -18,6 +18,14 @@ class PresenceEntry:
     node: str
 
 
+@dataclass(frozen=True, slots=True)
+class PresenceStats:
+    """How many clients, and how many distinct users, are present in a channel."""
+
+    connections: int
+    users: int
+
+
 class PresenceStore(Protocol):
     """Entries per channel, each expiring unless refreshed. Failures raise BrokerError (the
     backend is the broker's: the same Redis, the same outage)."""
@@ -35,6 +43,11 @@ class PresenceStore(Protocol):
 
     async def members(self, channel: str) -> list[PresenceEntry]:
         """The entries of `channel` whose time has not run out."""
+        ...
+
+    async def stats(self, channel: str) -> PresenceStats:
+        """The counts of `members`, without listing them: O(1) (after dropping, once, the
+        entries whose time ran out), however many clients the channel has."""
         ...
 
     async def close(self) -> None: ...

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 
-from shared.presence.base import PresenceEntry
+from shared.presence.base import PresenceEntry, PresenceStats
 
 
 class MemoryPresence:
@@ -34,6 +34,11 @@ class MemoryPresence:
         for client_id in [c for c, (_, expiry) in members.items() if expiry <= now]:
             del members[client_id]
         return [entry for entry, _ in members.values()]
+
+    async def stats(self, channel: str) -> PresenceStats:
+        # The embedded store is for one process: counting what members lists is cheap enough.
+        entries = await self.members(channel)
+        return PresenceStats(len(entries), len({entry.user_id for entry in entries}))
 
     async def close(self) -> None:
         self._channels.clear()

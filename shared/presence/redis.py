@@ -19,7 +19,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 from shared.lua import lua
-from shared.presence.base import PresenceEntry
+from shared.presence.base import PresenceEntry, PresenceStats
 from shared.redis_calls import as_broker_error
 
 
@@ -29,6 +29,7 @@ class RedisPresence:
         self._join = client.register_script(lua("shared.presence", "join.lua"))
         self._members = client.register_script(lua("shared.presence", "members.lua"))
         self._leave = client.register_script(lua("shared.presence", "leave.lua"))
+        self._stats = client.register_script(lua("shared.presence", "stats.lua"))
 
     async def join(self, channel: str, entry: PresenceEntry, ttl: float) -> None:
         await self._run(self._join, channel, _join_args([entry], ttl))
@@ -62,6 +63,10 @@ class RedisPresence:
             details = json.loads(flat[i + 1])
             entries.append(PresenceEntry(flat[i].decode(), details["user_id"], details["node"]))
         return entries
+
+    async def stats(self, channel: str) -> PresenceStats:
+        connections, users = await self._run(self._stats, channel, [])
+        return PresenceStats(int(connections), int(users))
 
     async def _run(self, script: Any, channel: str, args: list[str | int]) -> Any:
         with as_broker_error("presence"):

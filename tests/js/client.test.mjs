@@ -115,6 +115,8 @@ test("connect, subscribe, receive, request helpers", async () => {
   assert.equal(pong1.type, "pong");
   assert.notEqual(pong1.id, pong2.id);
   assert.ok(present.some((c) => c.client_id === info.client_id));
+  const counted = await client.presence_stats("session:s1");
+  assert.deepEqual([counted.type, counted.connections, counted.users], ["presence_stats", 1, 1]);
   const refreshed = await client.refresh();
   assert.equal(refreshed.type, "refreshed");
 

@@ -19,6 +19,7 @@ import ArchMeshRealtimeDefault, {
   type PongReply,
   type Position,
   type PresenceClient,
+  type PresenceStatsReply,
   type Publication,
   type PublicationData,
   type RealtimeErrorCode,
@@ -70,6 +71,13 @@ export type Checks = [
   Assert<Equal<ReturnType<ArchMeshRealtime["ping"]>, Promise<PongReply>>>,
   Assert<Equal<ReturnType<ArchMeshRealtime["refresh"]>, Promise<RefreshedReply>>>,
   Assert<Equal<ReturnType<ArchMeshRealtime["presence"]>, Promise<PresenceClient[]>>>,
+  Assert<Equal<ReturnType<ArchMeshRealtime["presence_stats"]>, Promise<PresenceStatsReply>>>,
+  Assert<
+    Equal<
+      PresenceStatsReply,
+      { type: "presence_stats"; id: number; channel: string; connections: number; users: number }
+    >
+  >,
   Assert<Equal<ReturnType<ArchMeshRealtime["position"]>, Position | null>>,
   Assert<Equal<ArchMeshRealtime["info"], ConnectionInfo | null>>,
   Assert<Equal<ArchMeshRealtime["closed"], ClosedInfo | null>>,
@@ -218,8 +226,12 @@ export async function use(c: ArchMeshRealtime): Promise<string> {
   await c.refresh(42);
   const present = await c.presence("session:s1");
   const users: string[] = present.map((p) => `${p.client_id}:${p.user_id}`);
+  const counted = await c.presence_stats("session:s1");
+  const many: number = counted.connections + counted.users;
+  // @ts-expect-error a channel is a string
+  await c.presence_stats(7);
   await c.close();
-  void [state, attempt, url, recovered, why, offset, pongType, pongId, expires, users];
+  void [state, attempt, url, recovered, why, offset, pongType, pongId, expires, users, many];
   return `${who} ${c.channels.join(",")}`;
 }
 

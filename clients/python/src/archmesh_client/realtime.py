@@ -489,6 +489,11 @@ class RealtimeClient:
         clients = reply.get("clients")
         return list(clients) if isinstance(clients, list) else []
 
+    async def presence_stats(self, channel: str) -> dict[str, Any]:
+        """How many connections and distinct users are subscribed to `channel`, without the
+        list: the `presence_stats` reply, {"connections": N, "users": M, ...}."""
+        return await self._request({"type": "presence_stats", "channel": channel})
+
     # -- requests -----------------------------------------------------------------------
 
     def _check_usable(self) -> None:

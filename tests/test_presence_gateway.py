@@ -1,0 +1,95 @@
+"""Presence through real gateway nodes on a private Redis, with real WebSocket clients: the
+refresh is pipelined (one script call per tracked channel per interval, not one per
+subscription), and `presence_stats` counts live connections and distinct users across nodes,
+also after a node is SIGKILLed (its entries expire after the short TTL set here)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import pytest
+from websockets.asyncio.client import ClientConnection
+
+from tests.servers import GatewayProcess, RedisServer
+from tests.wsclient import connect, recv_type, send, subscribe
+
+pytestmark = pytest.mark.slow
+
+TTL = "1"  # seconds: refreshed every third of it; a dead node's entries gone after it
+
+
+async def stats(ws: ClientConnection, channel: str, request_id: int = 9) -> dict[str, object]:
+    await send(ws, {"type": "presence_stats", "channel": channel, "id": request_id})
+    return await recv_type(ws, "presence_stats")
+
+
+async def counts(ws: ClientConnection, channel: str) -> tuple[object, object]:
+    reply = await stats(ws, channel)
+    return reply["connections"], reply["users"]
+
+
+async def test_presence_stats_across_nodes_and_after_a_node_is_killed(
+    redis_server: RedisServer, gateways: list[GatewayProcess]
+) -> None:
+    a = GatewayProcess(redis_server.url, ARCHMESH_PRESENCE_TTL=TTL).start()
+    b = GatewayProcess(redis_server.url, ARCHMESH_PRESENCE_TTL=TTL).start()
+    gateways += [a, b]
+    fay = await connect(a.ws, "fay", sessions=["team"])
+    on_b = [
+        await connect(b.ws, "gus", sessions=["team"]),
+        await connect(b.ws, "gus", sessions=["team"]),  # a second tab of gus
+        await connect(b.ws, "hal", sessions=["team"]),
+    ]
+    for ws in [fay, *on_b]:
+        assert (await subscribe(ws, "session:team"))["type"] == "subscribed"
+    reply = await stats(fay, "session:team", request_id=4)
+    assert reply == {
+        "type": "presence_stats",
+        "channel": "session:team",
+        "connections": 4,
+        "users": 3,
+        "id": 4,
+    }
+    await asyncio.sleep(2.5)  # more than two TTLs: the refreshes keep every entry
+    assert await counts(fay, "session:team") == (4, 3)
+    await on_b[2].close()  # hal leaves: node B removes his entry at once
+    for _ in range(100):
+        if await counts(fay, "session:team") == (3, 2):
+            break
+        await asyncio.sleep(0.02)
+    assert await counts(fay, "session:team") == (3, 2)
+
+    b.stop(signal.SIGKILL)  # no clean-up: gus's two entries stay until their TTL runs out
+    killed = time.monotonic()
+    assert await counts(fay, "session:team") == (3, 2)
+    while await counts(fay, "session:team") != (1, 1):
+        assert time.monotonic() - killed < 5, "a dead node's entries outlived their TTL"
+        await asyncio.sleep(0.05)
+    assert time.monotonic() - killed > 0.5  # expired, not removed by a clean-up
+
+    # Authorized like `presence`: a channel the connection may not subscribe to, or untracked.
+    await send(fay, {"type": "presence_stats", "channel": "session:other", "id": 5})
+    assert (await recv_type(fay, "error"))["code"] == "forbidden"
+    await send(fay, {"type": "presence_stats", "channel": "user:fay", "id": 6})
+    assert (await recv_type(fay, "error"))["code"] == "forbidden"
+
+
+async def test_refresh_is_one_script_call_per_channel_not_per_subscription(
+    redis_server: RedisServer, gateways: list[GatewayProcess]
+) -> None:
+    node = GatewayProcess(redis_server.url, ARCHMESH_PRESENCE_TTL=TTL).start()
+    gateways.append(node)
+    channels = ["session:r1", "session:r2", "session:r3"]
+    for i in range(10):
+        ws = await connect(node.ws, f"user{i}", sessions=["r1", "r2", "r3"])
+        for channel in channels:
+            assert (await subscribe(ws, channel))["type"] == "subscribed"
+    admin = redis_server.client()
+    admin.config_resetstat()
+    await asyncio.sleep(1.0)  # three refresh intervals
+    calls = admin.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+    # 30 subscriptions: one call each would be 90 in three intervals (and more in four).
+    # One per channel per interval is 9 (12 if a fourth refresh falls in the window).
+    assert 3 <= calls <= 12, calls
