@@ -32,6 +32,7 @@ from gateway.control import ControlFollower
 from gateway.control_api import ControlApi, NodeControlTransport
 from gateway.expiry import Expiries
 from gateway.hub import Hub
+from gateway.join_leave import JoinLeave
 from gateway.metrics import GatewayMetrics
 from gateway.outbox import Flusher
 from gateway.page import page_routes
@@ -105,6 +106,7 @@ class Gateway:
             expiries=self.expiries,
             membership=self.hub.membership,
             presence=self.presence,
+            join_leave=JoinLeave(broker, tuple(settings.join_leave)),
             history=broker.history,
             admission=self.admission,
         )

@@ -365,10 +365,17 @@ class Connection:
         await self._ctx.membership.join(self, channel)
         if self._ctx.presence.tracks(channel):
             await self._ctx.presence.join(channel, self)
+        if self._ctx.join_leave.announces(channel):
+            # The joiner gets its own join too, after its `subscribed` (held until then).
+            await self._ctx.join_leave.announce("join", channel, self)
 
     async def _leave(self, channel: str) -> None:
-        if await self._ctx.membership.leave(self, channel) and self._ctx.presence.tracks(channel):
+        if not await self._ctx.membership.leave(self, channel):
+            return
+        if self._ctx.presence.tracks(channel):
             await self._ctx.presence.leave(channel, self)
+        if self._ctx.join_leave.announces(channel):
+            await self._ctx.join_leave.announce("leave", channel, self)
 
     async def _recover(self, channel: str, frame: SubscribeFrame, catchup: Catchup) -> None:
         """Reply `subscribed`, then what was missed since `since`, then what arrived meanwhile;

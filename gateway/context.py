@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from gateway.admission import Admission
 from gateway.expiry import Expiries
+from gateway.join_leave import JoinLeave
 from gateway.membership import Membership
 from gateway.metrics import FanoutStats, GatewayMetrics
 from gateway.outbox import Flusher, Outbox, Send, open_outbox
@@ -32,6 +33,7 @@ class ConnectionContext:
     expiries: Expiries
     membership: Membership
     presence: PresenceTracker
+    join_leave: JoinLeave
     history: HistoryRead
     admission: Admission  # revocations and the per-user limit, at connect, refresh, subscribe
 

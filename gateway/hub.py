@@ -111,6 +111,8 @@ class Hub:
                 return
             else:
                 position.offset = pub.offset
+        elif pub.signal and frame is None:  # a join/leave event: its data is the frame
+            frame = Outgoing(pub.data)
         if frame is None:
             frame = Outgoing(publication_frame(pub))
         flusher = self._flusher

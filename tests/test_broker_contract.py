@@ -255,3 +255,27 @@ async def test_the_memory_broker_remembers_a_bounded_number_of_keys() -> None:
     assert (await b.publish("session:bound", event(1), Idempotency("c", 60))).duplicate
     again = await b.publish("session:bound", event(1), Idempotency("a", 60))
     assert (again.offset, again.duplicate) == (4, False)
+
+
+async def test_a_signal_is_delivered_as_is_outside_history(
+    broker: tuple[Broker, Recorder],
+) -> None:
+    # Join/leave events: live to every follower, never in history, no offset taken.
+    b, rec = broker
+    await b.subscribe("session:sig")
+    first = await b.publish("session:sig", event(1))
+    frame = '{"type":"join","channel":"session:sig","user_id":"u","client_id":"c"}'
+    await b.signal("session:sig", frame)
+    await b.signal("session:not-followed", frame)
+    second = await b.publish("session:sig", event(2))
+    assert second.offset == first.offset + 1
+    got = [await rec.next() for _ in range(3)]
+    assert got[1] == BrokerPublication("session:sig", frame, signal=True)
+    assert [(p.offset, p.signal) for p in got] == [
+        (first.offset, False),
+        (None, True),
+        (second.offset, False),
+    ]
+    history = await b.history("session:sig", 0, 10)
+    assert [p.offset for p in history.publications] == [first.offset, second.offset]
+    assert rec.queue.empty()

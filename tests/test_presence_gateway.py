@@ -13,7 +13,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 
 from tests.servers import GatewayProcess, RedisServer
-from tests.wsclient import connect, recv_type, send, subscribe
+from tests.wsclient import assert_silent, connect, recv_type, send, subscribe
 
 pytestmark = pytest.mark.slow
 
@@ -93,3 +93,71 @@ async def test_refresh_is_one_script_call_per_channel_not_per_subscription(
     # 30 subscriptions: one call each would be 90 in three intervals (and more in four).
     # One per channel per interval is 9 (12 if a fourth refresh falls in the window).
     assert 3 <= calls <= 12, calls
+
+
+async def test_join_and_leave_events_across_two_nodes(
+    redis_server: RedisServer, gateways: list[GatewayProcess]
+) -> None:
+    env = {"ARCHMESH_JOIN_LEAVE": "session:"}
+    a = GatewayProcess(redis_server.url, **env).start()
+    b = GatewayProcess(redis_server.url, **env).start()
+    gateways += [a, b]
+    fay = await connect(a.ws, "fay", sessions=["team"])
+    assert (await subscribe(fay, "session:team"))["type"] == "subscribed"
+    own = await recv_type(fay, "join")  # its own, after its subscribed
+    fay_id = own["client_id"]
+    assert own == {"type": "join", "channel": "session:team", "user_id": "fay", "client_id": fay_id}
+
+    gus = await connect(b.ws, "gus", sessions=["team"])
+    assert (await subscribe(gus, "session:team"))["type"] == "subscribed"
+    joined = await recv_type(fay, "join")  # from node B, through the broker
+    assert (joined["user_id"], joined["channel"]) == ("gus", "session:team")
+    gus_id = joined["client_id"]
+    assert (await recv_type(gus, "join"))["client_id"] == gus_id
+
+    # Not part of the channel's stream: a publication's offset follows on from the last.
+    before = a.publish("session:team", {"type": "t", "n": 1}).json()["offset"]
+    assert (await recv_type(fay, "publication"))["offset"] == before
+    assert (await recv_type(gus, "publication"))["offset"] == before
+    await send(gus, {"type": "unsubscribe", "channel": "session:team", "id": 3})
+    assert (await recv_type(gus, "unsubscribed"))["id"] == 3
+    left = {"type": "leave", "channel": "session:team", "user_id": "gus", "client_id": gus_id}
+    assert await recv_type(fay, "leave") == left
+    after = a.publish("session:team", {"type": "t", "n": 2}).json()["offset"]
+    assert after == before + 1
+    assert (await recv_type(fay, "publication"))["offset"] == after
+
+    # A disconnect is a leave.
+    assert (await subscribe(gus, "session:team"))["type"] == "subscribed"
+    assert (await recv_type(fay, "join"))["client_id"] == gus_id
+    await recv_type(gus, "join")
+    await fay.close()
+    assert await recv_type(gus, "leave") == {
+        "type": "leave",
+        "channel": "session:team",
+        "user_id": "fay",
+        "client_id": fay_id,
+    }
+    # Recovery replays the publications only: the events were never in history.
+    epoch = a.publish("session:team", {"type": "t", "n": 3}).json()["epoch"]
+    assert (await recv_type(gus, "publication"))["offset"] == after + 1
+    since = {"offset": before - 1, "epoch": epoch}
+    recovered = await subscribe(gus, "session:team", since=since)
+    assert (recovered["type"], recovered["recovered"]) == ("subscribed", True)
+    replayed = [(await recv_type(gus, "publication"))["offset"] for _ in range(3)]
+    assert replayed == [before, after, after + 1]
+    assert (await recv_type(gus, "join"))["client_id"] == gus_id  # the resubscribe's, live
+    await assert_silent(gus)
+
+
+async def test_no_join_or_leave_events_by_default(
+    redis_server: RedisServer, gateways: list[GatewayProcess]
+) -> None:
+    a = GatewayProcess(redis_server.url).start()
+    gateways.append(a)
+    fay = await connect(a.ws, "fay", sessions=["team"])
+    assert (await subscribe(fay, "session:team"))["type"] == "subscribed"
+    gus = await connect(a.ws, "gus", sessions=["team"])
+    assert (await subscribe(gus, "session:team"))["type"] == "subscribed"
+    await gus.close()
+    await assert_silent(fay)

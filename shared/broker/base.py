@@ -16,13 +16,15 @@ class BrokerPublication:
     `publication` frame; the client SDKs' own `Publication` is that frame). `data` is the
     event's JSON text, kept as received.
 
-    `offset` and `epoch` are None only for a bare Redis PUBLISH, which bypasses history.
+    `offset` and `epoch` are None only for a bare Redis PUBLISH, which bypasses history, and
+    for a `signal`: then `data` is a whole client frame (e.g. a join event), sent as is.
     """
 
     channel: str
     data: str
     offset: int | None = None
     epoch: str | None = None
+    signal: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +81,11 @@ class Broker(Protocol):
     async def publish_many(self, items: list[tuple[str, str]]) -> list[StreamPosition]:
         """`publish` for each (channel, data) in one round trip, in order. A failure raises
         BrokerError; items before it may have been published."""
+        ...
+
+    async def signal(self, channel: str, frame: str) -> None:
+        """Hand `frame` (a client frame's JSON text) to every node following `channel`, for
+        its subscribers as is: live only, never in history, no offset (join/leave events)."""
         ...
 
     async def subscribe(self, channel: str) -> None: ...

@@ -127,6 +127,10 @@ class MemoryBroker:
             self._on_message(publication)
         return StreamPosition(stream.offset, stream.epoch)
 
+    async def signal(self, channel: str, frame: str) -> None:
+        if channel in self._subscribed and self._on_message is not None:
+            self._on_message(BrokerPublication(channel, frame, signal=True))
+
     async def publish_many(self, items: list[tuple[str, str]]) -> list[StreamPosition]:
         return [await self.publish(channel, data) for channel, data in items]
 

@@ -277,6 +277,12 @@ class RedisBroker:
                 replies = await pipe.execute()
         return [StreamPosition(int(offset), epoch.decode()) for offset, epoch in replies]
 
+    async def signal(self, channel: str, frame: str) -> None:
+        # A bare (S)PUBLISH of "!" + frame: `_parse` tells it from a publication by that byte.
+        command = "SPUBLISH" if self.sharded else "PUBLISH"
+        with as_broker_error("signal"):
+            await self._redis.execute_command(command, pubsub_name(channel), SIGNAL + frame)
+
     def _publish_args(
         self, channel: str, data: str, idempotency: Idempotency | None = None
     ) -> dict[str, Any]:
@@ -313,12 +319,15 @@ class RedisBroker:
 
 
 def _parse(channel: str, raw: bytes) -> BrokerPublication | None:
-    """`<offset>:<epoch>:<json>` from the publish script, or bare JSON from a plain PUBLISH."""
+    """`<offset>:<epoch>:<json>` from the publish script, bare JSON from a plain PUBLISH, or
+    `!<frame>` from `signal`."""
     try:
         if raw[:1] == b"{":
             if not isinstance(orjson.loads(raw), dict):
                 return None
             return BrokerPublication(channel, raw.decode())
+        if raw[:2] == b"!{":
+            return BrokerPublication(channel, raw[1:].decode(), signal=True)
         offset, _, rest = raw.partition(b":")
         epoch, _, data = rest.partition(b":")
         if not epoch.isalnum() or data[:1] != b"{":
@@ -326,6 +335,9 @@ def _parse(channel: str, raw: bytes) -> BrokerPublication | None:
         return BrokerPublication(channel, data.decode(), int(offset), epoch.decode())
     except ValueError:
         return None
+
+
+SIGNAL = "!"  # the first byte of a signal's pub/sub message; a publication's is `{` or a digit
 
 
 def _safe_url(url: str) -> str:
