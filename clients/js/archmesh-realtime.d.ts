@@ -191,6 +191,14 @@ export interface PresenceStatsReply {
   users: number;
 }
 
+/** The detail of a `join` or `leave` event: a connection subscribed to, or left, a channel
+ * whose prefix the gateway announces (ARCHMESH_JOIN_LEAVE). Live only, never replayed. */
+export interface JoinLeave {
+  channel: string;
+  user_id: string;
+  client_id: string;
+}
+
 /** Error codes the gateway sends in `error` replies. */
 export type GatewayErrorCode =
   | "bad_json"
@@ -251,6 +259,10 @@ export interface ArchMeshRealtimeEventMap {
   subscribed: Subscribed;
   recovery_failed: RecoveryFailed;
   unsubscribed: Unsubscribed;
+  /** A connection (this one too, after its `subscribed`) subscribed to the channel. */
+  join: JoinLeave;
+  /** A connection unsubscribed from the channel, lost it or disconnected. */
+  leave: JoinLeave;
   /** Errors no request waits for: a refused resubscription, an error frame without id. */
   error: RealtimeError;
 }

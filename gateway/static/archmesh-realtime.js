@@ -574,6 +574,15 @@ export class ArchMeshRealtime extends EventTarget {
     for (const resolve of this._closeWaiters.splice(0)) resolve();
   }
 
+  /** A `join`/`leave` event (ARCHMESH_JOIN_LEAVE channels), for a channel still subscribed:
+   * emitted as the "join" / "leave" event with {channel, user_id, client_id}. */
+  _onJoinLeave(frame) {
+    const { channel, user_id, client_id } = frame;
+    if (typeof channel !== "string" || typeof user_id !== "string") return;
+    if (typeof client_id !== "string" || !this._subs.has(channel)) return;
+    this._emit(frame.type, { channel, user_id, client_id });
+  }
+
   _onFrame(frame) {
     if (frame.type === "unsubscribed" && !isInt(frame.id)) return this._onEnded(frame);
     switch (frame.type) {
@@ -583,6 +592,9 @@ export class ArchMeshRealtime extends EventTarget {
         return this._onSubscribed(frame);
       case "error":
         return this._onError(frame);
+      case "join":
+      case "leave":
+        return this._onJoinLeave(frame);
       case "disconnect":
         this._disconnect = {
           code: isInt(frame.code) ? frame.code : null,

@@ -233,3 +233,31 @@ test("reconnects after a gateway restart and reports recovery_failed", async () 
     await node.stop();
   }
 });
+
+test("join and leave events on a channel with ARCHMESH_JOIN_LEAVE", async () => {
+  const node = new Gateway(await freePort(), { ARCHMESH_JOIN_LEAVE: "session:" });
+  await node.start();
+  try {
+    const fay = newClient(node.url, { token: mintToken({ user: "fay", sessions: "team" }) });
+    const joins = collect(fay, "join");
+    const leaves = collect(fay, "leave");
+    const me = await fay.connect();
+    await fay.subscribe("session:team");
+    assert.deepEqual(await joins.next(), { channel: "session:team", user_id: "fay", client_id: me.client_id });
+    const gus = newClient(node.url, { token: mintToken({ user: "gus", sessions: "team" }) });
+    const him = await gus.connect();
+    await gus.subscribe("session:team");
+    assert.deepEqual(await joins.next(), { channel: "session:team", user_id: "gus", client_id: him.client_id });
+    await gus.close();
+    assert.deepEqual(await leaves.next(), { channel: "session:team", user_id: "gus", client_id: him.client_id });
+    await fay.unsubscribe("session:team");
+    const other = newClient(node.url, { token: mintToken({ user: "hal", sessions: "team" }) });
+    await other.connect();
+    await other.subscribe("session:team");
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    assert.equal(joins.pending, 0); // no longer subscribed: no events
+    await fay.close();
+  } finally {
+    await node.stop();
+  }
+});

@@ -75,8 +75,10 @@ export async function freePort() {
 }
 
 export class Gateway {
-  constructor(port) {
+  /** `env`: more ARCHMESH_* settings for this gateway (e.g. ARCHMESH_JOIN_LEAVE). */
+  constructor(port, env = {}) {
     this.port = port;
+    this.env = env;
     this.url = `ws://127.0.0.1:${port}/ws`;
     this.http = `http://127.0.0.1:${port}`;
     this.proc = null;
@@ -87,7 +89,7 @@ export class Gateway {
     const node = `js-tests-${this.port}`;
     const proc = spawn(BIN, ["gateway", "--port", String(this.port)], {
       cwd: ROOT,
-      env: { ...ENV, ARCHMESH_NODE_ID: node },
+      env: { ...ENV, ...this.env, ARCHMESH_NODE_ID: node },
       stdio: ["ignore", "ignore", "pipe"],
     });
     this.proc = proc;

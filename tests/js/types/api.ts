@@ -16,6 +16,7 @@ import ArchMeshRealtimeDefault, {
   type ClosedInfo,
   type ConnectionInfo,
   type GatewayErrorCode,
+  type JoinLeave,
   type PongReply,
   type Position,
   type PresenceClient,
@@ -53,10 +54,20 @@ export type Checks = [
   Assert<Equal<ArchMeshRealtimeEventMap["state"], StateChange>>,
   Assert<Equal<ArchMeshRealtimeEventMap["error"], RealtimeError>>,
   Assert<Equal<ArchMeshRealtimeEventMap["unsubscribed"], Unsubscribed>>,
+  Assert<Equal<ArchMeshRealtimeEventMap["join"], JoinLeave>>,
+  Assert<Equal<ArchMeshRealtimeEventMap["leave"], JoinLeave>>,
+  Assert<Equal<JoinLeave, { channel: string; user_id: string; client_id: string }>>,
   Assert<
     Equal<
       keyof ArchMeshRealtimeEventMap,
-      "state" | "publication" | "subscribed" | "recovery_failed" | "unsubscribed" | "error"
+      | "state"
+      | "publication"
+      | "subscribed"
+      | "recovery_failed"
+      | "unsubscribed"
+      | "join"
+      | "leave"
+      | "error"
     >
   >,
   Assert<Equal<SubscriptionTokenProvider, (channel: string) => string | Promise<string>>>,
@@ -265,6 +276,12 @@ export function listen(c: ArchMeshRealtime): Array<() => void> {
     }),
     c.on("subscribed", (s) => void s.channel.length),
     c.on("recovery_failed", (f) => void [f.channel, f.reason, f.offset.toFixed(), f.epoch]),
+    c.on("join", (j) => void [j.channel.length, j.user_id.length, j.client_id.length]),
+    c.on("leave", (l) => {
+      const who: string = `${l.user_id}/${l.client_id}`;
+      // @ts-expect-error a leave event has no offset
+      void [who, l.channel, l.offset];
+    }),
     c.on("unsubscribed", (u) => {
       const channel: string = u.channel;
       const reason: string = u.reason;

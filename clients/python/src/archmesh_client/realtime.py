@@ -52,6 +52,8 @@ __all__ = [
     "Connected",
     "ConnectionLost",
     "Item",
+    "Joined",
+    "Left",
     "Position",
     "Publication",
     "RealtimeClient",
@@ -179,7 +181,28 @@ class Connected:
     expires_at: int
 
 
-Item = Publication | RecoveryFailed
+@dataclass(frozen=True, slots=True)
+class Joined:
+    """Yielded by `publications()` when a connection (this one too, after its `subscribed`)
+    subscribed to `channel`, on a channel the gateway announces joins on
+    (ARCHMESH_JOIN_LEAVE). Live only: never replayed after a reconnect."""
+
+    channel: str
+    user_id: str
+    client_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Left:
+    """Yielded by `publications()` when a connection left `channel` (unsubscribed, lost it or
+    disconnected), on a channel with join/leave events."""
+
+    channel: str
+    user_id: str
+    client_id: str
+
+
+Item = Publication | RecoveryFailed | Joined | Left
 
 
 class RealtimeError(Exception):
@@ -402,7 +425,8 @@ class RealtimeClient:
         await self.close()
 
     async def publications(self) -> AsyncIterator[Item]:
-        """Publications (deduplicated, in order per channel) and `RecoveryFailed` notices.
+        """Publications (deduplicated, in order per channel), `RecoveryFailed` notices, and
+        `Joined`/`Left` on channels with join/leave events.
         Ends after `close()`; raises `ClientClosed` when the gateway closed for good."""
         while True:
             item = await self._queue.get()
@@ -750,6 +774,8 @@ class RealtimeClient:
             self._on_subscribed(frame, request_id)
         elif kind == "unsubscribed" and request_id is None:
             self._on_ended(frame)
+        elif kind in ("join", "leave"):
+            self._on_join_leave(frame)
         elif kind == "error":
             self._on_error_frame(frame, request_id)
         elif kind == "disconnect":
@@ -780,6 +806,15 @@ class RealtimeClient:
             self._queue.put_nowait(Publication(channel, data, offset, epoch))
         else:
             self._queue.put_nowait(Publication(channel, data))
+
+    def _on_join_leave(self, frame: dict[str, Any]) -> None:
+        channel, user_id, client_id = (frame.get(k) for k in ("channel", "user_id", "client_id"))
+        if not (isinstance(channel, str) and isinstance(user_id, str)):
+            return
+        if not isinstance(client_id, str) or channel not in self._subs:
+            return  # malformed, or unsubscribed meanwhile
+        event = Joined if frame["type"] == "join" else Left
+        self._queue.put_nowait(event(channel, user_id, client_id))
 
     def _on_subscribed(self, frame: dict[str, Any], request_id: int | None) -> None:
         channel = str(frame.get("channel", ""))
