@@ -33,6 +33,8 @@ from shared.logging import get_logger
 from shared.lua import lua
 from shared.redis_calls import NETWORK_ERRORS, as_broker_error, client_options
 
+SIGNAL = "!"  # the first byte of a signal's pub/sub message; a publication's is `{` or a digit
+
 log = get_logger(__name__)
 
 
@@ -335,9 +337,6 @@ def _parse(channel: str, raw: bytes) -> BrokerPublication | None:
         return BrokerPublication(channel, data.decode(), int(offset), epoch.decode())
     except ValueError:
         return None
-
-
-SIGNAL = "!"  # the first byte of a signal's pub/sub message; a publication's is `{` or a digit
 
 
 def _safe_url(url: str) -> str:
