@@ -300,7 +300,7 @@ class SseEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            if scope["method"] not in ("GET", "HEAD"):
+            if scope["method"] != "GET":
                 raise Refusal(405, "method_not_allowed", "GET /sse opens an event stream")
             if self._draining():
                 raise Refusal(503, "draining", "this node is shutting down; retry another")
