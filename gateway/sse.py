@@ -90,6 +90,7 @@ class SseStream:
         self._wake = asyncio.Event()
         self._close_code: CloseCode | None = None
         self._expiry: Expiry | None = None
+        self._writer: asyncio.Task[None] | None = None
 
     # -- Member ---------------------------------------------------------------------------
 
@@ -121,15 +122,22 @@ class SseStream:
         self._close_code = code
         self._ctx.metrics.disconnects.labels(code=str(int(code))).inc()
         self._wake.set()
+        asyncio.get_running_loop().call_later(CLOSE_GRACE, self._cut)
 
     # -- Controlled -----------------------------------------------------------------------
 
     async def subscribe_by_server(self, channel: str) -> None:
-        if self._close_code is None and channel not in self._ctx.membership.channels(self):
-            try:
-                await self._subscribe(channel, None)
-            except BrokerError as exc:
-                log.info("server_subscribe_failed", channel=channel, reason=str(exc))
+        admitted = self._ctx.admission.admitted
+        if self._close_code is not None or channel in self._ctx.membership.channels(self):
+            return
+        if not admitted(self):
+            return  # gone: its clean-up ran already
+        try:
+            await self._subscribe(channel, None)
+        except BrokerError as exc:
+            log.info("server_subscribe_failed", channel=channel, reason=str(exc))
+        if not admitted(self):  # it went while this ran: leave for it
+            await self._leave(channel)
 
     async def unsubscribe_by_server(self, channel: str, reason: str) -> None:
         if self._close_code is not None or channel not in self._ctx.membership.channels(self):
@@ -244,7 +252,16 @@ class SseStream:
     def _expired(self) -> None:
         self.close(CloseCode.TOKEN_EXPIRED)
 
-    async def write(self, send: Send, receive: Receive) -> None:
+    def start_writer(self, send: Send, receive: Receive) -> asyncio.Task[None]:
+        self._writer = asyncio.ensure_future(self._write(send, receive))
+        return self._writer
+
+    def _cut(self) -> None:
+        """CLOSE_GRACE after `close`: a response that still takes no bytes is abandoned."""
+        if self._writer is not None and not self._writer.done():
+            self._writer.cancel()
+
+    async def _write(self, send: Send, receive: Receive) -> None:
         """Write queued events (and a `: ping` comment when idle) until the stream ends: the
         client left, or `close` was called."""
         gone = asyncio.ensure_future(_disconnected(receive))
@@ -271,10 +288,7 @@ class SseStream:
             gone.cancel()
 
     async def _send(self, send: Send, body: bytes) -> None:
-        timeout = CLOSE_GRACE if self._close_code is not None else None
-        await asyncio.wait_for(
-            send({"type": "http.response.body", "body": body, "more_body": True}), timeout
-        )
+        await send({"type": "http.response.body", "body": body, "more_body": True})
 
     async def leave_all(self) -> None:
         if self._expiry is not None:
@@ -313,11 +327,14 @@ class SseEndpoint:
         self._open.inc()
         log.info("sse_connected", client_id=stream.client_id, user_id=stream.user_id)
         opening = asyncio.ensure_future(self._open_stream(stream, channels, since))
+        writer = stream.start_writer(send, receive)
         try:
-            await stream.write(send, receive)
-        except (OSError, TimeoutError):
-            pass  # the client went, or would not take the last events in time
+            await asyncio.wait({writer})
+            cut = writer.cancelled()  # it would not take the last events in time
+            if not cut and writer.exception() is not None:
+                cut = True  # the client went (the server's send raised)
         finally:
+            writer.cancel()
             opening.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await opening
@@ -325,8 +342,12 @@ class SseEndpoint:
             self._hub.remove(stream)
             self._open.dec()
             log.info("sse_disconnected", client_id=stream.client_id, user_id=stream.user_id)
-        with contextlib.suppress(Exception):  # the response may be gone with its client
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        if not cut:
+            with contextlib.suppress(Exception):  # the response may be gone with its client
+                await asyncio.wait_for(
+                    send({"type": "http.response.body", "body": b"", "more_body": False}),
+                    CLOSE_GRACE,
+                )
 
     async def _open_stream(
         self, stream: SseStream, channels: list[str], since: dict[str, Since]

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import itertools
 import signal
+import socket
 
 import httpx
 import pytest
 
 from gateway.sse_position import decode_positions
-from tests.servers import GatewayProcess, RedisServer
+from tests.servers import GatewayProcess, RedisServer, wait_until
 from tests.sseclient import SseReader, open_sse
 from tests.wsclient import token
 
@@ -227,3 +228,33 @@ async def test_a_trimmed_position_is_told_as_not_recovered(
         broadcast = next(f for f in frames if f["channel"] == "broadcast")
         assert broadcast["recovered"] is False
         assert broadcast["reason"]
+
+
+async def test_a_client_that_never_reads_is_cut_off(
+    redis_server: RedisServer, gateways: list[GatewayProcess]
+) -> None:
+    """A client that stops reading altogether is ended as a slow consumer and its place
+    freed, whether or not its response ever takes the last event."""
+    node = GatewayProcess(redis_server.url, ARCHMESH_CLIENT_QUEUE_BYTES="65536").start()
+    gateways.append(node)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", node.port))
+    try:
+        request = f"GET /sse?channel=session:a&token={token('ann', ['a'])} HTTP/1.1\r\n"
+        sock.sendall(f"{request}Host: x\r\n\r\n".encode())
+        wait_until(lambda: node.metric("archmesh_transport_connections", 'transport="sse"') == 1)
+        async with httpx.AsyncClient() as client:
+            for _ in range(300):
+                await client.post(
+                    f"{node.http}/api/publish",
+                    json={"channel": "session:a", "data": {"type": "t", "blob": "x" * 60000}},
+                    headers={"Authorization": "Bearer test-api-key"},
+                )
+        wait_until(
+            lambda: node.metric("archmesh_transport_connections", 'transport="sse"') == 0,
+            timeout=10,
+        )
+        assert node.metric("archmesh_disconnects_total", 'code="4001"') == 1
+    finally:
+        sock.close()
