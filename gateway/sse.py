@@ -108,6 +108,16 @@ class SseStream:
         self._ctx.stats.deliveries += 1
 
     def push(self, frame: Outgoing) -> None:
+        """A frame the hub sends by itself: the one that moves a position is an unasked
+        `subscribed` (history lost: the channel now stands elsewhere), rare enough to parse."""
+        if frame.text.startswith('{"type":"subscribed"'):
+            told = orjson.loads(frame.text)
+            channel, offset, epoch = told.get("channel"), told.get("offset"), told.get("epoch")
+            if channel in self._ctx.membership.channels(self) and isinstance(offset, int):
+                self._catchups.pop(channel, None)
+                self._positions.move(channel, offset, str(epoch))
+                self._event(frame.text, self._positions.event_id())
+                return
         self._event(frame.text, None)
 
     def close(self, code: CloseCode) -> None:

@@ -258,3 +258,24 @@ async def test_a_client_that_never_reads_is_cut_off(
         assert node.metric("archmesh_disconnects_total", 'code="4001"') == 1
     finally:
         sock.close()
+
+
+async def test_history_lost_is_told_with_the_new_position_in_its_id(
+    private_redis: RedisServer, gateways: list[GatewayProcess]
+) -> None:
+    node = GatewayProcess(private_redis.url).start()
+    gateways.append(node)
+    async with open_sse(node.http, token("ann", ["h"]), ("session:h",)) as sse:
+        await sse.next_type("subscribed")
+        await sse.next_type("subscribed")
+        node.publish("session:h", {"type": "t"})
+        assert (await sse.next_type("publication")).frame["offset"] == 1
+        private_redis.stop(signal.SIGKILL)
+        private_redis.start()
+        notice = await sse.next_type("subscribed", timeout=20)
+        assert notice.frame["reason"] == "history_lost"
+        assert notice.id is not None
+        positions = decode_positions(notice.id)
+        assert positions is not None
+        told = positions[notice.frame["channel"]]
+        assert (told.offset, told.epoch) == (notice.frame["offset"], notice.frame["epoch"])
