@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import signal
 import socket
+import time
 
 import httpx
 import pytest
@@ -279,3 +280,43 @@ async def test_history_lost_is_told_with_the_new_position_in_its_id(
         assert positions is not None
         told = positions[notice.frame["channel"]]
         assert (told.offset, told.epoch) == (notice.frame["offset"], notice.frame["epoch"])
+
+
+async def test_control_api_acts_on_streams_and_a_revoked_token_cannot_reopen(
+    redis_server: RedisServer, gateways: list[GatewayProcess]
+) -> None:
+    node = GatewayProcess(redis_server.url).start()
+    gateways.append(node)
+    tok = token("cat", ["c"])
+
+    def control(command: str, body: dict[str, object]) -> None:
+        reply = httpx.post(
+            f"{node.http}/api/control/{command}",
+            json=body,
+            headers={"Authorization": "Bearer test-api-key"},
+            timeout=5,
+        )
+        assert reply.status_code == 200, reply.text
+
+    async with open_sse(node.http, tok) as sse:
+        await sse.next_type("subscribed")
+        control("subscribe", {"user": "cat", "channel": "session:extra"})
+        added = await sse.next_type("subscribed")
+        assert added.frame["channel"] == "session:extra"
+        node.publish("session:extra", {"type": "t"})
+        assert (await sse.next_type("publication")).frame["channel"] == "session:extra"
+        control("unsubscribe", {"user": "cat", "channel": "session:extra", "reason": "removed"})
+        ended = await sse.next_type("unsubscribed")
+        assert ended.frame == {
+            "type": "unsubscribed",
+            "channel": "session:extra",
+            "reason": "removed",
+        }
+        control("revoke", {"user": "cat", "before": int(time.time()) + 1})
+        disconnect = await sse.next_type("disconnect")
+        assert disconnect.frame["code"] == 4503
+        assert await sse.next() is None
+    async with open_sse(node.http, tok) as again:
+        await again.response.aread()
+        assert again.response.status_code == 403
+        assert again.response.json()["error"]["code"] == "token_revoked"
