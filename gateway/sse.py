@@ -104,8 +104,7 @@ class SseStream:
                 return  # history sent it already (the read overtook pub/sub)
             if pub.offset is not None:
                 del self._catchups[pub.channel]
-        self._publication(pub, frame.text)
-        self._ctx.stats.deliveries += 1
+        self._publication(pub, frame.text, fanned_out=True)
 
     def push(self, frame: Outgoing) -> None:
         """A frame the hub sends by itself: the one that moves a position is an unasked
@@ -159,12 +158,15 @@ class SseStream:
 
     # -- events ---------------------------------------------------------------------------
 
-    def _publication(self, pub: BrokerPublication, text: str) -> None:
+    def _publication(self, pub: BrokerPublication, text: str, *, fanned_out: bool = False) -> None:
+        """`fanned_out`: the hub's fan-out counted it (deliveries, bytes) already."""
         if pub.offset is not None:
             self._positions.move(pub.channel, pub.offset, pub.epoch or "")
-        self._event(text, self._positions.event_id())
+        self._event(text, self._positions.event_id(), counted=fanned_out)
 
-    def _event(self, data: str, event_id: str | None, *, raw: bool = False) -> None:
+    def _event(
+        self, data: str, event_id: str | None, *, raw: bool = False, counted: bool = False
+    ) -> None:
         """Queue one event: `data` (one line of JSON) and its `id`; `raw`: a field as is."""
         if self._close_code is not None:
             return
@@ -174,7 +176,8 @@ class SseStream:
             head = f"id: {event_id}\n" if event_id is not None else ""
             chunk = f"{head}data: {data}\n\n".encode()
         self._queued += len(chunk)
-        self._ctx.stats.bytes_out += len(chunk)
+        if not counted:
+            self._ctx.stats.bytes_out += len(chunk)
         if self._queued > self._ctx.settings.client_queue_bytes:
             self.close(CloseCode.SLOW_CONSUMER)
             return
@@ -251,7 +254,7 @@ class SseStream:
             self._event(encode(reply), self._positions.event_id())
         released, reached = catchup.release(position)
         for pub, frame in released:
-            self._publication(pub, frame.text)
+            self._publication(pub, frame.text, fanned_out=True)
         if reached and self._catchups.get(channel) is catchup:
             del self._catchups[channel]
 
