@@ -61,7 +61,7 @@ def render(
         (r"worker_processes [^;]+;", "worker_processes 1;"),
         (r"\npid [^;]+;", f"\npid {directory}/nginx.pid;"),
         (r"\nerror_log [^;]+;", f"\nerror_log {directory}/error.log warn;"),
-        (r"access_log [^;]+;", f"access_log {directory}/access.log;"),
+        (r"access_log /dev/stdout ", f"access_log {directory}/access.log "),  # format kept
         (r"listen \d+;", f"listen 127.0.0.1:{listen_port};"),
         _upstream("archmesh_gateways", gateway_ports),
         _upstream("archmesh_gateways_ws", gateway_ports),

@@ -38,6 +38,7 @@ from gateway.outbox import Flusher
 from gateway.page import page_routes
 from gateway.presence import PresenceTracker
 from gateway.protocol import CloseCode
+from gateway.sse import SseEndpoint
 from gateway.user_connections import UserConnections
 from shared.broker import Broker, create_broker
 from shared.http_errors import ERROR_HANDLERS
@@ -111,6 +112,8 @@ class Gateway:
             admission=self.admission,
         )
         self.draining = False
+        self._sse = SseEndpoint(self._context, self.hub, lambda: self.draining)
+        self._websockets = self.metrics.transport_connections.labels(transport="websocket")
         static = Mount("/static", StaticFiles(directory=Path(__file__).parent / "static"))
         ops = ops_routes(self.node, self.readiness, self.metrics.registry)
         self._http = Starlette(
@@ -162,10 +165,14 @@ class Gateway:
             if opened is not None:
                 conn, token = opened
                 self.hub.add(conn)
+                self._websockets.inc()
                 try:
                     await conn.run(receive, token)
                 finally:
                     self.hub.remove(conn)
+                    self._websockets.dec()
+        elif scope["type"] == "http" and scope["path"] == "/sse":
+            await self._sse(scope, receive, send)  # its query holds a token: never logged
         else:
             await self._http(scope, receive, send)
 

@@ -53,6 +53,12 @@ class GatewayMetrics:
         self.stats = FanoutStats()
         r.register(_StatsCollector(self.stats))
         self.connections = Gauge("archmesh_connections", "Open client connections", registry=r)
+        self.transport_connections = Gauge(
+            "archmesh_transport_connections",
+            "Open client connections by transport (websocket, sse)",
+            ["transport"],
+            registry=r,
+        )
         self.channels = Gauge("archmesh_channels", "Channels with local subscribers", registry=r)
         self.subscriptions = Gauge(
             "archmesh_subscriptions", "Client subscriptions (connection, channel)", registry=r

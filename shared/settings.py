@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     ws_ping_interval: float = Field(20.0, gt=0)
     ws_ping_timeout: float = Field(20.0, gt=0)
     ws_per_message_deflate: bool = False
+    sse_ping_interval: float = Field(15.0, gt=0, description="`: ping` on an idle SSE stream.")
     max_publish_bytes: int = Field(65536, ge=256)
     max_batch_items: int = Field(1000, ge=1)
     idempotency_window: float = Field(

@@ -4,6 +4,7 @@ config) and run the local cluster for real."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -25,6 +26,7 @@ from deploy.local_cluster import LocalCluster, cli_commands
 from deploy.ports import free_port
 from notifier.settings import NotifierSettings
 from tests.servers import REPO, GatewayProcess, RedisServer, wait_until
+from tests.sseclient import open_sse
 from tests.wsclient import open_ws, recv, recv_type, send
 
 DEPLOY = REPO / "deploy"
@@ -360,6 +362,58 @@ async def test_local_cluster_serves_websockets_and_api_through_nginx() -> None:
         await _to_thread(cluster.stop)
     assert all(not _alive(pid) for pid in pids if pid is not None)
     assert not cluster.workdir.exists()
+
+
+async def test_sse_streams_through_nginx_and_recovers_on_another_node() -> None:
+    """Events pass nginx one by one (no buffering); a draining node's stream ends and the
+    Last-Event-ID reopens it (on the other node) with what was published meanwhile; the
+    token in the query never reaches the access log."""
+    cluster = LocalCluster(2, notifier=False)
+    try:
+        await _to_thread(cluster.start)
+        tok = cluster.token("ann", ["d"])
+        headers = {"Authorization": f"Bearer {cluster.api_key}"}
+        async with httpx.AsyncClient() as http:
+
+            async def publish(n: int) -> None:
+                data = {"type": "t", "n": n}
+                reply = await http.post(
+                    f"{cluster.url}/api/publish",
+                    json={"channel": "session:d", "data": data},
+                    headers=headers,
+                )
+                assert reply.status_code == 200, reply.text
+
+            async with open_sse(cluster.url, tok, ("session:d",), query_token=True) as sse:
+                node = (await sse.next_type("connected")).frame["node"]
+                await publish(1)
+                assert (await sse.next_type("publication")).frame["data"]["n"] == 1
+                index = int(node.removeprefix("gw")) - 1
+                stopping = asyncio.create_task(
+                    _to_thread(lambda: cluster.kill_gateway(index, signal.SIGTERM))
+                )
+                assert (await sse.next_type("disconnect", timeout=20)).frame["code"] == 4000
+                await stopping
+                last_id = sse.last_id
+            await publish(2)
+            assert last_id is not None
+            async with open_sse(
+                cluster.url, tok, ("session:d",), last_event_id=last_id, query_token=True
+            ) as sse:
+                assert (await sse.next_type("connected")).frame["node"] != node
+                frames = [(await sse.next_type("subscribed")).frame for _ in range(2)]
+                assert all(f["recovered"] is not False for f in frames)
+                assert (await sse.next_type("publication")).frame["data"]["n"] == 2
+        await asyncio.sleep(0.5)  # nginx logs a request when it ends
+        log = (cluster.workdir / "access.log").read_text()
+        assert "GET /sse HTTP/1.1" in log
+        assert tok not in log
+        assert "token=" not in log
+        for name in ("error.log", "nginx.out"):
+            if (cluster.workdir / name).exists():
+                assert tok not in (cluster.workdir / name).read_text(), name
+    finally:
+        await _to_thread(cluster.stop)
 
 
 async def _to_thread(function: Any) -> Any:

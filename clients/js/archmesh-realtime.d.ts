@@ -60,7 +60,21 @@ export interface ArchMeshRealtimeOptions {
    * as `sub_refresh`; and asked once more if the gateway ended the subscription at expiry,
    * which the client then resubscribes from the last offset seen. */
   subscriptionToken?: SubscriptionTokenProvider;
+  /** In order of preference; default ["websocket"]. With "sse" listed after "websocket", the
+   * client moves to the gateway's GET /sse once `sseFallbackAfter` WebSocket attempts in a row
+   * failed before they opened (a proxy refusing the upgrade); ["sse"] starts there. */
+  transports?: Transport[];
+  /** WebSocket attempts failing before they open after which SSE is used; default 2. */
+  sseFallbackAfter?: number;
+  /** Default: `url` with http(s) for ws(s) and /sse for /ws. */
+  sseUrl?: string;
+  /** The fetch that reads the SSE stream; default `globalThis.fetch`. */
+  fetch?: typeof fetch;
 }
+
+/** How a client reaches the gateway: a WebSocket, or a Server-Sent Events stream (which only
+ * receives: ping, refresh, presence and sub_refresh reject with code "unsupported"). */
+export type Transport = "websocket" | "sse";
 
 /** The gateway's `connected` reply (`client.info`, what `connect()` resolves with). */
 export interface ConnectionInfo {
@@ -228,6 +242,7 @@ export type ClientErrorCode =
   | "unsubscribed"
   | "client_error"
   | "token_error"
+  | "unsupported"
   | "unknown";
 
 export type RealtimeErrorCode = GatewayErrorCode | ClientErrorCode;
@@ -309,6 +324,11 @@ export declare class ArchMeshRealtime extends EventTarget {
   readonly backoffCap: number;
   readonly maxAttempts: number;
   readonly requestTimeout: number;
+  readonly transports: readonly Transport[];
+  readonly sseFallbackAfter: number;
+  readonly sseUrl: string;
+  /** The transport of the current (or last) connection attempt. */
+  readonly transport: Transport;
   /** "closed" before connect() and after the end. */
   readonly state: State;
   /** Reconnect attempts since the last successful connect. */

@@ -29,6 +29,13 @@
  *                      resubscription, a frame error without id)
  *
  * In Node (>= 20, which has no global WebSocket) pass `{ WebSocket }` from the `ws` package.
+ *
+ * Server-Sent Events: with `transports: ["websocket", "sse"]` the client moves to the gateway's
+ * `GET /sse` (read over fetch, token in the Authorization header) once `sseFallbackAfter`
+ * WebSocket attempts in a row failed before they opened (a proxy refusing `Upgrade`); with
+ * `["sse"]` it starts there. `client.transport` says which one it is on. An SSE stream only
+ * receives: subscribe/unsubscribe reopen it with the new channel set and the last positions
+ * (no gap, no duplicate); ping, refresh, presence and sub_refresh need the WebSocket.
  */
 
 export const State = Object.freeze({
@@ -144,11 +151,21 @@ export class ArchMeshRealtime extends EventTarget {
    * @param {() => number} [options.random]  jitter source, default Math.random
    * @param {(channel: string) => string | Promise<string>} [options.subscriptionToken]  a fresh
    *   subscription token for a channel subscribed with one, asked ahead of its expiry
+   * @param {Array<"websocket" | "sse">} [options.transports]  in order of preference, default
+   *   ["websocket"]
+   * @param {number} [options.sseFallbackAfter]  WebSocket attempts failing before they open
+   *   after which the client moves to SSE, default 2
+   * @param {string} [options.sseUrl]  default: `url` with http(s) and /sse for ws(s) and /ws
+   * @param {Function} [options.fetch]  default globalThis.fetch (SSE only)
    */
   constructor(url, options = {}) {
     super();
     const WS = options.WebSocket ?? globalThis.WebSocket;
-    if (typeof WS !== "function") {
+    this.transports = options.transports ?? ["websocket"];
+    if (!this.transports.length || this.transports.some((t) => t !== "websocket" && t !== "sse")) {
+      throw new TypeError('options.transports: "websocket" and/or "sse"');
+    }
+    if (typeof WS !== "function" && this.transports.includes("websocket")) {
       throw new TypeError("no WebSocket implementation: pass options.WebSocket");
     }
     if (!options.token) {
@@ -163,6 +180,13 @@ export class ArchMeshRealtime extends EventTarget {
     this._token = options.token;
     this._random = options.random ?? Math.random;
     this._subscriptionToken = options.subscriptionToken ?? null;
+    this.sseFallbackAfter = options.sseFallbackAfter ?? 2;
+    this.sseUrl = options.sseUrl ?? url.replace(/^ws/, "http").replace(/\/ws(?=$|\?)/, "/sse");
+    this._fetch = options.fetch ?? globalThis.fetch;
+    /** "websocket" or "sse": the transport of the current (or last) connection attempt. */
+    this.transport = this.transports[0];
+    this._wsFailures = 0; // WebSocket attempts in a row that failed before they opened
+    this._sse = null; // {abort: AbortController, reopen: boolean} while a stream is open
 
     /** @type {string} */
     this.state = State.CLOSED;
@@ -235,7 +259,9 @@ export class ArchMeshRealtime extends EventTarget {
     clearTimeout(this._timer);
     this._timer = null;
     const ws = this._ws;
-    if (ws && ws.readyState <= 1) {
+    if (this._sse) {
+      this._sse.abort.abort();
+    } else if (ws && ws.readyState <= 1) {
       ws.close(1000, "client closed");
     } else {
       this._finish(null);
@@ -268,6 +294,8 @@ export class ArchMeshRealtime extends EventTarget {
       sub.waiters.add(waiter);
       if (this.state === State.CONNECTED && this._ws) {
         this._sendSubscribe(this._ws, channel, sub);
+      } else if (this.state === State.CONNECTED && this._sse) {
+        this._reopenSse();
       } // else: sent with the next connect frame
     });
   }
@@ -284,6 +312,7 @@ export class ArchMeshRealtime extends EventTarget {
       }
     }
     if (this.state !== State.CONNECTED) return;
+    if (this._sse) return this._reopenSse();
     try {
       await this._request({ type: "unsubscribe", channel });
     } catch (err) {
@@ -349,6 +378,10 @@ export class ArchMeshRealtime extends EventTarget {
 
   _request(frame) {
     if (this.closed) return Promise.reject(this._closedError());
+    if (this.transport === "sse") {
+      const message = `${frame.type} needs a WebSocket; this client is on SSE`;
+      return Promise.reject(new RealtimeError("unsupported", message, { request: frame.type }));
+    }
     if (!this._started) return Promise.reject(new Error("call connect() first"));
     return new Promise((resolve, reject) => {
       const id = this._nextId++;
@@ -429,6 +462,12 @@ export class ArchMeshRealtime extends EventTarget {
       return this._ended({ code: null, reason: `token provider failed: ${err}`, reconnect: true });
     }
     if (this._closing) return this._finish(null);
+    const sse = this.transports.includes("sse");
+    if (sse && (!this.transports.includes("websocket") || this._wsFailures >= this.sseFallbackAfter)) {
+      this.transport = "sse";
+      return this._openSse(token);
+    }
+    this.transport = "websocket";
     let ws;
     try {
       ws = new this._WebSocket(this.url);
@@ -441,6 +480,7 @@ export class ArchMeshRealtime extends EventTarget {
     let extra = [];
 
     ws.addEventListener("open", async () => {
+      this._wsFailures = 0;
       try {
         const subs = [...this._subs.entries()];
         const items = [];
@@ -492,7 +532,10 @@ export class ArchMeshRealtime extends EventTarget {
       // A "close" event always follows; the reason is decided there.
     });
 
+    let opened = false;
+    ws.addEventListener("open", () => (opened = true));
     ws.addEventListener("close", (event) => {
+      if (!opened) this._wsFailures += 1;
       if (this._ws === ws) this._ws = null;
       this._connectionLost();
       if (this._closing) return this._finish(null);
@@ -537,7 +580,7 @@ export class ArchMeshRealtime extends EventTarget {
     const waiters = [...this._connectedWaiters];
     this._connectedWaiters.clear();
     for (const waiter of waiters) waiter.resolve();
-    for (const [channel, sub] of extra) this._sendSubscribe(ws, channel, sub);
+    if (ws) for (const [channel, sub] of extra) this._sendSubscribe(ws, channel, sub);
   }
 
   _connectionLost() {
@@ -710,6 +753,103 @@ export class ArchMeshRealtime extends EventTarget {
     this._emit("error", new RealtimeError(code, message));
   }
 
+  // -- Server-Sent Events -------------------------------------------------------------
+
+  /** Open `GET /sse` with every channel and the positions seen (as the stream's event id:
+   * base64url JSON {channel: [offset, epoch]}), and feed its events to the frame handling. */
+  async _openSse(token) {
+    const abort = new AbortController();
+    const stream = (this._sse = { abort, reopen: false });
+    this._disconnect = null;
+    const channels = [...this._subs.keys()];
+    const own = this._ownChannel();
+    const positions = {};
+    for (const channel of own ? [...channels, own] : channels) {
+      const since = this._subs.get(channel)?.since ?? this._positions.get(channel);
+      if (since) positions[channel] = [since.offset, since.epoch];
+      // Its `subscribed` settles the position; publications before it are not expected.
+      if (channel !== own || since) this._awaiting.set(channel, since ?? null);
+    }
+    const query = new URLSearchParams(channels.map((c) => ["channel", c]));
+    if (Object.keys(positions).length) query.set("last_event_id", base64url(JSON.stringify(positions)));
+    const url = `${this.sseUrl}${this.sseUrl.includes("?") ? "&" : "?"}${query}`;
+    let ended = null;
+    try {
+      const response = await this._fetch(url, {
+        headers: { Authorization: `Bearer ${token}`, Accept: "text/event-stream" },
+        signal: abort.signal,
+        cache: "no-store",
+      });
+      if (!response.ok) {
+        let code = `http_${response.status}`;
+        try {
+          code = (await response.json()).error.code ?? code;
+        } catch {
+          // not the gateway's JSON: keep the status
+        }
+        // Refusals about the client itself are final, like a 4500-4999 close.
+        const final = [400, 401, 403, 429].includes(response.status);
+        ended = { code: null, reason: `SSE refused: ${response.status} ${code}`, reconnect: !final };
+      } else {
+        await this._readSse(response.body);
+      }
+    } catch (err) {
+      if (!stream.reopen && !this._closing) ended = { code: null, reason: `SSE stream failed: ${err}`, reconnect: true };
+    }
+    if (this._sse === stream) this._sse = null;
+    this._connectionLost();
+    if (this._closing) return this._finish(null);
+    if (stream.reopen) return this._open(); // new channel set: at once, no backoff
+    if (this._disconnect) {
+      const d = this._disconnect;
+      return this._ended({ code: d.code, reason: d.reason, reconnect: d.reconnect && shouldReconnect(d.code) });
+    }
+    this._ended(ended ?? { code: null, reason: "SSE stream ended", reconnect: true });
+  }
+
+  async _readSse(body) {
+    const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    let connected = false;
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buffer += value.replace(/\r\n?/g, "\n");
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        const data = block
+          .split("\n")
+          .filter((line) => line.startsWith("data:"))
+          .map((line) => line.slice(5).replace(/^ /, ""))
+          .join("\n");
+        if (!data) continue; // a comment (": ping") or a retry field
+        let frame;
+        try {
+          frame = JSON.parse(data);
+        } catch {
+          continue;
+        }
+        if (!frame || typeof frame !== "object" || Array.isArray(frame)) continue;
+        if (frame.type === "connected" && !connected) {
+          connected = true;
+          this._onConnected(null, frame, []);
+        } else {
+          this._onFrame(frame);
+        }
+      }
+    }
+  }
+
+  /** The channel set changed: end this stream and open the next one at once (coalesced). */
+  _reopenSse() {
+    const stream = this._sse;
+    if (!stream || stream.reopen) return;
+    stream.reopen = true;
+    setTimeout(() => stream.abort.abort(), 0);
+  }
+
   // -- subscription tokens ------------------------------------------------------------
 
   async _freshSubscriptionToken(channel, sub) {
@@ -791,6 +931,13 @@ export class ArchMeshRealtime extends EventTarget {
     // Not connected: the reconnect resubscribes with the fresh token.
     if (this.state === State.CONNECTED && this._ws) this._sendSubscribe(this._ws, channel, sub);
   }
+}
+
+function base64url(text) {
+  const bytes = new TextEncoder().encode(text);
+  let binary = "";
+  for (const byte of bytes) binary += String.fromCharCode(byte);
+  return btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
 }
 
 export default ArchMeshRealtime;

@@ -30,6 +30,7 @@ import ArchMeshRealtimeDefault, {
   type SubscribeOptions,
   type Subscribed,
   type SubscriptionTokenProvider,
+  type Transport,
   type TokenSource,
   type UnsubscribeReason,
   type Unsubscribed,
@@ -142,6 +143,10 @@ export type Checks = [
         requestTimeout?: number;
         random?: () => number;
         subscriptionToken?: SubscriptionTokenProvider;
+        transports?: Transport[];
+        sseFallbackAfter?: number;
+        sseUrl?: string;
+        fetch?: typeof fetch;
       }
     >
   >,
@@ -335,3 +340,22 @@ new RealtimeError("closed", "connection closed", { closeCode: 4501, reason: "inv
 new RealtimeError("forbidden", "subscribe refused", { request: "subscribe", channel: "session:x" });
 // @ts-expect-error the code is a string
 new RealtimeError(4501, "closed");
+
+// -- transports -----------------------------------------------------------------------------
+
+export function onSse(token: string): Transport {
+  const c = new ArchMeshRealtime("wss://rt.example/ws", {
+    token,
+    transports: ["websocket", "sse"],
+    sseFallbackAfter: 3,
+    sseUrl: "https://rt.example/sse",
+    fetch: globalThis.fetch,
+  });
+  // @ts-expect-error only "websocket" and "sse" are transports
+  new ArchMeshRealtime("wss://rt.example/ws", { token, transports: ["polling"] });
+  // @ts-expect-error the transport is read-only
+  c.transport = "sse";
+  const list: readonly Transport[] = c.transports;
+  void list;
+  return c.transport;
+}

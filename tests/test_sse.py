@@ -1,0 +1,322 @@
+"""`GET /sse`: channels over Server-Sent Events, read by a real HTTP streaming client against
+real gateway processes: events and their ids, refusals, keepalive, expiry, drain, and a
+reconnect with Last-Event-ID across a gateway restart (no gap, no duplicate)."""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import socket
+import time
+
+import httpx
+import pytest
+
+from gateway.sse_position import decode_positions
+from tests.servers import GatewayProcess, RedisServer, wait_until
+from tests.sseclient import SseReader, open_sse
+from tests.wsclient import token
+
+
+async def test_stream_delivers_channels_with_every_position_in_each_id(
+    redis_server: RedisServer, gateways: list[GatewayProcess]
+) -> None:
+    node = GatewayProcess(redis_server.url).start()
+    gateways.append(node)
+    tok = token("ann", sessions=["a"])
+    async with open_sse(node.http, tok, ("session:a", "broadcast"), query_token=True) as sse:
+        assert sse.response.status_code == 200
+        assert sse.response.headers["content-type"].startswith("text/event-stream")
+        connected = await sse.next_type("connected")
+        assert connected.frame["user_id"] == "ann"
+        assert connected.frame["transport"] == "sse"
+        subscribed = {(await sse.next_type("subscribed")).frame["channel"] for _ in range(3)}
+        assert subscribed == {"user:ann", "session:a", "broadcast"}
+        assert node.metric("archmesh_transport_connections", 'transport="sse"') == 1
+        node.publish("session:a", {"type": "t", "n": 1})
+        node.publish("broadcast", {"type": "t", "n": 2})
+        first = await sse.next_type("publication")
+        second = await sse.next_type("publication")
+        assert (first.frame["channel"], first.frame["data"]) == ("session:a", {"type": "t", "n": 1})
+        assert (second.frame["channel"], second.frame["data"]) == (
+            "broadcast",
+            {"type": "t", "n": 2},
+        )
+        assert second.id is not None
+        positions = decode_positions(second.id)
+        assert positions is not None
+        assert set(positions) == {"user:ann", "session:a", "broadcast"}
+        assert positions["session:a"].offset == first.frame["offset"]
+        assert positions["broadcast"].offset == second.frame["offset"]
+
+
+@pytest.mark.parametrize(
+    ("channels", "tok", "status", "code"),
+    [
+        (("session:b",), token("ann", sessions=["a"]), 403, "forbidden"),
+        (("user:bob",), token("ann"), 403, "forbidden"),
+        (("bad channel",), token("ann"), 400, "invalid_channel"),
+        ((), None, 401, "invalid_token"),
+        ((), "not-a-jwt", 401, "invalid_token"),
+    ],
+)
+async def test_refusals_answer_with_a_status_and_a_json_error(
+    redis_server: RedisServer,
+    gateways: list[GatewayProcess],
+    channels: tuple[str, ...],
+    tok: str | None,
+    status: int,
+    code: str,
+) -> None:
+    if not gateways:
+        gateways.append(GatewayProcess(redis_server.url).start())
+    async with open_sse(gateways[0].http, tok, channels) as sse:
+        await sse.response.aread()
+        assert sse.response.status_code == status
+        assert sse.response.json()["error"]["code"] == code
+
+
+async def test_limits_subscriptions_and_connections_per_user(
+    redis_server: RedisServer, gateways: list[GatewayProcess]
+) -> None:
+    node = GatewayProcess(
+        redis_server.url, ARCHMESH_USER_CONNECTION_LIMIT="1", ARCHMESH_MAX_SUBSCRIPTIONS="2"
+    ).start()
+    gateways.append(node)
+    tok = token("ann", sessions=["a", "b"])
+    async with open_sse(node.http, tok, ("session:a", "session:b")) as sse:
+        await sse.response.aread()
+        assert sse.response.status_code == 400
+        assert sse.response.json()["error"]["code"] == "too_many_subscriptions"
+    async with open_sse(node.http, tok, ("session:a",)) as sse:
+        await sse.next_type("connected")
+        async with open_sse(node.http, tok) as second:
+            await second.response.aread()
+            assert second.response.status_code == 429
+            assert second.response.json()["error"]["code"] == "connection_limit"
+
+
+async def test_keepalive_comments_and_token_expiry_ends_the_stream(
+    redis_server: RedisServer, gateways: list[GatewayProcess]
+) -> None:
+    node = GatewayProcess(redis_server.url, ARCHMESH_SSE_PING_INTERVAL="0.3").start()
+    gateways.append(node)
+    async with open_sse(node.http, token("ann", ttl=2)) as sse:
+        disconnect = await sse.next_type("disconnect", timeout=10)
+        assert disconnect.frame["code"] == 4004
+        assert disconnect.frame["reconnect"]
+        assert await sse.next() is None  # the response ended
+        assert sse.comments.count("ping") >= 3
+
+
+async def test_slow_consumer_is_ended(
+    redis_server: RedisServer, gateways: list[GatewayProcess]
+) -> None:
+    node = GatewayProcess(redis_server.url, ARCHMESH_CLIENT_QUEUE_BYTES="65536").start()
+    gateways.append(node)
+    async with open_sse(node.http, token("ann", sessions=["a"]), ("session:a",)) as sse:
+        await sse.next_type("subscribed")
+        await sse.next_type("subscribed")
+        payload = {"type": "t", "blob": "x" * 60000}
+        async with httpx.AsyncClient() as client:
+            for _ in range(400):  # far beyond what loopback socket buffers hold
+                await client.post(
+                    f"{node.http}/api/publish",
+                    json={"channel": "session:a", "data": payload},
+                    headers={"Authorization": "Bearer test-api-key"},
+                )
+        received = 0
+        while (event := await sse.next(timeout=20)) is not None:
+            if event.frame["type"] == "disconnect":
+                assert event.frame["code"] == 4001
+                break
+            received += 1
+        else:
+            pytest.fail("the stream ended without telling why")
+        assert received < 400
+
+
+async def reader_offsets(sse: SseReader, seen: list[tuple[str, int]], want: int) -> None:
+    while len(seen) < want:
+        event = await sse.next(timeout=20)
+        if event is None:
+            return
+        if event.frame["type"] == "publication":
+            seen.append((event.frame["channel"], event.frame["offset"]))
+        elif event.frame["type"] == "subscribed":
+            assert event.frame.get("recovered", True), event.frame
+
+
+async def test_last_event_id_recovers_every_channel_across_a_restart(
+    redis_server: RedisServer, gateways: list[GatewayProcess]
+) -> None:
+    """Publications before, during (node down) and after a restart, on two channels: the
+    stream read across the restart has each exactly once, in order."""
+    first = GatewayProcess(redis_server.url).start()
+    gateways.append(first)
+    channels = ("session:a", "broadcast")
+    tok = token("ann", sessions=["a"])
+    seen: list[tuple[str, int]] = []
+    published = 0
+    async with open_sse(first.http, tok, channels) as sse:
+        for n in range(10):
+            first.publish(channels[n % 2], {"type": "t", "n": n})
+            published += 1
+        await reader_offsets(sse, seen, 10)
+        last_id = sse.last_id
+        first.stop(signal.SIGTERM)
+        ended = await _rest(sse)
+        assert any(e == 4000 for e in ended)  # drained: told to reconnect
+    second = GatewayProcess(redis_server.url)
+    helper = GatewayProcess(redis_server.url).start()  # publishes while the stream is down
+    gateways.extend([second, helper])
+    for n in range(10, 30):
+        helper.publish(channels[n % 2], {"type": "t", "n": n})
+        published += 1
+    second.start()
+    assert last_id is not None
+    async with open_sse(second.http, tok, channels, last_event_id=last_id) as sse:
+        for n in range(30, 40):
+            second.publish(channels[n % 2], {"type": "t", "n": n})
+            published += 1
+        await reader_offsets(sse, seen, published)
+    per_channel = {c: [o for ch, o in seen if ch == c] for c in channels}
+    duplicates = len(seen) - len(set(seen))
+    gaps = sum(
+        1 for offsets in per_channel.values() for a, b in itertools.pairwise(offsets) if b != a + 1
+    )
+    print(f"published={published} received={len(seen)} duplicates={duplicates} gaps={gaps}")
+    assert (len(seen), duplicates, gaps) == (published, 0, 0)
+    assert all(offsets == sorted(offsets) for offsets in per_channel.values())
+
+
+async def _rest(sse: SseReader) -> list[int]:
+    codes: list[int] = []
+    while (event := await sse.next(timeout=20)) is not None:
+        if event.frame["type"] == "disconnect":
+            codes.append(event.frame["code"])
+    return codes
+
+
+async def test_unreadable_last_event_id_subscribes_fresh(
+    redis_server: RedisServer, gateways: list[GatewayProcess]
+) -> None:
+    node = GatewayProcess(redis_server.url).start()
+    gateways.append(node)
+    node.publish("broadcast", {"type": "t", "n": 0})
+    async with open_sse(node.http, token("ann"), ("broadcast",), last_event_id="!!") as sse:
+        subscribed = [(await sse.next_type("subscribed")).frame for _ in range(2)]
+        assert all("recovered" not in frame for frame in subscribed)
+
+
+async def test_a_trimmed_position_is_told_as_not_recovered(
+    redis_server: RedisServer, gateways: list[GatewayProcess]
+) -> None:
+    node = GatewayProcess(redis_server.url).start()
+    gateways.append(node)
+    tok = token("ann")
+    async with open_sse(node.http, tok, ("broadcast",)) as sse:
+        await sse.next_type("subscribed")
+        node.publish("broadcast", {"type": "t", "n": 0})
+        await sse.next_type("publication")
+        last_id = sse.last_id
+    assert last_id is not None
+    stale = last_id  # an epoch that no longer exists after the stream is deleted
+    redis_server.client().flushall()
+    node.publish("broadcast", {"type": "t", "n": 1})
+    async with open_sse(node.http, tok, ("broadcast",), last_event_id=stale) as sse:
+        frames = [(await sse.next_type("subscribed")).frame for _ in range(2)]
+        broadcast = next(f for f in frames if f["channel"] == "broadcast")
+        assert broadcast["recovered"] is False
+        assert broadcast["reason"]
+
+
+async def test_a_client_that_never_reads_is_cut_off(
+    redis_server: RedisServer, gateways: list[GatewayProcess]
+) -> None:
+    """A client that stops reading altogether is ended as a slow consumer and its place
+    freed, whether or not its response ever takes the last event."""
+    node = GatewayProcess(redis_server.url, ARCHMESH_CLIENT_QUEUE_BYTES="65536").start()
+    gateways.append(node)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", node.port))
+    try:
+        request = f"GET /sse?channel=session:a&token={token('ann', ['a'])} HTTP/1.1\r\n"
+        sock.sendall(f"{request}Host: x\r\n\r\n".encode())
+        wait_until(lambda: node.metric("archmesh_transport_connections", 'transport="sse"') == 1)
+        async with httpx.AsyncClient() as client:
+            for _ in range(300):
+                await client.post(
+                    f"{node.http}/api/publish",
+                    json={"channel": "session:a", "data": {"type": "t", "blob": "x" * 60000}},
+                    headers={"Authorization": "Bearer test-api-key"},
+                )
+        wait_until(
+            lambda: node.metric("archmesh_transport_connections", 'transport="sse"') == 0,
+            timeout=10,
+        )
+        assert node.metric("archmesh_disconnects_total", 'code="4001"') == 1
+    finally:
+        sock.close()
+
+
+async def test_history_lost_is_told_with_the_new_position_in_its_id(
+    private_redis: RedisServer, gateways: list[GatewayProcess]
+) -> None:
+    node = GatewayProcess(private_redis.url).start()
+    gateways.append(node)
+    async with open_sse(node.http, token("ann", ["h"]), ("session:h",)) as sse:
+        await sse.next_type("subscribed")
+        await sse.next_type("subscribed")
+        node.publish("session:h", {"type": "t"})
+        assert (await sse.next_type("publication")).frame["offset"] == 1
+        private_redis.stop(signal.SIGKILL)
+        private_redis.start()
+        notice = await sse.next_type("subscribed", timeout=20)
+        assert notice.frame["reason"] == "history_lost"
+        assert notice.id is not None
+        positions = decode_positions(notice.id)
+        assert positions is not None
+        told = positions[notice.frame["channel"]]
+        assert (told.offset, told.epoch) == (notice.frame["offset"], notice.frame["epoch"])
+
+
+async def test_control_api_acts_on_streams_and_a_revoked_token_cannot_reopen(
+    redis_server: RedisServer, gateways: list[GatewayProcess]
+) -> None:
+    node = GatewayProcess(redis_server.url).start()
+    gateways.append(node)
+    tok = token("cat", ["c"])
+
+    def control(command: str, body: dict[str, object]) -> None:
+        reply = httpx.post(
+            f"{node.http}/api/control/{command}",
+            json=body,
+            headers={"Authorization": "Bearer test-api-key"},
+            timeout=5,
+        )
+        assert reply.status_code == 200, reply.text
+
+    async with open_sse(node.http, tok) as sse:
+        await sse.next_type("subscribed")
+        control("subscribe", {"user": "cat", "channel": "session:extra"})
+        added = await sse.next_type("subscribed")
+        assert added.frame["channel"] == "session:extra"
+        node.publish("session:extra", {"type": "t"})
+        assert (await sse.next_type("publication")).frame["channel"] == "session:extra"
+        control("unsubscribe", {"user": "cat", "channel": "session:extra", "reason": "removed"})
+        ended = await sse.next_type("unsubscribed")
+        assert ended.frame == {
+            "type": "unsubscribed",
+            "channel": "session:extra",
+            "reason": "removed",
+        }
+        control("revoke", {"user": "cat", "before": int(time.time()) + 1})
+        disconnect = await sse.next_type("disconnect")
+        assert disconnect.frame["code"] == 4503
+        assert await sse.next() is None
+    async with open_sse(node.http, tok) as again:
+        await again.response.aread()
+        assert again.response.status_code == 403
+        assert again.response.json()["error"]["code"] == "token_revoked"
