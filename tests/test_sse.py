@@ -231,7 +231,7 @@ async def test_a_trimmed_position_is_told_as_not_recovered(
         assert broadcast["reason"]
 
 
-async def test_a_client_that_never_reads_is_cut_off(
+async def test_a_client_that_never_reads_is_ended_as_a_slow_consumer(
     redis_server: RedisServer, gateways: list[GatewayProcess]
 ) -> None:
     """A client that stops reading altogether is ended as a slow consumer and its place
