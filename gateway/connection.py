@@ -382,6 +382,7 @@ class Connection:
             "epoch": position.epoch,
         }
         missed: list[BrokerPublication] = []
+        recovered = False
         if since is not None:
             recovered, reason = _recovery_outcome(since, history.complete, position)
             self._ctx.metrics.recoveries.labels(outcome=reason or "recovered").inc()
@@ -390,6 +391,9 @@ class Connection:
                 missed = history.publications
             else:
                 reply["reason"] = reason
+        if not recovered and self._wants_latest(channel, frame):
+            # A recovered client has the latest already (it was missed, or it was its `since`).
+            missed = await self._latest(channel, position)
         self.reply(_with_id(reply, frame.id))
         # Recovered or not, the client now stands at `position` (it was told so).
         for pub in missed:
@@ -400,6 +404,23 @@ class Connection:
         if live_reached and self._catchups.get(channel) is catchup:
             # Only while live delivery lags what was sent; otherwise the fast path stays clear.
             del self._catchups[channel]
+
+    def _wants_latest(self, channel: str, frame: SubscribeFrame) -> bool:
+        if frame.latest is not None:
+            return frame.latest
+        return channel.startswith(tuple(self._ctx.settings.latest_on_subscribe))
+
+    async def _latest(self, channel: str, position: StreamPosition) -> list[BrokerPublication]:
+        """The publication at `position` (the channel's latest), if history still has it. Live
+        ones after it are held by the subscribe's catch-up meanwhile."""
+        if position.offset == 0:
+            return []
+        tail = await self._ctx.history(channel, position.offset - 1, 1)
+        return [
+            pub
+            for pub in tail.publications
+            if pub.offset == position.offset and pub.epoch == position.epoch
+        ]
 
     async def _on_unsubscribe(self, frame: UnsubscribeFrame) -> None:
         if frame.channel not in self._ctx.membership.channels(self):

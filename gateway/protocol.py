@@ -88,6 +88,8 @@ class SubscribeFrame(_Frame):
     channel: str = Field(max_length=200)
     since: Since | None = None
     token: str | None = Field(None, max_length=8192)
+    # The channel's latest publication right after `subscribed`; None: ARCHMESH_LATEST_ON_SUBSCRIBE.
+    latest: bool | None = None
 
 
 class InitialSubscription(SubscribeFrame):

@@ -74,13 +74,23 @@ class Settings(BaseSettings):
     history_ttl: float = Field(3600.0, gt=0)
     history_overrides: str = Field("", description="Per prefix: `user:=100/86400,...`.")
     presence_prefixes: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["session:"])
+    latest_on_subscribe: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Channel prefixes whose subscribe gets the latest publication by default.",
+    )
     presence_ttl: float = Field(30.0, ge=1)
     drain_seconds: float = Field(5.0, ge=0, description="Spread of reconnects on SIGTERM.")
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
 
-    @field_validator("allowed_origins", "jwt_algorithms", "presence_prefixes", mode="before")
+    @field_validator(
+        "allowed_origins",
+        "jwt_algorithms",
+        "presence_prefixes",
+        "latest_on_subscribe",
+        mode="before",
+    )
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
