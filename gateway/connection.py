@@ -394,6 +394,8 @@ class Connection:
         if not recovered and self._wants_latest(channel, frame):
             # A recovered client has the latest already (it was missed, or it was its `since`).
             missed = await self._latest(channel, position)
+            if missed:
+                reply["latest"] = True  # the publication at `offset` follows: not a duplicate
         self.reply(_with_id(reply, frame.id))
         # Recovered or not, the client now stands at `position` (it was told so).
         for pub in missed:

@@ -372,3 +372,22 @@ async def test_reconnect_loop_uses_bounded_backoff_and_gives_up() -> None:
         assert change.delay is not None
         assert 0 <= change.delay <= min(cap, base * 2 ** (change.attempt - 1))
     assert states[-1].state is State.CLOSED
+
+
+async def test_subscribe_with_latest_gets_the_latest_publication_first(
+    gateway: Gateway, closing: list[RealtimeClient]
+) -> None:
+    user, session = f"u-{unique()}", unique()
+    channel = f"session:{session}"
+    await gateway.publish(channel, stage="a")
+    last = await gateway.publish(channel, stage="b")
+    client = RealtimeClient(gateway.url, token(user, session))
+    closing.append(client)
+    await client.connect()
+    items = client.publications()
+    reply = await client.subscribe(channel, latest=True)
+    assert reply.offset == last["offset"]
+    pub = await next_item(items)
+    assert isinstance(pub, Publication)
+    assert (pub.offset, pub.data["stage"]) == (last["offset"], "b")
+    assert client.position(channel) == Position(last["offset"], last["epoch"])

@@ -14,11 +14,11 @@ async def test_latest_delivers_the_last_publication_once_and_nothing_on_an_empty
     gateways.append(node)
     ws = await connect(node.ws, "alice", sessions=["empty", "full"])
     empty = await subscribe(ws, "session:empty", latest=True)
-    assert (empty["type"], empty["offset"]) == ("subscribed", 0)
+    assert (empty["type"], empty["offset"], "latest" in empty) == ("subscribed", 0, False)
     for n in range(3):
         node.publish("session:full", {"type": "t", "n": n}).raise_for_status()
     reply = await subscribe(ws, "session:full", latest=True)
-    assert (reply["type"], reply["offset"]) == ("subscribed", 3)
+    assert (reply["type"], reply["offset"], reply["latest"]) == ("subscribed", 3, True)
     latest = await recv_type(ws, "publication")
     assert (latest["offset"], latest["data"]) == (3, {"type": "t", "n": 2})
     node.publish("session:full", {"type": "t", "n": 3}).raise_for_status()

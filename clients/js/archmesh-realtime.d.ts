@@ -260,6 +260,9 @@ export interface SubscribeOptions {
   token?: TokenSource;
   /** Replay from this position instead of from the last one seen. */
   since?: Position | null;
+  /** The channel's latest publication right after subscribing (and after a reconnect that
+   * could not recover); left out, ARCHMESH_LATEST_ON_SUBSCRIBE decides. */
+  latest?: boolean;
 }
 
 /** Whether a close with `code` (null: connection lost) calls for a reconnect: 4500-4999 and

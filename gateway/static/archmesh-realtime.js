@@ -180,7 +180,7 @@ export class ArchMeshRealtime extends EventTarget {
     this._nextId = 1;
     this._connectedWaiters = new Set();
     this._closeWaiters = [];
-    /** @type {Map<string, {token: any, since: any, waiters: Set<any>, sentToken: string | null, renewal: any}>} */
+    /** @type {Map<string, {token: any, since: any, latest?: boolean | null, waiters: Set<any>, sentToken: string | null, renewal: any}>} */
     this._subs = new Map();
     /** @type {Map<string, {offset: number, epoch: string}>} */
     this._positions = new Map();
@@ -245,11 +245,13 @@ export class ArchMeshRealtime extends EventTarget {
 
   /**
    * Subscribe (kept across reconnects). `token`: a subscription JWT (or provider) for a
-   * session the connection token does not grant; `since`: {offset, epoch} to replay from.
+   * session the connection token does not grant; `since`: {offset, epoch} to replay from;
+   * `latest`: true to get the channel's latest publication right after subscribing (and after
+   * a reconnect that could not recover), false to not; left out, the gateway's default.
    * Resolves with {channel, offset, epoch, recovered, reason}; rejects with a
    * RealtimeError (code forbidden, invalid_channel, ...) if refused.
    */
-  subscribe(channel, { token, since } = {}) {
+  subscribe(channel, { token, since, latest } = {}) {
     if (this.closed) return Promise.reject(this._closedError());
     if (!this._started) return Promise.reject(new Error("call connect() first"));
     let sub = this._subs.get(channel);
@@ -259,6 +261,7 @@ export class ArchMeshRealtime extends EventTarget {
     }
     if (token) sub.token = token;
     sub.since = since ?? null;
+    sub.latest = latest ?? null;
     return new Promise((resolve, reject) => {
       const waiter = { resolve, reject, timer: null };
       waiter.timer = setTimeout(() => {
@@ -379,6 +382,7 @@ export class ArchMeshRealtime extends EventTarget {
     const item = { type: "subscribe", channel, id };
     const since = sub.since ?? this._positions.get(channel) ?? null;
     if (since) item.since = { offset: since.offset, epoch: since.epoch };
+    if (typeof sub.latest === "boolean") item.latest = sub.latest;
     if (sub.token) {
       let token = await resolveToken(sub.token);
       const times = tokenTimes(token);
@@ -640,7 +644,9 @@ export class ArchMeshRealtime extends EventTarget {
         this._positions.set(channel, { offset: sent.offset, epoch: sent.epoch });
       }
     } else {
-      this._positions.set(channel, { offset: reply.offset, epoch: reply.epoch });
+      // With `latest: true` the publication at `offset` follows: it must not look seen.
+      const head = frame.latest === true && reply.offset > 0 ? reply.offset - 1 : reply.offset;
+      this._positions.set(channel, { offset: head, epoch: reply.epoch });
     }
     const sub = this._subs.get(channel);
     if (sub) {

@@ -220,6 +220,7 @@ class _Subscription:
     channel: str
     token: TokenSource | None = None
     since: Position | None = None  # explicit starting point asked by the caller, used once
+    latest: bool | None = None  # ask for the latest publication (None: the gateway's default)
     waiters: list[asyncio.Future[Subscribed]] = field(default_factory=list)
     sent_token: str | None = None  # the subscription token the gateway holds it by
     renewal: asyncio.TimerHandle | None = None  # when to send `sub_refresh`
@@ -417,10 +418,17 @@ class RealtimeClient:
         return self.publications()
 
     async def subscribe(
-        self, channel: str, token: TokenSource | None = None, *, since: Position | None = None
+        self,
+        channel: str,
+        token: TokenSource | None = None,
+        *,
+        since: Position | None = None,
+        latest: bool | None = None,
     ) -> Subscribed:
         """Subscribe (kept across reconnects). `token`: a subscription JWT (or provider) for a
         session the connection token does not grant. `since`: replay from a stored position.
+        `latest`: the channel's latest publication arrives right after subscribing (and after a
+        reconnect that could not recover); None leaves it to ARCHMESH_LATEST_ON_SUBSCRIBE.
         Raises `RequestError` (code forbidden, invalid_channel, ...) if refused."""
         self._check_usable()
         sub = self._subs.get(channel)
@@ -429,6 +437,7 @@ class RealtimeClient:
         if token is not None:
             sub.token = token
         sub.since = since
+        sub.latest = latest
         waiter: asyncio.Future[Subscribed] = asyncio.get_running_loop().create_future()
         sub.waiters.append(waiter)
         try:
@@ -522,6 +531,8 @@ class RealtimeClient:
         since = sub.since or self._positions.get(sub.channel)
         if since is not None:
             item["since"] = {"offset": since.offset, "epoch": since.epoch}
+        if sub.latest is not None:
+            item["latest"] = sub.latest
         if sub.token is not None:
             token = await _resolve(sub.token)
             expires = token_expiry(token)
@@ -809,7 +820,9 @@ class RealtimeClient:
             if known is None or known.epoch != sent.epoch or known.offset < sent.offset:
                 self._positions[channel] = sent
         else:
-            self._positions[channel] = Position(offset, epoch)
+            # With `latest: true` the publication at `offset` follows: it must not look seen.
+            head = offset - 1 if frame.get("latest") is True and offset > 0 else offset
+            self._positions[channel] = Position(head, epoch)
             if recovered is False:
                 self._queue.put_nowait(
                     RecoveryFailed(channel, reply.reason or "unknown", offset, epoch)

@@ -1,0 +1,55 @@
+// The JS SDK's `latest` on subscribe (and later history), against a real gateway subprocess.
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import WebSocket from "ws";
+
+import { Gateway, freePort, mintToken } from "./gateway.mjs";
+import { installPackage } from "./package.mjs";
+
+const pkg = await installPackage();
+const { ArchMeshRealtime } = pkg.module;
+
+let gateway;
+const clients = [];
+
+function nextPublication(client, timeout = 10000) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error("no publication")), timeout);
+    client.addEventListener(
+      "publication",
+      (event) => {
+        clearTimeout(timer);
+        resolve(event.detail);
+      },
+      { once: true },
+    );
+  });
+}
+
+before(async () => {
+  gateway = new Gateway(await freePort());
+  await gateway.start();
+});
+
+after(async () => {
+  await Promise.all(clients.map((client) => client.close()));
+  await gateway?.stop();
+  pkg.remove();
+});
+
+test("subscribe with latest delivers the channel's latest publication first", async () => {
+  await gateway.publish("session:l1", { type: "t", n: 1 });
+  const last = await gateway.publish("session:l1", { type: "t", n: 2 });
+  const client = new ArchMeshRealtime(gateway.url, {
+    WebSocket,
+    token: mintToken({ user: "u1", sessions: "l1" }),
+  });
+  clients.push(client);
+  await client.connect();
+  const first = nextPublication(client);
+  const reply = await client.subscribe("session:l1", { latest: true });
+  assert.equal(reply.offset, last.offset);
+  const pub = await first;
+  assert.equal(pub.offset, last.offset);
+  assert.equal(pub.data.n, 2);
+});
