@@ -24,6 +24,7 @@ from gateway.catchup import Catchup
 from gateway.context import ConnectionContext
 from gateway.expiry import Expiry
 from gateway.grants import SubscriptionGrants
+from gateway.history import history_page, page_fields
 from gateway.protocol import (
     CLIENT_FRAME,
     CLOSE_REASONS,
@@ -31,6 +32,7 @@ from gateway.protocol import (
     CloseCode,
     ConnectFrame,
     ErrorCode,
+    HistoryFrame,
     Outgoing,
     PingFrame,
     PresenceFrame,
@@ -265,6 +267,8 @@ class Connection:
             await self._on_sub_refresh(frame)
         elif isinstance(frame, PresenceFrame):
             await self._on_presence(frame)
+        elif isinstance(frame, HistoryFrame):
+            await self._on_history(frame)
 
     # -- handlers -----------------------------------------------------------------------
 
@@ -491,6 +495,24 @@ class Connection:
             raise FrameError(ErrorCode.UNAVAILABLE, f"broker unavailable: {exc}") from None
         clients = [{"client_id": e.client_id, "user_id": e.user_id} for e in entries]
         self.reply(_with_id({"type": "presence", "channel": channel, "clients": clients}, frame.id))
+
+    async def _on_history(self, frame: HistoryFrame) -> None:
+        channel, _ = self._authorized(frame.channel, frame.token)
+        if frame.token is not None and not await self._ctx.admission.grant_allowed(frame.token):
+            raise FrameError(ErrorCode.FORBIDDEN, f"subscription token for {channel} is revoked")
+        since = frame.since
+        try:
+            page = await history_page(
+                self._ctx.history,
+                channel,
+                frame.limit,
+                StreamPosition(since.offset, since.epoch) if since else None,
+                frame.reverse,
+                self._ctx.settings.history_max_limit,
+            )
+        except BrokerError as exc:
+            raise FrameError(ErrorCode.UNAVAILABLE, f"broker unavailable: {exc}") from None
+        self.reply(_with_id({"type": "history", **page_fields(channel, page)}, frame.id))
 
     def _authorized(self, name: str, token: str | None) -> tuple[str, float | None]:
         """The validated channel, and until when a subscription token grants it (None: no

@@ -124,6 +124,18 @@ class SubRefreshFrame(_Frame):
     token: str = Field(max_length=8192)
 
 
+class HistoryFrame(_Frame):
+    """A page of a channel's history (`archmesh_client.history_page`), authorized like a
+    subscribe (`token`: a subscription token for it)."""
+
+    type: Literal["history"]
+    channel: str = Field(max_length=200)
+    limit: int = Field(ge=0, le=2**31)
+    since: Since | None = None
+    reverse: bool = False
+    token: str | None = Field(None, max_length=8192)
+
+
 class PresenceFrame(_Frame):
     type: Literal["presence"]
     channel: str = Field(max_length=200)
@@ -136,12 +148,22 @@ ClientFrame = Annotated[
     | PingFrame
     | RefreshFrame
     | SubRefreshFrame
-    | PresenceFrame,
+    | PresenceFrame
+    | HistoryFrame,
     Field(discriminator="type"),
 ]
 CLIENT_FRAME: TypeAdapter[ClientFrame] = TypeAdapter(ClientFrame)
 FRAME_TYPES = frozenset(
-    ("connect", "subscribe", "unsubscribe", "ping", "refresh", "sub_refresh", "presence")
+    (
+        "connect",
+        "subscribe",
+        "unsubscribe",
+        "ping",
+        "refresh",
+        "sub_refresh",
+        "presence",
+        "history",
+    )
 )
 
 

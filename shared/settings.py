@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     history_ttl: float = Field(3600.0, gt=0)
     history_overrides: str = Field("", description="Per prefix: `user:=100/86400,...`.")
     presence_prefixes: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["session:"])
+    history_max_limit: int = Field(
+        100, ge=1, description="Publications per history page (frame and HTTP API) at most."
+    )
     latest_on_subscribe: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Channel prefixes whose subscribe gets the latest publication by default.",
