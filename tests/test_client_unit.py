@@ -391,3 +391,25 @@ async def test_subscribe_with_latest_gets_the_latest_publication_first(
     assert isinstance(pub, Publication)
     assert (pub.offset, pub.data["stage"]) == (last["offset"], "b")
     assert client.position(channel) == Position(last["offset"], last["epoch"])
+
+
+async def test_history_pages_without_subscribing(
+    gateway: Gateway, closing: list[RealtimeClient]
+) -> None:
+    user, session = f"u-{unique()}", unique()
+    channel = f"session:{session}"
+    published = [await gateway.publish(channel, stage=str(n)) for n in range(4)]
+    epoch = published[-1]["epoch"]
+    client = RealtimeClient(gateway.url, token(user, session))
+    closing.append(client)
+    await client.connect()
+    page = await client.history(channel, 2, since=Position(1, epoch))
+    assert [p["data"]["stage"] for p in page["publications"]] == ["1", "2"]
+    assert (page["offset"], page["epoch"]) == (published[-1]["offset"], epoch)
+    newest = await client.history(channel, 3, reverse=True)
+    assert [p["offset"] for p in newest["publications"]] == [4, 3, 2]
+    assert (await client.history(channel, 0))["publications"] == []
+    with pytest.raises(RequestError) as refused:
+        await client.history("session:not-mine", 1)
+    assert refused.value.code == "forbidden"
+    assert channel not in client.channels  # reading history subscribes to nothing

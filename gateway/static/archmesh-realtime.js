@@ -312,6 +312,19 @@ export class ArchMeshRealtime extends EventTarget {
     return reply;
   }
 
+  /**
+   * A page of `channel`'s history without subscribing: the `history` reply, with
+   * `publications` [{offset, epoch, data}] oldest first (newest first with `reverse`) and the
+   * channel's `offset` and `epoch`. `since`: {offset, epoch}; `token`: a subscription token.
+   */
+  async history(channel, { limit, since, reverse, token } = {}) {
+    const frame = { type: "history", channel, limit: limit ?? 100 };
+    if (since) frame.since = { offset: since.offset, epoch: since.epoch };
+    if (reverse) frame.reverse = true;
+    if (token) frame.token = token;
+    return this._request(frame);
+  }
+
   /** Who is subscribed to `channel`: resolves with [{client_id, user_id}, ...]. */
   async presence(channel) {
     const reply = await this._request({ type: "presence", channel });

@@ -53,3 +53,24 @@ test("subscribe with latest delivers the channel's latest publication first", as
   assert.equal(pub.offset, last.offset);
   assert.equal(pub.data.n, 2);
 });
+
+test("history pages forwards and in reverse, and limit 0 gives the position", async () => {
+  let last;
+  for (let n = 1; n <= 5; n++) last = await gateway.publish("session:h1", { type: "t", n });
+  const client = new ArchMeshRealtime(gateway.url, {
+    WebSocket,
+    token: mintToken({ user: "u2", sessions: "h1" }),
+  });
+  clients.push(client);
+  await client.connect();
+  const first = await client.history("session:h1", { limit: 2 });
+  assert.deepEqual(first.publications.map((p) => p.data.n), [1, 2]);
+  assert.equal(first.offset, last.offset);
+  assert.equal(first.epoch, last.epoch);
+  const next = await client.history("session:h1", { limit: 2, since: { offset: 2, epoch: last.epoch } });
+  assert.deepEqual(next.publications.map((p) => p.offset), [3, 4]);
+  const newest = await client.history("session:h1", { limit: 2, reverse: true });
+  assert.deepEqual(newest.publications.map((p) => p.data.n), [5, 4]);
+  const position = await client.history("session:h1", { limit: 0 });
+  assert.deepEqual([position.publications, position.offset], [[], last.offset]);
+});

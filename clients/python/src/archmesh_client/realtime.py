@@ -498,6 +498,26 @@ class RealtimeClient:
         clients = reply.get("clients")
         return list(clients) if isinstance(clients, list) else []
 
+    async def history(
+        self,
+        channel: str,
+        limit: int,
+        since: Position | None = None,
+        reverse: bool = False,
+        token: str | None = None,
+    ) -> dict[str, Any]:
+        """A page of `channel`'s history without subscribing: the `history` frame, with
+        `publications` [{offset, epoch, data}], oldest first (newest first with `reverse`), and
+        the channel's `offset` and `epoch`. `token`: a subscription token for the channel."""
+        frame: dict[str, Any] = {"type": "history", "channel": channel, "limit": limit}
+        if since is not None:
+            frame["since"] = {"offset": since.offset, "epoch": since.epoch}
+        if reverse:
+            frame["reverse"] = True
+        if token is not None:
+            frame["token"] = token
+        return await self._request(frame)
+
     # -- requests -----------------------------------------------------------------------
 
     def _check_usable(self) -> None:
