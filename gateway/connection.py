@@ -289,19 +289,23 @@ class Connection:
             self.close(refusal)
             return
         self._schedule_expiry(claims.expires_at)
-        await self._join(own)
-        self.reply(
-            _with_id(
-                {
-                    "type": "connected",
-                    "client_id": self.client_id,
-                    "user_id": self.user_id,
-                    "node": self._ctx.node,
-                    "expires_at": int(claims.expires_at),
-                },
-                frame.id,
-            )
-        )
+        reply = {
+            "type": "connected",
+            "client_id": self.client_id,
+            "user_id": self.user_id,
+            "node": self._ctx.node,
+            "expires_at": int(claims.expires_at),
+        }
+        # The own channel is followed like a subscribe with `since`: `connected` carries its
+        # position (and `recovered`), what was missed follows it.
+        catchup = self._catchups[own] = Catchup()
+        catchup.hold()
+        try:
+            await self._join(own)
+            await self._recover(own, frame.since, catchup, _with_id(reply, frame.id))
+        finally:
+            if catchup.held is not None:  # the history read never finished
+                self._catchups.pop(own, None)
         self._log.info("client_connected")
         for item in frame.subscribe:
             sub = SubscribeFrame(type="subscribe", channel=item) if isinstance(item, str) else item
@@ -353,7 +357,9 @@ class Connection:
         catchup.hold()
         try:
             await self._join(channel)
-            await self._recover(channel, frame, catchup)
+            reply = _with_id({"type": "subscribed", "channel": channel}, frame.id)
+            latest = self._wants_latest(channel, frame)
+            await self._recover(channel, frame.since, catchup, reply, latest)
         except BrokerError as exc:
             self._set_grant(channel, None)
             await self._leave(channel)
@@ -371,20 +377,22 @@ class Connection:
         if await self._ctx.membership.leave(self, channel) and self._ctx.presence.tracks(channel):
             await self._ctx.presence.leave(channel, self)
 
-    async def _recover(self, channel: str, frame: SubscribeFrame, catchup: Catchup) -> None:
-        """Reply `subscribed`, then what was missed since `since`, then what arrived meanwhile;
-        in offset order, each once."""
-        since = frame.since
+    async def _recover(
+        self,
+        channel: str,
+        since: Since | None,
+        catchup: Catchup,
+        reply: dict[str, Any],
+        latest: bool = False,
+    ) -> None:
+        """Send `reply` (`subscribed`, or `connected` for the own channel) with the channel's
+        position, then what was missed since `since` (or, with `latest`, the latest
+        publication), then what arrived meanwhile; in offset order, each once."""
         history = await self._ctx.history(
             channel, since.offset if since else 0, RECOVERY_LIMIT if since else 0
         )
         position = history.position
-        reply: dict[str, Any] = {
-            "type": "subscribed",
-            "channel": channel,
-            "offset": position.offset,
-            "epoch": position.epoch,
-        }
+        reply["offset"], reply["epoch"] = position.offset, position.epoch
         missed: list[BrokerPublication] = []
         recovered = False
         if since is not None:
@@ -395,12 +403,12 @@ class Connection:
                 missed = history.publications
             else:
                 reply["reason"] = reason
-        if not recovered and self._wants_latest(channel, frame):
+        if not recovered and latest:
             # A recovered client has the latest already (it was missed, or it was its `since`).
             missed = await self._latest(channel, position)
             if missed:
                 reply["latest"] = True  # the publication at `offset` follows: not a duplicate
-        self.reply(_with_id(reply, frame.id))
+        self.reply(reply)
         # Recovered or not, the client now stands at `position` (it was told so).
         for pub in missed:
             self.push(Outgoing(publication_frame(pub)))

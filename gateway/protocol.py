@@ -101,6 +101,7 @@ class InitialSubscription(SubscribeFrame):
 class ConnectFrame(_Frame):
     type: Literal["connect"]
     token: str = Field(max_length=8192)
+    since: Since | None = None  # where the client stands on its own `user:` channel
     subscribe: list[InitialSubscription | str] = Field(default_factory=list, max_length=100)
 
 
