@@ -413,3 +413,47 @@ async def test_history_pages_without_subscribing(
         await client.history("session:not-mine", 1)
     assert refused.value.code == "forbidden"
     assert channel not in client.channels  # reading history subscribes to nothing
+
+
+async def test_own_channel_is_recovered_from_the_first_moment(
+    gateway: Gateway, closing: list[RealtimeClient]
+) -> None:
+    user = f"u-{unique()}"
+    own = f"user:{user}"
+    gate = asyncio.Event()
+    gate.set()
+    states: asyncio.Queue[StateChange] = asyncio.Queue()
+
+    async def provider() -> str:
+        await gate.wait()  # held while the client is away, so it misses what is published
+        return token(user)
+
+    client = RealtimeClient(
+        gateway.url, provider, backoff_base=0.05, backoff_cap=0.2, on_state=states.put_nowait
+    )
+    closing.append(client)
+    await client.connect()
+    start = client.position(own)
+    assert start is not None  # from `connected`, before any publication on it
+    assert start.offset == 0
+    items = client.publications()
+    gate.clear()
+    async with httpx.AsyncClient(timeout=5.0) as http:
+        reply = await http.post(
+            f"{gateway.http}/api/control/disconnect",
+            headers={"Authorization": f"Bearer {API_KEY}"},
+            json={"user": user, "reconnect": True},
+        )
+        reply.raise_for_status()
+    while (await asyncio.wait_for(states.get(), 10)).state is not State.RECONNECTING:
+        pass
+    missed = [await gateway.publish(own, stage=str(n)) for n in range(2)]
+    assert missed[0]["epoch"] == start.epoch
+    gate.set()
+    got = [await next_item(items) for _ in missed]
+    assert all(isinstance(pub, Publication) for pub in got)
+    assert [(p.channel, p.offset) for p in got if isinstance(p, Publication)] == [
+        (own, 1),
+        (own, 2),
+    ]
+    assert client.position(own) == Position(2, start.epoch)

@@ -335,6 +335,7 @@ class RealtimeClient:
         self._sub_requests: dict[int, str] = {}
         self._awaiting: dict[str, Position | None] = {}
         self._connect_id: int | None = None
+        self._own_since: Position | None = None  # the own channel's `since` in the connect sent
         self._disconnect: tuple[int | None, str, bool] | None = None
 
     # -- public API ---------------------------------------------------------------------
@@ -662,16 +663,13 @@ class RealtimeClient:
                 if item is not None:
                     items.append(item)
             own = self._own_channel()
-            if (
-                own is not None
-                and own not in self._subs
-                and own in self._positions
-                and len(items) < _CONNECT_SUBSCRIBE_LIMIT
-            ):
-                # Recover the user channel too (the gateway joins it without a position).
-                items.append(await self._subscribe_item(_Subscription(own)))
             self._connect_id = next(self._ids)
             frame: dict[str, Any] = {"type": "connect", "token": token, "id": self._connect_id}
+            # Recover the user channel too: the gateway joins it from this position.
+            self._own_since = self._positions.get(own) if own and own not in self._subs else None
+            if self._own_since is not None:
+                since = self._own_since
+                frame["since"] = {"offset": since.offset, "epoch": since.epoch}
             if items:
                 frame["subscribe"] = items
             await ws.send(json.dumps(frame))
@@ -721,6 +719,8 @@ class RealtimeClient:
         own = self._own_channel()
         if previous is not None and previous != own:
             self._positions.pop(previous, None)
+        if own is not None and own not in self._subs:
+            self._own_position(own, frame, self._own_since if previous == own else None)
         self._set_state(StateChange(State.CONNECTED))
         self._connected_event.set()
         if self._first is not None and not self._first.done():
@@ -729,6 +729,22 @@ class RealtimeClient:
             item = await self._resubscribe_item(sub)
             if item is not None:
                 await ws.send(json.dumps(item))
+
+    def _own_position(self, own: str, frame: dict[str, Any], sent: Position | None) -> None:
+        """`connected` holds the own channel's position (and `recovered` for the `since` sent):
+        its missed publications follow it, deduplicated from `sent`, like a subscribe's."""
+        offset, epoch = _as_int(frame.get("offset")), frame.get("epoch")
+        if offset is None or not isinstance(epoch, str):
+            return  # an older gateway: the own channel starts at its first publication
+        recovered = frame.get("recovered")
+        if recovered is True and sent is not None:
+            self._positions[own] = sent
+            return
+        self._positions[own] = Position(offset, epoch)
+        if recovered is False and sent is not None:
+            reason = frame.get("reason")
+            reason = reason if isinstance(reason, str) else "unknown"
+            self._queue.put_nowait(RecoveryFailed(own, reason, offset, epoch))
 
     def _own_channel(self) -> str | None:
         return f"user:{self._info.user_id}" if self._info is not None else None
