@@ -191,6 +191,8 @@ export class ArchMeshRealtime extends EventTarget {
     this._subRequests = new Map();
     this._awaiting = new Map();
     this._connectId = null;
+    /** The own channel's `since` in the connect frame sent. */
+    this._ownSince = null;
     this._disconnect = null;
   }
 
@@ -460,12 +462,11 @@ export class ArchMeshRealtime extends EventTarget {
         }
         extra = subs.slice(CONNECT_SUBSCRIBE_LIMIT);
         const own = this._ownChannel();
-        if (own && !this._subs.has(own) && this._positions.has(own) && items.length < CONNECT_SUBSCRIBE_LIMIT) {
-          // Recover the user channel too (the gateway joins it without a position).
-          items.push(await this._subscribeItem(own, { token: null, since: null }));
-        }
         this._connectId = this._nextId++;
         const frame = { type: "connect", token, id: this._connectId };
+        // Recover the user channel too: the gateway joins it from this position.
+        this._ownSince = own && !this._subs.has(own) ? (this._positions.get(own) ?? null) : null;
+        if (this._ownSince) frame.since = { offset: this._ownSince.offset, epoch: this._ownSince.epoch };
         if (items.length) frame.subscribe = items;
         this._send(ws, frame);
       } catch (err) {
@@ -538,7 +539,9 @@ export class ArchMeshRealtime extends EventTarget {
       node: frame.node,
       expires_at: frame.expires_at,
     };
-    if (previous && previous !== this._ownChannel()) this._positions.delete(previous);
+    const own = this._ownChannel();
+    if (previous && previous !== own) this._positions.delete(previous);
+    if (own && !this._subs.has(own)) this._ownPosition(own, frame, previous === own ? this._ownSince : null);
     this.attempt = 0;
     this._setState({ state: State.CONNECTED });
     if (this._first) {
@@ -549,6 +552,25 @@ export class ArchMeshRealtime extends EventTarget {
     this._connectedWaiters.clear();
     for (const waiter of waiters) waiter.resolve();
     for (const [channel, sub] of extra) this._sendSubscribe(ws, channel, sub);
+  }
+
+  /** `connected` holds the own channel's position (and `recovered` for the `since` sent): its
+   * missed publications follow it, deduplicated from `sent`, like a subscribe's. */
+  _ownPosition(own, frame, sent) {
+    if (typeof frame.offset !== "number" || typeof frame.epoch !== "string") return; // older gateway
+    if (frame.recovered === true && sent) {
+      this._positions.set(own, { offset: sent.offset, epoch: sent.epoch });
+      return;
+    }
+    this._positions.set(own, { offset: frame.offset, epoch: frame.epoch });
+    if (frame.recovered === false && sent) {
+      this._emit("recovery_failed", {
+        channel: own,
+        reason: typeof frame.reason === "string" ? frame.reason : "unknown",
+        offset: frame.offset,
+        epoch: frame.epoch,
+      });
+    }
   }
 
   _connectionLost() {

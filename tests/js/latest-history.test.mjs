@@ -74,3 +74,47 @@ test("history pages forwards and in reverse, and limit 0 gives the position", as
   const position = await client.history("session:h1", { limit: 0 });
   assert.deepEqual([position.publications, position.offset], [[], last.offset]);
 });
+
+test("the own user channel is recovered from the first moment", async () => {
+  let release = null;
+  let held = false;
+  const client = new ArchMeshRealtime(gateway.url, {
+    WebSocket,
+    backoffBase: 50,
+    backoffCap: 200,
+    // Held while the client is away, so it misses what is published meanwhile.
+    token: async () => {
+      if (held) await new Promise((resolve) => (release = resolve));
+      return mintToken({ user: "u3", sessions: "x" });
+    },
+  });
+  clients.push(client);
+  await client.connect();
+  const start = client.position("user:u3");
+  assert.equal(start?.offset, 0); // from `connected`, before any publication on it
+  const got = [];
+  client.addEventListener("publication", (event) => got.push(event.detail));
+  held = true;
+  const away = new Promise((resolve) => {
+    const onState = (event) => {
+      if (event.detail.state !== "reconnecting") return;
+      client.removeEventListener("state", onState);
+      resolve();
+    };
+    client.addEventListener("state", onState);
+  });
+  await gateway.control("disconnect", { user: "u3", reconnect: true });
+  await away;
+  await gateway.publish("user:u3", { n: 1 });
+  await gateway.publish("user:u3", { n: 2 });
+  while (!release) await new Promise((resolve) => setTimeout(resolve, 20));
+  held = false;
+  release();
+  const deadline = Date.now() + 10000;
+  while (got.length < 2 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+  assert.deepEqual(got.map((p) => [p.channel, p.offset, p.data.n]), [
+    ["user:u3", 1, 1],
+    ["user:u3", 2, 2],
+  ]);
+  assert.deepEqual(client.position("user:u3"), { offset: 2, epoch: start.epoch });
+});
