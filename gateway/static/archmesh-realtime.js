@@ -541,7 +541,8 @@ export class ArchMeshRealtime extends EventTarget {
     };
     const own = this._ownChannel();
     if (previous && previous !== own) this._positions.delete(previous);
-    if (own && !this._subs.has(own)) this._ownPosition(own, frame, previous === own ? this._ownSince : null);
+    const sent = previous === own ? this._ownSince : null;
+    const recovery = own && !this._subs.has(own) ? this._ownPosition(own, frame, sent) : null;
     this.attempt = 0;
     this._setState({ state: State.CONNECTED });
     if (this._first) {
@@ -551,26 +552,31 @@ export class ArchMeshRealtime extends EventTarget {
     const waiters = [...this._connectedWaiters];
     this._connectedWaiters.clear();
     for (const waiter of waiters) waiter.resolve();
+    if (recovery) {
+      // Told like a resubscription's outcome, once the state says connected.
+      this._emit("subscribed", recovery);
+      if (recovery.recovered === false) {
+        const { channel, reason, offset, epoch } = recovery;
+        this._emit("recovery_failed", { channel, reason: reason ?? "unknown", offset, epoch });
+      }
+    }
     for (const [channel, sub] of extra) this._sendSubscribe(ws, channel, sub);
   }
 
   /** `connected` holds the own channel's position (and `recovered` for the `since` sent): its
-   * missed publications follow it, deduplicated from `sent`, like a subscribe's. */
+   * missed publications follow it, deduplicated from `sent`, like a subscribe's. Returns the
+   * recovery's outcome as a `subscribed` detail when `since` was sent, else null. */
   _ownPosition(own, frame, sent) {
-    if (typeof frame.offset !== "number" || typeof frame.epoch !== "string") return; // older gateway
-    if (frame.recovered === true && sent) {
+    if (typeof frame.offset !== "number" || typeof frame.epoch !== "string") return null; // older gateway
+    const recovered = typeof frame.recovered === "boolean" ? frame.recovered : null;
+    if (recovered === true && sent) {
       this._positions.set(own, { offset: sent.offset, epoch: sent.epoch });
-      return;
+    } else {
+      this._positions.set(own, { offset: frame.offset, epoch: frame.epoch });
     }
-    this._positions.set(own, { offset: frame.offset, epoch: frame.epoch });
-    if (frame.recovered === false && sent) {
-      this._emit("recovery_failed", {
-        channel: own,
-        reason: typeof frame.reason === "string" ? frame.reason : "unknown",
-        offset: frame.offset,
-        epoch: frame.epoch,
-      });
-    }
+    if (!sent || recovered === null) return null;
+    const reason = typeof frame.reason === "string" ? frame.reason : null;
+    return { channel: own, offset: frame.offset, epoch: frame.epoch, recovered, reason };
   }
 
   _connectionLost() {
