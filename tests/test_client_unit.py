@@ -308,6 +308,11 @@ async def test_reconnect_after_gateway_restart(
     await gateway.astop()
     await gateway.astart()  # same port, new in-memory broker: history and epoch are gone
 
+    # The own channel's position is known from `connected` on, so its lost history is told
+    # too, first (with `connected`), then the session's (with its `subscribed`).
+    own = await next_item(items, timeout=20)
+    assert isinstance(own, RecoveryFailed)
+    assert (own.channel, own.reason) == ("user:u1", "epoch_changed")
     recovery = await next_item(items, timeout=20)
     assert isinstance(recovery, RecoveryFailed)
     assert recovery.channel == "session:s1"
