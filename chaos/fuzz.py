@@ -36,6 +36,7 @@ SERVER_FRAMES = frozenset(
         "refreshed",
         "sub_refreshed",
         "presence",
+        "history",
         "publication",
         "error",
         "disconnect",
