@@ -31,6 +31,7 @@ from gateway.context import ConnectionContext
 from gateway.control import ControlFollower
 from gateway.control_api import ControlApi, NodeControlTransport
 from gateway.expiry import Expiries
+from gateway.history_api import HistoryApi
 from gateway.hub import Hub
 from gateway.join_leave import JoinLeave
 from gateway.metrics import GatewayMetrics
@@ -119,6 +120,7 @@ class Gateway:
         self._http = Starlette(
             routes=[
                 *PublishApi(self.publisher, settings, self.metrics).routes,
+                *HistoryApi(broker.history, settings).routes,
                 *ControlApi(control, settings).routes,
                 *page_routes(dev=dev, node=self.node),
                 *routes,

@@ -24,6 +24,7 @@ from gateway.catchup import Catchup
 from gateway.context import ConnectionContext
 from gateway.expiry import Expiry
 from gateway.grants import SubscriptionGrants
+from gateway.history import history_page, page_fields
 from gateway.protocol import (
     CLIENT_FRAME,
     CLOSE_REASONS,
@@ -31,6 +32,7 @@ from gateway.protocol import (
     CloseCode,
     ConnectFrame,
     ErrorCode,
+    HistoryFrame,
     Outgoing,
     PingFrame,
     PresenceFrame,
@@ -268,6 +270,8 @@ class Connection:
             await self._on_presence(frame)
         elif isinstance(frame, PresenceStatsFrame):
             await self._on_presence_stats(frame)
+        elif isinstance(frame, HistoryFrame):
+            await self._on_history(frame)
 
     # -- handlers -----------------------------------------------------------------------
 
@@ -288,19 +292,23 @@ class Connection:
             self.close(refusal)
             return
         self._schedule_expiry(claims.expires_at)
-        await self._join(own)
-        self.reply(
-            _with_id(
-                {
-                    "type": "connected",
-                    "client_id": self.client_id,
-                    "user_id": self.user_id,
-                    "node": self._ctx.node,
-                    "expires_at": int(claims.expires_at),
-                },
-                frame.id,
-            )
-        )
+        reply = {
+            "type": "connected",
+            "client_id": self.client_id,
+            "user_id": self.user_id,
+            "node": self._ctx.node,
+            "expires_at": int(claims.expires_at),
+        }
+        # The own channel is followed like a subscribe with `since`: `connected` carries its
+        # position (and `recovered`), what was missed follows it.
+        catchup = self._catchups[own] = Catchup()
+        catchup.hold()
+        try:
+            await self._join(own)
+            await self._recover(own, frame.since, catchup, _with_id(reply, frame.id))
+        finally:
+            if catchup.held is not None:  # the history read never finished
+                self._catchups.pop(own, None)
         self._log.info("client_connected")
         for item in frame.subscribe:
             sub = SubscribeFrame(type="subscribe", channel=item) if isinstance(item, str) else item
@@ -352,7 +360,9 @@ class Connection:
         catchup.hold()
         try:
             await self._join(channel)
-            await self._recover(channel, frame, catchup)
+            reply = _with_id({"type": "subscribed", "channel": channel}, frame.id)
+            latest = self._wants_latest(channel, frame)
+            await self._recover(channel, frame.since, catchup, reply, latest)
         except BrokerError as exc:
             self._set_grant(channel, None)
             await self._leave(channel)
@@ -377,21 +387,24 @@ class Connection:
         if self._ctx.join_leave.announces(channel):
             await self._ctx.join_leave.announce("leave", channel, self)
 
-    async def _recover(self, channel: str, frame: SubscribeFrame, catchup: Catchup) -> None:
-        """Reply `subscribed`, then what was missed since `since`, then what arrived meanwhile;
-        in offset order, each once."""
-        since = frame.since
+    async def _recover(
+        self,
+        channel: str,
+        since: Since | None,
+        catchup: Catchup,
+        reply: dict[str, Any],
+        latest: bool = False,
+    ) -> None:
+        """Send `reply` (`subscribed`, or `connected` for the own channel) with the channel's
+        position, then what was missed since `since` (or, with `latest`, the latest
+        publication), then what arrived meanwhile; in offset order, each once."""
         history = await self._ctx.history(
             channel, since.offset if since else 0, RECOVERY_LIMIT if since else 0
         )
         position = history.position
-        reply: dict[str, Any] = {
-            "type": "subscribed",
-            "channel": channel,
-            "offset": position.offset,
-            "epoch": position.epoch,
-        }
+        reply["offset"], reply["epoch"] = position.offset, position.epoch
         missed: list[BrokerPublication] = []
+        recovered = False
         if since is not None:
             recovered, reason = _recovery_outcome(since, history.complete, position)
             self._ctx.metrics.recoveries.labels(outcome=reason or "recovered").inc()
@@ -400,7 +413,12 @@ class Connection:
                 missed = history.publications
             else:
                 reply["reason"] = reason
-        self.reply(_with_id(reply, frame.id))
+        if not recovered and latest:
+            # A recovered client has the latest already (it was missed, or it was its `since`).
+            missed = await self._latest(channel, position)
+            if missed:
+                reply["latest"] = True  # the publication at `offset` follows: not a duplicate
+        self.reply(reply)
         # Recovered or not, the client now stands at `position` (it was told so).
         for pub in missed:
             self.push(Outgoing(publication_frame(pub)))
@@ -410,6 +428,23 @@ class Connection:
         if live_reached and self._catchups.get(channel) is catchup:
             # Only while live delivery lags what was sent; otherwise the fast path stays clear.
             del self._catchups[channel]
+
+    def _wants_latest(self, channel: str, frame: SubscribeFrame) -> bool:
+        if frame.latest is not None:
+            return frame.latest
+        return channel.startswith(tuple(self._ctx.settings.latest_on_subscribe))
+
+    async def _latest(self, channel: str, position: StreamPosition) -> list[BrokerPublication]:
+        """The publication at `position` (the channel's latest), if history still has it. Live
+        ones after it are held by the subscribe's catch-up meanwhile."""
+        if position.offset == 0:
+            return []
+        tail = await self._ctx.history(channel, position.offset - 1, 1)
+        return [
+            pub
+            for pub in tail.publications
+            if pub.offset == position.offset and pub.epoch == position.epoch
+        ]
 
     async def _on_unsubscribe(self, frame: UnsubscribeFrame) -> None:
         if frame.channel not in self._ctx.membership.channels(self):
@@ -497,6 +532,24 @@ class Connection:
         if not self._ctx.presence.tracks(channel):
             raise FrameError(ErrorCode.FORBIDDEN, f"presence is not tracked for {channel}")
         return channel
+
+    async def _on_history(self, frame: HistoryFrame) -> None:
+        channel, _ = self._authorized(frame.channel, frame.token)
+        if frame.token is not None and not await self._ctx.admission.grant_allowed(frame.token):
+            raise FrameError(ErrorCode.FORBIDDEN, f"subscription token for {channel} is revoked")
+        since = frame.since
+        try:
+            page = await history_page(
+                self._ctx.history,
+                channel,
+                frame.limit,
+                StreamPosition(since.offset, since.epoch) if since else None,
+                frame.reverse,
+                self._ctx.settings.history_max_limit,
+            )
+        except BrokerError as exc:
+            raise FrameError(ErrorCode.UNAVAILABLE, f"broker unavailable: {exc}") from None
+        self.reply(_with_id({"type": "history", **page_fields(channel, page)}, frame.id))
 
     def _authorized(self, name: str, token: str | None) -> tuple[str, float | None]:
         """The validated channel, and until when a subscription token grants it (None: no

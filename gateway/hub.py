@@ -30,7 +30,9 @@ class Hub:
         self._metrics = metrics
         self._stats = metrics.stats
         self._flusher = flusher
-        self.membership = Membership(broker, metrics, on_vacated=self._forget)
+        self.membership = Membership(
+            broker, metrics, on_vacated=self._forget, on_occupied=self._seed
+        )
         self._local = self.membership.local  # the fan-out's one lookup per publication
         self._positions: dict[str, Catchup] = {}  # channel -> how far it was fanned out
         self._tasks: set[asyncio.Task[None]] = set()
@@ -122,6 +124,14 @@ class Hub:
         flusher.fanned_out()
         stats.deliveries += len(conns)
         stats.bytes_out += len(frame.wire) * len(conns)
+
+    def _seed(self, channel: str, position: StreamPosition) -> None:
+        """The channel's position, read before the node subscribed to it: gap repair after a
+        reconnect covers it from the start, not only once a publication arrived. Publications
+        between the read and the subscription taking effect are a gap the next one (or a
+        reconnect) repairs; a subscriber's own history read covers them, so it drops them."""
+        if channel not in self._positions:
+            self._positions[channel] = Catchup(position.epoch, position.offset)
 
     def _forget(self, channel: str) -> None:
         """No local subscriber is left: a later one starts from the channel's position then."""

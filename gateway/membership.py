@@ -10,7 +10,10 @@ from typing import Protocol
 
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import CloseCode, Outgoing
-from shared.broker import Broker, BrokerPublication
+from shared.broker import Broker, BrokerError, BrokerPublication, StreamPosition
+from shared.logging import get_logger
+
+log = get_logger(__name__)
 
 
 class Member(Protocol):
@@ -32,12 +35,19 @@ _NONE: frozenset[str] = frozenset()
 
 class Membership:
     def __init__(
-        self, broker: Broker, metrics: GatewayMetrics, on_vacated: Callable[[str], None]
+        self,
+        broker: Broker,
+        metrics: GatewayMetrics,
+        on_vacated: Callable[[str], None],
+        on_occupied: Callable[[str, StreamPosition], None],
     ) -> None:
-        """`on_vacated(channel)` is called when a channel's last local subscriber left."""
+        """`on_vacated(channel)` is called when a channel's last local subscriber left;
+        `on_occupied(channel, position)` when its first one came, with the channel's position
+        read just before the node subscribed to it."""
         self._broker = broker
         self._metrics = metrics
         self._on_vacated = on_vacated
+        self._on_occupied = on_occupied
         # channel -> its local connections. Read (never written) by the hub's fan-out and the
         # presence refresh; a channel is here only while it has one.
         self.local: dict[str, set[Member]] = {}
@@ -57,9 +67,22 @@ class Membership:
         if conns is None:
             self.local[channel] = {conn}
             self._count_channels()
+            await self._occupied(channel)
             await self._broker.subscribe(channel)
         else:
             conns.add(conn)
+
+    async def _occupied(self, channel: str) -> None:
+        """Read where `channel` stands before subscribing the node to it, so that from now on
+        the node knows its position (a reconnect repairs from there, even if nothing was
+        delivered yet). Unknown if the read fails: then the first publication tells it."""
+        try:
+            position = await self._broker.position(channel)
+        except BrokerError as exc:
+            log.warning("position_read_failed", channel=channel, error=str(exc))
+            return
+        if channel in self.local:  # not left meanwhile
+            self._on_occupied(channel, position)
 
     async def follow(self, member: Member, channel: str) -> None:
         """Make the node itself a member of `channel` (the control stream): fanned out to and

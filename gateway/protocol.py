@@ -88,6 +88,8 @@ class SubscribeFrame(_Frame):
     channel: str = Field(max_length=200)
     since: Since | None = None
     token: str | None = Field(None, max_length=8192)
+    # The channel's latest publication right after `subscribed`; None: ARCHMESH_LATEST_ON_SUBSCRIBE.
+    latest: bool | None = None
 
 
 class InitialSubscription(SubscribeFrame):
@@ -99,6 +101,7 @@ class InitialSubscription(SubscribeFrame):
 class ConnectFrame(_Frame):
     type: Literal["connect"]
     token: str = Field(max_length=8192)
+    since: Since | None = None  # where the client stands on its own `user:` channel
     subscribe: list[InitialSubscription | str] = Field(default_factory=list, max_length=100)
 
 
@@ -122,6 +125,18 @@ class SubRefreshFrame(_Frame):
     token: str = Field(max_length=8192)
 
 
+class HistoryFrame(_Frame):
+    """A page of a channel's history (`archmesh_client.history_page`), authorized like a
+    subscribe (`token`: a subscription token for it)."""
+
+    type: Literal["history"]
+    channel: str = Field(max_length=200)
+    limit: int = Field(ge=0, le=2**31)
+    since: Since | None = None
+    reverse: bool = False
+    token: str | None = Field(None, max_length=8192)
+
+
 class PresenceFrame(_Frame):
     type: Literal["presence"]
     channel: str = Field(max_length=200)
@@ -140,7 +155,8 @@ ClientFrame = Annotated[
     | RefreshFrame
     | SubRefreshFrame
     | PresenceFrame
-    | PresenceStatsFrame,
+    | PresenceStatsFrame
+    | HistoryFrame,
     Field(discriminator="type"),
 ]
 CLIENT_FRAME: TypeAdapter[ClientFrame] = TypeAdapter(ClientFrame)
@@ -154,6 +170,7 @@ FRAME_TYPES = frozenset(
         "sub_refresh",
         "presence",
         "presence_stats",
+        "history",
     )
 )
 

@@ -75,6 +75,13 @@ class Settings(BaseSettings):
     history_ttl: float = Field(3600.0, gt=0)
     history_overrides: str = Field("", description="Per prefix: `user:=100/86400,...`.")
     presence_prefixes: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["session:"])
+    history_max_limit: int = Field(
+        100, ge=1, description="Publications per history page (frame and HTTP API) at most."
+    )
+    latest_on_subscribe: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Channel prefixes whose subscribe gets the latest publication by default.",
+    )
     presence_ttl: float = Field(30.0, ge=1)
     join_leave: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Channel prefixes whose subscribers get join/leave."
@@ -85,7 +92,12 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
 
     @field_validator(
-        "allowed_origins", "jwt_algorithms", "presence_prefixes", "join_leave", mode="before"
+        "allowed_origins",
+        "jwt_algorithms",
+        "presence_prefixes",
+        "join_leave",
+        "latest_on_subscribe",
+        mode="before",
     )
     @classmethod
     def _csv(cls, value: object) -> object:

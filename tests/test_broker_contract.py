@@ -9,7 +9,9 @@ from collections.abc import AsyncIterator
 import orjson
 import pytest
 from archmesh_client.idempotency import Idempotency, IdempotencyConflict
+from archmesh_client.stream import StreamPosition
 
+from gateway.history import history_page
 from shared.broker import (
     Broker,
     BrokerPublication,
@@ -279,3 +281,25 @@ async def test_a_signal_is_delivered_as_is_outside_history(
     history = await b.history("session:sig", 0, 10)
     assert [p.offset for p in history.publications] == [first.offset, second.offset]
     assert rec.queue.empty()
+
+
+async def test_history_pages_forwards_and_in_reverse(broker: tuple[Broker, Recorder]) -> None:
+    """The paging rule of the `history` frame over each broker's history read, trimmed to
+    the channel's retention (5 kept): pages hold what is kept, in page order."""
+    instance, _ = broker
+    positions = [await instance.publish("session:pages", event(n)) for n in range(1, 8)]
+    head = positions[-1]
+
+    async def page(limit: int, since: StreamPosition | None = None, reverse: bool = False):
+        got = await history_page(instance.history, "session:pages", limit, since, reverse, 100)
+        assert got.position == head
+        return [offset for offset, _ in got.publications]
+
+    assert await page(10) == [3, 4, 5, 6, 7]  # 1 and 2 are trimmed
+    assert await page(2, positions[3]) == [5, 6]
+    assert await page(3, reverse=True) == [7, 6, 5]
+    assert await page(3, positions[5], reverse=True) == [5, 4, 3]
+    assert await page(3, positions[2], reverse=True) == []  # before what is kept
+    assert await page(0) == []
+    assert await page(5, StreamPosition(2, "another-epoch")) == []
+    assert await page(5, StreamPosition(2, "another-epoch"), reverse=True) == []

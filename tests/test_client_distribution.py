@@ -96,8 +96,9 @@ def test_wheel_requires_only_websockets_redis_pydantic_and_ships_one_package(whe
     assert required == ALLOWED_REQUIRES, requires
     top = {n.split("/", 1)[0] for n in names}
     assert top == {"archmesh_client", "archmesh_realtime_client-0.1.0.dist-info"}, top
-    # The one publish script ships with the package, and so does the typing marker.
-    assert {"archmesh_client/publish.lua", "archmesh_client/py.typed"} <= set(names)
+    # The publish and history scripts ship with the package, and so does the typing marker.
+    scripts = {"archmesh_client/publish.lua", "archmesh_client/history.lua"}
+    assert {*scripts, "archmesh_client/py.typed"} <= set(names)
     print(f"\n{wheel.name}: {wheel.stat().st_size} bytes; Requires-Dist: {requires}")
 
 

@@ -311,6 +311,11 @@ async def test_reconnect_after_gateway_restart(
     await gateway.astop()
     await gateway.astart()  # same port, new in-memory broker: history and epoch are gone
 
+    # The own channel's position is known from `connected` on, so its lost history is told
+    # too, first (with `connected`), then the session's (with its `subscribed`).
+    own = await next_item(items, timeout=20)
+    assert isinstance(own, RecoveryFailed)
+    assert (own.channel, own.reason) == ("user:u1", "epoch_changed")
     recovery = await next_item(items, timeout=20)
     assert isinstance(recovery, RecoveryFailed)
     assert recovery.channel == "session:s1"
@@ -375,3 +380,88 @@ async def test_reconnect_loop_uses_bounded_backoff_and_gives_up() -> None:
         assert change.delay is not None
         assert 0 <= change.delay <= min(cap, base * 2 ** (change.attempt - 1))
     assert states[-1].state is State.CLOSED
+
+
+async def test_subscribe_with_latest_gets_the_latest_publication_first(
+    gateway: Gateway, closing: list[RealtimeClient]
+) -> None:
+    user, session = f"u-{unique()}", unique()
+    channel = f"session:{session}"
+    await gateway.publish(channel, stage="a")
+    last = await gateway.publish(channel, stage="b")
+    client = RealtimeClient(gateway.url, token(user, session))
+    closing.append(client)
+    await client.connect()
+    items = client.publications()
+    reply = await client.subscribe(channel, latest=True)
+    assert reply.offset == last["offset"]
+    pub = await next_item(items)
+    assert isinstance(pub, Publication)
+    assert (pub.offset, pub.data["stage"]) == (last["offset"], "b")
+    assert client.position(channel) == Position(last["offset"], last["epoch"])
+
+
+async def test_history_pages_without_subscribing(
+    gateway: Gateway, closing: list[RealtimeClient]
+) -> None:
+    user, session = f"u-{unique()}", unique()
+    channel = f"session:{session}"
+    published = [await gateway.publish(channel, stage=str(n)) for n in range(4)]
+    epoch = published[-1]["epoch"]
+    client = RealtimeClient(gateway.url, token(user, session))
+    closing.append(client)
+    await client.connect()
+    page = await client.history(channel, 2, since=Position(1, epoch))
+    assert [p["data"]["stage"] for p in page["publications"]] == ["1", "2"]
+    assert (page["offset"], page["epoch"]) == (published[-1]["offset"], epoch)
+    newest = await client.history(channel, 3, reverse=True)
+    assert [p["offset"] for p in newest["publications"]] == [4, 3, 2]
+    assert (await client.history(channel, 0))["publications"] == []
+    with pytest.raises(RequestError) as refused:
+        await client.history("session:not-mine", 1)
+    assert refused.value.code == "forbidden"
+    assert channel not in client.channels  # reading history subscribes to nothing
+
+
+async def test_own_channel_is_recovered_from_the_first_moment(
+    gateway: Gateway, closing: list[RealtimeClient]
+) -> None:
+    user = f"u-{unique()}"
+    own = f"user:{user}"
+    gate = asyncio.Event()
+    gate.set()
+    states: asyncio.Queue[StateChange] = asyncio.Queue()
+
+    async def provider() -> str:
+        await gate.wait()  # held while the client is away, so it misses what is published
+        return token(user)
+
+    client = RealtimeClient(
+        gateway.url, provider, backoff_base=0.05, backoff_cap=0.2, on_state=states.put_nowait
+    )
+    closing.append(client)
+    await client.connect()
+    start = client.position(own)
+    assert start is not None  # from `connected`, before any publication on it
+    assert start.offset == 0
+    items = client.publications()
+    gate.clear()
+    async with httpx.AsyncClient(timeout=5.0) as http:
+        reply = await http.post(
+            f"{gateway.http}/api/control/disconnect",
+            headers={"Authorization": f"Bearer {API_KEY}"},
+            json={"user": user, "reconnect": True},
+        )
+        reply.raise_for_status()
+    while (await asyncio.wait_for(states.get(), 10)).state is not State.RECONNECTING:
+        pass
+    missed = [await gateway.publish(own, stage=str(n)) for n in range(2)]
+    assert missed[0]["epoch"] == start.epoch
+    gate.set()
+    got = [await next_item(items) for _ in missed]
+    assert all(isinstance(pub, Publication) for pub in got)
+    assert [(p.channel, p.offset) for p in got if isinstance(p, Publication)] == [
+        (own, 1),
+        (own, 2),
+    ]
+    assert client.position(own) == Position(2, start.epoch)

@@ -78,12 +78,15 @@ async def test_redis_outage_keeps_clients_and_delivery_resumes(
     assert await recv(ws) == {"type": "pong", "id": 1}  # the client stays connected
 
     private_redis.start()  # same port, empty (no persistence): the channel's history is gone
-    notice = await recv(ws, timeout=20)
-    assert (notice["type"], notice["recovered"], notice["reason"]) == (
-        "subscribed",
-        False,
-        "history_lost",
-    )
+    # The own channel's too: the node follows its position from the connect on.
+    notices = [await recv(ws, timeout=20) for _ in range(2)]
+    assert {n["channel"] for n in notices} == {"session:r1", "user:alice"}
+    for notice in notices:
+        assert (notice["type"], notice["recovered"], notice["reason"]) == (
+            "subscribed",
+            False,
+            "history_lost",
+        )
     wait_until(node.ready, timeout=20, what="ready again after Redis is back")
     assert node.publish("session:r1", {"type": "t", "n": 3}).status_code == 200
     assert (await recv_type(ws, "publication"))["data"]["n"] == 3

@@ -110,6 +110,29 @@ async def test_node_repairs_gaps_when_its_pubsub_link_drops(
     await ws.close()
 
 
+async def test_gap_repair_covers_a_channel_that_never_delivered(
+    redis_server: RedisServer, gateways: list[GatewayProcess]
+) -> None:
+    """The node knows a channel's position from its first subscriber on: what is published
+    while its pub/sub link is down is repaired, though nothing had been delivered before."""
+    node = GatewayProcess(redis_server.url).start()
+    gateways.append(node)
+    ws = await connect(node.ws, "alice", sessions=["quiet"])
+    reply = await subscribe(ws, "session:quiet")
+    assert reply["offset"] == 0
+    admin = redis_server.client()
+    total = 30
+    async with connect_publisher(redis_server.url) as publisher:
+        # Cut the node's pub/sub connection, then publish at once: the first ones never reach
+        # it over pub/sub; only history can bring them back.
+        await asyncio.to_thread(admin.client_kill_filter, _type="pubsub")
+        for n in range(total):
+            await publisher.publish("session:quiet", {"type": "t", "n": n})
+    offsets = await collect(ws, "session:quiet", total, timeout=30)
+    assert offsets == list(range(1, total + 1))
+    await ws.close()
+
+
 async def test_redis_restart_without_persistence_changes_the_epoch(
     private_redis: RedisServer, gateways: list[GatewayProcess]
 ) -> None:
@@ -162,9 +185,13 @@ async def test_history_lost_under_a_live_subscriber_is_announced(
     assert (await recv_type(ws, "publication"))["offset"] == 1
     private_redis.stop(signal.SIGKILL)
     private_redis.start()
-    notice = await recv(ws, timeout=20)
-    assert notice["type"] == "subscribed"
-    assert (notice["recovered"], notice["reason"]) == (False, "history_lost")
+    # Both channels the node follows for alice lost their history, the own one included
+    # (its position is known from the connect on, though it never delivered anything).
+    notices = [await recv(ws, timeout=20) for _ in range(2)]
+    assert {n["channel"] for n in notices} == {"session:h", "user:alice"}
+    for notice in notices:
+        assert notice["type"] == "subscribed"
+        assert (notice["recovered"], notice["reason"]) == (False, "history_lost")
     wait_until(node.ready, timeout=20, what="ready")
     fresh = node.publish("session:h", {"type": "t"}).json()
     pub = await recv_type(ws, "publication")

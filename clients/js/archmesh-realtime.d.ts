@@ -188,6 +188,39 @@ export interface RefreshedReply {
   expires_at: number;
 }
 
+/** Options of `history()`. */
+export interface HistoryOptions {
+  /** Publications at most (the gateway cuts it to ARCHMESH_HISTORY_MAX_LIMIT); 0: the
+   * position only. Default 100. */
+  limit?: number;
+  /** Page after (or, with `reverse`, before) this position. */
+  since?: Position | null;
+  /** Newest first, from the head (or from before `since`). */
+  reverse?: boolean;
+  /** A subscription token for the channel. */
+  token?: string;
+}
+
+/** One publication of a history page. */
+export interface HistoricPublication {
+  offset: number;
+  epoch: string;
+  data: Record<string, unknown>;
+}
+
+/** The gateway's `history` reply to `history()`. */
+export interface HistoryReply {
+  type: "history";
+  id: number;
+  channel: string;
+  /** In page order: oldest first, or newest first with `reverse`. An empty page with a
+   * `since` of another epoch: that history is gone; `offset`/`epoch` say where it stands. */
+  publications: HistoricPublication[];
+  /** The channel's position. */
+  offset: number;
+  epoch: string;
+}
+
 /** One entry of `presence()`. */
 export interface PresenceClient {
   client_id: string;
@@ -298,6 +331,9 @@ export interface SubscribeOptions {
   token?: TokenSource;
   /** Replay from this position instead of from the last one seen. */
   since?: Position | null;
+  /** The channel's latest publication right after subscribing (and after a reconnect that
+   * could not recover); left out, ARCHMESH_LATEST_ON_SUBSCRIBE decides. */
+  latest?: boolean;
 }
 
 /** Whether a close with `code` (null: connection lost) calls for a reconnect: 4500-4999 and
@@ -390,6 +426,9 @@ export declare class ArchMeshRealtime extends EventTarget {
 
   /** How many connections and distinct users are subscribed to `channel`. */
   presence_stats(channel: string): Promise<PresenceStatsReply>;
+
+  /** A page of `channel`'s history without subscribing. */
+  history(channel: string, options?: HistoryOptions): Promise<HistoryReply>;
 }
 
 export default ArchMeshRealtime;

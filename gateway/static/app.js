@@ -653,9 +653,6 @@ async function start(user, tokenSource) {
     return;
   }
   $("user-label").textContent = `Signed in as ${page.user}`;
-  // The gateway joins the user's channel without telling its position; asking for it once
-  // lets the client resume from there after a reconnect, so no notification is missed.
-  await client.subscribe(`user:${page.user}`).catch((err) => console.warn("user channel:", err.message));
   await Promise.all([...page.sessions.keys()].map((id) => watchSession(id)));
   await Promise.all([refreshInbox(), loadPrefs()]);
 }

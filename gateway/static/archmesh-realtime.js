@@ -204,7 +204,7 @@ export class ArchMeshRealtime extends EventTarget {
     this._nextId = 1;
     this._connectedWaiters = new Set();
     this._closeWaiters = [];
-    /** @type {Map<string, {token: any, since: any, waiters: Set<any>, sentToken: string | null, renewal: any}>} */
+    /** @type {Map<string, {token: any, since: any, latest?: boolean | null, waiters: Set<any>, sentToken: string | null, renewal: any}>} */
     this._subs = new Map();
     /** @type {Map<string, {offset: number, epoch: string}>} */
     this._positions = new Map();
@@ -215,6 +215,8 @@ export class ArchMeshRealtime extends EventTarget {
     this._subRequests = new Map();
     this._awaiting = new Map();
     this._connectId = null;
+    /** The own channel's `since` in the connect frame sent. */
+    this._ownSince = null;
     this._disconnect = null;
   }
 
@@ -271,11 +273,13 @@ export class ArchMeshRealtime extends EventTarget {
 
   /**
    * Subscribe (kept across reconnects). `token`: a subscription JWT (or provider) for a
-   * session the connection token does not grant; `since`: {offset, epoch} to replay from.
+   * session the connection token does not grant; `since`: {offset, epoch} to replay from;
+   * `latest`: true to get the channel's latest publication right after subscribing (and after
+   * a reconnect that could not recover), false to not; left out, the gateway's default.
    * Resolves with {channel, offset, epoch, recovered, reason}; rejects with a
    * RealtimeError (code forbidden, invalid_channel, ...) if refused.
    */
-  subscribe(channel, { token, since } = {}) {
+  subscribe(channel, { token, since, latest } = {}) {
     if (this.closed) return Promise.reject(this._closedError());
     if (!this._started) return Promise.reject(new Error("call connect() first"));
     let sub = this._subs.get(channel);
@@ -285,6 +289,7 @@ export class ArchMeshRealtime extends EventTarget {
     }
     if (token) sub.token = token;
     sub.since = since ?? null;
+    sub.latest = latest ?? null;
     return new Promise((resolve, reject) => {
       const waiter = { resolve, reject, timer: null };
       waiter.timer = setTimeout(() => {
@@ -336,6 +341,19 @@ export class ArchMeshRealtime extends EventTarget {
     const reply = await this._request({ type: "refresh", token });
     if (typeof this._token !== "function") this._token = token;
     return reply;
+  }
+
+  /**
+   * A page of `channel`'s history without subscribing: the `history` reply, with
+   * `publications` [{offset, epoch, data}] oldest first (newest first with `reverse`) and the
+   * channel's `offset` and `epoch`. `since`: {offset, epoch}; `token`: a subscription token.
+   */
+  async history(channel, { limit, since, reverse, token } = {}) {
+    const frame = { type: "history", channel, limit: limit ?? 100 };
+    if (since) frame.since = { offset: since.offset, epoch: since.epoch };
+    if (reverse) frame.reverse = true;
+    if (token) frame.token = token;
+    return this._request(frame);
   }
 
   /** Who is subscribed to `channel`: resolves with [{client_id, user_id}, ...]. */
@@ -418,6 +436,7 @@ export class ArchMeshRealtime extends EventTarget {
     const item = { type: "subscribe", channel, id };
     const since = sub.since ?? this._positions.get(channel) ?? null;
     if (since) item.since = { offset: since.offset, epoch: since.epoch };
+    if (typeof sub.latest === "boolean") item.latest = sub.latest;
     if (sub.token) {
       let token = await resolveToken(sub.token);
       const times = tokenTimes(token);
@@ -489,12 +508,11 @@ export class ArchMeshRealtime extends EventTarget {
         }
         extra = subs.slice(CONNECT_SUBSCRIBE_LIMIT);
         const own = this._ownChannel();
-        if (own && !this._subs.has(own) && this._positions.has(own) && items.length < CONNECT_SUBSCRIBE_LIMIT) {
-          // Recover the user channel too (the gateway joins it without a position).
-          items.push(await this._subscribeItem(own, { token: null, since: null }));
-        }
         this._connectId = this._nextId++;
         const frame = { type: "connect", token, id: this._connectId };
+        // Recover the user channel too: the gateway joins it from this position.
+        this._ownSince = own && !this._subs.has(own) ? (this._positions.get(own) ?? null) : null;
+        if (this._ownSince) frame.since = { offset: this._ownSince.offset, epoch: this._ownSince.epoch };
         if (items.length) frame.subscribe = items;
         this._send(ws, frame);
       } catch (err) {
@@ -570,7 +588,10 @@ export class ArchMeshRealtime extends EventTarget {
       node: frame.node,
       expires_at: frame.expires_at,
     };
-    if (previous && previous !== this._ownChannel()) this._positions.delete(previous);
+    const own = this._ownChannel();
+    if (previous && previous !== own) this._positions.delete(previous);
+    const sent = previous === own ? this._ownSince : null;
+    const recovery = own && !this._subs.has(own) ? this._ownPosition(own, frame, sent) : null;
     this.attempt = 0;
     this._setState({ state: State.CONNECTED });
     if (this._first) {
@@ -580,7 +601,31 @@ export class ArchMeshRealtime extends EventTarget {
     const waiters = [...this._connectedWaiters];
     this._connectedWaiters.clear();
     for (const waiter of waiters) waiter.resolve();
+    if (recovery) {
+      // Told like a resubscription's outcome, once the state says connected.
+      this._emit("subscribed", recovery);
+      if (recovery.recovered === false) {
+        const { channel, reason, offset, epoch } = recovery;
+        this._emit("recovery_failed", { channel, reason: reason ?? "unknown", offset, epoch });
+      }
+    }
     if (ws) for (const [channel, sub] of extra) this._sendSubscribe(ws, channel, sub);
+  }
+
+  /** `connected` holds the own channel's position (and `recovered` for the `since` sent): its
+   * missed publications follow it, deduplicated from `sent`, like a subscribe's. Returns the
+   * recovery's outcome as a `subscribed` detail when `since` was sent, else null. */
+  _ownPosition(own, frame, sent) {
+    if (typeof frame.offset !== "number" || typeof frame.epoch !== "string") return null; // older gateway
+    const recovered = typeof frame.recovered === "boolean" ? frame.recovered : null;
+    if (recovered === true && sent) {
+      this._positions.set(own, { offset: sent.offset, epoch: sent.epoch });
+    } else {
+      this._positions.set(own, { offset: frame.offset, epoch: frame.epoch });
+    }
+    if (!sent || recovered === null) return null;
+    const reason = typeof frame.reason === "string" ? frame.reason : null;
+    return { channel: own, offset: frame.offset, epoch: frame.epoch, recovered, reason };
   }
 
   _connectionLost() {
@@ -701,7 +746,9 @@ export class ArchMeshRealtime extends EventTarget {
         this._positions.set(channel, { offset: sent.offset, epoch: sent.epoch });
       }
     } else {
-      this._positions.set(channel, { offset: reply.offset, epoch: reply.epoch });
+      // With `latest: true` the publication at `offset` follows: it must not look seen.
+      const head = frame.latest === true && reply.offset > 0 ? reply.offset - 1 : reply.offset;
+      this._positions.set(channel, { offset: head, epoch: reply.epoch });
     }
     const sub = this._subs.get(channel);
     if (sub) {

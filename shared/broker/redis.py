@@ -8,12 +8,10 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-from archmesh_client import publish_script
+from archmesh_client import history_script, publish_script
 from archmesh_client.backoff import Backoff
 from archmesh_client.channels import (
     channel_of_pubsub,
-    history_key,
-    meta_key,
     pubsub_name,
 )
 from archmesh_client.idempotency import Idempotency
@@ -30,7 +28,6 @@ from shared.broker.base import (
 )
 from shared.broker.link import LinkDead, LinkSilent, Liveness, PubSubLink
 from shared.logging import get_logger
-from shared.lua import lua
 from shared.redis_calls import NETWORK_ERRORS, as_broker_error, client_options
 
 SIGNAL = "!"  # the first byte of a signal's pub/sub message; a publication's is `{` or a digit
@@ -51,7 +48,7 @@ class RedisBroker:
         self._liveness = liveness or Liveness()
         self._redis = self._command_client()
         self._publish = self._redis.register_script(publish_script.SOURCE)
-        self._history = self._redis.register_script(lua("shared.broker", "history.lua"))
+        self._history = self._redis.register_script(history_script.SOURCE)
         self._channels: set[str] = set()
         self._links: dict[str, PubSubLink] = {}
         self._kick = asyncio.Event()
@@ -295,18 +292,16 @@ class RedisBroker:
         return {"keys": keys, "args": args}
 
     async def history(self, channel: str, since: int, limit: int) -> History:
-        ttl_ms = int(self._policy.for_channel(channel).ttl * 1000)
-        keys = [meta_key(channel), history_key(channel)]
+        ttl = self._policy.for_channel(channel).ttl
+        keys, args = history_script.keys_and_args(channel, since, limit, ttl)
         with as_broker_error("history"):
-            reply = await self._history(keys=keys, args=[since, limit, ttl_ms])
-        offset, epoch, first = int(reply[0]), reply[1].decode(), int(reply[2])
-        position = StreamPosition(offset, epoch)
-        entries = reply[3:]
+            reply = history_script.parse(await self._history(keys=keys, args=args))
+        position = reply.position
+        offset, epoch, first = position.offset, position.epoch, reply.first
         publications = [
-            BrokerPublication(channel, entries[i + 1].decode(), int(entries[i]), epoch)
-            for i in range(0, len(entries), 2)
+            BrokerPublication(channel, data, entry, epoch) for entry, data in reply.entries
         ]
-        covered = since == offset or (first != -1 and first <= since + 1)
+        covered = since == offset or (first is not None and first <= since + 1)
         reaches_head = since == offset or (bool(publications) and publications[-1].offset == offset)
         return History(publications, position, 0 <= since <= offset and covered and reaches_head)
 

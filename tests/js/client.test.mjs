@@ -204,6 +204,10 @@ test("reconnects after a gateway restart and reports recovery_failed", async () 
     await node.stop();
     await node.start(); // same port, new in-memory broker: history and epoch are gone
 
+    // The own channel's position is known from `connected` on: its lost history is told
+    // too, first (with `connected`), then the session's (with its `subscribed`).
+    const own = await failures.next(20000);
+    assert.deepEqual([own.channel, own.reason], ["user:u1", "epoch_changed"]);
     const failure = await failures.next(20000);
     assert.equal(failure.channel, "session:s1");
     assert.equal(failure.reason, "epoch_changed");

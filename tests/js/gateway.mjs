@@ -124,6 +124,17 @@ export class Gateway {
     clearTimeout(timer);
   }
 
+  /** POST /api/control/<command> (e.g. "disconnect") with `body`. */
+  async control(command, body) {
+    const response = await fetch(`${this.http}/api/control/${command}`, {
+      method: "POST",
+      headers: { Authorization: `Bearer ${API_KEY}`, "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    assert.equal(response.status, 200, await response.clone().text());
+    return response.json();
+  }
+
   async publish(channel, data) {
     const response = await fetch(`${this.http}/api/publish`, {
       method: "POST",

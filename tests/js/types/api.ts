@@ -10,6 +10,7 @@ import ArchMeshRealtimeDefault, {
   backoffDelay,
   shouldReconnect,
   type ArchMeshRealtimeEvent,
+  type HistoryReply,
   type ArchMeshRealtimeEventMap,
   type ArchMeshRealtimeOptions,
   type ClientErrorCode,
@@ -97,7 +98,8 @@ export type Checks = [
   Assert<Equal<ArchMeshRealtime["channels"], string[]>>,
   Assert<Equal<ConnectionInfo, { client_id: string; user_id: string; node: string; expires_at: number }>>,
   Assert<Equal<PresenceClient, { client_id: string; user_id: string }>>,
-  Assert<Equal<SubscribeOptions, { token?: TokenSource; since?: Position | null }>>,
+  Assert<Equal<SubscribeOptions, { token?: TokenSource; since?: Position | null; latest?: boolean }>>,
+  Assert<Equal<ReturnType<ArchMeshRealtime["history"]>, Promise<HistoryReply>>>,
   Assert<Equal<ClosedInfo, { code: number | null; reason: string }>>,
   Assert<Equal<Publication, { channel: string; offset: number | null; epoch: string | null; data: PublicationData }>>,
   Assert<Equal<PublicationData, Record<string, unknown>>>,
@@ -228,6 +230,14 @@ export async function use(c: ArchMeshRealtime): Promise<string> {
   await c.subscribe("session:s2", { since: { offset: 3 } });
   // @ts-expect-error a channel is a string
   await c.subscribe(42);
+  await c.subscribe("session:s1", { latest: true });
+  // @ts-expect-error latest is a boolean
+  await c.subscribe("session:s1", { latest: "yes" });
+  const page: HistoryReply = await c.history("session:s1", { limit: 5, since: head, reverse: true });
+  const firstOffset: number | undefined = page.publications[0]?.offset;
+  await c.history("session:s1");
+  // @ts-expect-error limit is a number
+  await c.history("session:s1", { limit: "5" });
   const last = c.position("session:s1");
   const offset: number | undefined = last?.offset;
   await c.unsubscribe("session:s1");

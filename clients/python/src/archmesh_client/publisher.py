@@ -16,13 +16,16 @@ carries an idempotency key; the retry then publishes nothing if the first one di
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pydantic import BaseModel, TypeAdapter
 
 from archmesh_client.channels import validate_channel
+from archmesh_client.history_page import Entry, read_page
 from archmesh_client.idempotency import (
     DEFAULT_WINDOW,
     Idempotency,
@@ -55,6 +58,31 @@ class Transport(Protocol):
         ...
 
 
+class HistorySource(Protocol):
+    """Where a publisher reads history from (Redis for a backend): a `history_page.Read`."""
+
+    async def read_history(
+        self, channel: str, since: int, limit: int
+    ) -> tuple[list[Entry], StreamPosition]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class HistoricPublication:
+    """One publication of a history page: its position and its event."""
+
+    offset: int
+    epoch: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """`Publisher.history`'s page, in page order, and the channel's position."""
+
+    publications: list[HistoricPublication]
+    position: StreamPosition
+
+
 def encode_event(data: BaseModel | Mapping[str, Any], max_bytes: int) -> str:
     """The event's JSON text; it must be an object with a string `type`."""
     if isinstance(data, BaseModel):
@@ -81,8 +109,10 @@ class Publisher:
         transport: Transport,
         max_bytes: int = 65536,
         idempotency_window: float = DEFAULT_WINDOW,
+        history: HistorySource | None = None,
     ) -> None:
         self._transport = transport
+        self._history = history
         self._max_bytes = max_bytes
         self._window = idempotency_window
 
@@ -111,6 +141,30 @@ class Publisher:
             return await self._transport.publish(channel, text)
         return await self._transport.publish(channel, text, once)
 
+    async def history(
+        self,
+        channel: str,
+        limit: int,
+        since: StreamPosition | None = None,
+        reverse: bool = False,
+    ) -> History:
+        """A page of `channel`'s history (`archmesh_client.history_page`): at most `limit`
+        publications after `since` oldest first, or with `reverse` before it newest first;
+        `limit` 0: the position only; a `since` of an older epoch: an empty page. A failed
+        read raises `HistoryError` (`archmesh_client.redis_transport`)."""
+        if self._history is None:
+            raise RuntimeError("this publisher has no history source")
+        try:
+            validate_channel(channel)
+        except ValueError as exc:
+            raise InvalidPublication("invalid_channel", str(exc)) from exc
+        page = await read_page(self._history.read_history, channel, limit, since, reverse)
+        epoch = page.position.epoch
+        return History(
+            [HistoricPublication(o, epoch, json.loads(d)) for o, d in page.publications],
+            page.position,
+        )
+
 
 @asynccontextmanager
 async def connect_publisher(
@@ -125,6 +179,6 @@ async def connect_publisher(
     A failed publish raises `PublishError` (`archmesh_client.redis_transport`)."""
     transport = RedisTransport(redis_url, policy)
     try:
-        yield Publisher(transport, max_bytes, idempotency_window)
+        yield Publisher(transport, max_bytes, idempotency_window, history=transport)
     finally:
         await transport.close()

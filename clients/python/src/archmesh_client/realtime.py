@@ -243,6 +243,7 @@ class _Subscription:
     channel: str
     token: TokenSource | None = None
     since: Position | None = None  # explicit starting point asked by the caller, used once
+    latest: bool | None = None  # ask for the latest publication (None: the gateway's default)
     waiters: list[asyncio.Future[Subscribed]] = field(default_factory=list)
     sent_token: str | None = None  # the subscription token the gateway holds it by
     renewal: asyncio.TimerHandle | None = None  # when to send `sub_refresh`
@@ -357,6 +358,7 @@ class RealtimeClient:
         self._sub_requests: dict[int, str] = {}
         self._awaiting: dict[str, Position | None] = {}
         self._connect_id: int | None = None
+        self._own_since: Position | None = None  # the own channel's `since` in the connect sent
         self._disconnect: tuple[int | None, str, bool] | None = None
 
     # -- public API ---------------------------------------------------------------------
@@ -441,10 +443,17 @@ class RealtimeClient:
         return self.publications()
 
     async def subscribe(
-        self, channel: str, token: TokenSource | None = None, *, since: Position | None = None
+        self,
+        channel: str,
+        token: TokenSource | None = None,
+        *,
+        since: Position | None = None,
+        latest: bool | None = None,
     ) -> Subscribed:
         """Subscribe (kept across reconnects). `token`: a subscription JWT (or provider) for a
         session the connection token does not grant. `since`: replay from a stored position.
+        `latest`: the channel's latest publication arrives right after subscribing (and after a
+        reconnect that could not recover); None leaves it to ARCHMESH_LATEST_ON_SUBSCRIBE.
         Raises `RequestError` (code forbidden, invalid_channel, ...) if refused."""
         self._check_usable()
         sub = self._subs.get(channel)
@@ -453,6 +462,7 @@ class RealtimeClient:
         if token is not None:
             sub.token = token
         sub.since = since
+        sub.latest = latest
         waiter: asyncio.Future[Subscribed] = asyncio.get_running_loop().create_future()
         sub.waiters.append(waiter)
         try:
@@ -518,6 +528,26 @@ class RealtimeClient:
         list: the `presence_stats` reply, {"connections": N, "users": M, ...}."""
         return await self._request({"type": "presence_stats", "channel": channel})
 
+    async def history(
+        self,
+        channel: str,
+        limit: int,
+        since: Position | None = None,
+        reverse: bool = False,
+        token: str | None = None,
+    ) -> dict[str, Any]:
+        """A page of `channel`'s history without subscribing: the `history` frame, with
+        `publications` [{offset, epoch, data}], oldest first (newest first with `reverse`), and
+        the channel's `offset` and `epoch`. `token`: a subscription token for the channel."""
+        frame: dict[str, Any] = {"type": "history", "channel": channel, "limit": limit}
+        if since is not None:
+            frame["since"] = {"offset": since.offset, "epoch": since.epoch}
+        if reverse:
+            frame["reverse"] = True
+        if token is not None:
+            frame["token"] = token
+        return await self._request(frame)
+
     # -- requests -----------------------------------------------------------------------
 
     def _check_usable(self) -> None:
@@ -551,6 +581,8 @@ class RealtimeClient:
         since = sub.since or self._positions.get(sub.channel)
         if since is not None:
             item["since"] = {"offset": since.offset, "epoch": since.epoch}
+        if sub.latest is not None:
+            item["latest"] = sub.latest
         if sub.token is not None:
             token = await _resolve(sub.token)
             expires = token_expiry(token)
@@ -660,16 +692,13 @@ class RealtimeClient:
                 if item is not None:
                     items.append(item)
             own = self._own_channel()
-            if (
-                own is not None
-                and own not in self._subs
-                and own in self._positions
-                and len(items) < _CONNECT_SUBSCRIBE_LIMIT
-            ):
-                # Recover the user channel too (the gateway joins it without a position).
-                items.append(await self._subscribe_item(_Subscription(own)))
             self._connect_id = next(self._ids)
             frame: dict[str, Any] = {"type": "connect", "token": token, "id": self._connect_id}
+            # Recover the user channel too: the gateway joins it from this position.
+            self._own_since = self._positions.get(own) if own and own not in self._subs else None
+            if self._own_since is not None:
+                since = self._own_since
+                frame["since"] = {"offset": since.offset, "epoch": since.epoch}
             if items:
                 frame["subscribe"] = items
             await ws.send(json.dumps(frame))
@@ -719,6 +748,8 @@ class RealtimeClient:
         own = self._own_channel()
         if previous is not None and previous != own:
             self._positions.pop(previous, None)
+        if own is not None and own not in self._subs:
+            self._own_position(own, frame, self._own_since if previous == own else None)
         self._set_state(StateChange(State.CONNECTED))
         self._connected_event.set()
         if self._first is not None and not self._first.done():
@@ -727,6 +758,22 @@ class RealtimeClient:
             item = await self._resubscribe_item(sub)
             if item is not None:
                 await ws.send(json.dumps(item))
+
+    def _own_position(self, own: str, frame: dict[str, Any], sent: Position | None) -> None:
+        """`connected` holds the own channel's position (and `recovered` for the `since` sent):
+        its missed publications follow it, deduplicated from `sent`, like a subscribe's."""
+        offset, epoch = _as_int(frame.get("offset")), frame.get("epoch")
+        if offset is None or not isinstance(epoch, str):
+            return  # an older gateway: the own channel starts at its first publication
+        recovered = frame.get("recovered")
+        if recovered is True and sent is not None:
+            self._positions[own] = sent
+            return
+        self._positions[own] = Position(offset, epoch)
+        if recovered is False and sent is not None:
+            reason = frame.get("reason")
+            reason = reason if isinstance(reason, str) else "unknown"
+            self._queue.put_nowait(RecoveryFailed(own, reason, offset, epoch))
 
     def _own_channel(self) -> str | None:
         return f"user:{self._info.user_id}" if self._info is not None else None
@@ -849,7 +896,9 @@ class RealtimeClient:
             if known is None or known.epoch != sent.epoch or known.offset < sent.offset:
                 self._positions[channel] = sent
         else:
-            self._positions[channel] = Position(offset, epoch)
+            # With `latest: true` the publication at `offset` follows: it must not look seen.
+            head = offset - 1 if frame.get("latest") is True and offset > 0 else offset
+            self._positions[channel] = Position(head, epoch)
             if recovered is False:
                 self._queue.put_nowait(
                     RecoveryFailed(channel, reply.reason or "unknown", offset, epoch)

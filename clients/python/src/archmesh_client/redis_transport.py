@@ -12,7 +12,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry
 
-from archmesh_client import publish_script
+from archmesh_client import history_script, publish_script
 from archmesh_client.idempotency import Idempotency
 from archmesh_client.redis_url import ClusterAddress, is_cluster_url
 from archmesh_client.retention import HistoryPolicy
@@ -27,6 +27,10 @@ NETWORK_ERRORS = (RedisError, RedisClusterException, OSError, asyncio.TimeoutErr
 
 class PublishError(RuntimeError):
     """Redis could not be reached, or refused the publish. It may or may not have happened."""
+
+
+class HistoryError(RuntimeError):
+    """Redis could not be reached, or refused the history read."""
 
 
 def redis_client(url: str) -> Any:
@@ -58,6 +62,7 @@ class RedisTransport:
         self._sharded = is_cluster_url(url)
         self._redis = redis_client(url)
         self._script = self._redis.register_script(publish_script.SOURCE)
+        self._history = self._redis.register_script(history_script.SOURCE)
 
     async def publish(
         self, channel: str, data: str, idempotency: Idempotency | None = None
@@ -74,6 +79,19 @@ class RedisTransport:
                 raise conflict from None
             raise PublishError(f"publish failed: {exc}") from exc
         return publish_script.position(reply)
+
+    async def read_history(
+        self, channel: str, since: int, limit: int
+    ) -> tuple[list[tuple[int, str]], StreamPosition]:
+        """Publications after `since` (at most `limit`, oldest first) and the position, read
+        with the gateways' script: a `history_page.Read`."""
+        ttl = self._policy.for_channel(channel).ttl
+        keys, args = history_script.keys_and_args(channel, since, limit, ttl)
+        try:
+            reply = history_script.parse(await self._history(keys=keys, args=args))
+        except NETWORK_ERRORS as exc:
+            raise HistoryError(f"history read failed: {exc}") from exc
+        return reply.entries, reply.position
 
     async def close(self) -> None:
         await self._redis.aclose()

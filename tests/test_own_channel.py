@@ -1,0 +1,47 @@
+"""The own `user:` channel is recovered from the first moment: `connected` carries its position
+and `connect` takes a `since` for it, recovered like a subscribe's."""
+
+from __future__ import annotations
+
+from tests.servers import GatewayProcess
+from tests.wsclient import assert_silent, open_ws, recv_type, send, token
+
+
+async def connect_since(url: str, user: str, since: dict[str, object] | None) -> tuple:
+    ws = await open_ws(url)
+    frame: dict[str, object] = {"type": "connect", "token": token(user), "id": 1}
+    if since is not None:
+        frame["since"] = since
+    await send(ws, frame)
+    return ws, await recv_type(ws, "connected")
+
+
+async def test_connected_carries_the_own_position_and_connect_since_recovers_it(
+    gateways: list[GatewayProcess],
+) -> None:
+    node = GatewayProcess().start()
+    gateways.append(node)
+    ws, first = await connect_since(node.ws, "carol", None)
+    assert (first["offset"], first["id"], "recovered" in first) == (0, 1, False)
+    epoch = first["epoch"]
+    assert epoch
+    await ws.close()
+    # Published while the client was away, before it ever saw a publication there.
+    for n in range(3):
+        node.publish("user:carol", {"type": "t", "n": n}).raise_for_status()
+    ws, again = await connect_since(node.ws, "carol", {"offset": 0, "epoch": epoch})
+    assert (again["recovered"], again["offset"], again["epoch"]) == (True, 3, epoch)
+    missed = [await recv_type(ws, "publication") for _ in range(3)]
+    assert [(p["channel"], p["offset"], p["data"]["n"]) for p in missed] == [
+        ("user:carol", 1, 0),
+        ("user:carol", 2, 1),
+        ("user:carol", 3, 2),
+    ]
+    node.publish("user:carol", {"type": "t", "n": 3}).raise_for_status()
+    assert (await recv_type(ws, "publication"))["offset"] == 4
+    await assert_silent(ws)
+    lost, reply = await connect_since(node.ws, "carol", {"offset": 2, "epoch": "gone"})
+    assert (reply["recovered"], reply["reason"], reply["offset"]) == (False, "epoch_changed", 4)
+    await assert_silent(lost)
+    _, reply = await connect_since(node.ws, "carol", {"offset": 9, "epoch": epoch})
+    assert (reply["recovered"], reply["reason"]) == (False, "unknown_position")
