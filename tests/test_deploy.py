@@ -386,6 +386,10 @@ async def test_sse_streams_through_nginx_and_recovers_on_another_node() -> None:
 
             async with open_sse(cluster.url, tok, ("session:d",), query_token=True) as sse:
                 node = (await sse.next_type("connected")).frame["node"]
+                # Publish once the stream follows the channel: a publication before its
+                # `subscribed` is history the stream starts after, not a live one.
+                while (await sse.next_type("subscribed")).frame["channel"] != "session:d":
+                    pass
                 await publish(1)
                 assert (await sse.next_type("publication")).frame["data"]["n"] == 1
                 index = int(node.removeprefix("gw")) - 1
