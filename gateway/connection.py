@@ -306,6 +306,15 @@ class Connection:
         try:
             await self._join(own)
             await self._recover(own, frame.since, catchup, _with_id(reply, frame.id))
+        except BrokerError as exc:
+            # Redis cannot say where the own channel stands right now: connect without its
+            # position (live messages flow once the link is back), rather than refuse.
+            self._log.warning("own_position_unavailable", error=str(exc))
+            held, catchup.held = catchup.held or [], None
+            self._catchups.pop(own, None)
+            self.reply(_with_id(reply, frame.id))
+            for _, live in held:
+                self._enqueue(live)
         finally:
             if catchup.held is not None:  # the history read never finished
                 self._catchups.pop(own, None)

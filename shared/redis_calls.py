@@ -36,13 +36,24 @@ def client_options(liveness: Liveness) -> dict[str, Any]:
     }
 
 
+# Command connections per node and Redis server. redis-py's default pool fails a call at once
+# with "Too many connections" past 100 in flight; a reconnect storm (thousands of clients each
+# checking revocations and reading their own channel's position at connect) has more.
+POOL_SIZE = 100
+
+
 def redis_client(url: str, liveness: Liveness, *, cluster: bool) -> Any:
     """A command client bounded like the broker's: no hidden retries, every command and
     connection attempt limited to `liveness.timeout`, so a silent Redis fails a store's call
-    (presence, revocations) instead of hanging the connection that made it."""
+    (presence, revocations) instead of hanging the connection that made it. On one server,
+    a call that finds all POOL_SIZE connections busy waits for one (up to the same timeout)
+    instead of failing: bursts queue, they do not fail."""
     options = client_options(liveness)
     if not cluster:
-        return aioredis.Redis.from_url(url, **options)
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=POOL_SIZE, timeout=liveness.timeout, **options
+        )
+        return aioredis.Redis.from_pool(pool)
     address = ClusterAddress.parse(url)
     startup = [ClusterNode(host, port) for host, port in address.nodes]
     return RedisCluster(startup_nodes=startup, **address.credentials(), **options)

@@ -45,3 +45,29 @@ async def test_connected_carries_the_own_position_and_connect_since_recovers_it(
     await assert_silent(lost)
     _, reply = await connect_since(node.ws, "carol", {"offset": 9, "epoch": epoch})
     assert (reply["recovered"], reply["reason"]) == (False, "unknown_position")
+
+
+async def test_a_connect_while_redis_is_down_is_let_in_without_a_position() -> None:
+    """Where the own channel stands needs Redis; a client connecting during an outage is let
+    in without that position (as before positions existed), not closed."""
+    from tests.servers import RedisServer
+
+    redis = RedisServer()
+    redis.start()
+    node = GatewayProcess(
+        redis.url, ARCHMESH_REDIS_PING_INTERVAL="0.2", ARCHMESH_REDIS_PING_TIMEOUT="0.5"
+    )
+    try:
+        node.start()
+        redis.stop()
+        ws = await open_ws(node.ws)
+        await send(ws, {"type": "connect", "token": token("olga"), "id": 1})
+        connected = await recv_type(ws, "connected", timeout=10)
+        assert connected["user_id"] == "olga"
+        assert "offset" not in connected
+        assert "epoch" not in connected
+        await send(ws, {"type": "ping", "id": 2})
+        assert (await recv_type(ws, "pong"))["id"] == 2  # the connection stays usable
+    finally:
+        node.stop()
+        redis.cleanup()

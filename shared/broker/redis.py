@@ -28,7 +28,7 @@ from shared.broker.base import (
 )
 from shared.broker.link import LinkDead, LinkSilent, Liveness, PubSubLink
 from shared.logging import get_logger
-from shared.redis_calls import NETWORK_ERRORS, as_broker_error, client_options
+from shared.redis_calls import NETWORK_ERRORS, as_broker_error, client_options, redis_client
 
 SIGNAL = "!"  # the first byte of a signal's pub/sub message; a publication's is `{` or a digit
 
@@ -64,7 +64,7 @@ class RedisBroker:
         return client_options(self._liveness)
 
     def _command_client(self) -> Any:
-        return aioredis.Redis.from_url(self._url, **self._options())
+        return redis_client(self._url, self._liveness, cluster=False)
 
     async def _link_clients(self) -> dict[str, aioredis.Redis]:
         """A fresh client per server that should hold a pub/sub link, by server name."""
