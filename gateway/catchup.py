@@ -11,10 +11,12 @@ two Redis connections). They are held, and once history through a position has b
 
 from __future__ import annotations
 
-from gateway.protocol import Outgoing
+from gateway.protocol import Outgoing, Since
 from shared.broker import BrokerPublication, StreamPosition
 
 Held = tuple[BrokerPublication, Outgoing]
+# A client recovering with `since` gets at most this many missed publications from one read.
+RECOVERY_LIMIT = 10_000
 
 
 class Catchup:
@@ -53,3 +55,15 @@ class Catchup:
                     continue
             released.append(item)
         return released, reached
+
+
+def recovery_outcome(since: Since, complete: bool, position: StreamPosition) -> tuple[bool, str]:
+    """Whether a client at `since` can be brought up to `position` from a history read
+    (`complete`: it reached back to `since`), and if not, the reason it is told."""
+    if since.epoch != position.epoch and not (since.offset == 0 and not since.epoch):
+        return False, "epoch_changed"
+    if since.offset > position.offset:
+        return False, "unknown_position"
+    if not complete:
+        return False, "history_trimmed"
+    return True, ""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import orjson
@@ -18,9 +17,10 @@ from archmesh_client.channels import (
     validate_channel,
 )
 from pydantic import ValidationError
+from starlette.types import Message, Receive, Send
 
 from gateway.authorization import claims_allow, subscription_grant
-from gateway.catchup import Catchup
+from gateway.catchup import RECOVERY_LIMIT, Catchup, recovery_outcome
 from gateway.context import ConnectionContext
 from gateway.expiry import Expiry
 from gateway.grants import SubscriptionGrants
@@ -53,15 +53,10 @@ from shared.broker import BrokerError, BrokerPublication, StreamPosition
 from shared.logging import get_logger
 from shared.tokens import Claims, InvalidToken
 
-Message = MutableMapping[str, Any]
-Send = Callable[[Message], Awaitable[None]]
-Receive = Callable[[], Awaitable[Message]]
-
 log = get_logger(__name__)
 
 # How long a close frame may wait for a socket that does not drain before it is aborted.
 CLOSE_GRACE = 2.0
-RECOVERY_LIMIT = 10_000
 # Tasks that end a subscription whose token expired, referenced until they finish.
 _ENDINGS: set[asyncio.Task[None]] = set()
 
@@ -415,7 +410,7 @@ class Connection:
         missed: list[BrokerPublication] = []
         recovered = False
         if since is not None:
-            recovered, reason = _recovery_outcome(since, history.complete, position)
+            recovered, reason = recovery_outcome(since, history.complete, position)
             self._ctx.metrics.recoveries.labels(outcome=reason or "recovered").inc()
             reply["recovered"] = recovered
             if recovered:
@@ -623,16 +618,6 @@ class Connection:
 
     def _token_expired(self) -> None:
         self.close(CloseCode.TOKEN_EXPIRED)
-
-
-def _recovery_outcome(since: Since, complete: bool, position: StreamPosition) -> tuple[bool, str]:
-    if since.epoch != position.epoch and not (since.offset == 0 and not since.epoch):
-        return False, "epoch_changed"
-    if since.offset > position.offset:
-        return False, "unknown_position"
-    if not complete:
-        return False, "history_trimmed"
-    return True, ""
 
 
 def _request_id(raw: dict[str, Any]) -> int | None:

@@ -8,12 +8,14 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from starlette.types import Send
+
 from gateway.admission import Admission
 from gateway.expiry import Expiries
 from gateway.join_leave import JoinLeave
 from gateway.membership import Membership
 from gateway.metrics import FanoutStats, GatewayMetrics
-from gateway.outbox import Flusher, Outbox, Send, open_outbox
+from gateway.outbox import Flusher, Outbox, open_outbox
 from gateway.presence import PresenceTracker
 from shared.broker import History
 from shared.settings import Settings

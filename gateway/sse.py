@@ -21,16 +21,16 @@ import asyncio
 import contextlib
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
 
 import orjson
 from archmesh_client.channels import InvalidChannel, user_channel, validate_channel
+from starlette.types import Receive, Scope, Send
 
 from gateway.authorization import claims_allow
-from gateway.catchup import Catchup
-from gateway.connection import RECOVERY_LIMIT, _recovery_outcome
+from gateway.catchup import RECOVERY_LIMIT, Catchup, recovery_outcome
 from gateway.context import ConnectionContext
 from gateway.expiry import Expiry
 from gateway.hub import Hub
@@ -47,11 +47,6 @@ from gateway.sse_position import Positions, decode_positions
 from shared.broker import BrokerError, BrokerPublication
 from shared.logging import get_logger
 from shared.tokens import Claims, InvalidToken
-
-Message = MutableMapping[str, Any]
-Send = Callable[[Message], Awaitable[None]]
-Receive = Callable[[], Awaitable[Message]]
-Scope = MutableMapping[str, Any]
 
 log = get_logger(__name__)
 
@@ -238,7 +233,7 @@ class SseStream:
         }
         missed: list[BrokerPublication] = []
         if since is not None:
-            recovered, reason = _recovery_outcome(since, history.complete, position)
+            recovered, reason = recovery_outcome(since, history.complete, position)
             self._ctx.metrics.recoveries.labels(outcome=reason or "recovered").inc()
             reply["recovered"] = recovered
             if recovered:

@@ -27,9 +27,8 @@ class RedisPresence:
     def __init__(self, client: aioredis.Redis | RedisCluster) -> None:
         self._redis = client
         self._join = client.register_script(lua("shared.presence", "join.lua"))
-        self._members = client.register_script(lua("shared.presence", "members.lua"))
+        self._present = client.register_script(lua("shared.presence", "present.lua"))
         self._leave = client.register_script(lua("shared.presence", "leave.lua"))
-        self._stats = client.register_script(lua("shared.presence", "stats.lua"))
 
     async def join(self, channel: str, entry: PresenceEntry, ttl: float) -> None:
         await self._run(self._join, channel, _join_args([entry], ttl))
@@ -57,7 +56,7 @@ class RedisPresence:
         await self._run(self._leave, channel, [client_id])
 
     async def members(self, channel: str) -> list[PresenceEntry]:
-        flat = await self._run(self._members, channel, [])
+        flat = await self._run(self._present, channel, ["list"])
         entries = []
         for i in range(0, len(flat), 2):
             details = json.loads(flat[i + 1])
@@ -65,7 +64,7 @@ class RedisPresence:
         return entries
 
     async def stats(self, channel: str) -> PresenceStats:
-        connections, users = await self._run(self._stats, channel, [])
+        connections, users = await self._run(self._present, channel, ["count"])
         return PresenceStats(int(connections), int(users))
 
     async def _run(self, script: Any, channel: str, args: list[str | int]) -> Any:
