@@ -1,7 +1,7 @@
 """Property-based fuzzing of everything a stranger can send: client WebSocket frames over a
 real socket, and the bodies of the publish, control and notifier HTTP APIs. The property: no
 crash, no 5xx, and every answer is a documented one (a known frame type, an error code that the
-README names, a close code of the protocol).
+reference (docs/protocol.md, docs/notifier.md) names, a close code of the protocol).
 
 Hypothesis drives synchronous clients (websockets' sync client, httpx.Client), so a run
 can sit in a worker thread while the caller's event loop goes on."""
@@ -26,7 +26,8 @@ from websockets.sync.client import ClientConnection, connect
 
 from gateway.protocol import FRAME_TYPES, CloseCode, ErrorCode
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCE = (ROOT / "docs" / "protocol.md", ROOT / "docs" / "notifier.md")
 SERVER_FRAMES = frozenset(
     {
         "connected",
@@ -57,11 +58,11 @@ class Violation(AssertionError):
 
 @cache
 def _readme() -> str:
-    return README.read_text()
+    return "\n".join(path.read_text() for path in REFERENCE)
 
 
 def documented(code: str) -> bool:
-    """Whether the README names this error code."""
+    """Whether the protocol or notifier reference names this error code."""
     return bool(re.fullmatch(r"[a-z_]+", code)) and re.search(rf"\b{code}\b", _readme()) is not None
 
 
