@@ -71,8 +71,11 @@ class UnsubscribeApi:
     async def _unsubscribe(self, request: Request, found: Unsubscription) -> Response:
         if not await _one_click(request):
             raise ApiError(400, "bad_request", f"the form body must be {ONE_CLICK}")
-        patch = PreferencesPatch(channels={found.type: {found.medium: False}})
-        await self._preferences.patch(found.user_id, patch)
+        # A user with no preferences has no address, so gets no email: nothing to switch off,
+        # and an erased user is not brought back as a record holding one switch.
+        if await self._preferences.get(found.user_id) is not None:
+            patch = PreferencesPatch(channels={found.type: {found.medium: False}})
+            await self._preferences.patch(found.user_id, patch)
         log.info("unsubscribed", type=found.type, medium=found.medium.value)
         if "text/html" in request.headers.get("accept", ""):
             return _done(found)  # a person who pressed the page's button
