@@ -45,7 +45,9 @@ class Outcome:
         fields: dict[str, str],
         due: dict[str, int],
         inbox: tuple[str, InboxItem] | None,
+        owner: tuple[str, datetime] | None = None,
     ) -> None:
+        """`owner`: the user and creation time, indexed for an erasure."""
         item: dict[str, Any] = {
             "key": keys.notification(notification_id),
             "fields": [x for pair in fields.items() for x in pair],
@@ -53,6 +55,10 @@ class Outcome:
             "entry": entry.id,
             "lock": keys.lock(notification_id),
         }
+        if owner is not None:
+            user, created = owner
+            index = keys.user_notifications(user)
+            item["owner"] = {"key": index, "id": notification_id, "ms": _ms(created)}
         if inbox is not None:
             user_id, box = inbox
             order, items, unread = keys.inbox(user_id)
@@ -76,6 +82,10 @@ class Outcome:
 
     def __bool__(self) -> bool:
         return bool(self.items or self.acks or self.dead_letters)
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
 
 
 class Ledger:

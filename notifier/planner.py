@@ -30,14 +30,19 @@ def plan(
     template: Template | None,
     now: datetime,
     configured: frozenset[Medium],
+    *,
+    critical: bool = False,
 ) -> Plan:
+    """`critical`: a type the user's switches and quiet hours do not apply to."""
     result = Plan()
-    quiet_end = None if request.priority in OVERRIDING else quiet_until(preferences, now)
+    loud = critical or request.priority in OVERRIDING
+    quiet_end = None if loud else quiet_until(preferences, now)
+    locale = request.locale or preferences.locale
     for channel in request.channels or list(Medium):
-        state, reason = _gate(request, preferences, channel, configured)
+        state, reason = _gate(request, preferences, channel, configured, critical)
         if state is None:
             try:
-                content = _content(request, template, channel)
+                content = _content(request, template, channel, locale)
             except templates.TemplateInvalid as exc:
                 state, reason = DeliveryState.FAILED, f"template render failed: {exc}"
             else:
@@ -67,9 +72,10 @@ def _gate(
     preferences: Preferences,
     channel: Medium,
     configured: frozenset[Medium],
+    critical: bool,
 ) -> tuple[DeliveryState | None, str | None]:
     """A reason not to deliver on `channel` at all, or (None, None)."""
-    if not preferences.enabled(request.type, channel):
+    if not critical and not preferences.enabled(request.type, channel):
         return DeliveryState.SUPPRESSED, "disabled in the user's preferences"
     if channel is Medium.IN_APP:
         return None, None
@@ -117,7 +123,7 @@ def _schedule(
 
 
 def _content(
-    request: NotificationRequest, template: Template | None, channel: Medium
+    request: NotificationRequest, template: Template | None, channel: Medium, locale: str | None
 ) -> dict[str, str]:
     if template is not None:
         context = {
@@ -130,7 +136,7 @@ def _content(
             "title": request.title or "",
             "body": request.body or "",
         }
-        rendered = templates.render(template, channel, context)
+        rendered = templates.render(template, channel, context, locale)
         if rendered is not None:
             return rendered
         if request.title is None:

@@ -37,6 +37,7 @@ class Options:
     retention: float
     known_users_only: bool
     configured: frozenset[Medium]
+    critical: frozenset[str] = frozenset()  # types preferences and quiet hours cannot stop
 
 
 @dataclass(slots=True)
@@ -112,7 +113,9 @@ class Processor:
                 raw = facts.preferences
                 prefs = Preferences() if raw is None else Preferences.model_validate_json(raw)
                 template = templates.get(item.request.template or "")
-                item.plan = plan(item.request, prefs, template, now, self._options.configured)
+                critical = item.request.type in self._options.critical
+                configured = self._options.configured
+                item.plan = plan(item.request, prefs, template, now, configured, critical=critical)
                 planned.append(item)
         return duplicates, planned
 
@@ -162,7 +165,8 @@ class Processor:
         }
         inbox = None if result.inbox is None else (request.user_id, result.inbox)
         fields = status.fields_of(meta, result.deliveries, result.jobs)
-        outcome.record(item.entry, request.id, fields, due, inbox)
+        owner = (request.user_id, now)
+        outcome.record(item.entry, request.id, fields, due, inbox, owner)
         for channel, delivery in result.deliveries.items():
             if delivery.status is not DeliveryState.PENDING:
                 outcome.count(now, request.type, channel.value, delivery.status.value)

@@ -1,7 +1,8 @@
 -- ArchMesh notifier: record a batch's outcome and acknowledge its entries, atomically.
 -- ARGV[1]: JSON {stream, group, attempts, dead, due, retention, inbox_size, stats_ttl,
 --   items: [{key, fields: [f, v, ...], due: [score, member, ...], entry, lock,
---            inbox: {order, items, unread, id, score, payload} or absent}],
+--            inbox: {order, items, unread, id, score, payload} or absent,
+--            owner: {key, id, ms} (the user's index of notifications) or absent}],
 --   acks: [entry ids], dead_letters: [[entry, request, reason, failed_at]],
 --   stats: [[key, field, count]]}
 -- Returns, per item with an inbox entry (in order), the user's unread count after it.
@@ -19,6 +20,12 @@ for _, it in ipairs(p.items) do
   redis.call('EXPIRE', it.key, p.retention)
   if #it.due > 0 then
     redis.call('ZADD', p.due, unpack(it.due))
+  end
+  local owner = it.owner
+  if owner then
+    redis.call('ZADD', owner.key, owner.ms, owner.id)
+    redis.call('ZREMRANGEBYSCORE', owner.key, '-inf', owner.ms - p.retention * 1000)
+    redis.call('EXPIRE', owner.key, p.retention)
   end
   local box = it.inbox
   if box then
