@@ -155,7 +155,7 @@ class Inbox:
         chunk = max(want, 100)
         while len(found) < want:
             rows: list[tuple[str, str]] = await self._redis.zrevrangebyscore(
-                box.order, top, "-inf", 0, chunk, withscores=True, score_cast_func=str
+                box.order, top, "-inf", 0, chunk, withscores=True, score_cast_func=_score_text
             )  # type: ignore[assignment]
             full = len(rows) == chunk
             if after is not None:
@@ -193,6 +193,12 @@ class Inbox:
             marks = {"seen": not a, "read": not b, "archived": bool(c)}
             out.append((InboxItem.model_validate({**fields, **marks}), score))
         return out
+
+
+def _score_text(raw: bytes | str | float) -> str:
+    """A score as Redis wrote it (redis-py hands scores over undecoded): compared as text, so
+    a cursor's time matches its item's exactly."""
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
 def _encode(score: str, item_id: str) -> str:
