@@ -64,6 +64,7 @@ MAX_BODY = 256 * 1024
 _ID = re.compile(ID_PATTERN)
 _TEMPLATE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,99}$")
 Handler = Callable[[Request], Awaitable[Response]]
+_ARCHIVED: dict[str, bool | None] = {"false": False, "true": True, "all": None}
 
 
 def _route(path: str, **handlers: Handler) -> Route:
@@ -227,15 +228,13 @@ class NotifierApi:
     async def inbox(self, request: Request) -> Response:
         user_id = self._user(request)
         limit = _int_param(request, "limit", 50, 1, 500)
-        archived = {"false": False, "true": True, "all": None}.get(
-            request.query_params.get("archived", "false"), "bad"
-        )
-        if archived == "bad":
+        archived = request.query_params.get("archived", "false")
+        if archived not in _ARCHIVED:
             raise ApiError(422, "validation_error", "archived: true, false or all")
         types = request.query_params.getlist("type")
         if any(not _TEMPLATE_NAME.match(t) for t in types):
             raise ApiError(422, "validation_error", "type: a notification type")
-        where = Filter(archived=archived, types=frozenset(types))  # type: ignore[arg-type]
+        where = Filter(archived=_ARCHIVED[archived], types=frozenset(types))
         try:
             page = await self.notifier.inbox.page(
                 user_id, limit, request.query_params.get("cursor"), where

@@ -9,8 +9,9 @@ other publication would.
 
 That needs the notifier's store and its broker on one Redis server (`ARCHMESH_REDIS_URL`).
 `archmesh-rt dev` without Redis keeps its store in-process and its broker in memory: there
-the event is published right after the change, and one lock in the one process keeps the
-two in step."""
+an event is published right after its change (marks one at a time under a lock), so a new
+item and a mark in the same instant may publish their counts out of order, until the next
+change; a development server's compromise, documented."""
 
 from __future__ import annotations
 

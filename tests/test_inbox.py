@@ -322,3 +322,25 @@ async def test_actions_are_validated_stored_and_sent_live(
         reply = await stack.http.post("/api/notifications", json=request)
         assert reply.status_code == 422, actions
         assert reply.json()["error"]["code"] == "validation_error"
+
+
+async def test_items_of_the_same_instant_page_by_id_none_missed_or_repeated(
+    stack: Stack, store: aioredis.Redis
+) -> None:
+    """Two replicas may commit items with the very same time: the cursor orders them by id."""
+    (template,) = await fill(stack, "pia", 1)
+    box = keys.inbox("pia")
+    payload = orjson.loads(await store.hget(box.items, template))
+    score = await store.zscore(box.order, template)
+    ids = [f"same-{i:03d}" for i in range(250)]
+    await store.hset(box.items, mapping={i: orjson.dumps({**payload, "id": i}) for i in ids})
+    await store.zadd(box.order, dict.fromkeys(ids, score))
+    got: list[str] = []
+    cursor = None
+    while True:
+        page = await get_page(stack, "pia", limit=40, **({"cursor": cursor} if cursor else {}))
+        got += [item["id"] for item in page["items"]]
+        if not (cursor := page["next_cursor"]):
+            break
+    expected = sorted([*ids, template], reverse=True)  # equal times: Redis orders by id
+    assert got == expected
