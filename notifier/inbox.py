@@ -86,8 +86,9 @@ class Inbox:
         return ItemMarks(seen=not unseen, read=not unread, archived=bool(archived))
 
     async def item(self, user_id: str, item_id: str) -> InboxItem | None:
+        """One item with its marks, archived or not."""
         box = keys.inbox(user_id)
-        score: str | None = await self._redis.zscore(box.order, item_id)  # type: ignore[assignment]
+        score: float | None = await self._redis.zscore(box.order, item_id)
         if score is None:
             return None
         found = await self._items(box, [(item_id, str(score))], Filter(archived=None))
