@@ -9,7 +9,6 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
-from archmesh_client.channels import user_channel
 from archmesh_client.notifications import (
     ID_PATTERN,
     BatchResult,
@@ -24,11 +23,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from notifier.analytics import MAX_RANGE
-from notifier.events import inbox_event
+from notifier.inbox import BadCursor, Filter, Inbox, Mark
 from notifier.preferences import critical_switched_off
-from notifier.schemas import Preferences, PreferencesPatch, Template
+from notifier.schemas import MarkIds, Preferences, PreferencesPatch, Template
 from notifier.templates import TemplateInvalid
-from shared.broker import BrokerError
 from shared.http_api import bearer, is_api_key, json_body, require_api_key
 from shared.http_errors import ApiError
 from shared.tokens import InvalidToken
@@ -38,7 +36,6 @@ if TYPE_CHECKING:
 
     from notifier.analytics import Analytics
     from notifier.erasure import Erasure
-    from notifier.inbox import Inbox
     from notifier.intake import Intake
     from notifier.metrics import NotifierMetrics
     from notifier.preferences import PreferenceStore
@@ -71,6 +68,7 @@ MAX_BODY = 256 * 1024
 _ID = re.compile(ID_PATTERN)
 _TEMPLATE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,99}$")
 Handler = Callable[[Request], Awaitable[Response]]
+_ARCHIVED: dict[str, bool | None] = {"false": False, "true": True, "all": None}
 
 
 def _route(path: str, **handlers: Handler) -> Route:
@@ -114,9 +112,7 @@ class NotifierApi:
                 PATCH=self.patch_preferences,
             ),
             _route("/api/users/{user_id}", DELETE=self.erase_user),
-            _route("/api/users/{user_id}/inbox", GET=self.inbox),
-            _route("/api/users/{user_id}/inbox/read-all", POST=self.read_all),
-            _route("/api/users/{user_id}/inbox/{id}/read", POST=self.read_one),
+            *self._inbox_routes(),
             _route(
                 "/api/templates/{name}",
                 GET=self.template,
@@ -237,31 +233,67 @@ class NotifierApi:
 
     # -- inbox -----------------------------------------------------------------------------
 
+    def _inbox_routes(self) -> list[Route]:
+        base = "/api/users/{user_id}/inbox"
+        routes = [
+            _route(base, GET=self.inbox),
+            _route(f"{base}/read-all", POST=self._mark_many(Mark.READ, every=True)),
+            _route(base + "/{id}", GET=self.inbox_item),
+        ]
+        for mark in Mark:
+            routes.append(_route(f"{base}/{mark.value}", POST=self._mark_many(mark)))
+            routes.append(_route(base + "/{id}/" + mark.value, POST=self._mark_one(mark)))
+        return routes
+
     async def inbox(self, request: Request) -> Response:
         user_id = self._user(request)
         limit = _int_param(request, "limit", 50, 1, 500)
-        items, unread = await self.notifier.inbox.list(user_id, limit)
-        return JSONResponse({"items": [i.model_dump(mode="json") for i in items], "unread": unread})
-
-    async def read_one(self, request: Request) -> Response:
-        user_id = self._user(request)
-        found, unread = await self.notifier.inbox.mark_read(user_id, _path_id(request, "id"))
-        if not found:
-            raise ApiError(404, "not_found", "no such notification in this inbox")
-        await self._push_unread(user_id, unread)
-        return JSONResponse({"unread": unread})
-
-    async def read_all(self, request: Request) -> Response:
-        user_id = self._user(request)
-        unread = await self.notifier.inbox.mark_all_read(user_id)
-        await self._push_unread(user_id, unread)
-        return JSONResponse({"unread": unread})
-
-    async def _push_unread(self, user_id: str, unread: int) -> None:
+        archived = request.query_params.get("archived", "false")
+        if archived not in _ARCHIVED:
+            raise ApiError(422, "validation_error", "archived: true, false or all")
+        types = request.query_params.getlist("type")
+        if any(not _TEMPLATE_NAME.match(t) for t in types):
+            raise ApiError(422, "validation_error", "type: a notification type")
+        where = Filter(archived=_ARCHIVED[archived], types=frozenset(types))
         try:
-            await self.notifier.publisher.publish(user_channel(user_id), inbox_event(unread))
-        except BrokerError:
-            self.notifier.metrics.push_failures.inc()  # the count is right in the store regardless
+            page = await self.notifier.inbox.page(
+                user_id, limit, request.query_params.get("cursor"), where
+            )
+        except BadCursor as exc:
+            raise ApiError(422, "bad_cursor", str(exc)) from None
+        return _model(page)
+
+    async def inbox_item(self, request: Request) -> Response:
+        user_id = self._user(request)
+        found = await self.notifier.inbox.item(user_id, _path_id(request, "id"))
+        if found is None:
+            raise ApiError(404, "not_found", "no such notification in this inbox")
+        return _model(found)
+
+    def _mark_one(self, mark: Mark) -> Handler:
+        async def handler(request: Request) -> Response:
+            user_id = self._user(request)
+            item_id = _path_id(request, "id")
+            marked = await self.notifier.inbox.mark(user_id, mark, [item_id])
+            if marked.unknown:
+                raise ApiError(404, "not_found", "no such notification in this inbox")
+            return _model(marked.counts)
+
+        return handler
+
+    def _mark_many(self, mark: Mark, every: bool = False) -> Handler:
+        async def handler(request: Request) -> Response:
+            user_id = self._user(request)
+            if every:
+                chosen = MarkIds(all=True)
+            else:
+                chosen = _parse(MarkIds, await json_body(request, 64 * 1024))
+            marked = await self.notifier.inbox.mark(
+                user_id, mark, list(dict.fromkeys(chosen.ids)), every=chosen.all
+            )
+            return JSONResponse({**marked.counts.model_dump(), "unknown": marked.unknown})
+
+        return handler
 
     # -- templates -------------------------------------------------------------------------
 

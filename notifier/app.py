@@ -26,6 +26,7 @@ from notifier.erasure import Erasure
 from notifier.inbox import Inbox
 from notifier.intake import Intake
 from notifier.ledger import Ledger
+from notifier.live import LiveChannels
 from notifier.metrics import NotifierMetrics
 from notifier.preferences import PreferenceStore
 from notifier.processor import Options, Processor
@@ -39,7 +40,7 @@ from notifier.unsubscribe import UnsubscribeLinks
 from notifier.unsubscribe_api import UnsubscribeApi
 from notifier.worker import Worker
 from notifier.workflow import WorkflowWatcher, parse_rules
-from shared.broker import Broker, create_broker
+from shared.broker import Broker, backend_of, create_broker
 from shared.http_errors import ERROR_HANDLERS
 from shared.http_ops import Readiness, ops_routes
 from shared.logging import get_logger
@@ -92,7 +93,10 @@ class Notifier:
         self.preferences = PreferenceStore(self.redis)
         self.templates = TemplateStore(self.redis)
         self.statuses = StatusStore(self.redis)
-        self.inbox = Inbox(self.redis)
+        # One Redis for the store and the broker: the inbox scripts publish (notifier/live.py).
+        shared_redis = redis is None and backend_of(s.redis_url) == "redis"
+        self.live = LiveChannels(s.history_policy()) if shared_redis else None
+        self.inbox = Inbox(self.redis, self.broker, self.live)
         self.analytics = Analytics(self.redis)
         self.erasure = Erasure(self.redis, clock)
         self.critical = frozenset(s.notifier_critical_types)
@@ -140,7 +144,7 @@ class Notifier:
             email_headers=None if links is None else links.email_headers,
         )
         worker: Worker
-        ledger = Ledger(self.redis, s.notifier_retention, s.notifier_inbox_size)
+        ledger = Ledger(self.redis, s.notifier_retention, s.notifier_inbox_size, self.live)
         processor = Processor(
             ledger,
             self.broker,

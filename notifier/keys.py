@@ -4,6 +4,8 @@ Everything lives under `nt:`; the request stream and its dead letters are the pu
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from archmesh_client.notifications import REQUEST_STREAM
 
 REQUESTS = REQUEST_STREAM  # XADD nt:requests * request <NotificationRequest JSON>
@@ -30,10 +32,20 @@ def template(name: str) -> str:
     return f"nt:tpl:{name}"
 
 
-def inbox(user_id: str) -> tuple[str, str, str]:
-    """Ordered ids, items by id, unread ids."""
+class InboxKeys(NamedTuple):
+    """One user's inbox. An item's id is its notification's id; read implies seen, archived
+    implies read (so the two counts are the two sets' sizes)."""
+
+    order: str  # zset id -> created_at (unix seconds): newest first
+    items: str  # hash id -> InboxItem JSON (without its marks)
+    unread: str  # set of ids not read
+    unseen: str  # set of ids not seen
+    archived: str  # set of archived ids
+
+
+def inbox(user_id: str) -> InboxKeys:
     base = f"nt:inbox:{user_id}"
-    return base, f"{base}:items", f"{base}:unread"
+    return InboxKeys(base, f"{base}:items", f"{base}:unread", f"{base}:unseen", f"{base}:archived")
 
 
 def stats(hour: str) -> str:

@@ -17,8 +17,10 @@ import redis.asyncio as aioredis
 from archmesh_client.notifications import REQUEST_FIELD
 
 from notifier import analytics, keys
+from notifier.events import notification_prefix
 from notifier.intake import Entry
-from notifier.schemas import InboxItem
+from notifier.live import LiveChannels, with_publish
+from notifier.schemas import InboxCounts, InboxItem
 from shared.lua import lua
 
 
@@ -37,6 +39,8 @@ class Outcome:
     acks: list[str] = field(default_factory=list)
     dead_letters: list[list[str]] = field(default_factory=list)
     stats: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # item index -> (user id, its in-app event without the counts)
+    published: dict[int, tuple[str, str]] = field(default_factory=dict)
 
     def record(
         self,
@@ -61,15 +65,18 @@ class Outcome:
             item["owner"] = {"key": index, "id": notification_id, "ms": _ms(created)}
         if inbox is not None:
             user_id, box = inbox
-            order, items, unread = keys.inbox(user_id)
+            box_keys = keys.inbox(user_id)
             item["inbox"] = {
-                "order": order,
-                "items": items,
-                "unread": unread,
+                "order": box_keys.order,
+                "items": box_keys.items,
+                "unread": box_keys.unread,
+                "unseen": box_keys.unseen,
+                "archived": box_keys.archived,
                 "id": box.id,
                 "score": box.created_at.timestamp(),
-                "payload": box.model_dump_json(exclude={"read"}),
+                "payload": box.model_dump_json(exclude={"seen", "read", "archived"}),
             }
+            self.published[len(self.items)] = (user_id, notification_prefix(box))
         self.items.append(item)
 
     def dead_letter(self, entry: Entry, reason: str) -> None:
@@ -89,11 +96,33 @@ def _ms(moment: datetime) -> int:
 
 
 class Ledger:
-    def __init__(self, redis: aioredis.Redis, retention: float, inbox_size: int) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        retention: float,
+        inbox_size: int,
+        live: LiveChannels | None = None,
+    ) -> None:
+        """With `live`, the commit also publishes each new in-app item on its user's channel
+        (notifier/live.py); without, the caller publishes them after."""
         self._retention = int(retention)
         self._inbox_size = inbox_size
+        self.live = live
         self._prepare = redis.register_script(lua("notifier.scripts", "prepare.lua"))
-        self._commit = redis.register_script(lua("notifier.scripts", "commit.lua"))
+        commit = lua("notifier.scripts", "commit.lua")
+        self._commit = redis.register_script(with_publish(commit) if live else commit)
+
+    def _publications(self, outcome: Outcome) -> list[dict[str, Any]]:
+        """The items, each in-app one with where its event goes (when the commit publishes)."""
+        if self.live is None:
+            return outcome.items
+        items = list(outcome.items)
+        for index, (user_id, prefix) in outcome.published.items():
+            size, ttl = self.live.retention(user_id)
+            meta, history = self.live.keys(user_id)
+            publish = {"meta": meta, "history": history, "size": size, "ttl": ttl, "prefix": prefix}
+            items[index] = {**items[index], "inbox": {**items[index]["inbox"], "publish": publish}}
+        return items
 
     async def prepare(
         self, owner: str, lock_seconds: float, requests: list[tuple[str, str]], templates: list[str]
@@ -110,8 +139,8 @@ class Ledger:
         ]
         return found, dict(zip(templates, reply[3 * n :], strict=True))
 
-    async def commit(self, outcome: Outcome) -> list[int]:
-        """Record `outcome` atomically; the unread counts of its inbox entries, in order."""
+    async def commit(self, outcome: Outcome) -> list[InboxCounts]:
+        """Record `outcome` atomically; the inbox counts after each of its inbox entries."""
         payload = {
             "stream": keys.REQUESTS,
             "group": keys.GROUP,
@@ -121,10 +150,10 @@ class Ledger:
             "retention": self._retention,
             "inbox_size": self._inbox_size,
             "stats_ttl": analytics.RETENTION_SECONDS,
-            "items": outcome.items,
+            "items": self._publications(outcome),
             "acks": outcome.acks,
             "dead_letters": outcome.dead_letters,
             "stats": [[key, name, n] for (key, name), n in outcome.stats.items()],
         }
         reply = await self._commit(args=[orjson.dumps(payload)])
-        return [int(count) for count in reply]
+        return [InboxCounts(unseen=unseen, unread=unread) for unseen, unread in reply]

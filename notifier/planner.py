@@ -109,6 +109,7 @@ def _schedule(
             priority=request.priority,
             data=request.data,
             created_at=now,
+            actions=request.actions,
         )
         return DeliveryState.SENT, None
     contacts = preferences.contacts

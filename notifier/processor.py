@@ -21,7 +21,7 @@ from notifier.intake import Entry
 from notifier.ledger import Ledger, Outcome
 from notifier.metrics import NotifierMetrics
 from notifier.planner import Plan, plan
-from notifier.schemas import DeliveryState, Preferences, Template
+from notifier.schemas import DeliveryState, InboxCounts, Preferences, Template
 from shared.broker import Broker, BrokerError
 from shared.logging import get_logger
 
@@ -45,7 +45,7 @@ class _Work:
     entry: Entry
     request: NotificationRequest
     plan: Plan | None = None
-    unread: int = 0
+    counts: InboxCounts | None = None
 
 
 class Processor:
@@ -140,10 +140,10 @@ class Processor:
             log.warning("request_dead_lettered", entry=entry.id, reason=reason[:300])
         if not outcome:
             return
-        unread = iter(await self._ledger.commit(outcome))
+        counts = iter(await self._ledger.commit(outcome))
         for item in work:
             if item.plan is not None and item.plan.inbox is not None:
-                item.unread = next(unread)
+                item.counts = next(counts)
         self._count(work, duplicates, dead)
         if any(item.plan and item.plan.due for item in work):
             self._on_scheduled()
@@ -184,11 +184,17 @@ class Processor:
                     m.deliveries.labels(channel.value, delivery.status.value).inc()
 
     async def _push(self, work: list[_Work]) -> None:
-        """Live delivery of what is already in the inboxes; a failure here loses nothing."""
+        """Live delivery of what is already in the inboxes, unless the commit published it
+        (notifier/live.py); a failure here loses nothing."""
+        if self._ledger.live is not None:
+            return
         items = [
-            (user_channel(w.request.user_id), notification_event(w.plan.inbox, w.unread))
+            (
+                user_channel(w.request.user_id),
+                notification_event(w.plan.inbox, w.counts.unseen, w.counts.unread),
+            )
             for w in work
-            if w.plan is not None and w.plan.inbox is not None
+            if w.plan is not None and w.plan.inbox is not None and w.counts is not None
         ]
         if not items:
             return

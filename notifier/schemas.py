@@ -10,11 +10,11 @@ import re
 from datetime import datetime
 from enum import StrEnum
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from archmesh_client.notifications import TYPE_PATTERN, Medium, Priority
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from archmesh_client.notifications import ID_PATTERN, TYPE_PATTERN, Action, Medium, Priority
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from notifier import locales
 
@@ -246,7 +246,18 @@ class DeliveryStatus(BaseModel):
     deliveries: dict[Medium, ChannelDelivery]
 
 
+class ItemMarks(BaseModel):
+    """Where one inbox item stands. Read implies seen; archived implies read."""
+
+    seen: bool
+    read: bool
+    archived: bool
+
+
 class InboxItem(BaseModel):
+    """An in-app notification as its inbox keeps it (its id is the notification's id); the
+    marks are kept in sets beside it and filled in when read back."""
+
     id: str
     type: str
     title: str
@@ -254,4 +265,36 @@ class InboxItem(BaseModel):
     priority: Priority
     data: dict[str, Any]
     created_at: datetime
+    actions: list[Action] = Field(default_factory=list)
+    seen: bool = False
     read: bool = False
+    archived: bool = False
+
+
+class InboxCounts(BaseModel):
+    unseen: int
+    unread: int
+
+
+class InboxPage(BaseModel):
+    """`GET .../inbox`: one page, newest first; `next_cursor` is None on the last page."""
+
+    items: list[InboxItem]
+    next_cursor: str | None
+    unseen: int
+    unread: int
+
+
+class MarkIds(_Strict):
+    """The body of a bulk mark: these ids, or every item (`"all": true`)."""
+
+    ids: list[Annotated[str, Field(pattern=ID_PATTERN)]] = Field(
+        default_factory=list, max_length=500
+    )
+    all: bool = False
+
+    @model_validator(mode="after")
+    def _one_of(self) -> MarkIds:
+        if self.all == bool(self.ids):
+            raise ValueError('give "ids" (1 to 500) or "all": true')
+        return self

@@ -347,13 +347,14 @@ async def test_inbox_counts_and_mark_read(stack: Stack) -> None:
     assert inbox["unread"] == 3
     assert [i["title"] for i in inbox["items"]] == ["n2", "n1", "n0"]
     reply = await stack.http.post(f"/api/users/cy/inbox/{ids[0]}/read")
-    assert reply.json() == {"unread": 2}
+    assert reply.json() == {"unseen": 2, "unread": 2}
     inbox = (await stack.http.get("/api/users/cy/inbox?limit=2")).json()
     assert len(inbox["items"]) == 2
     assert inbox["unread"] == 2
     missing = await stack.http.post("/api/users/cy/inbox/nope/read")
     assert missing.status_code == 404
-    assert (await stack.http.post("/api/users/cy/inbox/read-all")).json() == {"unread": 0}
+    read_all = (await stack.http.post("/api/users/cy/inbox/read-all")).json()
+    assert read_all == {"unseen": 0, "unread": 0, "unknown": []}
     inbox = (await stack.http.get("/api/users/cy/inbox")).json()
     assert inbox["unread"] == 0
     assert all(i["read"] for i in inbox["items"])

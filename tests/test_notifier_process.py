@@ -58,13 +58,14 @@ async def test_in_app_notifications_reach_the_user_live_through_any_gateway(
         "Review",
     )
     assert event["id"] == reply.json()["id"]
-    assert event["unread"] == 1
+    assert (event["unseen"], event["unread"]) == (1, 1)
     read = await asyncio.to_thread(
         notifier.request, "POST", f"/api/users/ada/inbox/{event['id']}/read"
     )
-    assert read.json() == {"unread": 0}
-    frame = await wsclient.recv_type(ws, "publication", timeout=10)
-    assert frame["data"] == {"type": "inbox", "unread": 0}
+    assert read.json() == {"unseen": 0, "unread": 0}
+    following = await wsclient.recv_type(ws, "publication", timeout=10)
+    assert following["data"] == {"type": "inbox", "unseen": 0, "unread": 0}
+    assert following["offset"] == frame["offset"] + 1  # published on the channel's history
 
 
 async def test_a_replica_killed_mid_batch_loses_nothing_and_sends_nothing_twice(

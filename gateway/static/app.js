@@ -18,7 +18,7 @@ const KNOWN_TYPES = ["workflow_review_required", "workflow_failed", "workflow_co
 const ID = /^[A-Za-z0-9._@|+=-]{1,128}$/;
 const TYPE = /^[a-z0-9][a-z0-9_.:-]{0,99}$/;
 const MAX_TIMELINE = 50;
-const MAX_INBOX = 100;
+const PAGE_SIZE = 20;
 const TOAST_MS = 8000;
 
 const $ = (id) => document.getElementById(id);
@@ -29,8 +29,11 @@ const page = {
   tokenSource: null, // () => Promise<string>
   sessions: new Map(), // session id -> {updates: [], note: string}
   selected: null,
-  inbox: new Map(), // notification id -> item, newest first
+  inbox: new Map(), // notification id -> item, newest first (the view's pages and live ones)
   unread: 0,
+  unseen: 0,
+  cursor: null, // the next page's, or null after the last
+  archivedView: false,
   prefs: null,
   notifier: true, // whether this origin serves the notifier API
   // Reconnect bookkeeping: positions when the connection dropped, outcomes after it came back.
@@ -328,12 +331,16 @@ function notifierMissing(result) {
   return result.status === 404 && !result.data?.error;
 }
 
-function setUnread(count) {
-  page.unread = Math.max(0, Number(count) || 0);
+function setCounts({ unread, unseen }) {
+  if (unread !== undefined) page.unread = Math.max(0, Number(unread) || 0);
+  if (unseen !== undefined) page.unseen = Math.max(0, Number(unseen) || 0);
+  page.unseen = Math.min(page.unseen, page.unread);
   const badge = $("badge");
   badge.textContent = String(page.unread);
   badge.dataset.count = String(page.unread);
   $("badge-label").textContent = `${page.unread} unread`;
+  $("unseen").textContent = page.unseen ? `${page.unseen} new` : "";
+  $("unseen").dataset.count = String(page.unseen);
   $("read-all").disabled = page.unread === 0;
   document.title = page.unread ? `(${page.unread}) ArchMesh Realtime` : "ArchMesh Realtime";
 }
@@ -342,22 +349,64 @@ function isRead(item) {
   return item.read === true || Boolean(item.read_at);
 }
 
+function inView(item) {
+  return page.archivedView === (item.archived === true);
+}
+
 function renderInbox() {
-  const items = [...page.inbox.values()];
+  seenWatcher?.disconnect();
+  const items = [...page.inbox.values()].filter(inView);
+  $("more").hidden = !page.cursor;
+  for (const tab of document.querySelectorAll("#inbox-views button")) {
+    tab.setAttribute("aria-pressed", String((tab.dataset.view === "archived") === page.archivedView));
+  }
+  $("archive-all").hidden = page.archivedView;
   if (!items.length) {
-    $("inbox").replaceChildren(el("li", { class: "empty", text: "No notifications yet." }));
+    const text = page.archivedView ? "No archived notifications." : "No notifications yet.";
+    $("inbox").replaceChildren(el("li", { class: "empty", text }));
     return;
   }
-  $("inbox").replaceChildren(...items.map(inboxEntry));
+  const nodes = items.map(inboxEntry);
+  $("inbox").replaceChildren(...nodes);
+  for (const node of nodes) if (node.dataset.seen === "false") watchSeen(node);
+}
+
+// An action's link: https, or a path on this origin (the notifier refuses anything else; the
+// page checks again so a link can never run script).
+function safeUrl(url) {
+  return typeof url === "string" && (/^https:\/\/[^\s\\]+$/i.test(url) || /^\/(?!\/)[^\s\\]*$/.test(url));
+}
+
+function actionLink(item, action, title) {
+  if (!safeUrl(action.url)) return null;
+  const external = action.url.startsWith("https://");
+  return el("a", {
+    class: "action button",
+    href: action.url,
+    "data-action": action.id,
+    target: external ? "_blank" : null,
+    rel: external ? "noopener noreferrer" : null,
+    "aria-label": `${action.label} (“${title}”)`,
+    text: action.label,
+    // Acting on an item reads it; keepalive lets the call finish if the link leaves the page.
+    onclick: () => markRead(item.id, { keepalive: true, focus: false }),
+  });
 }
 
 function inboxEntry(item) {
   const read = isRead(item);
   const title = item.title ?? humanize(item.type ?? item.notification_type ?? "notification");
   const type = item.type ?? item.notification_type ?? "";
+  const actions = (Array.isArray(item.actions) ? item.actions : []).map((action) => actionLink(item, action, title)).filter(Boolean);
+  const archived = item.archived === true;
   return el(
     "li",
-    { class: read ? "item read" : "item unread", "data-id": item.id, "data-priority": item.priority },
+    {
+      class: read ? "item read" : "item unread",
+      "data-id": item.id,
+      "data-priority": item.priority,
+      "data-seen": String(item.seen === true || read),
+    },
     el("span", { class: "unread-dot", "aria-hidden": "true" }),
     el(
       "div",
@@ -368,24 +417,100 @@ function inboxEntry(item) {
         class: "item-meta",
         text: [humanize(type), item.priority, timeOf(item.created_at)].filter(Boolean).join(" · "),
       }),
+      actions.length ? el("p", { class: "item-actions" }, ...actions) : null,
     ),
-    read
-      ? null
-      : el("button", {
-          type: "button",
-          class: "mark-read",
-          "aria-label": `Mark “${title}” read`,
-          text: "Mark read",
-          onclick: () => markRead(item.id),
-        }),
+    el(
+      "div",
+      { class: "item-controls" },
+      read
+        ? null
+        : el("button", {
+            type: "button",
+            class: "mark-read",
+            "aria-label": `Mark “${title}” read`,
+            text: "Mark read",
+            onclick: () => markRead(item.id),
+          }),
+      el("button", {
+        type: "button",
+        class: archived ? "unarchive" : "archive",
+        "aria-label": `${archived ? "Unarchive" : "Archive"} “${title}”`,
+        text: archived ? "Unarchive" : "Archive",
+        onclick: () => archive(item.id, !archived),
+      }),
+    ),
   );
+}
+
+// -- seen: an item counts as seen once half of it was on screen while the page was visible;
+// ids are reported in batches (one POST per burst), so scrolling a long list costs little.
+
+const pendingSeen = new Set();
+let seenTimer = null;
+const seenWatcher =
+  typeof IntersectionObserver === "function"
+    ? new IntersectionObserver(
+        (entries) => {
+          for (const entry of entries) {
+            if (entry.isIntersecting && document.visibilityState === "visible") {
+              seenWatcher.unobserve(entry.target);
+              noteSeen(entry.target.dataset.id);
+            }
+          }
+        },
+        { threshold: 0.5 },
+      )
+    : null;
+
+function watchSeen(node) {
+  if (seenWatcher) seenWatcher.observe(node);
+  else noteSeen(node.dataset.id);
+}
+
+function noteSeen(id) {
+  const item = page.inbox.get(id);
+  if (!item || item.seen || item.reporting) return;
+  item.reporting = true;
+  pendingSeen.add(id);
+  clearTimeout(seenTimer);
+  seenTimer = setTimeout(reportSeen, 250);
+}
+
+async function reportSeen() {
+  const ids = [...pendingSeen].slice(0, 500);
+  for (const id of ids) pendingSeen.delete(id);
+  if (pendingSeen.size) seenTimer = setTimeout(reportSeen, 250);
+  if (!ids.length || !page.notifier) return;
+  const result = await api("POST", userPath("inbox/seen"), { ids }).catch(() => ({ ok: false }));
+  for (const id of ids) {
+    const item = page.inbox.get(id);
+    if (!item) continue;
+    item.reporting = false;
+    if (result.ok) item.seen = true;
+    const node = $("inbox").querySelector(`li[data-id="${CSS.escape(id)}"]`);
+    if (node && result.ok) node.dataset.seen = "true";
+  }
+  if (result.ok) setCounts(result.data);
+}
+
+// A page hidden while items appeared reports them once it is shown again.
+document.addEventListener("visibilitychange", () => {
+  if (document.visibilityState === "visible") renderInbox();
+});
+
+// -- loading, paging and marking ---------------------------------------------------------
+
+function inboxQuery(cursor) {
+  const params = new URLSearchParams({ limit: String(PAGE_SIZE), archived: String(page.archivedView) });
+  if (cursor) params.set("cursor", cursor);
+  return `${userPath("inbox")}?${params}`;
 }
 
 async function refreshInbox() {
   if (!page.user) return;
   let result;
   try {
-    result = await api("GET", `${userPath("inbox")}?limit=${MAX_INBOX}`);
+    result = await api("GET", inboxQuery(null));
   } catch (err) {
     $("inbox-note").textContent = `Inbox unavailable: ${err.message}`;
     return;
@@ -405,51 +530,118 @@ async function refreshInbox() {
   $("inbox-note").textContent = "";
   $("prefs-panel").hidden = false;
   page.inbox = new Map((result.data.items ?? []).map((item) => [item.id, item]));
-  setUnread(result.data.unread);
+  page.cursor = result.data.next_cursor ?? null;
+  setCounts(result.data);
   renderInbox();
 }
 
-async function markRead(id) {
-  const item = page.inbox.get(id);
-  const result = await api("POST", userPath(`inbox/${encodeURIComponent(id)}/read`)).catch(
-    (err) => ({ ok: false, data: { error: { message: err.message } } }),
-  );
+async function loadMore() {
+  if (!page.cursor) return;
+  const button = $("more");
+  button.disabled = true;
+  const result = await api("GET", inboxQuery(page.cursor)).catch((err) => ({ ok: false, data: { error: { message: err.message } } }));
+  button.disabled = false;
   if (!result.ok) {
-    $("inbox-note").textContent = `Could not mark read: ${result.data?.error?.message ?? result.status}`;
+    $("inbox-note").textContent = `Could not load more: ${result.data?.error?.message ?? result.status}`;
     return;
   }
-  if (item) item.read = true;
-  setUnread(result.data.unread);
+  const first = (result.data.items ?? []).find((item) => !page.inbox.has(item.id));
+  for (const item of result.data.items ?? []) if (!page.inbox.has(item.id)) page.inbox.set(item.id, item);
+  page.cursor = result.data.next_cursor ?? null;
+  setCounts(result.data);
   renderInbox();
+  // Keyboard users continue where the new items start.
+  const target = first && $("inbox").querySelector(`li[data-id="${CSS.escape(first.id)}"] button`);
+  (target ?? (page.cursor ? button : $("inbox"))).focus();
+}
+
+function failed(what, result) {
+  $("inbox-note").textContent = `Could not ${what}: ${result.data?.error?.message ?? result.status}`;
+}
+
+async function post(path, options = {}) {
+  if (options.keepalive) {
+    // A link may be leaving the page: the request must outlive it.
+    const token = await page.tokenSource();
+    fetch(path, { method: "POST", keepalive: true, headers: { Authorization: `Bearer ${token}` } }).catch(() => {});
+    return { ok: false, data: null };
+  }
+  return api("POST", path).catch((err) => ({ ok: false, data: { error: { message: err.message } } }));
+}
+
+async function markRead(id, options = {}) {
+  const item = page.inbox.get(id);
+  const result = await post(userPath(`inbox/${encodeURIComponent(id)}/read`), options);
+  if (options.keepalive) return;
+  if (!result.ok) return failed("mark read", result);
+  if (item) Object.assign(item, { read: true, seen: true });
+  setCounts(result.data);
+  renderInbox();
+  if (options.focus === false) return;
   // Keep keyboard users in the list: focus the next unread item's button, or the list.
   const next = $("inbox").querySelector(".mark-read");
   (next ?? $("read-all")).focus();
 }
 
-async function markAllRead() {
-  const result = await api("POST", userPath("inbox/read-all")).catch((err) => ({
-    ok: false,
-    data: { error: { message: err.message } },
-  }));
-  if (!result.ok) {
-    $("inbox-note").textContent = `Could not mark all read: ${result.data?.error?.message ?? result.status}`;
-    return;
-  }
-  for (const item of page.inbox.values()) item.read = true;
-  setUnread(result.data.unread ?? 0);
+async function archive(id, archived) {
+  const item = page.inbox.get(id);
+  const next = $("inbox").querySelector(`li[data-id="${CSS.escape(id)}"]`)?.nextElementSibling;
+  const result = await post(userPath(`inbox/${encodeURIComponent(id)}/${archived ? "archive" : "unarchive"}`));
+  if (!result.ok) return failed(archived ? "archive" : "unarchive", result);
+  // Archived implies read (the notifier's rule); the item leaves this view.
+  if (item) Object.assign(item, archived ? { archived, read: true, seen: true } : { archived });
+  setCounts(result.data);
   renderInbox();
+  const focusable = next?.dataset.id && $("inbox").querySelector(`li[data-id="${CSS.escape(next.dataset.id)}"] button`);
+  (focusable ?? document.querySelector('#inbox-views button[aria-pressed="true"]')).focus();
+}
+
+async function markAllRead() {
+  const result = await post(userPath("inbox/read-all"));
+  if (!result.ok) return failed("mark all read", result);
+  for (const item of page.inbox.values()) Object.assign(item, { read: true, seen: true });
+  setCounts(result.data);
+  renderInbox();
+}
+
+async function archiveAll() {
+  const result = await api("POST", userPath("inbox/archive"), { all: true }).catch((err) => ({ ok: false, data: { error: { message: err.message } } }));
+  if (!result.ok) return failed("archive all", result);
+  for (const item of page.inbox.values()) Object.assign(item, { archived: true, read: true, seen: true });
+  setCounts(result.data);
+  renderInbox();
+}
+
+function showView(archived) {
+  if (page.archivedView === archived) return;
+  page.archivedView = archived;
+  page.cursor = null;
+  page.inbox = new Map();
+  renderInbox();
+  refreshInbox();
 }
 
 function onNotification(data) {
   const isNew = !page.inbox.has(data.id);
-  const { unread, notification_type: type, ...rest } = data;
-  const item = { ...rest, type: type ?? "notification", read: false };
+  const { unread, unseen, notification_type: type, ...rest } = data;
+  const item = { ...rest, type: type ?? "notification", read: false, seen: false, archived: false };
   page.inbox = new Map([[data.id, item], ...[...page.inbox].filter(([id]) => id !== data.id)]);
-  while (page.inbox.size > MAX_INBOX) page.inbox.delete([...page.inbox.keys()].at(-1));
-  if (Number.isInteger(unread)) setUnread(unread);
-  else if (isNew) setUnread(page.unread + 1);
+  if (Number.isInteger(unread)) setCounts({ unread, unseen: Number.isInteger(unseen) ? unseen : undefined });
+  else if (isNew) setCounts({ unread: page.unread + 1, unseen: page.unseen + 1 });
   renderInbox();
   if (isNew) toast(item);
+}
+
+function onInboxEvent(data) {
+  // Counts changed elsewhere (another tab or device): what is zero is zero here too.
+  setCounts(data);
+  if (page.unread === 0 || page.unseen === 0) {
+    for (const item of page.inbox.values()) {
+      if (page.unread === 0) item.read = true;
+      item.seen = true;
+    }
+    renderInbox();
+  }
 }
 
 function toast(item) {
@@ -631,7 +823,7 @@ function onPublication({ channel, data }) {
     onWorkflowUpdate(channel.slice("session:".length), data);
   } else if (page.client && channel === `user:${page.user}`) {
     if (data.type === "notification") onNotification(data);
-    else if (data.type === "inbox") setUnread(data.unread);
+    else if (data.type === "inbox") onInboxEvent(data);
   }
 }
 
@@ -640,9 +832,10 @@ async function start(user, tokenSource) {
   page.user = user;
   page.tokenSource = tokenSource;
   page.inbox = new Map();
+  page.cursor = null;
   page.before = new Map();
   page.recovery = null;
-  setUnread(0);
+  setCounts({ unread: 0, unseen: 0 });
   renderInbox();
   const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
   const client = new ArchMeshRealtime(url, { token: tokenSource, backoffBase: 500, backoffCap: 5000 });
@@ -701,6 +894,11 @@ function bindControls() {
   });
   $("simulate").addEventListener("click", simulate);
   $("read-all").addEventListener("click", markAllRead);
+  $("archive-all").addEventListener("click", archiveAll);
+  $("more").addEventListener("click", loadMore);
+  for (const tab of document.querySelectorAll("#inbox-views button")) {
+    tab.addEventListener("click", () => showView(tab.dataset.view === "archived"));
+  }
   $("prefs-form").addEventListener("submit", savePrefs);
   $("add-type").addEventListener("click", addType);
   $("new-type").addEventListener("keydown", (event) => {

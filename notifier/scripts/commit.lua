@@ -1,11 +1,15 @@
 -- ArchMesh notifier: record a batch's outcome and acknowledge its entries, atomically.
 -- ARGV[1]: JSON {stream, group, attempts, dead, due, retention, inbox_size, stats_ttl,
 --   items: [{key, fields: [f, v, ...], due: [score, member, ...], entry, lock,
---            inbox: {order, items, unread, id, score, payload} or absent,
+--            inbox: {order, items, unread, unseen, archived, id, score, payload,
+--                    publish: {meta, history, size, ttl, prefix} or absent} or absent,
 --            owner: {key, id, ms} (the user's index of notifications) or absent}],
 --   acks: [entry ids], dead_letters: [[entry, request, reason, failed_at]],
 --   stats: [[key, field, count]]}
--- Returns, per item with an inbox entry (in order), the user's unread count after it.
+-- Returns, per item with an inbox entry (in order), the user's {unseen, unread} after it.
+-- With `publish`, the item's event (`prefix` and the counts) is published on the user's
+-- channel here, through the gateway's publish script (`publish`, prepended by
+-- notifier/live.py): the counts it carries are the store's, in the same atomic step.
 local p = cjson.decode(ARGV[1])
 
 local function ack(entry)
@@ -32,14 +36,23 @@ for _, it in ipairs(p.items) do
     redis.call('ZADD', box.order, box.score, box.id)
     redis.call('HSET', box.items, box.id, box.payload)
     redis.call('SADD', box.unread, box.id)
+    redis.call('SADD', box.unseen, box.id)
     local excess = redis.call('ZCARD', box.order) - p.inbox_size
     if excess > 0 then
       local old = redis.call('ZRANGE', box.order, 0, excess - 1)
       redis.call('ZREMRANGEBYRANK', box.order, 0, excess - 1)
       redis.call('HDEL', box.items, unpack(old))
       redis.call('SREM', box.unread, unpack(old))
+      redis.call('SREM', box.unseen, unpack(old))
+      redis.call('SREM', box.archived, unpack(old))
     end
-    unread[#unread + 1] = redis.call('SCARD', box.unread)
+    local counts = {redis.call('SCARD', box.unseen), redis.call('SCARD', box.unread)}
+    unread[#unread + 1] = counts
+    local pub = box.publish
+    if pub then
+      local data = pub.prefix .. ',"unseen":' .. counts[1] .. ',"unread":' .. counts[2] .. '}'
+      publish({pub.meta, pub.history}, {data, pub.size, pub.ttl, '0'})
+    end
   end
   ack(it.entry)
   redis.call('DEL', it.lock)

@@ -106,6 +106,132 @@ def test_inbox_shows_notifications_with_a_badge_and_marks_them_read(
     badge(page, 0)
 
 
+def stored_inbox(server: DevProcess, user: str, **params: Any) -> dict[str, Any]:
+    response = httpx.get(f"{server.http}/api/users/{user}/inbox", params=params, headers=KEY)
+    assert response.is_success, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def send_many(server: DevProcess, user: str, count: int) -> list[str]:
+    """`count` in-app notifications in one batch, oldest first."""
+    ids = [f"{user}-{i}" for i in range(count)]
+    batch = [
+        {"id": i, "user_id": user, "type": "comment_added", "title": f"Comment {i}"} for i in ids
+    ]
+    response = httpx.post(
+        f"{server.http}/api/notifications/batch", json={"notifications": batch}, headers=KEY
+    )
+    assert response.json()["successful"] == count, response.text
+    wait_until(
+        lambda: len(stored_inbox(server, user, limit=500)["items"]) == count,
+        what=f"{count} items stored",
+    )
+    return ids
+
+
+def test_items_on_screen_are_reported_seen_and_counts_follow_other_clients_live(
+    page: Page, dev: DevProcess
+) -> None:
+    page.goto(f"{dev.http}/#user=fay")
+    page.wait_for(CONNECTED, what="connected")
+    page.wait_for("document.querySelector('#inbox .empty')", what="the empty inbox")
+    page.click('#inbox-views button[data-view="archived"]')
+    page.wait_for("document.querySelector('#inbox .empty').textContent.includes('archived')")
+    # Arrives while the archived view is shown: counted, not displayed, so not seen.
+    hidden = send(dev, user_id="fay", type="comment_added", title="While away", channels=["in_app"])
+    page.wait_for("document.querySelector('#unseen').textContent === '1 new'", what="1 new")
+    badge(page, 1)
+    assert stored_inbox(dev, "fay")["unseen"] == 1
+    page.click('#inbox-views button[data-view="inbox"]')
+    page.wait_for(f"document.querySelector('#inbox li[data-id=\"{hidden}\"]')", what="the item")
+    # Displayed: reported seen, still unread.
+    page.wait_for("document.querySelector('#unseen').textContent === ''", what="no new")
+    wait_until(lambda: stored_inbox(dev, "fay")["unseen"] == 0, what="stored as seen")
+    assert stored_inbox(dev, "fay")["unread"] == 1
+    badge(page, 1)
+    live = send(dev, user_id="fay", type="comment_added", title="Live one", channels=["in_app"])
+    page.wait_for(f"document.querySelector('#inbox li[data-id=\"{live}\"]')", what="live item")
+    wait_until(lambda: stored_inbox(dev, "fay")["unseen"] == 0, what="the live item seen")
+    badge(page, 2)
+    # Another client reads one: the pushed counts move the badge here.
+    httpx.post(f"{dev.http}/api/users/fay/inbox/{hidden}/read", headers=KEY)
+    badge(page, 1)
+
+
+def test_archive_and_unarchive_move_items_between_the_views(page: Page, dev: DevProcess) -> None:
+    older = send(dev, user_id="gus", type="comment_added", title="Older", channels=["in_app"])
+    newer = send(dev, user_id="gus", type="comment_added", title="Newer", channels=["in_app"])
+    wait_until(lambda: len(stored_inbox(dev, "gus")["items"]) == 2, what="two items")
+    page.goto(f"{dev.http}/#user=gus")
+    page.wait_for(CONNECTED, what="connected")
+    page.wait_for("document.querySelectorAll('#inbox li.item').length === 2", what="two items")
+    badge(page, 2)
+    page.click(f'#inbox li[data-id="{newer}"] .archive')
+    page.wait_for("document.querySelectorAll('#inbox li.item').length === 1", what="archived")
+    assert inbox_ids(page) == [older]
+    badge(page, 1)  # archived implies read
+    assert [i["id"] for i in stored_inbox(dev, "gus", archived="true")["items"]] == [newer]
+    page.click('#inbox-views button[data-view="archived"]')
+    page.wait_for(f"document.querySelector('#inbox li[data-id=\"{newer}\"] .unarchive')")
+    page.focus(f'#inbox li[data-id="{newer}"] .unarchive')
+    page.press("Enter")
+    page.wait_for("document.querySelector('#inbox .empty')", what="the archive empty")
+    page.click('#inbox-views button[data-view="inbox"]')
+    page.wait_for("document.querySelectorAll('#inbox li.item').length === 2", what="both back")
+    assert inbox_ids(page) == [newer, older]
+    page.click("#archive-all")
+    page.wait_for("document.querySelector('#inbox .empty')", what="all archived")
+    badge(page, 0)
+    assert stored_inbox(dev, "gus")["items"] == []
+
+
+def test_load_more_pages_through_the_whole_inbox_once(page: Page, dev: DevProcess) -> None:
+    ids = send_many(dev, "hugo", 45)
+    page.goto(f"{dev.http}/#user=hugo")
+    page.wait_for(CONNECTED, what="connected")
+    page.wait_for("document.querySelectorAll('#inbox li.item').length === 20", what="a page")
+    assert page.evaluate("!document.querySelector('#more').hidden")
+    page.click("#more")
+    page.wait_for("document.querySelectorAll('#inbox li.item').length === 40", what="two pages")
+    # One arriving meanwhile goes on top and does not shift the pages.
+    fresh = send(dev, user_id="hugo", type="comment_added", title="Fresh", channels=["in_app"])
+    page.wait_for("document.querySelectorAll('#inbox li.item').length === 41", what="the new one")
+    page.focus("#more")
+    page.press("Enter")
+    page.wait_for("document.querySelector('#more').hidden", what="the last page")
+    assert inbox_ids(page) == [fresh, *reversed(ids)]
+    badge(page, 46)
+
+
+def test_action_buttons_open_their_link_and_read_the_item(page: Page, dev: DevProcess) -> None:
+    actions = [
+        {"id": "review", "label": "Review now", "url": "/#review"},
+        {"id": "docs", "label": "Read the design", "url": "https://docs.example.com/design"},
+    ]
+    page.goto(f"{dev.http}/#user=ida")
+    page.wait_for(CONNECTED, what="connected")
+    item = send(
+        dev, user_id="ida", type="workflow_review_required", title="Review", actions=actions
+    )
+    selector = f'#inbox li[data-id="{item}"] a.action'
+    page.wait_for(f"document.querySelectorAll({json.dumps(selector)}).length === 2")
+    links = page.evaluate(
+        f"[...document.querySelectorAll({json.dumps(selector)})]"
+        ".map(a => [a.textContent, a.getAttribute('href'), a.target, a.rel])"
+    )
+    assert links == [
+        ["Review now", "/#review", "", ""],
+        ["Read the design", "https://docs.example.com/design", "_blank", "noopener noreferrer"],
+    ]
+    badge(page, 1)
+    page.click(f'{selector}[data-action="review"]')
+    badge(page, 0)  # from the pushed counts
+    assert page.evaluate("location.hash") == "#review"
+    (stored,) = stored_inbox(dev, "ida")["items"]
+    assert (stored["read"], stored["actions"]) == (True, actions)
+
+
 def test_every_time_zone_the_browser_offers_is_accepted_by_the_notifier(
     page: Page, dev: DevProcess
 ) -> None:

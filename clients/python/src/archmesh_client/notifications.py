@@ -42,6 +42,38 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+MAX_ACTIONS = 3
+ACTION_ID_PATTERN = r"^[a-z0-9][a-z0-9_.:-]{0,63}$"
+
+
+class Action(_Strict):
+    """A button on the in-app item: `url` is https (absolute) or a path on the page's own
+    origin (`/...`); nothing a link could run (`javascript:`, `data:`) or send elsewhere
+    unencrypted."""
+
+    id: str = Field(pattern=ACTION_ID_PATTERN)
+    label: str = Field(min_length=1, max_length=60)
+    url: str = Field(min_length=1, max_length=2000)
+
+    @field_validator("label")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        if not value.strip() or not value.isprintable():
+            raise ValueError("label: printable text, not blank")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _safe_url(cls, value: str) -> str:
+        if not value.isprintable() or any(c.isspace() or c == "\\" for c in value):
+            raise ValueError("url: no spaces, backslashes or control characters")
+        relative = value.startswith("/") and not value.startswith("//")
+        absolute = value.lower().startswith("https://") and len(value) > len("https://")
+        if not (relative or absolute):
+            raise ValueError("url: https://... or a path starting with /")
+        return value
+
+
 def new_notification_id() -> str:
     return uuid.uuid4().hex
 
@@ -61,6 +93,14 @@ class NotificationRequest(_Strict):
     locale: str | None = Field(
         None, pattern=LOCALE_PATTERN, description="e.g. pt-BR; overrides the user's locale"
     )
+    actions: list[Action] = Field(default_factory=list, max_length=MAX_ACTIONS)
+
+    @field_validator("actions")
+    @classmethod
+    def _distinct_actions(cls, value: list[Action]) -> list[Action]:
+        if len({a.id for a in value}) != len(value):
+            raise ValueError("action ids must not repeat")
+        return value
 
     @field_validator("channels")
     @classmethod
