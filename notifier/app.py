@@ -44,6 +44,7 @@ from shared.broker import Broker, backend_of, create_broker
 from shared.http_errors import ERROR_HANDLERS
 from shared.http_ops import Readiness, ops_routes
 from shared.logging import get_logger
+from shared.redis_calls import POOL_SIZE
 from shared.tokens import TokenVerifier
 
 log = get_logger(__name__)
@@ -57,16 +58,20 @@ def utcnow() -> datetime:
 
 def connect_store(url: str) -> aioredis.Redis:
     """The notifier's stores on the Redis server at `url` (`archmesh-rt dev` without Redis
-    passes an embedded one instead)."""
+    passes an embedded one instead). A call that finds every pooled connection busy waits for
+    one (up to the command timeout) instead of failing: a burst of API calls queues."""
     if not url or url.startswith("memory://"):
         raise ValueError("ARCHMESH_REDIS_URL: the notifier's stores need a Redis server")
-    return aioredis.Redis.from_url(
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=POOL_SIZE,
+        timeout=15,
         decode_responses=True,
         socket_connect_timeout=5,
         socket_timeout=15,
         health_check_interval=10,
     )
+    return aioredis.Redis.from_pool(pool)
 
 
 class Notifier:

@@ -12,12 +12,13 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from archmesh_client.notifier import NotifierClient
 
 from tests import wsclient
 from tests.fakes.smtp import SmtpServer
-from tests.servers import REPO, GatewayProcess, NotifierProcess, RedisServer
+from tests.servers import API_KEY, REPO, GatewayProcess, NotifierProcess, RedisServer
 
 pytestmark = pytest.mark.redis
 
@@ -160,3 +161,20 @@ def test_a_notifier_without_redis_refuses_to_start_with_one_line() -> None:
     assert result.returncode == 2
     assert result.stderr.strip().startswith("archmesh-rt: configuration error: ARCHMESH_REDIS_URL")
     assert "Traceback" not in result.stderr
+
+
+async def test_a_burst_past_the_redis_pool_queues_instead_of_failing(
+    redis_server: RedisServer, notifiers: list[NotifierProcess]
+) -> None:
+    """400 API calls at once against one notifier: more than its 100 pooled Redis connections
+    are wanted at the same moment, and every call still answers 200 (none 500s on an empty
+    pool)."""
+    notifier = NotifierProcess(redis_server.url).start()
+    notifiers.append(notifier)
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    async with httpx.AsyncClient(base_url=notifier.http, headers=headers, limits=limits) as http:
+        replies = await asyncio.gather(
+            *(http.get(f"/api/users/burst-{n % 50}/inbox", timeout=30) for n in range(400))
+        )
+    assert collections.Counter(reply.status_code for reply in replies) == {200: 400}
