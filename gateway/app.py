@@ -154,6 +154,7 @@ class Gateway:
             exception_handlers=ERROR_HANDLERS,
         )
         self._http.state.gateway = self
+        self.metrics.ready.set_function(lambda: float(self.ready))
 
     @asynccontextmanager
     async def _lifespan(self, _: Starlette) -> AsyncIterator[None]:
@@ -175,12 +176,16 @@ class Gateway:
             await self.revocations.close()
             log.info("gateway_stopped", node=self.node)
 
-    async def readiness(self) -> Readiness:
+    @property
+    def ready(self) -> bool:
         """Ready while live delivery from the broker works, the control stream is followed
         (from then on no command is missed) and the node is not draining."""
+        return self.broker.connected and self.control.following and not self.draining
+
+    async def readiness(self) -> Readiness:
         broker, control = self.broker.connected, self.control.following
         details = {"broker": broker, "control": control, "draining": self.draining}
-        return Readiness(broker and control and not self.draining, details)
+        return Readiness(self.ready, details)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket" and scope["path"] == "/ws":
