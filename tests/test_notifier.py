@@ -243,9 +243,10 @@ async def test_transient_failures_are_retried_then_succeed(stack: Stack) -> None
 
 def exhausted(stack: Stack, channel: str) -> float:
     registry = stack.notifier.metrics.registry
-    return registry.get_sample_value(
-        "archmesh_notifier_retries_exhausted_total", {"channel": channel}
-    ) or 0.0
+    return (
+        registry.get_sample_value("archmesh_notifier_retries_exhausted_total", {"channel": channel})
+        or 0.0
+    )
 
 
 async def test_transient_failures_give_up_after_the_limit(stack: Stack) -> None:
