@@ -36,7 +36,11 @@ from shared.settings import Settings
 
 BODY_LIMIT = 4096
 # The body's `type` is the path's: the control models document it, the API refuses it.
-_CONTROL: dict[str, Any] = {"response": ControlSent, "tag": "control"}
+_CONTROL: dict[str, Any] = {
+    "response": ControlSent,
+    "tag": "control",
+    "description": "The body is the command without `type`: the path gives it (422 if sent).",
+}
 M = TypeVar("M", bound=BaseModel)
 
 
