@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from archmesh_client.channels import InvalidChannel, session_channel, user_channel, validate_channel
 from archmesh_client.events import WorkflowStatus, WorkflowUpdate
 from archmesh_client.publisher import InvalidPublication
+from pydantic import BaseModel
 from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -22,6 +23,7 @@ from shared.broker import BrokerError
 from shared.http_api import json_body
 from shared.http_errors import ApiError
 from shared.logging import get_logger
+from shared.openapi import operation
 from shared.tokens import issue_token
 
 if TYPE_CHECKING:
@@ -51,6 +53,19 @@ SIMULATED_STAGES: tuple[tuple[str, float, WorkflowStatus, str], ...] = (
 )
 
 
+class DevToken(BaseModel):
+    token: str
+    user_id: str
+    expires_at: int
+
+
+class Simulation(BaseModel):
+    channel: str
+    stages: list[str]
+    interval: int | float
+    owner_notified: bool
+
+
 class OwnerRegistry(Protocol):
     """Who owns a workflow session, for the notifier's workflow rules."""
 
@@ -72,6 +87,14 @@ class DevTools:
             Route("/api/dev/simulate", self.simulate, methods=["POST"]),
         ]
 
+    @operation(
+        "Development only: a token for any user",
+        description='{"user_id", "sessions"?: [...], "channel"?} (Content-Type: application/json)',
+        response=DevToken,
+        errors=(400, 413, 415, 422, 503),
+        auth=(),
+        tag="development",
+    )
     async def token(self, request: Request) -> Response:
         """{user_id, sessions?, channel?} -> {token, user_id, expires_at}. With `channel` the
         token is a subscription token for that one channel (how the page joins a session it
@@ -98,8 +121,18 @@ class DevTools:
         )
         log.info("dev_token_issued", user_id=user_id, sessions=len(sessions), channel=channel)
         expires_at = int(time.time()) + TOKEN_TTL
-        return JSONResponse({"token": token, "user_id": user_id, "expires_at": expires_at})
+        reply = DevToken(token=token, user_id=user_id, expires_at=expires_at)
+        return JSONResponse(reply.model_dump())
 
+    @operation(
+        "Development only: publish a simulated workflow on a session",
+        description='{"session_id", "user_id"?, "interval"?} (Content-Type: application/json)',
+        response=Simulation,
+        status=202,
+        errors=(400, 413, 415, 422, 429),
+        auth=(),
+        tag="development",
+    )
     async def simulate(self, request: Request) -> Response:
         """{session_id, user_id?, interval?} -> 202: publishes SIMULATED_STAGES on the session,
         `interval` seconds apart (default 0.6). With `user_id` the notifier (when this process
@@ -127,13 +160,13 @@ class DevTools:
         task = asyncio.create_task(_simulate(gateway, session_id, float(interval)))
         self._simulations.add(task)
         task.add_done_callback(self._simulations.discard)
-        payload = {
-            "channel": channel,
-            "stages": [stage for stage, *_ in SIMULATED_STAGES],
-            "interval": interval,
-            "owner_notified": notified,
-        }
-        return JSONResponse(payload, status_code=202)
+        reply = Simulation(
+            channel=channel,
+            stages=[stage for stage, *_ in SIMULATED_STAGES],
+            interval=interval,
+            owner_notified=notified,
+        )
+        return JSONResponse(reply.model_dump(), status_code=202)
 
 
 async def _request(request: Request) -> tuple[Gateway, dict[str, Any]]:

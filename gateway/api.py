@@ -11,17 +11,19 @@ from typing import Any
 
 from archmesh_client.idempotency import IdempotencyConflict
 from archmesh_client.publisher import InvalidPublication, Publisher
+from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.api_models import BatchItem, BatchPublished, PublishBatch, Published, PublishItem
 from gateway.metrics import GatewayMetrics
 from shared.broker import BrokerError
 from shared.http_api import json_body, require_api_key
 from shared.http_errors import ApiError, unavailable
+from shared.openapi import operation
 from shared.settings import Settings
 
-_ITEM = {"channel", "data", "idempotency_key"}
 HEADER = "Idempotency-Key"
 
 
@@ -40,43 +42,48 @@ class PublishApi:
             Route("/api/publish/batch", self.publish_batch, methods=["POST"]),
         ]
 
-    async def _publish_one(self, item: Any, header_key: str | None = None) -> dict[str, Any]:
-        if not isinstance(item, dict) or set(item) - _ITEM or "channel" not in item:
-            raise ApiError(
-                422,
-                "bad_request",
-                'expected an object {"channel": ..., "data": {...}, "idempotency_key"?: ...}',
-            )
-        key = item.get("idempotency_key", header_key)
-        if "idempotency_key" in item and header_key is not None and key != header_key:
+    async def _publish_one(self, body: Any, header_key: str | None = None) -> Published:
+        item = _item(body)
+        given = "idempotency_key" in item.model_fields_set
+        key = item.idempotency_key if given else header_key
+        if given and header_key is not None and key != header_key:
             raise ApiError(422, "bad_request", f"the {HEADER} header and idempotency_key differ")
-        if "idempotency_key" in item and key is None:
+        if given and key is None:
             raise ApiError(422, "invalid_idempotency_key", "idempotency_key must be a string")
         try:
-            position = await self._publisher.publish(item["channel"], item.get("data"), key)  # type: ignore[arg-type]
+            position = await self._publisher.publish(item.channel, item.data, key)
         except InvalidPublication as exc:
             raise ApiError(422, exc.code, str(exc)) from None
         except IdempotencyConflict as exc:
             raise ApiError(409, exc.code, str(exc)) from None
         except BrokerError as exc:
             raise unavailable(exc) from exc
-        reply: dict[str, Any] = {
-            "channel": item["channel"],
-            "offset": position.offset,
-            "epoch": position.epoch,
-        }
+        reply = Published(channel=item.channel, offset=position.offset, epoch=position.epoch)
         if key is not None:
-            reply["duplicate"] = position.duplicate
+            reply.duplicate = position.duplicate
         if not position.duplicate:
             self._metrics.published.inc()
         return reply
 
+    @operation(
+        "Publish one event on a channel",
+        body=PublishItem,
+        response=Published,
+        errors=(409,),
+        tag="publish",
+    )
     async def publish(self, request: Request) -> Response:
         settings = self._settings
         require_api_key(request, settings.api_key)
         body = await json_body(request, settings.max_publish_bytes + 1024)
-        return JSONResponse(await self._publish_one(body, request.headers.get(HEADER)))
+        return _json(await self._publish_one(body, request.headers.get(HEADER)))
 
+    @operation(
+        "Publish several events, each item answered on its own",
+        body=PublishBatch,
+        response=BatchPublished,
+        tag="publish",
+    )
     async def publish_batch(self, request: Request) -> Response:
         settings = self._settings
         require_api_key(request, settings.api_key)
@@ -85,17 +92,50 @@ class PublishApi:
             raise ApiError(422, "bad_request", message)
         limit = settings.max_batch_items
         body = await json_body(request, (settings.max_publish_bytes + 1024) * min(limit, 64))
-        items = body.get("items") if isinstance(body, dict) else body
-        if not isinstance(items, list) or not items:
-            raise ApiError(422, "bad_request", 'expected a non-empty list (or {"items": [...]})')
-        if len(items) > limit:
+        try:
+            items = PublishBatch.model_validate({"items": body} if isinstance(body, list) else body)
+        except ValidationError:
+            raise ApiError(
+                422, "bad_request", 'expected a non-empty list (or {"items": [...]})'
+            ) from None
+        if len(items.items) > limit:
             raise ApiError(413, "too_many_items", f"at most {limit} items per batch")
         results = []
-        for index, item in enumerate(items):
+        for index, item in enumerate(items.items):
             try:
-                results.append({"index": index, "ok": True, **await self._publish_one(item)})
+                published = await self._publish_one(item)
             except ApiError as exc:
-                results.append({"index": index, "ok": False, "error": exc.body()})
-        successful = sum(1 for r in results if r["ok"])
-        summary = {"total": len(items), "successful": successful, "failed": len(items) - successful}
-        return JSONResponse({**summary, "results": results})
+                results.append(BatchItem(index=index, ok=False, error=exc.body()))
+            else:
+                results.append(BatchItem(index=index, ok=True, **published.model_dump()))
+        successful = sum(1 for r in results if r.ok)
+        reply = BatchPublished(
+            total=len(results),
+            successful=successful,
+            failed=len(results) - successful,
+            results=results,
+        )
+        return _json(reply)
+
+
+def _json(model: BaseModel) -> Response:
+    """The answer built from its model; fields that do not apply (None) left out."""
+    return JSONResponse(model.model_dump(mode="json", exclude_none=True))
+
+
+def _item(body: Any) -> PublishItem:
+    try:
+        return PublishItem.model_validate(body)
+    except ValidationError as exc:
+        where = {str(error["loc"][0]) for error in exc.errors() if error["loc"]}
+        if "idempotency_key" in where:
+            raise ApiError(
+                422, "invalid_idempotency_key", "idempotency_key must be a string"
+            ) from None
+        if where == {"channel"} and isinstance(body, dict) and "channel" in body:
+            raise ApiError(422, "invalid_channel", "channel must be a string") from None
+        raise ApiError(
+            422,
+            "bad_request",
+            'expected an object {"channel": ..., "data": {...}, "idempotency_key"?: ...}',
+        ) from None

@@ -45,6 +45,7 @@ from shared.broker import Broker, create_broker
 from shared.http_errors import ERROR_HANDLERS
 from shared.http_ops import Readiness, ops_routes
 from shared.logging import get_logger
+from shared.openapi import USER_TOKEN, Operation, Param, openapi_route
 from shared.presence import PresenceStore, create_presence
 from shared.revocations import RevocationStore, create_revocations
 from shared.settings import Settings
@@ -53,6 +54,27 @@ from shared.tokens import TokenVerifier
 log = get_logger(__name__)
 
 Lifespan = Callable[[], contextlib.AbstractAsyncContextManager[None]]
+_TITLE = "ArchMesh Realtime gateway"
+# `/sse` is served before the router (its query holds a token, kept out of every log), so its
+# operation is declared here rather than on a route; `/ws` (WebSocket) is in docs/protocol.md.
+SSE_OPERATION = {
+    "/sse": {
+        "GET": Operation(
+            "Channels over Server-Sent Events (read-only; the user's own channel included)",
+            description="Each event's data is a protocol frame (docs/protocol.md); its id holds "
+            "every channel's position, sent back as Last-Event-ID to recover on reconnect.",
+            media_type="text/event-stream",
+            auth=(USER_TOKEN,),
+            errors=(400, 403, 429, 503),
+            query=(
+                Param("token", "the user's token when no Authorization header can be sent"),
+                Param("channel", "a channel to follow (repeat for several)"),
+                Param("last_event_id", "the last event id, where Last-Event-ID cannot be sent"),
+            ),
+            tag="realtime",
+        )
+    }
+}
 
 
 class Gateway:
@@ -125,12 +147,14 @@ class Gateway:
                 *page_routes(dev=dev, node=self.node),
                 *routes,
                 *ops,
+                openapi_route(_TITLE, lambda: self._http.routes, extra=SSE_OPERATION),
                 static,
             ],
             lifespan=self._lifespan,
             exception_handlers=ERROR_HANDLERS,
         )
         self._http.state.gateway = self
+        self.metrics.ready.set_function(lambda: float(self.ready))
 
     @asynccontextmanager
     async def _lifespan(self, _: Starlette) -> AsyncIterator[None]:
@@ -152,12 +176,16 @@ class Gateway:
             await self.revocations.close()
             log.info("gateway_stopped", node=self.node)
 
-    async def readiness(self) -> Readiness:
+    @property
+    def ready(self) -> bool:
         """Ready while live delivery from the broker works, the control stream is followed
         (from then on no command is missed) and the node is not draining."""
+        return self.broker.connected and self.control.following and not self.draining
+
+    async def readiness(self) -> Readiness:
         broker, control = self.broker.connected, self.control.following
         details = {"broker": broker, "control": control, "draining": self.draining}
-        return Readiness(broker and control and not self.draining, details)
+        return Readiness(self.ready, details)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket" and scope["path"] == "/ws":

@@ -26,13 +26,21 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.api_models import ControlSent, Revoke
 from shared.broker import Broker
 from shared.http_api import json_body, require_api_key
 from shared.http_errors import ApiError
+from shared.openapi import operation
 from shared.revocations import RevocationStore
 from shared.settings import Settings
 
 BODY_LIMIT = 4096
+# The body's `type` is the path's: the control models document it, the API refuses it.
+_CONTROL: dict[str, Any] = {
+    "response": ControlSent,
+    "tag": "control",
+    "description": "The body is the command without `type`: the path gives it (422 if sent).",
+}
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -67,21 +75,25 @@ class ControlApi:
             Route("/api/control/revoke", self.revoke, methods=["POST"]),
         ]
 
+    @operation("Close a user's connections on every node", body=Disconnect, **_CONTROL)
     async def disconnect(self, request: Request) -> Response:
         """`{"user", "reconnect"?: true}`"""
         body = await self._body(request)
         return await self._send(_command(Disconnect, body))
 
+    @operation("Take a channel from a user's connections", body=Unsubscribe, **_CONTROL)
     async def unsubscribe(self, request: Request) -> Response:
         """`{"user", "channel", "reason"?: "server"}`"""
         body = await self._body(request)
         return await self._send(_command(Unsubscribe, body))
 
+    @operation("Subscribe a user's connections to a channel", body=Subscribe, **_CONTROL)
     async def subscribe(self, request: Request) -> Response:
         """`{"user", "channel"}`"""
         body = await self._body(request)
         return await self._send(_command(Subscribe, body))
 
+    @operation("Revoke a token or a user's tokens", body=Revoke, **_CONTROL)
     async def revoke(self, request: Request) -> Response:
         """`{"jti", "exp"?}` (one token) or `{"user", "before"?}` (a user's tokens issued
         before `before`, default now)."""
@@ -105,8 +117,8 @@ class ControlApi:
 
     async def _send(self, command: ControlCommand) -> Response:
         position = await self._client.send(command)  # BrokerError: 503 unavailable
-        reply = {"type": command.type, "offset": position.offset, "epoch": position.epoch}
-        return JSONResponse(reply)
+        reply = ControlSent(type=command.type, offset=position.offset, epoch=position.epoch)
+        return JSONResponse(reply.model_dump())
 
 
 def _command(model: type[M], body: dict[str, Any], **defaults: Any) -> M:

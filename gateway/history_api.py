@@ -10,11 +10,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway.api_models import HistoryPage
 from gateway.context import HistoryRead
 from gateway.history import history_page, page_fields
 from shared.broker import BrokerError
 from shared.http_api import require_api_key
 from shared.http_errors import ApiError, unavailable
+from shared.openapi import Param, operation
 from shared.settings import Settings
 
 _PARAMS = {"limit", "since_offset", "since_epoch", "reverse"}
@@ -29,6 +31,18 @@ class HistoryApi:
     def routes(self) -> list[Route]:
         return [Route("/api/channels/{channel}/history", self.history, methods=["GET"])]
 
+    @operation(
+        "A page of a channel's history and its position",
+        response=HistoryPage,
+        path={"channel": "e.g. session:abc (URL-encoded)"},
+        query=(
+            Param("limit", "at most this many publications (capped by the server)", "integer"),
+            Param("since_offset", "publications after this offset (with since_epoch)", "integer"),
+            Param("since_epoch", "the epoch since_offset belongs to"),
+            Param("reverse", "newest first", "boolean"),
+        ),
+        tag="history",
+    )
     async def history(self, request: Request) -> Response:
         settings = self._settings
         require_api_key(request, settings.api_key)
@@ -63,6 +77,8 @@ class HistoryApi:
             )
         except BrokerError as exc:
             raise unavailable(exc) from exc
+        # Built without the model: each publication's data is embedded as the JSON text it was
+        # published as (no parse, no re-encode); tests/test_openapi.py checks it against it.
         return Response(orjson.dumps(page_fields(channel, page)), media_type="application/json")
 
 

@@ -96,6 +96,12 @@ class GatewayMetrics:
         self.broker_state = Gauge(
             "archmesh_broker_connected", "1 while live delivery from the broker works", registry=r
         )
+        self.ready = Gauge(
+            "archmesh_ready",
+            "1 while the node should get traffic (what /readyz answers 200 for): live delivery "
+            "works, the control stream is followed and the node is not draining",
+            registry=r,
+        )
         self.broker_reconnects = Counter(
             "archmesh_broker_reconnects",
             "Times live delivery (re)started, the first start included",

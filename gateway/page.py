@@ -15,6 +15,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from shared.openapi import page
+
 STATIC = Path(__file__).parent / "static"
 _CONFIG_SLOT = "<!--archmesh-config-->"
 # The page loads only its own files and talks only to its own origin (its WebSocket too).
@@ -42,6 +44,7 @@ def page_routes(*, dev: bool, node: str) -> list[Route]:
         )
     )
 
+    @page
     async def index(_: Request) -> Response:
         return Response(body, media_type="text/html; charset=utf-8", headers=_SECURITY_HEADERS)
 

@@ -5,7 +5,6 @@ rendered by shared/http_errors.py."""
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -17,18 +16,37 @@ from archmesh_client.notifications import (
     NotificationRequest,
     validation_error,
 )
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, SkipValidation, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from notifier.analytics import MAX_RANGE
+from notifier.api_models import (
+    AnalyticsBucket,
+    AnalyticsReport,
+    Marked,
+    Queued,
+    SessionOwner,
+    SessionWatched,
+    TemplateSaved,
+)
 from notifier.inbox import BadCursor, Filter, Inbox, Mark
 from notifier.preferences import critical_switched_off
-from notifier.schemas import MarkIds, Preferences, PreferencesPatch, Template
+from notifier.schemas import (
+    DeliveryStatus,
+    InboxCounts,
+    InboxItem,
+    InboxPage,
+    MarkIds,
+    Preferences,
+    PreferencesPatch,
+    Template,
+)
 from notifier.templates import TemplateInvalid
 from shared.http_api import bearer, is_api_key, json_body, require_api_key
 from shared.http_errors import ApiError
+from shared.openapi import API_KEY, USER_TOKEN, Handler, Param, method_route, operation
 from shared.tokens import InvalidToken
 
 if TYPE_CHECKING:
@@ -67,19 +85,12 @@ class NotifierParts(Protocol):
 MAX_BODY = 256 * 1024
 _ID = re.compile(ID_PATTERN)
 _TEMPLATE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,99}$")
-Handler = Callable[[Request], Awaitable[Response]]
 _ARCHIVED: dict[str, bool | None] = {"false": False, "true": True, "all": None}
 
 
-def _route(path: str, **handlers: Handler) -> Route:
-    """One route per path, its handler chosen by method: a wrong method is then a 405 whose
-    `Allow` names every method the path takes (a route per method would name only its own)."""
-
-    async def endpoint(request: Request) -> Response:
-        method = "GET" if request.method == "HEAD" else request.method
-        return await handlers[method](request)
-
-    return Route(path, endpoint, methods=list(handlers))
+# One route per path, its handler chosen by method (a 405's `Allow` names them all); each
+# handler's `@operation` documents its method.
+_route = method_route
 
 
 def _parse(model: type[BaseModel], body: Any) -> Any:
@@ -94,6 +105,26 @@ def _path_id(request: Request, name: str) -> str:
     if not _ID.match(value):
         raise ApiError(422, "validation_error", f"{name}: 1-128 of A-Z a-z 0-9 . _ @ | + = -")
     return value
+
+
+_ID_TEXT = "1-128 of A-Z a-z 0-9 . _ @ | + = -"
+_SEND: dict[str, Any] = {"errors": (422,), "tag": "notifications"}
+# A user's resources open with the API key or that user's own token.
+_USER: dict[str, Any] = {
+    "auth": (API_KEY, USER_TOKEN),
+    "errors": (403,),
+    "path": {"user_id": _ID_TEXT},
+    "tag": "users",
+}
+_TEMPLATE: dict[str, Any] = {"path": {"name": "lower-case a-z 0-9 _ . : -"}, "tag": "templates"}
+
+
+class NotificationBatch(BaseModel):
+    """`{"notifications": [...]}` (a bare JSON list is accepted too); each validated on its
+    own, so one bad item never fails the others."""
+
+    # SkipValidation: the schema of each item, checked one by one when accepted.
+    notifications: list[SkipValidation[NotificationRequest]] = Field(min_length=1)
 
 
 class NotifierApi:
@@ -146,21 +177,36 @@ class NotifierApi:
 
     # -- notifications ---------------------------------------------------------------------
 
+    @operation(
+        "Send a notification", body=NotificationRequest, response=Queued, status=202, **_SEND
+    )
     async def send(self, request: Request) -> Response:
         self._service(request)
         item = _parse(NotificationRequest, await json_body(request, MAX_BODY))
         await self._check(item)
         await self.notifier.intake.enqueue([item])
         self.notifier.metrics.received.inc()
-        return JSONResponse({"id": item.id, "status": "queued"}, status_code=202)
+        return JSONResponse(Queued(id=item.id).model_dump(), status_code=202)
 
+    @operation(
+        "Send several notifications, each item answered on its own",
+        body=NotificationBatch,
+        response=BatchResult,
+        tag="notifications",
+    )
     async def send_batch(self, request: Request) -> Response:
         self._service(request)
         limit = self.notifier.settings.max_batch_items
         body = await json_body(request, MAX_BODY * 4)
-        items = body.get("notifications") if isinstance(body, dict) else body
-        if not isinstance(items, list) or not items:
-            raise ApiError(422, "bad_request", 'expected {"notifications": [...]} (non-empty)')
+        try:
+            batch = NotificationBatch.model_validate(
+                {"notifications": body} if isinstance(body, list) else body
+            )
+        except ValidationError:
+            raise ApiError(
+                422, "bad_request", 'expected {"notifications": [...]} (non-empty)'
+            ) from None
+        items: list[Any] = batch.notifications
         if len(items) > limit:
             raise ApiError(413, "too_many_items", f"at most {limit} notifications per batch")
         results: list[ItemResult] = []
@@ -189,6 +235,13 @@ class NotifierApi:
         ):
             raise ApiError(422, "unknown_user", f"user {item.user_id!r} has no preferences saved")
 
+    @operation(
+        "A notification's status per medium",
+        response=DeliveryStatus,
+        errors=(404,),
+        path={"id": _ID_TEXT},
+        tag="notifications",
+    )
     async def status(self, request: Request) -> Response:
         self._service(request)
         found = await self.notifier.statuses.get(_path_id(request, "id"))
@@ -198,17 +251,25 @@ class NotifierApi:
 
     # -- preferences -----------------------------------------------------------------------
 
+    @operation("A user's preferences (defaults when none saved)", response=Preferences, **_USER)
     async def preferences(self, request: Request) -> Response:
         user_id = self._user(request)
         saved = await self.notifier.preferences.get(user_id)
         return _model(saved or Preferences())
 
+    @operation("Replace a user's preferences", body=Preferences, response=Preferences, **_USER)
     async def put_preferences(self, request: Request) -> Response:
         user_id = self._user(request)
         prefs = _parse(Preferences, await json_body(request, MAX_BODY))
         self._refuse_critical_off(prefs.channels)
         return _model(await self.notifier.preferences.put(user_id, prefs))
 
+    @operation(
+        "Change some of a user's preferences",
+        body=PreferencesPatch,
+        response=Preferences,
+        **_USER,
+    )
     async def patch_preferences(self, request: Request) -> Response:
         user_id = self._user(request)
         patch = _parse(PreferencesPatch, await json_body(request, MAX_BODY))
@@ -225,6 +286,13 @@ class NotifierApi:
             )
             raise ApiError(422, "critical_type", message, fields=fields)
 
+    @operation(
+        "Erase what the notifier holds of a user (idempotent)",
+        status=204,
+        errors=(422,),
+        path={"user_id": _ID_TEXT},
+        tag="users",
+    )
     async def erase_user(self, request: Request) -> Response:
         """Erase what the notifier holds of the user (notifier/erasure.py); idempotent."""
         self._service(request)
@@ -245,6 +313,17 @@ class NotifierApi:
             routes.append(_route(base + "/{id}/" + mark.value, POST=self._mark_one(mark)))
         return routes
 
+    @operation(
+        "A page of a user's in-app notifications, newest first, with the unseen and unread counts",
+        response=InboxPage,
+        query=(
+            Param("limit", "at most this many items (1-500, default 50)", "integer"),
+            Param("cursor", "the `next_cursor` of the previous page"),
+            Param("type", "only this notification type (repeatable)"),
+            Param("archived", "`false` (default), `true` or `all`"),
+        ),
+        **{**_USER, "errors": (403, 422)},
+    )
     async def inbox(self, request: Request) -> Response:
         user_id = self._user(request)
         limit = _int_param(request, "limit", 50, 1, 500)
@@ -263,6 +342,11 @@ class NotifierApi:
             raise ApiError(422, "bad_cursor", str(exc)) from None
         return _model(page)
 
+    @operation(
+        "One in-app notification with its marks",
+        response=InboxItem,
+        **{**_USER, "errors": (403, 404, 422), "path": {**_USER["path"], "id": _ID_TEXT}},
+    )
     async def inbox_item(self, request: Request) -> Response:
         user_id = self._user(request)
         found = await self.notifier.inbox.item(user_id, _path_id(request, "id"))
@@ -271,6 +355,11 @@ class NotifierApi:
         return _model(found)
 
     def _mark_one(self, mark: Mark) -> Handler:
+        @operation(
+            f"Mark one in-app notification {mark.value}",
+            response=InboxCounts,
+            **{**_USER, "errors": (403, 404, 422), "path": {**_USER["path"], "id": _ID_TEXT}},
+        )
         async def handler(request: Request) -> Response:
             user_id = self._user(request)
             item_id = _path_id(request, "id")
@@ -282,6 +371,14 @@ class NotifierApi:
         return handler
 
     def _mark_many(self, mark: Mark, every: bool = False) -> Handler:
+        @operation(
+            f"Mark every in-app notification {mark.value}"
+            if every
+            else f"Mark in-app notifications {mark.value}: these ids, or all",
+            body=None if every else MarkIds,
+            response=Marked,
+            **_USER,
+        )
         async def handler(request: Request) -> Response:
             user_id = self._user(request)
             if every:
@@ -291,12 +388,16 @@ class NotifierApi:
             marked = await self.notifier.inbox.mark(
                 user_id, mark, list(dict.fromkeys(chosen.ids)), every=chosen.all
             )
-            return JSONResponse({**marked.counts.model_dump(), "unknown": marked.unknown})
+            counts = marked.counts
+            return _model(
+                Marked(unseen=counts.unseen, unread=counts.unread, unknown=marked.unknown)
+            )
 
         return handler
 
     # -- templates -------------------------------------------------------------------------
 
+    @operation("A template", response=Template, errors=(404, 422), **_TEMPLATE)
     async def template(self, request: Request) -> Response:
         self._service(request)
         found = await self.notifier.templates.get(_name(request))
@@ -304,6 +405,12 @@ class NotifierApi:
             raise ApiError(404, "not_found", "no such template")
         return _model(found)
 
+    @operation(
+        "Save a template (checked: it must render)",
+        body=Template,
+        response=TemplateSaved,
+        **_TEMPLATE,
+    )
     async def put_template(self, request: Request) -> Response:
         self._service(request)
         name = _name(request)
@@ -312,8 +419,9 @@ class NotifierApi:
             await self.notifier.templates.put(name, template)
         except TemplateInvalid as exc:
             raise ApiError(422, "invalid_template", str(exc)) from None
-        return JSONResponse({"name": name, "saved": True})
+        return _model(TemplateSaved(name=name))
 
+    @operation("Delete a template", status=204, errors=(404, 422), **_TEMPLATE)
     async def delete_template(self, request: Request) -> Response:
         self._service(request)
         if not await self.notifier.templates.delete(_name(request)):
@@ -322,6 +430,18 @@ class NotifierApi:
 
     # -- analytics and workflow sessions -------------------------------------------------------
 
+    @operation(
+        "Delivery counts by hour, type, medium and status",
+        response=AnalyticsReport,
+        errors=(422,),
+        query=(
+            Param("from", "ISO 8601 start (default: 24 hours before `to`)"),
+            Param("to", "ISO 8601 end (default: now)"),
+            Param("type", "only this notification type"),
+            Param("channel", "only this medium: in_app, email, push or sms"),
+        ),
+        tag="analytics",
+    )
     async def analytics(self, request: Request) -> Response:
         self._service(request)
         end = _time_param(request, "to") or datetime.now(UTC)
@@ -333,18 +453,37 @@ class NotifierApi:
         if channel is not None and channel not in {c.value for c in Medium}:
             raise ApiError(422, "validation_error", "channel: one of in_app, email, push, sms")
         buckets = await self.notifier.analytics.query(start, end, kind, channel)
-        return JSONResponse({"from": start.isoformat(), "to": end.isoformat(), "buckets": buckets})
+        report = AnalyticsReport(
+            from_=start.isoformat(),
+            to=end.isoformat(),
+            buckets=[AnalyticsBucket.model_validate(b) for b in buckets],
+        )
+        return JSONResponse(report.model_dump(by_alias=True))
 
+    @operation(
+        "Tell the notifier who owns a workflow session",
+        body=SessionOwner,
+        response=SessionWatched,
+        path={"session_id": _ID_TEXT},
+        tag="workflows",
+    )
     async def put_session(self, request: Request) -> Response:
         self._service(request)
         session_id = _path_id(request, "session_id")
-        body = await json_body(request, 4096)
-        owner = body.get("owner_id") if isinstance(body, dict) else None
-        if not isinstance(owner, str) or not _ID.match(owner):
-            raise ApiError(422, "validation_error", 'expected {"owner_id": "<user id>"}')
+        try:
+            owner = SessionOwner.model_validate(await json_body(request, 4096)).owner_id
+        except ValidationError:
+            raise ApiError(422, "validation_error", 'expected {"owner_id": "<user id>"}') from None
         await self.notifier.workflows.watch(session_id, owner)
-        return JSONResponse({"session_id": session_id, "owner_id": owner})
+        return _model(SessionWatched(session_id=session_id, owner_id=owner))
 
+    @operation(
+        "Forget a workflow session's owner",
+        status=204,
+        errors=(422,),
+        path={"session_id": _ID_TEXT},
+        tag="workflows",
+    )
     async def delete_session(self, request: Request) -> Response:
         self._service(request)
         await self.notifier.workflows.forget(_path_id(request, "session_id"))

@@ -44,6 +44,7 @@ from shared.broker import Broker, backend_of, create_broker
 from shared.http_errors import ERROR_HANDLERS
 from shared.http_ops import Readiness, ops_routes
 from shared.logging import get_logger
+from shared.openapi import openapi_route
 from shared.redis_calls import POOL_SIZE
 from shared.tokens import TokenVerifier
 
@@ -116,8 +117,11 @@ class Notifier:
         ops = ops_routes(
             self.node, self.readiness, self.metrics.registry, before_scrape=self.refresh_gauges
         )
+        openapi = openapi_route("ArchMesh Realtime notifier", lambda: self.app.routes)
         self.app = Starlette(
-            routes=[*self.routes, *ops], lifespan=self._app_span, exception_handlers=ERROR_HANDLERS
+            routes=[*self.routes, *ops, openapi],
+            lifespan=self._app_span,
+            exception_handlers=ERROR_HANDLERS,
         )
 
     def _worker(self, clock: Clock) -> Worker:

@@ -212,11 +212,13 @@ class Deliverer:
         now = self._clock()
         reason = outcome.error.reason if outcome.error else None
         next_at: datetime | None = None
+        exhausted = False
         if not outcome.remaining:
             state = DeliveryState.SENT if outcome.sent else DeliveryState.FAILED
             # Partly sent (one of several push subscriptions gone) is still sent.
         elif attempts >= self._policy.max_attempts:
             state, reason = DeliveryState.FAILED, f"gave up after {attempts} attempts: {reason}"
+            exhausted = True
         else:
             state = DeliveryState.RETRYING
             delay = max(0.05, backoff_delay(attempts, self._policy.base, self._policy.cap))
@@ -240,6 +242,8 @@ class Deliverer:
         self._metrics.deliveries.labels(channel.value, state.value).inc()
         if state is DeliveryState.RETRYING:
             self._metrics.retries.labels(channel.value).inc()
+        if exhausted:
+            self._metrics.retries_exhausted.labels(channel.value).inc()
         log.info(
             "delivery",
             notification=meta["id"],

@@ -30,6 +30,12 @@ class NotifierMetrics:
             ["channel"],
             registry=r,
         )
+        self.retries_exhausted = Counter(
+            "archmesh_notifier_retries_exhausted",
+            "Deliveries failed for good after the last attempt (ARCHMESH_NOTIFIER_MAX_ATTEMPTS)",
+            ["channel"],
+            registry=r,
+        )
         self.dead_letters = Counter(
             "archmesh_notifier_dead_letters", "Requests moved to the dead-letter stream", registry=r
         )

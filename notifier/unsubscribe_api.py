@@ -14,13 +14,15 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
+from notifier.api_models import Unsubscribed
 from notifier.schemas import PreferencesPatch
 from notifier.unsubscribe import ONE_CLICK, PATH, InvalidLink, Unsubscription
 from shared.http_errors import ApiError
 from shared.logging import get_logger
+from shared.openapi import Param, method_route, operation
 
 if TYPE_CHECKING:
     from notifier.preferences import PreferenceStore
@@ -46,17 +48,37 @@ class UnsubscribeApi:
         self._critical = critical
 
     def routes(self) -> list[Route]:
-        return [Route(PATH, self.endpoint, methods=["GET", "POST"])]
+        """None while links are off (no public URL or secret): the path is then an unknown
+        one, 404 `not_found`, and the API document does not list it."""
+        if self._links is None:
+            return []
+        return [method_route(PATH, GET=self.confirm_page, POST=self.unsubscribe)]
 
-    async def endpoint(self, request: Request) -> Response:
-        found = self._verify(request)
-        if request.method == "POST":
-            return await self._unsubscribe(request, found)
-        return _page(found)
+    @operation(
+        "The unsubscribe link's confirmation page (HTML, with a button that POSTs)",
+        media_type="text/html",
+        auth=(),
+        errors=(400, 422),
+        query=(Param("token", "the link's signed token", required=True),),
+        tag="unsubscribe",
+    )
+    async def confirm_page(self, request: Request) -> Response:
+        return _page(self._verify(request))
+
+    @operation(
+        "One-click unsubscribe (RFC 8058): switch this type's email off for the link's user",
+        description=f"The form body is `{ONE_CLICK}` (url-encoded or multipart).",
+        response=Unsubscribed,
+        auth=(),
+        errors=(400, 422),
+        query=(Param("token", "the link's signed token", required=True),),
+        tag="unsubscribe",
+    )
+    async def unsubscribe(self, request: Request) -> Response:
+        return await self._unsubscribe(request, self._verify(request))
 
     def _verify(self, request: Request) -> Unsubscription:
-        if self._links is None:
-            raise ApiError(404, "not_found", "unsubscribe links are not enabled on this notifier")
+        assert self._links is not None  # routes() serves nothing without links
         token = request.query_params.get("token")
         if not token:
             raise ApiError(400, "invalid_link", "the link has no token")
@@ -79,9 +101,8 @@ class UnsubscribeApi:
         log.info("unsubscribed", type=found.type, medium=found.medium.value)
         if "text/html" in request.headers.get("accept", ""):
             return _done(found)  # a person who pressed the page's button
-        return JSONResponse(
-            {"unsubscribed": True, "type": found.type, "medium": found.medium.value}
-        )
+        answer = Unsubscribed(type=found.type, medium=found.medium)
+        return Response(answer.model_dump_json(), media_type="application/json")
 
 
 async def _one_click(request: Request) -> bool:

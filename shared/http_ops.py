@@ -10,11 +10,28 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
+from pydantic import BaseModel, ConfigDict
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from shared.openapi import operation
+
 METRICS_MEDIA_TYPE = "text/plain; version=0.0.4"
+
+
+class Health(BaseModel):
+    status: str
+    node: str
+
+
+class Ready(BaseModel):
+    """`ready`, the app's own check's details (the gateway's `broker`, `control`, `draining`),
+    and `node`."""
+
+    model_config = ConfigDict(extra="allow")
+    ready: bool
+    node: str
 
 
 @dataclass(frozen=True)
@@ -32,14 +49,28 @@ def ops_routes(
 ) -> list[Route]:
     """`before_scrape` refreshes gauges that are read only when scraped."""
 
+    @operation("The process answers", response=Health, auth=(), tag="operations")
     async def healthz(_: Request) -> Response:
-        return JSONResponse({"status": "ok", "node": node})
+        return JSONResponse(Health(status="ok", node=node).model_dump())
 
+    @operation(
+        "Whether the process should get traffic now (503 when not)",
+        response=Ready,
+        same_body=(503,),
+        auth=(),
+        tag="operations",
+    )
     async def readyz(_: Request) -> Response:
         state = await readiness()
-        body = {"ready": state.ready, **state.details, "node": node}
+        body = Ready(ready=state.ready, node=node, **state.details).model_dump()
         return JSONResponse(body, status_code=200 if state.ready else 503)
 
+    @operation(
+        "Prometheus metrics of this process",
+        media_type=METRICS_MEDIA_TYPE,
+        auth=(),
+        tag="operations",
+    )
     async def metrics(_: Request) -> Response:
         if before_scrape is not None:
             await before_scrape()

@@ -71,6 +71,8 @@ async def test_redis_outage_keeps_clients_and_delivery_resumes(
 
     private_redis.stop(signal.SIGKILL)
     wait_until(lambda: not node.ready(), what="not ready while Redis is down")
+    # The alerts read these (deploy/prometheus/alerts.yml): not ready, broker disconnected.
+    assert (node.metric("archmesh_ready"), node.metric("archmesh_broker_connected")) == (0, 0)
     assert httpx.get(f"{node.http}/healthz").status_code == 200
     down = node.publish("session:r1", {"type": "t", "n": 2})
     assert (down.status_code, down.json()["error"]["code"]) == (503, "unavailable")
@@ -88,6 +90,7 @@ async def test_redis_outage_keeps_clients_and_delivery_resumes(
             "history_lost",
         )
     wait_until(node.ready, timeout=20, what="ready again after Redis is back")
+    assert node.metric("archmesh_ready") == 1
     assert node.publish("session:r1", {"type": "t", "n": 3}).status_code == 200
     assert (await recv_type(ws, "publication"))["data"]["n"] == 3
     assert node.metric("archmesh_broker_reconnects_total") >= 2

@@ -241,6 +241,14 @@ async def test_transient_failures_are_retried_then_succeed(stack: Stack) -> None
     assert [m.body for m in stack.twilio.messages if m.to == phone] == ["Retry me"]
 
 
+def exhausted(stack: Stack, channel: str) -> float:
+    registry = stack.notifier.metrics.registry
+    return (
+        registry.get_sample_value("archmesh_notifier_retries_exhausted_total", {"channel": channel})
+        or 0.0
+    )
+
+
 async def test_transient_failures_give_up_after_the_limit(stack: Stack) -> None:
     phone = "+14155550112"
     await stack.put_preferences("ada", **{**ADA, "contacts": {"phone": phone}})
@@ -249,6 +257,7 @@ async def test_transient_failures_give_up_after_the_limit(stack: Stack) -> None:
     status = await stack.states(nid, sms="failed")
     assert status["sms"]["attempts"] == 3
     assert status["sms"]["last_error"].startswith("gave up after 3 attempts")
+    assert exhausted(stack, "sms") == 1
     stack.twilio.succeed(phone)
 
 
@@ -261,6 +270,7 @@ async def test_permanent_sms_errors_are_not_retried(stack: Stack) -> None:
     assert status["sms"]["attempts"] == 1
     assert "21610" in status["sms"]["last_error"]
     stack.twilio.succeed(phone)
+    assert exhausted(stack, "sms") == 0  # refused for good at once: no retry was exhausted
 
 
 async def test_gone_push_subscriptions_are_pruned(stack: Stack) -> None:
