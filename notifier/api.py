@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from archmesh_client.publisher import Publisher
 
     from notifier.analytics import Analytics
+    from notifier.cancellation import Canceller
     from notifier.inbox import Inbox
     from notifier.intake import Intake
     from notifier.metrics import NotifierMetrics
@@ -61,6 +62,8 @@ class NotifierParts(Protocol):
     analytics: Analytics
     workflows: WorkflowWatcher
     publisher: Publisher
+    canceller: Canceller
+    clock: Callable[[], datetime]
 
 
 MAX_BODY = 256 * 1024
@@ -102,6 +105,7 @@ class NotifierApi:
         return [
             _route("/api/notifications", POST=self.send),
             _route("/api/notifications/batch", POST=self.send_batch),
+            _route("/api/notifications/cancel", POST=self.cancel),
             _route("/api/notifications/{id}", GET=self.status),
             _route(
                 "/api/users/{user_id}/preferences",
@@ -187,6 +191,16 @@ class NotifierApi:
             and await self.notifier.preferences.get(item.user_id) is None
         ):
             raise ApiError(422, "unknown_user", f"user {item.user_id!r} has no preferences saved")
+
+    async def cancel(self, request: Request) -> Response:
+        """Cancel every step not yet sent of the notifications that carried `cancel_key`."""
+        self._service(request)
+        body = await json_body(request, 4096)
+        key = body.get("cancel_key") if isinstance(body, dict) else None
+        if not isinstance(key, str) or not _ID.match(key):
+            raise ApiError(422, "validation_error", 'expected {"cancel_key": "<id>"}')
+        result = await self.notifier.canceller.by_key(key, self.notifier.clock())
+        return JSONResponse(result.model_dump())
 
     async def status(self, request: Request) -> Response:
         self._service(request)

@@ -20,7 +20,10 @@ from starlette.routing import BaseRoute
 from notifier import keys
 from notifier.analytics import Analytics
 from notifier.api import NotifierApi
+from notifier.cancellation import Canceller
 from notifier.deliveries import Deliverer, RetryPolicy, Senders
+from notifier.digests import DigestCloser
+from notifier.escalation import StepGate
 from notifier.inbox import Inbox
 from notifier.intake import Intake
 from notifier.ledger import Ledger
@@ -90,6 +93,8 @@ class Notifier:
         self.statuses = StatusStore(self.redis)
         self.inbox = Inbox(self.redis)
         self.analytics = Analytics(self.redis)
+        self.canceller = Canceller(self.redis)
+        self.clock = clock
         self.intake = Intake(self.redis, self.node, s.notifier_claim_idle)
         self.workflows = WorkflowWatcher(
             self.redis, self.broker, parse_rules(s.notifier_workflow_rules), s.notifier_retention
@@ -111,6 +116,7 @@ class Notifier:
             retention=s.notifier_retention,
             known_users_only=s.notifier_known_users_only,
             configured=self.senders.configured,
+            rules=s.rules(),
         )
         policy = RetryPolicy(
             max_attempts=s.notifier_max_attempts,
@@ -120,7 +126,15 @@ class Notifier:
             push_ttl=s.push_ttl,
         )
         deliverer = Deliverer(
-            self.redis, self.statuses, self.preferences, self.senders, policy, self.metrics, clock
+            self.redis,
+            self.statuses,
+            self.preferences,
+            self.senders,
+            policy,
+            self.metrics,
+            clock,
+            StepGate(self.redis, self.preferences, self.canceller, clock),
+            DigestCloser(self.redis),
         )
         worker: Worker
         ledger = Ledger(self.redis, s.notifier_retention, s.notifier_inbox_size)
