@@ -292,7 +292,7 @@ async def test_requests_and_settings_with_bad_rules_are_refused(stack: Stack) ->
         {"escalation": "review=in_app", "digests": "review=window:1m"},
         {"escalation": "Not A Type=in_app"},
     ]:
-        with pytest.raises(ValueError, match="ARCHMESH_NOTIFIER|not both"):
+        with pytest.raises(ValueError, match=r"ARCHMESH_NOTIFIER|not both"):
             Rules.parse(**bad)
 
 
