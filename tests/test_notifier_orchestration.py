@@ -24,7 +24,9 @@ pytestmark = pytest.mark.redis
 
 RULES = {
     "notifier_escalation": "review=in_app;email@unseen:10m;sms@unread:30m",
-    "notifier_digests": "comment=window:5m, like=window:5m;max:3;first:now",
+    "notifier_digests": (
+        "comment=window:5m, like=window:5m;max:3;first:now, mention=window:2m;sliding:5m"
+    ),
     "notifier_throttles": "ping=2/1h",
 }
 USER = {
@@ -204,6 +206,27 @@ async def test_first_at_once_and_max_events_close_the_window_early(stack: Stack)
     [mail] = await _wait_mails(stack.smtp, "like 1 and 2 more")
     assert "like 3" in text_of(mail)
     assert len(mails(stack.smtp, "like 0")) == 1
+
+
+async def test_a_sliding_window_moves_with_each_event_up_to_its_maximum(stack: Stack) -> None:
+    await stack.put_preferences("ada", **USER)
+    redis = stack.notifier.redis
+    for n, minutes in enumerate([0.0, 1.5, 1.5]):  # events at 0, 1.5 and 3 minutes
+        stack.clock.advance(minutes=minutes)
+        await stack.states(
+            await stack.send(user_id="ada", type="mention", title=f"m{n}"), email="digested"
+        )
+        digest_id = await redis.get(keys.digest_open("ada|mention|"))
+        window, _, _ = keys.digest(digest_id)
+        opened, closes = map(int, await redis.hmget(window, ["opened", "closes"]))
+        score = await redis.zscore(keys.DUE, f"{keys.DIGEST_JOB}{digest_id}")
+        assert score == closes
+        # 2 minutes after the event, but never past 5 minutes after the window opened.
+        expected = [opened + 120_000, opened + 210_000, opened + 300_000][n]
+        assert abs(closes - expected) < 1000
+    stack.clock.advance(minutes=2.5)
+    [mail] = await _wait_mails(stack.smtp, "m0 and 2 more")
+    assert text_of(mail).split() == ["m0", "m1", "m2"]
 
 
 async def test_a_throttle_suppresses_past_its_limit(stack: Stack) -> None:
