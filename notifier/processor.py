@@ -211,7 +211,8 @@ class Processor:
         inbox = None if result.inbox is None else (request.user_id, result.inbox)
         fields = status.fields_of(meta, result.deliveries, result.jobs)
         collect = None
-        if item.route.collect and item.digest is not None:
+        digested = any(d.status is DeliveryState.DIGESTED for d in result.deliveries.values())
+        if digested and item.digest is not None:
             at = item.at or now
             collect = {
                 "digest": item.digest,
