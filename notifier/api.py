@@ -25,6 +25,7 @@ from starlette.routing import Route
 
 from notifier.analytics import MAX_RANGE
 from notifier.events import inbox_event
+from notifier.preferences import critical_switched_off
 from notifier.schemas import Preferences, PreferencesPatch, Template
 from notifier.templates import TemplateInvalid
 from shared.broker import BrokerError
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 
     from notifier.analytics import Analytics
     from notifier.cancellation import Canceller
+    from notifier.erasure import Erasure
     from notifier.inbox import Inbox
     from notifier.intake import Intake
     from notifier.metrics import NotifierMetrics
@@ -60,6 +62,8 @@ class NotifierParts(Protocol):
     statuses: StatusStore
     inbox: Inbox
     analytics: Analytics
+    erasure: Erasure
+    critical: frozenset[str]
     workflows: WorkflowWatcher
     publisher: Publisher
     canceller: Canceller
@@ -113,6 +117,7 @@ class NotifierApi:
                 PUT=self.put_preferences,
                 PATCH=self.patch_preferences,
             ),
+            _route("/api/users/{user_id}", DELETE=self.erase_user),
             _route("/api/users/{user_id}/inbox", GET=self.inbox),
             _route("/api/users/{user_id}/inbox/read-all", POST=self.read_all),
             _route("/api/users/{user_id}/inbox/{id}/read", POST=self.read_one),
@@ -219,15 +224,30 @@ class NotifierApi:
     async def put_preferences(self, request: Request) -> Response:
         user_id = self._user(request)
         prefs = _parse(Preferences, await json_body(request, MAX_BODY))
+        self._refuse_critical_off(prefs.channels)
         return _model(await self.notifier.preferences.put(user_id, prefs))
 
     async def patch_preferences(self, request: Request) -> Response:
         user_id = self._user(request)
         patch = _parse(PreferencesPatch, await json_body(request, MAX_BODY))
+        self._refuse_critical_off(patch.channels)
         try:
             return _model(await self.notifier.preferences.patch(user_id, patch))
         except ValidationError as exc:
             raise ApiError(422, **validation_error(exc)) from None
+
+    def _refuse_critical_off(self, channels: dict[str, Any] | None) -> None:
+        if fields := critical_switched_off(channels, self.notifier.critical):
+            message = "critical notification types cannot be switched off: " + ", ".join(
+                sorted({field["loc"][1] for field in fields})
+            )
+            raise ApiError(422, "critical_type", message, fields=fields)
+
+    async def erase_user(self, request: Request) -> Response:
+        """Erase what the notifier holds of the user (notifier/erasure.py); idempotent."""
+        self._service(request)
+        await self.notifier.erasure.erase(_path_id(request, "user_id"))
+        return Response(status_code=204)
 
     # -- inbox -----------------------------------------------------------------------------
 

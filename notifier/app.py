@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 import redis.asyncio as aioredis
+from archmesh_client.notifications import Medium
 from archmesh_client.publisher import Publisher
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
@@ -23,6 +24,7 @@ from notifier.api import NotifierApi
 from notifier.cancellation import Canceller
 from notifier.deliveries import Deliverer, RetryPolicy, Senders
 from notifier.digests import DigestCloser
+from notifier.erasure import Erasure
 from notifier.escalation import StepGate
 from notifier.inbox import Inbox
 from notifier.intake import Intake
@@ -36,6 +38,8 @@ from notifier.senders.sms import SmsSender
 from notifier.settings import NotifierSettings
 from notifier.status import StatusStore
 from notifier.template_store import TemplateStore
+from notifier.unsubscribe import UnsubscribeLinks
+from notifier.unsubscribe_api import UnsubscribeApi
 from notifier.worker import Worker
 from notifier.workflow import WorkflowWatcher, parse_rules
 from shared.broker import Broker, create_broker
@@ -95,12 +99,16 @@ class Notifier:
         self.analytics = Analytics(self.redis)
         self.canceller = Canceller(self.redis)
         self.clock = clock
+        self.erasure = Erasure(self.redis, clock)
+        self.critical = frozenset(s.notifier_critical_types)
+        self.unsubscribe = UnsubscribeLinks.from_settings(s, clock)
         self.intake = Intake(self.redis, self.node, s.notifier_claim_idle)
         self.workflows = WorkflowWatcher(
             self.redis, self.broker, parse_rules(s.notifier_workflow_rules), s.notifier_retention
         )
         self.worker = self._worker(clock)
-        self.routes: list[BaseRoute] = [*NotifierApi(self).routes()]
+        unsubscribe = UnsubscribeApi(self.unsubscribe, self.preferences, self.critical)
+        self.routes: list[BaseRoute] = [*NotifierApi(self).routes(), *unsubscribe.routes()]
         ops = ops_routes(
             self.node, self.readiness, self.metrics.registry, before_scrape=self.refresh_gauges
         )
@@ -116,6 +124,7 @@ class Notifier:
             retention=s.notifier_retention,
             known_users_only=s.notifier_known_users_only,
             configured=self.senders.configured,
+            critical=self.critical,
             rules=s.rules(),
         )
         policy = RetryPolicy(
@@ -125,6 +134,7 @@ class Notifier:
             lease=s.notifier_claim_idle,
             push_ttl=s.push_ttl,
         )
+        links = self.unsubscribe
         deliverer = Deliverer(
             self.redis,
             self.statuses,
@@ -133,8 +143,9 @@ class Notifier:
             policy,
             self.metrics,
             clock,
-            StepGate(self.redis, self.preferences, self.canceller, clock),
+            StepGate(self.redis, self.preferences, self.canceller, clock, self.critical),
             DigestCloser(self.redis),
+            email_headers=None if links is None else links.email_headers,
         )
         worker: Worker
         ledger = Ledger(self.redis, s.notifier_retention, s.notifier_inbox_size)
@@ -166,6 +177,12 @@ class Notifier:
         await self.worker.start()
         await self.workflows.start()
         log.info("notifier_started", node=self.node, channels=sorted(self.senders.configured))
+        if self.unsubscribe is None and Medium.EMAIL in self.senders.configured:
+            log.warning(
+                "unsubscribe_links_off",
+                reason="set ARCHMESH_NOTIFIER_PUBLIC_URL and ARCHMESH_NOTIFIER_UNSUBSCRIBE_SECRET:"
+                " until then emails carry no List-Unsubscribe header",
+            )
         try:
             yield
         finally:

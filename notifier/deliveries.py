@@ -87,10 +87,13 @@ class Deliverer:
         clock: Callable[[], datetime],
         steps: StepGate,
         digests: DigestCloser,
+        email_headers: Callable[[str, str], dict[str, str]] | None = None,
     ) -> None:
+        """`email_headers(user_id, type)`: extra headers of an email (unsubscribe links)."""
         self._redis = redis
         self._steps = steps
         self._digests = digests
+        self._email_headers = email_headers
         self._statuses = statuses
         self._preferences = preferences
         self._senders = senders
@@ -186,6 +189,7 @@ class Deliverer:
                 text=content["text"],
                 html=content.get("html"),
                 message_id=f"{meta['id']}.email",
+                headers=tuple(self._headers(meta).items()),
             )
             await senders.email.send(message)
         elif channel is Medium.SMS and senders.sms is not None:
@@ -204,6 +208,11 @@ class Deliverer:
             raise DeliveryError(
                 f"{channel.value} is not configured on this notifier", permanent=True
             )
+
+    def _headers(self, meta: dict[str, Any]) -> dict[str, str]:
+        if self._email_headers is None:
+            return {}
+        return self._email_headers(meta["user_id"], meta["type"])
 
     async def _record(
         self,

@@ -92,6 +92,7 @@ def open_spec(request: NotificationRequest, rule: DigestRule) -> dict[str, Any]:
         title=request.title,
         template=request.template,
         priority=request.priority,
+        locale=request.locale,
         channels=sorted(rule.collected(request.channels)),
     )
     return {

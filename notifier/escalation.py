@@ -51,7 +51,10 @@ class StepGate:
         preferences: PreferenceStore,
         canceller: Canceller,
         clock: Callable[[], datetime],
+        critical: frozenset[str] = frozenset(),
     ) -> None:
+        """`critical`: types the user's switches and quiet hours do not apply to."""
+        self._critical = critical
         self._redis = redis
         self._preferences = preferences
         self._canceller = canceller
@@ -70,6 +73,8 @@ class StepGate:
         if work.get("unless") == "seen" and found.seen:
             await self._canceller.steps(nid, "seen in the app before this step", now, channel)
             return True
+        if meta["type"] in self._critical:
+            return False
         prefs = await self._preferences.get(user) or Preferences()
         if not prefs.enabled(meta["type"], channel):
             reason = "disabled in the user's preferences"

@@ -77,3 +77,21 @@ def workflow_request(request_id: str) -> str:
 
 def due_member(notification_id: str, channel: str) -> str:
     return f"{notification_id}|{channel}"
+
+
+def user_notifications(user_id: str) -> str:
+    """zset: the user's notification ids (scored by creation, ms) while their statuses live,
+    so an erasure finds the user's statuses and pending jobs without scanning `nt:n:*`."""
+    return f"nt:user:{user_id}:notifications"
+
+
+def user_keys(user_id: str) -> list[str]:
+    """Every key that belongs to one user alone: an erasure deletes them whole.
+
+    A new per-user key goes here too (topic subscriptions, when topics exist, add theirs)."""
+    return [
+        preferences(user_id),
+        *inbox(user_id),
+        inbox_unseen(user_id),
+        user_notifications(user_id),
+    ]

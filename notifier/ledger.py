@@ -57,11 +57,13 @@ class Outcome:
         fields: dict[str, str],
         due: dict[str, int],
         inbox: tuple[str, InboxItem] | None,
+        owner: tuple[str, datetime] | None = None,
         *,
         cancel_key: str | None = None,
         collect: dict[str, Any] | None = None,
     ) -> None:
-        """`collect`: the event joins its digest window (see commit.lua)."""
+        """`owner`: the user and creation time, indexed for an erasure; `collect`: the event
+        joins its digest window (see commit.lua)."""
         item: dict[str, Any] = {
             "key": keys.notification(notification_id),
             "id": notification_id,
@@ -74,6 +76,10 @@ class Outcome:
             item["cancel"] = keys.cancel_index(cancel_key)
         if collect is not None:
             item["collect"] = collect
+        if owner is not None:
+            user, created = owner
+            index = keys.user_notifications(user)
+            item["owner"] = {"key": index, "id": notification_id, "ms": _ms(created)}
         if inbox is not None:
             user_id, box = inbox
             order, items, unread = keys.inbox(user_id)
@@ -102,6 +108,10 @@ class Outcome:
 
     def __bool__(self) -> bool:
         return bool(self.items or self.acks or self.dead_letters)
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
 
 
 class Ledger:

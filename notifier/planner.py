@@ -36,20 +36,25 @@ def plan(
     now: datetime,
     configured: frozenset[Medium],
     route: Route = AT_ONCE,
+    *,
+    critical: bool = False,
 ) -> Plan:
+    """`critical`: a type the user's switches and quiet hours do not apply to."""
     result = Plan()
-    quiet_end = None if request.priority in OVERRIDING else quiet_until(preferences, now)
+    loud = critical or request.priority in OVERRIDING
+    quiet_end = None if loud else quiet_until(preferences, now)
+    locale = request.locale or preferences.locale
     steps = {s.medium: s for s in route.steps} if route.steps else None
     for channel in list(steps or request.channels or Medium):
         step = steps[channel] if steps else None
-        state, reason = _gate(request, preferences, channel, configured)
+        state, reason = _gate(request, preferences, channel, configured, critical)
         if state is None and route.throttled:
             state, reason = DeliveryState.SUPPRESSED, throttle.REASON
         elif state is None and channel in route.collect:
             state, reason = DeliveryState.DIGESTED, "collected into a digest"
         elif state is None:
             try:
-                content = _content(request, template, channel, route.summary)
+                content = _content(request, template, channel, locale, route.summary)
             except templates.TemplateInvalid as exc:
                 state, reason = DeliveryState.FAILED, f"template render failed: {exc}"
             else:
@@ -91,9 +96,10 @@ def _gate(
     preferences: Preferences,
     channel: Medium,
     configured: frozenset[Medium],
+    critical: bool,
 ) -> tuple[DeliveryState | None, str | None]:
     """A reason not to deliver on `channel` at all, or (None, None)."""
-    if not preferences.enabled(request.type, channel):
+    if not critical and not preferences.enabled(request.type, channel):
         return DeliveryState.SUPPRESSED, "disabled in the user's preferences"
     if channel is Medium.IN_APP:
         return None, None
@@ -141,7 +147,11 @@ def _schedule(
 
 
 def _content(
-    request: NotificationRequest, template: Template | None, channel: Medium, digest: bool
+    request: NotificationRequest,
+    template: Template | None,
+    channel: Medium,
+    locale: str | None,
+    digest: bool = False,
 ) -> dict[str, str]:
     if template is not None:
         context = {
@@ -154,7 +164,7 @@ def _content(
             "title": request.title or "",
             "body": request.body or "",
         }
-        rendered = templates.render(template, channel, context)
+        rendered = templates.render(template, channel, context, locale)
         if rendered is not None:
             return rendered
         if request.title is None:

@@ -8,7 +8,30 @@ import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
 from notifier import keys
-from notifier.schemas import Preferences, PreferencesPatch
+from notifier.schemas import ChannelSwitches, Preferences, PreferencesPatch
+
+
+def critical_switched_off(
+    channels: dict[str, ChannelSwitches] | None, critical: frozenset[str]
+) -> list[dict[str, Any]]:
+    """The switches that would turn a critical type off, as 422 `fields` entries.
+
+    A critical type (ARCHMESH_NOTIFIER_CRITICAL_TYPES) reaches the user whatever the switches
+    say, so saving one as off would only mislead the user: it is refused with the reason."""
+    refused = []
+    for kind, switches in (channels or {}).items():
+        if kind not in critical:
+            continue
+        for medium, on in switches.items():
+            if not on:
+                refused.append(
+                    {
+                        "loc": ["channels", kind, medium.value],
+                        "msg": f"{kind} is a critical notification type: it cannot be switched off",
+                        "type": "critical_type",
+                    }
+                )
+    return refused
 
 
 class PreferenceStore:

@@ -50,6 +50,7 @@ class Options:
     retention: float
     known_users_only: bool
     configured: frozenset[Medium]
+    critical: frozenset[str] = frozenset()  # types preferences and quiet hours cannot stop
     rules: Rules = field(default_factory=Rules)
 
 
@@ -62,6 +63,7 @@ class _Work:
     digest: dict[str, Any] | None = None  # the digest window spec, for a digest type's event
     route: Route = field(default_factory=Route)
     at: datetime | None = None  # when it was planned (a batch's are a microsecond apart)
+    throttle_key: str | None = None  # its type's throttle log
 
     @property
     def is_digest(self) -> bool:
@@ -142,8 +144,10 @@ class Processor:
                     item.route = self._options.rules.route(
                         item.request, facts.admitted, facts.opener
                     )
+                critical = item.request.type in self._options.critical
+                configured = self._options.configured
                 item.plan = plan(
-                    item.request, prefs, template, now, self._options.configured, item.route
+                    item.request, prefs, template, now, configured, item.route, critical=critical
                 )
                 planned.append(item)
         return duplicates, planned
@@ -157,12 +161,9 @@ class Processor:
         digest = rules.digest_of(request)
         if digest is not None:
             item.digest = digests.open_spec(request, digest)
-        return Asked(
-            request.id,
-            request.user_id,
-            throttle=None if rule is None else throttle.spec(request, rule),
-            digest=item.digest,
-        )
+        spec = None if rule is None else throttle.spec(request, rule)
+        item.throttle_key = None if spec is None else spec["key"]
+        return Asked(request.id, request.user_id, throttle=spec, digest=item.digest)
 
     def _refusal(
         self, request: NotificationRequest, prefs: str | None, found: dict[str, Template | None]
@@ -210,6 +211,8 @@ class Processor:
         }
         inbox = None if result.inbox is None else (request.user_id, result.inbox)
         fields = status.fields_of(meta, result.deliveries, result.jobs)
+        if item.throttle_key is not None:
+            fields["th"] = item.throttle_key  # the user's throttle log, for an erasure
         collect = None
         digested = any(d.status is DeliveryState.DIGESTED for d in result.deliveries.values())
         if digested and item.digest is not None:
@@ -222,8 +225,16 @@ class Processor:
                 "now": int(now.timestamp() * 1000),
             }
         cancel_key = request.cancel_key if _open(result) else None
+        owner = (request.user_id, now)
         outcome.record(
-            item.entry, request.id, fields, due, inbox, cancel_key=cancel_key, collect=collect
+            item.entry,
+            request.id,
+            fields,
+            due,
+            inbox,
+            owner,
+            cancel_key=cancel_key,
+            collect=collect,
         )
         for channel, delivery in result.deliveries.items():
             if delivery.status not in _UNFINISHED:

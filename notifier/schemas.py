@@ -16,6 +16,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 from archmesh_client.notifications import TYPE_PATTERN, Medium, Priority
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from notifier import locales
+
 _TIME = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 _PHONE = re.compile(r"^\+[1-9]\d{6,14}$")
 _EMAIL = re.compile(r"^[^@\s<>\"]{1,64}@[^@\s<>\"]{1,255}\.[^@\s<>\"]+$")
@@ -122,6 +124,10 @@ def _valid_timezone(value: str) -> str:
     return value
 
 
+def _valid_locale(value: str | None) -> str | None:
+    return None if value is None else locales.canonical(value)
+
+
 class Preferences(_Strict):
     """One user's choices. `channels` maps a notification type (or `default`) to switches."""
 
@@ -130,11 +136,17 @@ class Preferences(_Strict):
     held: Literal["hold", "drop"] = Field("hold", description="external channels in quiet hours")
     channels: dict[str, ChannelSwitches] = Field(default_factory=_default_switches)
     contacts: Contacts = Field(default_factory=Contacts)
+    locale: str | None = Field(None, description="BCP 47 tag, e.g. pt-BR: templates' language")
 
     @field_validator("timezone")
     @classmethod
     def _tz(cls, value: str) -> str:
         return _valid_timezone(value)
+
+    @field_validator("locale")
+    @classmethod
+    def _locale(cls, value: str | None) -> str | None:
+        return _valid_locale(value)
 
     @field_validator("channels")
     @classmethod
@@ -162,16 +174,22 @@ class PreferencesPatch(_Strict):
     held: Literal["hold", "drop"] | None = None
     channels: dict[str, ChannelSwitches] | None = None
     contacts: Contacts | None = None
+    locale: str | None = None
 
     @field_validator("timezone")
     @classmethod
     def _tz(cls, value: str | None) -> str | None:
         return value if value is None else _valid_timezone(value)
 
+    @field_validator("locale")
+    @classmethod
+    def _locale(cls, value: str | None) -> str | None:
+        return _valid_locale(value)
+
     @field_validator("timezone", "held", "channels", "contacts")
     @classmethod
     def _not_null(cls, value: object) -> object:
-        # Only quiet_hours may be cleared with null; absent fields are simply left alone.
+        # Only quiet_hours and locale may be cleared with null; absent fields are simply left alone.
         if value is None:
             raise ValueError("may be left out, but not null")
         return value
@@ -205,9 +223,21 @@ class TemplateChannels(_Strict):
 
 
 class Template(_Strict):
-    """Jinja2 sources per channel, rendered with the request's `data`, `title`, `body`."""
+    """Jinja2 sources per channel, rendered with the request's `data`, `title`, `body`.
+
+    `channels` is the default; `locales` holds variants by language tag (`pt`, `pt-BR`), each
+    with any of the channels: a channel a variant lacks falls back along the tag's chain."""
 
     channels: TemplateChannels
+    locales: dict[str, TemplateChannels] = Field(default_factory=dict, max_length=50)
+
+    @field_validator("locales")
+    @classmethod
+    def _tags(cls, value: dict[str, TemplateChannels]) -> dict[str, TemplateChannels]:
+        canonical = {locales.canonical(tag): part for tag, part in value.items()}
+        if len(canonical) != len(value):
+            raise ValueError("a locale is given twice (tags are case-insensitive)")
+        return canonical
 
 
 class ChannelDelivery(BaseModel):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from archmesh_client.notifications import TYPE_PATTERN
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import NoDecode
 
 from notifier.rules import Rules
 from shared.settings import Settings
@@ -59,6 +62,48 @@ class NotifierSettings(Settings):
     notifier_known_users_only: bool = Field(
         False, description="Refuse requests for users who never saved preferences."
     )
+    notifier_critical_types: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Types preferences cannot switch off and quiet hours do not hold.",
+    )
+    notifier_public_url: str = Field(
+        "", description="HTTPS base URL users reach this API at (unsubscribe links)."
+    )
+    notifier_unsubscribe_secret: SecretStr | None = Field(
+        None, description="HMAC key of unsubscribe links, at least 32 bytes."
+    )
+    notifier_unsubscribe_ttl: float = Field(
+        30 * 86400.0, ge=60, description="Seconds an unsubscribe link stays valid."
+    )
+
+    @field_validator("notifier_critical_types", mode="before")
+    @classmethod
+    def _types_csv(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("notifier_critical_types")
+    @classmethod
+    def _types(cls, value: list[str]) -> list[str]:
+        for kind in value:
+            if not re.match(TYPE_PATTERN, kind):
+                raise ValueError(f"{kind!r} is not a notification type")
+        return value
+
+    @field_validator("notifier_public_url")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        if value and not re.match(r"^https://[^/?#\s]+(/[^?#\s]*)?$", value):
+            raise ValueError("must be an https:// URL without query or fragment")
+        return value.rstrip("/")
+
+    @field_validator("notifier_unsubscribe_secret")
+    @classmethod
+    def _secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < 32:
+            raise ValueError("must be at least 32 bytes")
+        return value
 
     @model_validator(mode="after")
     def _rules(self) -> NotifierSettings:

@@ -12,7 +12,8 @@ from jinja2 import StrictUndefined, TemplateError
 from jinja2 import Template as JinjaTemplate
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from notifier.schemas import Template
+from notifier import locales
+from notifier.schemas import Template, TemplateChannels
 
 # Fields rendered as HTML (escaped); every other field is plain text (not escaped).
 _HTML_FIELDS = frozenset({"html"})
@@ -32,28 +33,44 @@ def _compile(source: str, html: bool) -> JinjaTemplate:
     return (_html_env if html else _text_env).from_string(source)
 
 
-def _fields(template: Template, channel: Medium) -> dict[str, str] | None:
-    part = getattr(template.channels, channel.value)
+def _fields(channels: TemplateChannels, channel: Medium) -> dict[str, str] | None:
+    part = getattr(channels, channel.value)
     if part is None:
         return None
     return {k: v for k, v in part.model_dump().items() if isinstance(v, str)}
 
 
+def _localized(template: Template, channel: Medium, locale: str | None) -> dict[str, str] | None:
+    """The channel's sources in the first variant of the locale's chain that has the channel
+    (`pt-BR`, then `pt`), else the default's. An unknown locale simply gets the default."""
+    for tag in locales.chain(locale):
+        variant = template.locales.get(tag)
+        if variant is not None and (fields := _fields(variant, channel)) is not None:
+            return fields
+    return _fields(template.channels, channel)
+
+
 def validate(template: Template) -> None:
     """Compile every source now, so a broken template never reaches a delivery."""
-    if not any(_fields(template, channel) for channel in Medium):
+    if not any(_fields(template.channels, channel) for channel in Medium):
         raise TemplateInvalid("channels: give at least one of in_app, email, push, sms")
-    for channel in Medium:
-        for name, source in (_fields(template, channel) or {}).items():
-            try:
-                _compile(source, name in _HTML_FIELDS)
-            except TemplateError as exc:
-                raise TemplateInvalid(f"{channel.value}.{name}: {exc}") from None
+    variants = [("", template.channels)]
+    variants += [(f"locales.{tag}.", part) for tag, part in template.locales.items()]
+    for prefix, channels in variants:
+        for channel in Medium:
+            for name, source in (_fields(channels, channel) or {}).items():
+                try:
+                    _compile(source, name in _HTML_FIELDS)
+                except TemplateError as exc:
+                    raise TemplateInvalid(f"{prefix}{channel.value}.{name}: {exc}") from None
 
 
-def render(template: Template, channel: Medium, context: dict[str, Any]) -> dict[str, str] | None:
-    """The channel's fields rendered, None when the template has no part for the channel."""
-    fields = _fields(template, channel)
+def render(
+    template: Template, channel: Medium, context: dict[str, Any], locale: str | None = None
+) -> dict[str, str] | None:
+    """The channel's fields rendered in `locale` (or the closest variant there is), None when
+    the template has no part for the channel."""
+    fields = _localized(template, channel, locale)
     if fields is None:
         return None
     out = {}

@@ -5,9 +5,11 @@ the call it is; code that needs an error's code (a batch reporting each item) re
 exception. `ERROR_HANDLERS`, installed on every Starlette app of the product, renders every
 error as `{"error": {"code", "message", ...}}`: an `ApiError`, Starlette's own `HTTPException`
 (an unknown path is 404 `not_found`, a wrong method 405 `method_not_allowed` with `Allow`), a
-`BrokerError` (503 `unavailable`), and any other exception: 500 `internal_error`, its traceback
-logged and its text kept out of the answer. Starlette re-raises after that 500 answer has gone
-out, so the server (uvicorn) also records it and closes that one connection."""
+`BrokerError` or a Redis connection or timeout error (503 `unavailable`: the store cannot be
+reached, the client may retry; logged as a warning without a traceback), and any other
+exception: 500 `internal_error`, its traceback logged and its text kept out of the answer.
+Starlette re-raises after that 500 answer has gone out, so the server (uvicorn) also records it
+and closes that one connection."""
 
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from http import HTTPStatus
 from types import MappingProxyType
 from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -76,6 +80,17 @@ async def _broker_error(_: Request, exc: Exception) -> Response:
     return _render(unavailable(exc))
 
 
+async def _store_unreachable(request: Request, exc: Exception) -> Response:
+    # The exception's text names the Redis address, kept out of the answer like a crash's text.
+    log.warning(
+        "http_store_unavailable",
+        method=request.method,
+        path=request.url.path,
+        error=type(exc).__name__,
+    )
+    return _render(ApiError(503, "unavailable", "the store cannot be reached; retry later"))
+
+
 async def _http_exception(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code in {204, 304}:  # no body allowed
@@ -95,6 +110,8 @@ ERROR_HANDLERS: Mapping[Any, ExceptionHandler] = MappingProxyType(
     {
         ApiError: _api_error,
         BrokerError: _broker_error,
+        RedisConnectionError: _store_unreachable,
+        RedisTimeoutError: _store_unreachable,
         HTTPException: _http_exception,
         Exception: _unexpected,
     }

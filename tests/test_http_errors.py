@@ -1,6 +1,7 @@
 """Every error of both HTTP APIs is the documented `{"error": {"code", "message", ...}}`: an
 unknown path, a wrong method (with `Allow`), an `ApiError` from deep in a handler, and a crash
-(500 `internal_error`, logged with its traceback, its text kept from the client). Against a
+(500 `internal_error`, logged with its traceback, its text kept from the client), and a
+store outage (503 `unavailable`). Against a
 gateway and a notifier process as ops run them, and the shared handlers in process."""
 
 from __future__ import annotations
@@ -47,6 +48,21 @@ def notifier(shared_redis: RedisServer) -> Iterator[NotifierProcess]:
     process = NotifierProcess(shared_redis.url).start()
     yield process
     process.stop(signal.SIGKILL)
+
+
+def test_a_notifier_whose_redis_is_down_answers_503_unavailable() -> None:
+    redis_server = RedisServer()
+    redis_server.start()
+    process = NotifierProcess(redis_server.url).start()
+    try:
+        assert process.request("GET", "/api/analytics").status_code == 200
+        redis_server.stop()
+        error = error_of(process.request("GET", "/api/analytics"), 503)
+        assert error["code"] == "unavailable"
+        assert str(redis_server.port) not in error["message"]
+    finally:
+        process.stop(signal.SIGKILL)
+        redis_server.cleanup()
 
 
 def test_gateway_unknown_path_and_wrong_method_are_json(gateway: GatewayProcess) -> None:

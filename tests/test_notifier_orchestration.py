@@ -290,6 +290,32 @@ async def test_cancel_key_cancels_held_escalating_and_digesting_steps(
     await stack.states(later, email="cancelled", sms="cancelled")
 
 
+async def test_erasure_removes_open_steps_digest_windows_and_throttle_logs(
+    stack: Stack, redis_server: RedisServer
+) -> None:
+    await stack.put_preferences("zoe", **{**USER, "contacts": {"email": "zoe@example.com"}})
+    steps = await stack.send(user_id="zoe", type="review", title="Z1")
+    digested = await stack.send(user_id="zoe", type="comment", title="Z2")
+    throttled = await stack.send(user_id="zoe", type="ping", title="Z3")
+    await stack.states(steps, email="waiting")
+    await stack.states(digested, email="digested")
+    await stack.states(throttled, email="sent")
+    client = redis_server.client()
+    assert any(b"zoe" in key for key in client.scan_iter())
+    assert (await stack.http.delete("/api/users/zoe")).status_code == 204
+    left = [key for key in client.scan_iter() if b"zoe" in key]
+    assert left == []
+    for key in client.scan_iter():
+        if client.type(key) == b"hash":
+            assert not any(b"zoe" in v for v in client.hgetall(key).values()), key
+    assert client.zrange("nt:due", 0, -1) == []
+    status = await stack.status(steps)
+    assert status["deliveries"]["email"]["status"] == "suppressed"
+    stack.clock.advance(minutes=40)  # past the steps and the window: nothing goes out
+    await stack.states(steps, email="suppressed")
+    assert mails(stack.smtp, "Z2") == mails(stack.smtp, "Z1") == []
+
+
 async def test_requests_and_settings_with_bad_rules_are_refused(stack: Stack) -> None:
     for steps in [
         "email@unseen:1m",

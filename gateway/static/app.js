@@ -597,6 +597,13 @@ const FIELD_INPUTS = { timezone: "timezone", quiet_hours: "quiet-start", email: 
 
 function markInvalid(fields) {
   for (const field of fields) {
+    const [head, type, channel] = field.loc ?? [];
+    if (head === "channels" && channel) {
+      // A switch that may not be off (a critical type): mark that very checkbox.
+      const row = $("channel-rows").querySelector(`tr[data-type="${CSS.escape(String(type))}"]`);
+      row?.querySelector(`input[data-channel="${CSS.escape(String(channel))}"]`)?.setAttribute("aria-invalid", "true");
+      continue;
+    }
     const path = (field.loc ?? []).join(".");
     const key = Object.keys(FIELD_INPUTS).find((name) => path.includes(name));
     if (key) $(FIELD_INPUTS[key]).setAttribute("aria-invalid", "true");

@@ -2,6 +2,7 @@
 -- ARGV[1]: JSON {stream, group, attempts, dead, due, retention, inbox_size, stats_ttl,
 --   items: [{key, fields: [f, v, ...], due: [score, member, ...], entry, lock,
 --            inbox: {order, items, unread, unseen, id, score, payload} or absent,
+--            owner: {key, id, ms} (the user's index of notifications) or absent,
 --            cancel: cancel index key or absent,
 --            collect: {digest (as in prepare.lua), id, event, score, now} or absent}],
 --   acks: [entry ids], dead_letters: [[entry, request, reason, failed_at]],
@@ -58,6 +59,12 @@ for _, it in ipairs(p.items) do
   end
   if it.collect then
     collect(it.collect, it.key)
+  end
+  local owner = it.owner
+  if owner then
+    redis.call('ZADD', owner.key, owner.ms, owner.id)
+    redis.call('ZREMRANGEBYSCORE', owner.key, '-inf', owner.ms - p.retention * 1000)
+    redis.call('EXPIRE', owner.key, p.retention)
   end
   local box = it.inbox
   if box then

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email.message
+import email.policy
 import email.utils
 import ssl
 from dataclasses import dataclass
@@ -29,6 +30,26 @@ class EmailMessage:
     # Stable per notification: a resend after a crash carries the same Message-ID, which mail
     # stores use to drop the copy.
     message_id: str | None = None
+    # Extra headers, e.g. List-Unsubscribe and List-Unsubscribe-Post (RFC 8058).
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+class _Unfolded(str):
+    """A header value sent as given, on one line. The email package would fold a long
+    `List-Unsubscribe` URL into RFC 2047 encoded words, which no mail client reads as a URL;
+    a value with a `name` is stored as a header object and folded by its own `fold`."""
+
+    name: str
+
+    def __new__(cls, name: str, value: str) -> _Unfolded:
+        if not value.isascii() or any(c in value for c in "\r\n") or len(name + value) > 990:
+            raise ValueError(f"{name}: a header value must be one ASCII line under 990 bytes")
+        header = super().__new__(cls, value)
+        header.name = name
+        return header
+
+    def fold(self, *, policy: email.policy.Policy) -> str:
+        return f"{self.name}: {self}{policy.linesep}"
 
 
 class EmailSender:
@@ -145,6 +166,8 @@ class EmailSender:
                 if message.message_id
                 else email.utils.make_msgid(domain=self._msgid_domain)
             )
+            for name, value in message.headers:
+                mime[name] = _Unfolded(name, value)
             mime.set_content(message.text)
             if message.html is not None:
                 mime.add_alternative(message.html, subtype="html")

@@ -19,6 +19,8 @@ ID_PATTERN = r"^[A-Za-z0-9._@|+=-]{1,128}$"
 TYPE_PATTERN = r"^[a-z0-9][a-z0-9_.:-]{0,99}$"
 
 Id = Annotated[str, Field(pattern=ID_PATTERN)]
+# A BCP 47 language tag, loosely: a 2-3 letter language, then subtags (`pt-BR`, `zh-Hant-TW`).
+LOCALE_PATTERN = r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8}){0,4}$"
 
 
 class Priority(StrEnum):
@@ -58,6 +60,9 @@ class NotificationRequest(_Strict):
     data: dict[str, Any] = Field(default_factory=dict)
     priority: Priority = Priority.NORMAL
     channels: list[Medium] | None = Field(None, min_length=1)
+    locale: str | None = Field(
+        None, pattern=LOCALE_PATTERN, description="e.g. pt-BR; overrides the user's locale"
+    )
     escalation: str | None = Field(
         None,
         max_length=200,

@@ -1,0 +1,55 @@
+"""Erasing a user (`DELETE /api/users/{user}`): what the notifier holds of a person, gone.
+
+Removed: preferences and contacts, the whole inbox, every other per-user key
+(`keys.user_keys`: topic subscriptions add theirs there when topics exist), the history of the
+user's `user:` channel (it holds the in-app notifications too), the workflow sessions the user
+owns, every delivery still to come (held, pending, retrying, waiting to escalate: cancelled,
+out of `nt:due`), and the user's throttle logs and open digest windows.
+Kept: delivery statuses until they expire, without the user id, addresses or
+rendered content, and the hourly analytics counts (type, medium, status: no user in them).
+One script, so a delivery claimed meanwhile finds its job gone instead of half an erasure."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+import orjson
+import redis.asyncio as aioredis
+from archmesh_client.channels import history_key, meta_key, user_channel
+from archmesh_client.notifications import Medium
+
+from notifier import keys
+from shared.lua import lua
+
+REASON = "cancelled: the user was erased"
+
+
+class Erasure:
+    def __init__(self, redis: aioredis.Redis, clock: Callable[[], datetime]) -> None:
+        self._clock = clock
+        self._erase = redis.register_script(lua("notifier.scripts", "erase.lua"))
+
+    async def erase(self, user_id: str) -> int:
+        """Idempotent; the number of deliveries it cancelled (0 the second time)."""
+        payload = {
+            "user": user_id,
+            "prefs": keys.preferences(user_id),
+            "index": keys.user_notifications(user_id),
+            "due": keys.DUE,
+            "prefix": keys.notification(""),
+            "sessions": keys.SESSIONS,
+            "media": [medium.value for medium in Medium],
+            "delete": [*keys.user_keys(user_id), *_channel_keys(user_id)],
+            "now": self._clock().isoformat(),
+            "reason": REASON,
+            "digest_job": keys.DIGEST_JOB,
+        }
+        return int(await self._erase(args=[orjson.dumps(payload)]))
+
+
+def _channel_keys(user_id: str) -> list[str]:
+    """The user channel's history and position (its next publication starts a new epoch, so
+    a client that still held an offset in it is told its history is gone)."""
+    channel = user_channel(user_id)
+    return [history_key(channel), meta_key(channel)]
