@@ -31,8 +31,10 @@ class Marks:
 
 
 async def marks(redis: aioredis.Redis, user_id: str, item_id: str) -> Marks:
-    """Whether the user has seen and read the in-app item (neither, if it is not there)."""
-    _, items, unread = keys.inbox(user_id)
+    """Whether the user has seen and read the in-app item (neither, if it is not there).
+    The inbox's own `Inbox.marks` reads the same keys (its item id is the notification id)."""
+    box = keys.inbox(user_id)
+    items, unread = box[1], box[2]  # ordered ids, items, unread ids, ...
     async with redis.pipeline(transaction=True) as pipe:
         pipe.hexists(items, item_id)
         pipe.sismember(unread, item_id)
