@@ -17,10 +17,17 @@ def hour_of(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y%m%d%H")
 
 
-def count(pipe: Any, moment: datetime, kind: str, channel: str, status: str) -> None:
+def field(kind: str, channel: str, status: str, reason: str | None = None) -> str:
+    """A bucket's field: type|channel|status, and |reason for the few counted apart (throttled)."""
+    return f"{kind}|{channel}|{status}" + (f"|{reason}" if reason else "")
+
+
+def count(
+    pipe: Any, moment: datetime, kind: str, channel: str, status: str, reason: str | None = None
+) -> None:
     """Add one count to `pipe` (a pipeline or MULTI of the caller's)."""
     key = keys.stats(hour_of(moment))
-    pipe.hincrby(key, f"{kind}|{channel}|{status}", 1)
+    pipe.hincrby(key, field(kind, channel, status, reason), 1)
     pipe.expire(key, RETENTION_SECONDS)
 
 
@@ -50,17 +57,18 @@ class Analytics:
             results = await pipe.execute()
         buckets = []
         for hour, counts in zip(hours, results, strict=True):
-            for field, value in sorted(counts.items()):
-                kind_, channel_, status = field.split("|")
+            for name, value in sorted(counts.items()):
+                kind_, channel_, status, *reason = name.split("|")
                 if (kind and kind_ != kind) or (channel and channel_ != channel):
                     continue
-                buckets.append(
-                    {
-                        "hour": hour.isoformat(),
-                        "type": kind_,
-                        "channel": channel_,
-                        "status": status,
-                        "count": int(value),
-                    }
-                )
+                bucket = {
+                    "hour": hour.isoformat(),
+                    "type": kind_,
+                    "channel": channel_,
+                    "status": status,
+                    "count": int(value),
+                }
+                if reason:
+                    bucket["reason"] = reason[0]
+                buckets.append(bucket)
         return buckets

@@ -8,6 +8,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
+from archmesh_client.cancellation import CancelResult
 from archmesh_client.notifications import (
     ID_PATTERN,
     BatchResult,
@@ -25,6 +26,7 @@ from notifier.analytics import MAX_RANGE
 from notifier.api_models import (
     AnalyticsBucket,
     AnalyticsReport,
+    CancelRequest,
     Marked,
     Queued,
     SessionOwner,
@@ -50,9 +52,12 @@ from shared.openapi import API_KEY, USER_TOKEN, Handler, Param, method_route, op
 from shared.tokens import InvalidToken
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from archmesh_client.publisher import Publisher
 
     from notifier.analytics import Analytics
+    from notifier.cancellation import Canceller
     from notifier.erasure import Erasure
     from notifier.intake import Intake
     from notifier.metrics import NotifierMetrics
@@ -80,6 +85,8 @@ class NotifierParts(Protocol):
     critical: frozenset[str]
     workflows: WorkflowWatcher
     publisher: Publisher
+    canceller: Canceller
+    clock: Callable[[], datetime]
 
 
 MAX_BODY = 256 * 1024
@@ -135,6 +142,7 @@ class NotifierApi:
         return [
             _route("/api/notifications", POST=self.send),
             _route("/api/notifications/batch", POST=self.send_batch),
+            _route("/api/notifications/cancel", POST=self.cancel),
             _route("/api/notifications/{id}", GET=self.status),
             _route(
                 "/api/users/{user_id}/preferences",
@@ -234,6 +242,18 @@ class NotifierApi:
             and await self.notifier.preferences.get(item.user_id) is None
         ):
             raise ApiError(422, "unknown_user", f"user {item.user_id!r} has no preferences saved")
+
+    @operation(
+        "Cancel every step not yet sent of the notifications that carried `cancel_key`",
+        body=CancelRequest,
+        response=CancelResult,
+        tag="notifications",
+    )
+    async def cancel(self, request: Request) -> Response:
+        self._service(request)
+        asked = _parse(CancelRequest, await json_body(request, 4096))
+        result = await self.notifier.canceller.by_key(asked.cancel_key, self.notifier.clock())
+        return _model(result)
 
     @operation(
         "A notification's status per medium",
@@ -458,7 +478,7 @@ class NotifierApi:
             to=end.isoformat(),
             buckets=[AnalyticsBucket.model_validate(b) for b in buckets],
         )
-        return JSONResponse(report.model_dump(by_alias=True))
+        return JSONResponse(report.model_dump(by_alias=True, exclude_none=True))
 
     @operation(
         "Tell the notifier who owns a workflow session",

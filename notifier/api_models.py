@@ -32,11 +32,14 @@ class TemplateSaved(BaseModel):
 
 
 class AnalyticsBucket(BaseModel):
+    """One count; `reason` only on the few counted apart (`throttled` suppressions)."""
+
     hour: str
     type: str
     channel: str
     status: str
     count: int
+    reason: str | None = None
 
 
 class AnalyticsReport(BaseModel):
@@ -65,3 +68,10 @@ class Unsubscribed(BaseModel):
     unsubscribed: Literal[True] = True
     type: str
     medium: Medium
+
+
+class CancelRequest(BaseModel):
+    """`POST /api/notifications/cancel`: the key the requests to cancel carried."""
+
+    model_config = ConfigDict(extra="forbid")
+    cancel_key: Id

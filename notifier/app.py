@@ -21,8 +21,11 @@ from starlette.routing import BaseRoute
 from notifier import keys
 from notifier.analytics import Analytics
 from notifier.api import NotifierApi
+from notifier.cancellation import Canceller
 from notifier.deliveries import Deliverer, RetryPolicy, Senders
+from notifier.digests import DigestCloser
 from notifier.erasure import Erasure
+from notifier.escalation import StepGate
 from notifier.inbox import Inbox
 from notifier.intake import Intake
 from notifier.ledger import Ledger
@@ -104,6 +107,8 @@ class Notifier:
         self.live = LiveChannels(s.history_policy()) if shared_redis else None
         self.inbox = Inbox(self.redis, self.broker, self.live)
         self.analytics = Analytics(self.redis)
+        self.canceller = Canceller(self.redis)
+        self.clock = clock
         self.erasure = Erasure(self.redis, clock)
         self.critical = frozenset(s.notifier_critical_types)
         self.unsubscribe = UnsubscribeLinks.from_settings(s, clock)
@@ -133,6 +138,7 @@ class Notifier:
             known_users_only=s.notifier_known_users_only,
             configured=self.senders.configured,
             critical=self.critical,
+            rules=s.rules(),
         )
         policy = RetryPolicy(
             max_attempts=s.notifier_max_attempts,
@@ -150,6 +156,8 @@ class Notifier:
             policy,
             self.metrics,
             clock,
+            StepGate(self.redis, self.preferences, self.canceller, clock, self.critical),
+            DigestCloser(self.redis),
             email_headers=None if links is None else links.email_headers,
         )
         worker: Worker

@@ -18,6 +18,8 @@ from archmesh_client.backoff import backoff_delay
 from archmesh_client.notifications import Medium, Priority
 
 from notifier import analytics, keys, status
+from notifier.digests import DigestCloser
+from notifier.escalation import StepGate
 from notifier.metrics import NotifierMetrics
 from notifier.preferences import PreferenceStore
 from notifier.schemas import TERMINAL_STATES, ChannelDelivery, DeliveryState
@@ -83,10 +85,14 @@ class Deliverer:
         policy: RetryPolicy,
         metrics: NotifierMetrics,
         clock: Callable[[], datetime],
+        steps: StepGate,
+        digests: DigestCloser,
         email_headers: Callable[[str, str], dict[str, str]] | None = None,
     ) -> None:
         """`email_headers(user_id, type)`: extra headers of an email (unsubscribe links)."""
         self._redis = redis
+        self._steps = steps
+        self._digests = digests
         self._email_headers = email_headers
         self._statuses = statuses
         self._preferences = preferences
@@ -132,6 +138,11 @@ class Deliverer:
             self._running.discard(job)
 
     async def _run(self, job: str) -> None:
+        if job.startswith(keys.DIGEST_JOB):
+            sent = await self._digests.close(job.removeprefix(keys.DIGEST_JOB), self._clock())
+            if sent:
+                log.info("digest_closed", digest=job, events=sent)
+            return
         notification_id, _, name = job.rpartition("|")
         channel = Medium(name)
         loaded = await self._statuses.job(notification_id, channel)
@@ -139,6 +150,9 @@ class Deliverer:
             await self._redis.zrem(keys.DUE, job)
             return
         meta, delivery, work = loaded
+        unless = work.get("unless") and delivery.attempts == 0
+        if unless and await self._steps.stopped(job, meta, channel, work):
+            return
         started = time.perf_counter()
         outcome = await self._send(channel, meta, work)
         self._metrics.send_seconds.labels(channel.value).observe(time.perf_counter() - started)
@@ -231,6 +245,8 @@ class Deliverer:
             next_attempt_at=next_at,
         )
         work = {**work, "targets": outcome.remaining}
+        if state is DeliveryState.RETRYING and await self._cancelled(meta["id"], channel):
+            return  # cancelled while this attempt ran: not tried again
         async with self._redis.pipeline(transaction=True) as pipe:
             status.stage_update(pipe, meta["id"], channel, delivery, work)
             if next_at is not None:
@@ -251,4 +267,10 @@ class Deliverer:
             status=state.value,
             attempts=attempts,
             error=reason,
+        )
+
+    async def _cancelled(self, notification_id: str, channel: Medium) -> bool:
+        raw = await self._redis.hget(keys.notification(notification_id), f"ch:{channel.value}")
+        return raw is not None and ChannelDelivery.model_validate_json(raw).status is (
+            DeliveryState.CANCELLED
         )

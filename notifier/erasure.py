@@ -3,7 +3,8 @@
 Removed: preferences and contacts, the whole inbox, every other per-user key
 (`keys.user_keys`: topic subscriptions add theirs there when topics exist), the history of the
 user's `user:` channel (it holds the in-app notifications too), the workflow sessions the user
-owns, and every delivery still to come (held, pending, retrying: cancelled, out of `nt:due`).
+owns, every delivery still to come (held, pending, retrying, waiting to escalate: cancelled,
+out of `nt:due`), and the user's throttle logs and open digest windows.
 Kept: delivery statuses until they expire, without the user id, addresses or
 rendered content, and the hourly analytics counts (type, medium, status: no user in them).
 One script, so a delivery claimed meanwhile finds its job gone instead of half an erasure."""
@@ -42,6 +43,7 @@ class Erasure:
             "delete": [*keys.user_keys(user_id), *_channel_keys(user_id)],
             "now": self._clock().isoformat(),
             "reason": REASON,
+            "digest_job": keys.DIGEST_JOB,
         }
         return int(await self._erase(args=[orjson.dumps(payload)]))
 

@@ -6,18 +6,21 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from archmesh_client import cancellation
 from archmesh_client.notifications import REQUEST_STREAM
 
 REQUESTS = REQUEST_STREAM  # XADD nt:requests * request <NotificationRequest JSON>
 DEAD_LETTERS = "nt:dead"  # entries: request, reason, entry, failed_at
 GROUP = "notifiers"
-DUE = "nt:due"  # zset "<id>|<channel>" -> unix ms when the delivery is due (or its lease ends)
+DUE = cancellation.DUE  # zset "<id>|<channel>" (or "#dg:<digest id>") -> unix ms it is due
+DIGEST_JOB = "#dg:"  # due member of a digest's close ("#" is not in the id alphabet)
+DIGEST_FIELD = "digest"  # stream field marking a digest's own request (not digested again)
 ATTEMPTS = "nt:attempts"  # hash entry id -> failed processing attempts
 SESSIONS = "nt:sessions"  # hash session id -> owner user id (workflow rules)
 
 
 def notification(notification_id: str) -> str:
-    return f"nt:n:{notification_id}"
+    return f"{cancellation.NOTIFICATION_PREFIX}{notification_id}"
 
 
 def lock(notification_id: str) -> str:
@@ -48,6 +51,28 @@ def inbox(user_id: str) -> InboxKeys:
     return InboxKeys(base, f"{base}:items", f"{base}:unread", f"{base}:unseen", f"{base}:archived")
 
 
+def cancel_index(cancel_key: str) -> str:
+    """Set of the notification ids that carried `cancel_key`."""
+    return cancellation.index_key(cancel_key)
+
+
+def throttle(name: str) -> str:
+    """Zset notification id -> ms admitted, of one user's type (and key): a sliding log."""
+    return f"nt:th:{name}"
+
+
+def digest_open(name: str) -> str:
+    """The id of the digest window open for `name` (user|type|digest_key), if one is."""
+    return f"nt:dg:{name}"
+
+
+def digest(digest_id: str) -> tuple[str, str, str]:
+    """A digest window: its hash (id, skeleton, opened, closes, max, show, opener), its
+    events (zset id -> arrival) and their content (hash id -> event JSON)."""
+    base = f"nt:dgw:{digest_id}"
+    return base, f"{base}:ev", f"{base}:data"
+
+
 def stats(hour: str) -> str:
     return f"nt:stats:{hour}"
 
@@ -71,4 +96,8 @@ def user_keys(user_id: str) -> list[str]:
     """Every key that belongs to one user alone: an erasure deletes them whole.
 
     A new per-user key goes here too (topic subscriptions, when topics exist, add theirs)."""
-    return [preferences(user_id), *inbox(user_id), user_notifications(user_id)]
+    return [
+        preferences(user_id),
+        *inbox(user_id),
+        user_notifications(user_id),
+    ]

@@ -29,6 +29,18 @@ class Found:
     exists: bool
     locked: bool
     preferences: str | None
+    admitted: bool = True  # by the type's throttle (always, without one)
+    opener: bool = False  # the first event of its digest window, which the rule sends at once
+
+
+@dataclass(frozen=True, slots=True)
+class Asked:
+    """One request of a batch to prepare: its throttle and digest specs, when its type has."""
+
+    id: str
+    user_id: str
+    throttle: dict[str, Any] | None = None
+    digest: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -50,15 +62,24 @@ class Outcome:
         due: dict[str, int],
         inbox: tuple[str, InboxItem] | None,
         owner: tuple[str, datetime] | None = None,
+        *,
+        cancel_key: str | None = None,
+        collect: dict[str, Any] | None = None,
     ) -> None:
-        """`owner`: the user and creation time, indexed for an erasure."""
+        """`owner`: the user and creation time, indexed for an erasure; `collect`: the event
+        joins its digest window (see commit.lua)."""
         item: dict[str, Any] = {
             "key": keys.notification(notification_id),
+            "id": notification_id,
             "fields": [x for pair in fields.items() for x in pair],
             "due": [x for member, score in due.items() for x in (score, member)],
             "entry": entry.id,
             "lock": keys.lock(notification_id),
         }
+        if cancel_key is not None:
+            item["cancel"] = keys.cancel_index(cancel_key)
+        if collect is not None:
+            item["collect"] = collect
         if owner is not None:
             user, created = owner
             index = keys.user_notifications(user)
@@ -84,8 +105,12 @@ class Outcome:
         failed_at = str(int(time.time() * 1000))
         self.dead_letters.append([entry.id, request, reason[:4000], failed_at])
 
-    def count(self, moment: datetime, kind: str, channel: str, status: str) -> None:
-        self.stats[(keys.stats(analytics.hour_of(moment)), f"{kind}|{channel}|{status}")] += 1
+    def count(
+        self, moment: datetime, kind: str, channel: str, status: str, reason: str | None = None
+    ) -> None:
+        self.stats[
+            (keys.stats(analytics.hour_of(moment)), analytics.field(kind, channel, status, reason))
+        ] += 1
 
     def __bool__(self) -> bool:
         return bool(self.items or self.acks or self.dead_letters)
@@ -125,19 +150,48 @@ class Ledger:
         return items
 
     async def prepare(
-        self, owner: str, lock_seconds: float, requests: list[tuple[str, str]], templates: list[str]
+        self,
+        owner: str,
+        lock_seconds: float,
+        requests: list[Asked],
+        templates: list[str],
+        now: datetime,
     ) -> tuple[list[Found], dict[str, str | None]]:
-        """Per (id, user_id): recorded already? locked by us? the user's preferences JSON."""
-        prefixes = [keys.notification(""), keys.lock(""), keys.preferences(""), keys.template("")]
-        args: list[Any] = [owner, int(lock_seconds * 1000), len(requests), *prefixes]
-        args += [x for pair in requests for x in pair]
-        args += templates
-        reply = await self._prepare(args=args)
+        """Per request: recorded already? locked by us? the user's preferences JSON; admitted
+        by its throttle? the first of its digest window?"""
+        payload = {
+            "owner": owner,
+            "px": int(lock_seconds * 1000),
+            "now": int(now.timestamp() * 1000),
+            "due": keys.DUE,
+            "n": keys.notification(""),
+            "lock": keys.lock(""),
+            "prefs": keys.preferences(""),
+            "tpl": keys.template(""),
+            "requests": [
+                {
+                    "id": r.id,
+                    "user": r.user_id,
+                    **({"throttle": r.throttle} if r.throttle else {}),
+                    **({"digest": r.digest} if r.digest else {}),
+                }
+                for r in requests
+            ],
+            "templates": templates,
+        }
+        reply = await self._prepare(args=[orjson.dumps(payload)])
         n = len(requests)
         found = [
-            Found(bool(reply[3 * i]), bool(reply[3 * i + 1]), reply[3 * i + 2]) for i in range(n)
+            Found(
+                exists=bool(reply[5 * i]),
+                locked=bool(reply[5 * i + 1]),
+                preferences=reply[5 * i + 2],
+                admitted=bool(reply[5 * i + 3]),
+                opener=bool(reply[5 * i + 4]),
+            )
+            for i in range(n)
         ]
-        return found, dict(zip(templates, reply[3 * n :], strict=True))
+        return found, dict(zip(templates, reply[5 * n :], strict=True))
 
     async def commit(self, outcome: Outcome) -> list[InboxCounts]:
         """Record `outcome` atomically; the inbox counts after each of its inbox entries."""

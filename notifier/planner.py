@@ -1,19 +1,24 @@
-"""What happens on each channel for one request: preferences, contacts, quiet hours, content.
+"""What happens on each channel for one request: preferences, contacts, quiet hours, content,
+and the request's route (throttled, escalation steps, collected into a digest).
 
-Pure: the same request, preferences, template and clock reading always plan the same."""
+Pure: the same request, preferences, template, route and clock reading always plan the same."""
 
 from __future__ import annotations
 
 import html
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from archmesh_client.notifications import Medium, NotificationRequest
+from archmesh_client.notifications import EscalationStep, Medium, NotificationRequest
 
-from notifier import templates
+from notifier import templates, throttle
+from notifier.digests import summary
 from notifier.quiet_hours import OVERRIDING, quiet_until
+from notifier.rules import Route
 from notifier.schemas import ChannelDelivery, DeliveryState, InboxItem, Preferences, Template
+
+AT_ONCE = Route()
 
 
 @dataclass(slots=True)
@@ -30,6 +35,7 @@ def plan(
     template: Template | None,
     now: datetime,
     configured: frozenset[Medium],
+    route: Route = AT_ONCE,
     *,
     critical: bool = False,
 ) -> Plan:
@@ -38,22 +44,40 @@ def plan(
     loud = critical or request.priority in OVERRIDING
     quiet_end = None if loud else quiet_until(preferences, now)
     locale = request.locale or preferences.locale
-    for channel in request.channels or list(Medium):
+    steps = {s.medium: s for s in route.steps} if route.steps else None
+    for channel in list(steps or request.channels or Medium):
+        step = steps[channel] if steps else None
         state, reason = _gate(request, preferences, channel, configured, critical)
-        if state is None:
+        if state is None and route.throttled:
+            state, reason = DeliveryState.SUPPRESSED, throttle.REASON
+        elif state is None and channel in route.collect:
+            state, reason = DeliveryState.DIGESTED, "collected into a digest"
+        elif state is None:
             try:
-                content = _content(request, template, channel, locale)
+                content = _content(request, template, channel, locale, route.summary)
             except templates.TemplateInvalid as exc:
                 state, reason = DeliveryState.FAILED, f"template render failed: {exc}"
             else:
                 state, reason = _schedule(result, request, preferences, channel, content, now)
-                if state is DeliveryState.PENDING and quiet_end is not None:
+                if step is not None and step.unless is not None:
+                    state, reason = _later(result, channel, step, now)
+                elif state is DeliveryState.PENDING and quiet_end is not None:
                     state, reason = _quiet(result, channel, quiet_end, preferences.held)
         delivery = ChannelDelivery(status=state, updated_at=now, last_error=reason)
-        if state is DeliveryState.HELD:
+        if state in (DeliveryState.HELD, DeliveryState.WAITING):
             delivery.next_attempt_at = result.due[channel]
         result.deliveries[channel] = delivery
     return result
+
+
+def _later(
+    result: Plan, channel: Medium, step: EscalationStep, now: datetime
+) -> tuple[DeliveryState, str]:
+    """A later escalation step: due `after` from now, sent then unless the item is seen (or
+    read) by then; preferences and quiet hours are checked again when it comes due."""
+    result.due[channel] = now + timedelta(seconds=step.after)
+    result.jobs[channel]["unless"] = step.unless
+    return DeliveryState.WAITING, f"escalation: sent unless {step.unless} by then"
 
 
 def _quiet(
@@ -124,7 +148,11 @@ def _schedule(
 
 
 def _content(
-    request: NotificationRequest, template: Template | None, channel: Medium, locale: str | None
+    request: NotificationRequest,
+    template: Template | None,
+    channel: Medium,
+    locale: str | None,
+    digest: bool = False,
 ) -> dict[str, str]:
     if template is not None:
         context = {
@@ -142,6 +170,8 @@ def _content(
             return rendered
         if request.title is None:
             raise templates.TemplateInvalid(f"template has no {channel.value} part")
+    if digest:
+        return _plain(*summary(request.title, request.data), channel)
     return _plain(request.title or "", request.body or "", channel)
 
 

@@ -6,7 +6,7 @@ records every outcome and acknowledges every entry atomically, one pipeline push
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -15,12 +15,13 @@ from archmesh_client.channels import user_channel
 from archmesh_client.notifications import Medium, NotificationRequest, validation_error
 from pydantic import ValidationError
 
-from notifier import keys, status
+from notifier import digests, keys, status, throttle
 from notifier.events import notification_event
 from notifier.intake import Entry
-from notifier.ledger import Ledger, Outcome
+from notifier.ledger import Asked, Ledger, Outcome
 from notifier.metrics import NotifierMetrics
 from notifier.planner import Plan, plan
+from notifier.rules import Route, Rules
 from notifier.schemas import DeliveryState, InboxCounts, Preferences, Template
 from shared.broker import Broker, BrokerError
 from shared.logging import get_logger
@@ -28,6 +29,18 @@ from shared.logging import get_logger
 log = get_logger(__name__)
 
 Clock = Callable[[], datetime]
+
+
+# Counted when they end (sent, failed, cancelled...), not when they are planned.
+_UNFINISHED = frozenset({DeliveryState.PENDING, DeliveryState.WAITING})
+_CANCELLABLE = frozenset(
+    {DeliveryState.PENDING, DeliveryState.WAITING, DeliveryState.HELD, DeliveryState.DIGESTED}
+)
+
+
+def _open(result: Plan) -> bool:
+    """Something of the plan may still be cancelled."""
+    return any(d.status in _CANCELLABLE for d in result.deliveries.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +51,7 @@ class Options:
     known_users_only: bool
     configured: frozenset[Medium]
     critical: frozenset[str] = frozenset()  # types preferences and quiet hours cannot stop
+    rules: Rules = field(default_factory=Rules)
 
 
 @dataclass(slots=True)
@@ -46,6 +60,15 @@ class _Work:
     request: NotificationRequest
     plan: Plan | None = None
     counts: InboxCounts | None = None
+    digest: dict[str, Any] | None = None  # the digest window spec, for a digest type's event
+    route: Route = field(default_factory=Route)
+    at: datetime | None = None  # when it was planned (a batch's are a microsecond apart)
+    throttle_key: str | None = None  # its type's throttle log
+
+    @property
+    def is_digest(self) -> bool:
+        """The digest's own request (queued by its close): never digested or throttled again."""
+        return self.entry.fields.get(keys.DIGEST_FIELD) == "1"
 
 
 class Processor:
@@ -87,17 +110,18 @@ class Processor:
         if not work:
             return [], []
         names = sorted({w.request.template for w in work if w.request.template})
+        start = self._clock()
         found, raw_templates = await self._ledger.prepare(
             self._options.consumer,
             self._options.lock_seconds,
-            [(w.request.id, w.request.user_id) for w in work],
+            [self._asked(w) for w in work],
             names,
+            start,
         )
         templates = {
             name: None if raw is None else Template.model_validate_json(raw)
             for name, raw in raw_templates.items()
         }
-        start = self._clock()
         duplicates: list[Entry] = []
         planned: list[_Work] = []
         for index, (item, facts) in enumerate(zip(work, found, strict=True)):
@@ -113,11 +137,33 @@ class Processor:
                 raw = facts.preferences
                 prefs = Preferences() if raw is None else Preferences.model_validate_json(raw)
                 template = templates.get(item.request.template or "")
+                item.at = now
+                if item.is_digest:
+                    item.route = Route(summary=True)
+                else:
+                    item.route = self._options.rules.route(
+                        item.request, facts.admitted, facts.opener
+                    )
                 critical = item.request.type in self._options.critical
                 configured = self._options.configured
-                item.plan = plan(item.request, prefs, template, now, configured, critical=critical)
+                item.plan = plan(
+                    item.request, prefs, template, now, configured, item.route, critical=critical
+                )
                 planned.append(item)
         return duplicates, planned
+
+    def _asked(self, item: _Work) -> Asked:
+        """The request and, when its type has them, its throttle and digest specs."""
+        request, rules = item.request, self._options.rules
+        if item.is_digest:
+            return Asked(request.id, request.user_id)
+        rule = rules.throttles.get(request.type)
+        digest = rules.digest_of(request)
+        if digest is not None:
+            item.digest = digests.open_spec(request, digest)
+        spec = None if rule is None else throttle.spec(request, rule)
+        item.throttle_key = None if spec is None else spec["key"]
+        return Asked(request.id, request.user_id, throttle=spec, digest=item.digest)
 
     def _refusal(
         self, request: NotificationRequest, prefs: str | None, found: dict[str, Template | None]
@@ -145,7 +191,7 @@ class Processor:
             if item.plan is not None and item.plan.inbox is not None:
                 item.counts = next(counts)
         self._count(work, duplicates, dead)
-        if any(item.plan and item.plan.due for item in work):
+        if any(item.plan and (item.plan.due or item.route.collect) for item in work):
             self._on_scheduled()
 
     def _stage(self, outcome: Outcome, item: _Work, now: datetime) -> None:
@@ -165,11 +211,35 @@ class Processor:
         }
         inbox = None if result.inbox is None else (request.user_id, result.inbox)
         fields = status.fields_of(meta, result.deliveries, result.jobs)
+        if item.throttle_key is not None:
+            fields["th"] = item.throttle_key  # the user's throttle log, for an erasure
+        collect = None
+        digested = any(d.status is DeliveryState.DIGESTED for d in result.deliveries.values())
+        if digested and item.digest is not None:
+            at = item.at or now
+            collect = {
+                "digest": item.digest,
+                "id": request.id,
+                "event": digests.event_json(request, at),
+                "score": at.timestamp(),
+                "now": int(now.timestamp() * 1000),
+            }
+        cancel_key = request.cancel_key if _open(result) else None
         owner = (request.user_id, now)
-        outcome.record(item.entry, request.id, fields, due, inbox, owner)
+        outcome.record(
+            item.entry,
+            request.id,
+            fields,
+            due,
+            inbox,
+            owner,
+            cancel_key=cancel_key,
+            collect=collect,
+        )
         for channel, delivery in result.deliveries.items():
-            if delivery.status is not DeliveryState.PENDING:
-                outcome.count(now, request.type, channel.value, delivery.status.value)
+            if delivery.status not in _UNFINISHED:
+                reason = throttle.REASON if item.route.throttled else None
+                outcome.count(now, request.type, channel.value, delivery.status.value, reason)
 
     def _count(self, work: list[_Work], duplicates: list[Entry], dead: list[Any]) -> None:
         m = self._metrics
@@ -180,7 +250,7 @@ class Processor:
         for item in work:
             assert item.plan is not None
             for channel, delivery in item.plan.deliveries.items():
-                if delivery.status is not DeliveryState.PENDING:
+                if delivery.status not in _UNFINISHED:
                     m.deliveries.labels(channel.value, delivery.status.value).inc()
 
     async def _push(self, work: list[_Work]) -> None:

@@ -30,9 +30,20 @@ class DeliveryState(StrEnum):
     RETRYING = "retrying"
     HELD = "held"
     SUPPRESSED = "suppressed"
+    WAITING = "waiting"  # a later escalation step, sent unless the item is seen/read by then
+    DIGESTED = "digested"  # collected into a digest: its content goes out in that one message
+    CANCELLED = "cancelled"  # by a cancel_key, or because the item was read before the step
 
 
-TERMINAL_STATES = frozenset({DeliveryState.SENT, DeliveryState.FAILED, DeliveryState.SUPPRESSED})
+TERMINAL_STATES = frozenset(
+    {
+        DeliveryState.SENT,
+        DeliveryState.FAILED,
+        DeliveryState.SUPPRESSED,
+        DeliveryState.DIGESTED,
+        DeliveryState.CANCELLED,
+    }
+)
 
 
 class _Strict(BaseModel):

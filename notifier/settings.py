@@ -6,9 +6,10 @@ import re
 from typing import Annotated, Literal
 
 from archmesh_client.notifications import TYPE_PATTERN
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
+from notifier.rules import Rules
 from shared.settings import Settings
 
 
@@ -30,6 +31,15 @@ class NotifierSettings(Settings):
         "failed=workflow_failed:high,completed=workflow_completed:normal",
         description="status=notification_type:priority, comma-separated.",
     )
+    notifier_escalation: str = Field(
+        "",
+        description="type=steps, comma-separated; steps e.g. in_app;email@unseen:10m;sms@unread:1h",
+    )
+    notifier_digests: str = Field(
+        "",
+        description="type=window:10m[;sliding:1h][;max:50][;first:now][;show:20][;in_app:each]",
+    )
+    notifier_throttles: str = Field("", description="type=K/window, e.g. comment_added=5/1h")
 
     smtp_host: str = ""
     smtp_port: int = Field(587, ge=1, le=65535)
@@ -94,3 +104,11 @@ class NotifierSettings(Settings):
         if value is not None and len(value.get_secret_value().encode()) < 32:
             raise ValueError("must be at least 32 bytes")
         return value
+
+    @model_validator(mode="after")
+    def _rules(self) -> NotifierSettings:
+        self.rules()  # a typo in a rule stops the notifier at start, with the reason
+        return self
+
+    def rules(self) -> Rules:
+        return Rules.parse(self.notifier_escalation, self.notifier_digests, self.notifier_throttles)

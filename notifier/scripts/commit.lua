@@ -3,7 +3,9 @@
 --   items: [{key, fields: [f, v, ...], due: [score, member, ...], entry, lock,
 --            inbox: {order, items, unread, unseen, archived, id, score, payload,
 --                    publish: {meta, history, size, ttl, prefix} or absent} or absent,
---            owner: {key, id, ms} (the user's index of notifications) or absent}],
+--            owner: {key, id, ms} (the user's index of notifications) or absent,
+--            cancel: cancel index key or absent,
+--            collect: {digest (as in prepare.lua), id, event, score, now} or absent}],
 --   acks: [entry ids], dead_letters: [[entry, request, reason, failed_at]],
 --   stats: [[key, field, count]]}
 -- Returns, per item with an inbox entry (in order), the user's {unseen, unread} after it.
@@ -18,12 +20,49 @@ local function ack(entry)
   redis.call('HDEL', p.attempts, entry)
 end
 
+-- The digest window open for the event's name (opened now if the last one closed since the
+-- batch was prepared); the event joins it, and its close moves earlier (sliding, or full).
+local function collect(c, key)
+  local d = c.digest
+  local id = redis.call('GET', d.pointer)
+  if not id then
+    id = d.id
+    redis.call('SET', d.pointer, id)
+    redis.call('HSET', d.window_prefix .. id, 'id', id, 'pointer', d.pointer,
+      'skeleton', d.skeleton, 'opened', c.now, 'closes', c.now + d.window, 'max', d.max,
+      'show', d.show, 'opener', '')
+  end
+  local window = d.window_prefix .. id
+  local events, data = window .. ':ev', window .. ':data'
+  redis.call('ZADD', events, c.score, c.id)
+  redis.call('HSET', data, c.id, c.event)
+  redis.call('HSET', key, 'dg', cjson.encode({events = events, data = data}))
+  local closes = tonumber(redis.call('HGET', window, 'closes'))
+  if d.sliding > 0 then
+    local opened = tonumber(redis.call('HGET', window, 'opened'))
+    closes = math.min(c.now + d.window, opened + d.sliding)
+  end
+  if redis.call('ZCARD', events) >= tonumber(redis.call('HGET', window, 'max')) then
+    closes = math.min(closes, c.now)
+    redis.call('DEL', d.pointer) -- full: the next event opens a new window
+  end
+  redis.call('HSET', window, 'closes', closes)
+  redis.call('ZADD', p.due, closes, d.job_prefix .. id)
+end
+
 local unread = {}
 for _, it in ipairs(p.items) do
   redis.call('HSET', it.key, unpack(it.fields))
   redis.call('EXPIRE', it.key, p.retention)
   if #it.due > 0 then
     redis.call('ZADD', p.due, unpack(it.due))
+  end
+  if it.cancel then
+    redis.call('SADD', it.cancel, it.id)
+    redis.call('EXPIRE', it.cancel, p.retention)
+  end
+  if it.collect then
+    collect(it.collect, it.key)
   end
   local owner = it.owner
   if owner then

@@ -1,6 +1,6 @@
 -- ArchMesh notifier: erase one user (DELETE /api/users/{user}), atomically.
 -- ARGV[1]: JSON {user, prefs, index, due, prefix, sessions, media: [...], delete: [keys],
---   now (ISO time), reason}
+--   now (ISO time), reason, digest_job (the prefix of a digest window's due job)}
 -- Statuses of the user's notifications stay (a service may still ask how one went) without
 -- the user: `meta.user_id` emptied, jobs (addresses, rendered content) deleted, contact data
 -- masked in error texts, and every delivery not yet done cancelled and taken out of `due`.
@@ -67,7 +67,8 @@ for _, id in ipairs(ids) do
       local raw = redis.call('HGET', key, 'ch:' .. medium)
       if raw then
         local d = cjson.decode(raw)
-        if d.status == 'pending' or d.status == 'retrying' or d.status == 'held' then
+        local open = d.status == 'pending' or d.status == 'retrying' or d.status == 'held'
+        if open or d.status == 'waiting' or d.status == 'digested' then
           d.status = 'suppressed'
           d.last_error = p.reason
           d.next_attempt_at = cjson.null
@@ -80,6 +81,26 @@ for _, id in ipairs(ids) do
       end
     end
   end
+end
+
+-- Throttle logs and open digest windows name the user (and hold the events' content).
+for _, id in ipairs(ids) do
+  local key = p.prefix .. id
+  local throttle, digest = unpack(redis.call('HMGET', key, 'th', 'dg'))
+  if throttle then
+    redis.call('DEL', throttle)
+  end
+  if digest then
+    local where = cjson.decode(digest)
+    local window = string.sub(where.events, 1, -4) -- the events key is <window>:ev
+    local pointer, window_id = unpack(redis.call('HMGET', window, 'pointer', 'id'))
+    if pointer then
+      redis.call('DEL', pointer)
+      redis.call('ZREM', p.due, p.digest_job .. window_id)
+    end
+    redis.call('DEL', window, where.events, where.data)
+  end
+  redis.call('HDEL', key, 'th', 'dg')
 end
 
 local sessions = redis.call('HGETALL', p.sessions)

@@ -5,7 +5,9 @@ validate with these same models, so a request this client accepts is one the ser
 
 from __future__ import annotations
 
+import re
 import uuid
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -102,6 +104,22 @@ class NotificationRequest(_Strict):
             raise ValueError("action ids must not repeat")
         return value
 
+    escalation: str | None = Field(
+        None,
+        max_length=200,
+        description="steps, e.g. `in_app;email@unseen:10m;sms@unread:30m` (replaces the type's)",
+    )
+    digest_key: Id | None = Field(None, description="separate digests of one type per key")
+    throttle_key: Id | None = Field(None, description="separate throttles of one type per key")
+    cancel_key: Id | None = Field(None, description="POST /api/notifications/cancel takes it")
+
+    @field_validator("escalation")
+    @classmethod
+    def _steps(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_escalation(value)  # raises ValueError with the reason
+        return value
+
     @field_validator("channels")
     @classmethod
     def _unique(cls, value: list[Medium] | None) -> list[Medium] | None:
@@ -114,6 +132,56 @@ class NotificationRequest(_Strict):
         if self.template is None and self.title is None:
             raise ValueError("give a title (and body), or a template")
         return self
+
+
+_DURATION = re.compile(r"^(\d{1,9})(ms|s|m|h|d)$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_STEP = re.compile(r"^([a-z_]+)(?:@(unseen|unread):(\w+))?$")
+
+
+def parse_duration(text: str) -> float:
+    """`500ms`, `30s`, `10m`, `2h`, `1d` in seconds."""
+    match = _DURATION.match(text.strip())
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration such as 30s, 10m, 2h")
+    return int(match[1]) * _UNITS[match[2]]
+
+
+@dataclass(frozen=True, slots=True)
+class EscalationStep:
+    """Send on `medium` `after` seconds from the notification, unless it is `unless` by then
+    ("seen" or "read" in the inbox); the first steps (no condition) go at once."""
+
+    medium: Medium
+    after: float = 0.0
+    unless: str | None = None
+
+
+def parse_escalation(text: str) -> tuple[EscalationStep, ...]:
+    """`in_app;email@unseen:10m;sms@unread:30m`: in-app at once, then email if the item is still
+    unseen 10 minutes after it was created, then SMS if it is still unread after 30 minutes."""
+    steps: list[EscalationStep] = []
+    for raw in text.split(";"):
+        match = _STEP.match(raw.strip())
+        if match is None or match[1] not in {m.value for m in Medium}:
+            raise ValueError(f"{raw.strip()!r}: a step is medium or medium@unseen|unread:delay")
+        medium = Medium(match[1])
+        if match[2] is None:
+            if any(s.unless for s in steps):
+                raise ValueError(f"{medium.value}: steps without a condition come first")
+            steps.append(EscalationStep(medium))
+            continue
+        after = parse_duration(match[3])
+        if after <= 0 or (steps and after < steps[-1].after):
+            raise ValueError(f"{raw.strip()!r}: delays must be positive and never decrease")
+        unless = "seen" if match[2] == "unseen" else "read"
+        steps.append(EscalationStep(medium, after, unless))
+    media = [s.medium for s in steps]
+    if len(set(media)) != len(media):
+        raise ValueError("a medium appears in one step only")
+    if Medium.IN_APP not in media or steps[media.index(Medium.IN_APP)].unless is not None:
+        raise ValueError("in_app must be one of the first steps (seen and read are in-app)")
+    return tuple(steps)
 
 
 class ItemResult(BaseModel):

@@ -13,6 +13,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 
+from archmesh_client.cancellation import CancelResult, cancel
 from archmesh_client.notifications import (
     BatchResult,
     ItemResult,
@@ -55,6 +56,11 @@ class NotifierClient:
         if valid:
             await enqueue(self._redis, valid)
         return BatchResult.of(results)
+
+    async def cancel(self, cancel_key: str) -> CancelResult:
+        """Cancel every step not yet sent (held in quiet hours, waiting to escalate, collected
+        in an open digest) of the notifications that carried `cancel_key`."""
+        return await cancel(self._redis, cancel_key)
 
     async def aclose(self) -> None:
         await self._redis.aclose()

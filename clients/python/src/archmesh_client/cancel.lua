@@ -1,0 +1,59 @@
+-- ArchMesh notifier: cancel every step of some notifications that is not yet sent, atomically.
+-- ARGV[1]: JSON {index (a set of notification ids, optional), ids (used without index),
+--   prefix (of the notifications' hashes), due (the due-jobs set), media, only (one medium,
+--   optional), reason, now (ISO time), stats, stats_ttl}.
+-- A step not yet sent is pending, retrying, held (quiet hours), waiting (escalation), or
+-- digested while its digest is still open (it is then taken out of the digest).
+-- Returns {steps cancelled, notifications with at least one}.
+local p = cjson.decode(ARGV[1])
+local ids = p.ids or {}
+if p.index then
+  ids = redis.call('SMEMBERS', p.index)
+end
+local OPEN = {pending = true, retrying = true, held = true, waiting = true}
+local steps, touched = 0, 0
+for _, id in ipairs(ids) do
+  local key = p.prefix .. id
+  local meta = redis.call('HGET', key, 'meta')
+  if meta then
+    local kind = cjson.decode(meta).type
+    local in_digest = false
+    local dg = redis.call('HGET', key, 'dg')
+    if dg and not p.only then
+      local where = cjson.decode(dg)
+      if redis.call('ZREM', where.events, id) == 1 then
+        redis.call('HDEL', where.data, id)
+        in_digest = true
+      end
+    end
+    local any = false
+    for _, medium in ipairs(p.media) do
+      local raw = nil
+      if not p.only or p.only == medium then
+        raw = redis.call('HGET', key, 'ch:' .. medium)
+      end
+      if raw then
+        local d = cjson.decode(raw)
+        if OPEN[d.status] or (d.status == 'digested' and in_digest) then
+          d.status = 'cancelled'
+          d.last_error = p.reason
+          d.updated_at = p.now
+          d.next_attempt_at = cjson.null
+          redis.call('HSET', key, 'ch:' .. medium, cjson.encode(d))
+          redis.call('ZREM', p.due, id .. '|' .. medium)
+          redis.call('HINCRBY', p.stats, kind .. '|' .. medium .. '|cancelled', 1)
+          redis.call('EXPIRE', p.stats, p.stats_ttl)
+          steps = steps + 1
+          any = true
+        end
+      end
+    end
+    if any then
+      touched = touched + 1
+    end
+  end
+end
+if p.index then
+  redis.call('DEL', p.index)
+end
+return {steps, touched}

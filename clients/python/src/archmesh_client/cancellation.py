@@ -1,0 +1,77 @@
+"""Cancelling notifications by `cancel_key`: the script (cancel.lua) and how to call it, the one
+copy of both. The notifier's API and `NotifierClient.cancel` both run it, so a backend may
+cancel through either; the notifiers' delivery jobs find cancelled steps and skip them.
+
+The notifier keeps, per cancel key, the set of notification ids that carried it (for as long as
+their statuses are kept); cancelling walks that set in one atomic step."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from pydantic import BaseModel
+
+from archmesh_client.notifications import Medium
+
+SOURCE = resources.files(__package__).joinpath("cancel.lua").read_text()
+
+# The notifier's key layout this script touches (notifier/keys.py uses the same names).
+NOTIFICATION_PREFIX = "nt:n:"
+DUE = "nt:due"
+CANCEL_PREFIX = "nt:cancel:"
+STATS_PREFIX = "nt:stats:"
+STATS_TTL = 90 * 86400
+
+
+class CancelResult(BaseModel):
+    cancel_key: str | None = None
+    cancelled: int  # steps (one medium of one notification) that will now never be sent
+    notifications: int  # notifications that had at least one such step
+
+
+def index_key(cancel_key: str) -> str:
+    return f"{CANCEL_PREFIX}{cancel_key}"
+
+
+def stats_key(moment: datetime) -> str:
+    return f"{STATS_PREFIX}{moment.astimezone(UTC).strftime('%Y%m%d%H')}"
+
+
+def payload(
+    now: datetime,
+    reason: str,
+    *,
+    cancel_key: str | None = None,
+    ids: list[str] | None = None,
+    only: Medium | None = None,
+) -> bytes:
+    """The script's argument: cancel what `cancel_key` names, or the notifications `ids`."""
+    body: dict[str, Any] = {
+        "prefix": NOTIFICATION_PREFIX,
+        "due": DUE,
+        "media": [m.value for m in Medium],
+        "reason": reason,
+        "now": now.isoformat(),
+        "stats": stats_key(now),
+        "stats_ttl": STATS_TTL,
+        "ids": ids or [],
+    }
+    if cancel_key is not None:
+        body["index"] = index_key(cancel_key)
+    if only is not None:
+        body["only"] = only.value
+    return orjson.dumps(body)
+
+
+async def cancel(
+    redis: aioredis.Redis, cancel_key: str, now: datetime | None = None
+) -> CancelResult:
+    """Cancel every step not yet sent of the notifications that carried `cancel_key`."""
+    moment = now or datetime.now(UTC)
+    script = redis.register_script(SOURCE)
+    reply = await script(args=[payload(moment, "cancelled by request", cancel_key=cancel_key)])
+    return CancelResult(cancel_key=cancel_key, cancelled=int(reply[0]), notifications=int(reply[1]))
