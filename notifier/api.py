@@ -374,6 +374,11 @@ class NotifierApi:
             raise ApiError(404, "not_found", "no such notification in this inbox")
         return _model(found)
 
+    async def _read(self, user_id: str, ids: list[str]) -> None:
+        """Items just read need no more escalation: their waiting steps are cancelled now (a
+        step that comes due also checks, so one read a moment after this still stops it)."""
+        await self.notifier.canceller.after_read(ids, self.notifier.clock())
+
     def _mark_one(self, mark: Mark) -> Handler:
         @operation(
             f"Mark one in-app notification {mark.value}",
@@ -386,6 +391,8 @@ class NotifierApi:
             marked = await self.notifier.inbox.mark(user_id, mark, [item_id])
             if marked.unknown:
                 raise ApiError(404, "not_found", "no such notification in this inbox")
+            if mark in (Mark.READ, Mark.ARCHIVE):
+                await self._read(user_id, [item_id])
             return _model(marked.counts)
 
         return handler
@@ -405,9 +412,13 @@ class NotifierApi:
                 chosen = MarkIds(all=True)
             else:
                 chosen = _parse(MarkIds, await json_body(request, 64 * 1024))
-            marked = await self.notifier.inbox.mark(
-                user_id, mark, list(dict.fromkeys(chosen.ids)), every=chosen.all
-            )
+            ids = list(dict.fromkeys(chosen.ids))
+            reading = mark in (Mark.READ, Mark.ARCHIVE)
+            if reading and chosen.all:
+                ids = await self.notifier.inbox.unread(user_id)  # the ones this reads
+            marked = await self.notifier.inbox.mark(user_id, mark, ids, every=chosen.all)
+            if reading:
+                await self._read(user_id, [i for i in ids if i not in marked.unknown])
             counts = marked.counts
             return _model(
                 Marked(unseen=counts.unseen, unread=counts.unread, unknown=marked.unknown)

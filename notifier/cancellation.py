@@ -28,3 +28,13 @@ class Canceller:
         args = [payload(now, reason, ids=[notification_id], only=only)]
         steps, _ = await self._script(args=args)
         return int(steps)
+
+    async def after_read(self, notification_ids: list[str], now: datetime) -> int:
+        """The escalation steps still waiting for notifications just read: they are not needed
+        any more (the step itself would also see the read when it comes due, later)."""
+        if not notification_ids:
+            return 0
+        reason = "read in the app before this step"
+        args = [payload(now, reason, ids=notification_ids, states=["waiting"])]
+        steps, _ = await self._script(args=args)
+        return int(steps)

@@ -85,6 +85,11 @@ class Inbox:
             return None
         return ItemMarks(seen=not unseen, read=not unread, archived=bool(archived))
 
+    async def unread(self, user_id: str) -> list[str]:
+        """The ids not read yet."""
+        members = await self._redis.smembers(keys.inbox(user_id).unread)
+        return sorted(str(member) for member in members)
+
     async def item(self, user_id: str, item_id: str) -> InboxItem | None:
         """One item with its marks, archived or not."""
         box = keys.inbox(user_id)

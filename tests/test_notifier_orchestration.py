@@ -98,11 +98,25 @@ async def test_escalation_stops_when_the_item_is_read(stack: Stack) -> None:
     assert "unless seen" in waiting["email"]["last_error"]
     read = await stack.http.post(f"/api/users/ada/inbox/{nid}/read")
     assert read.status_code == 200
-    stack.clock.advance(minutes=11)
+    # Cancelled by the read itself, before any step comes due, and nothing is left to run.
     done = await stack.states(nid, in_app="sent", email="cancelled", sms="cancelled")
     assert done["email"]["last_error"] == "read in the app before this step"
     assert done["sms"]["last_error"] == "read in the app before this step"
+    assert await stack.notifier.redis.zcard(keys.DUE) == 0
+    stack.clock.advance(minutes=31)
     assert mails(stack.smtp, "Review A") == []
+    assert sms_to(stack.twilio, "Review A") == []
+
+
+async def test_read_all_cancels_the_waiting_steps_of_every_item_it_reads(stack: Stack) -> None:
+    await stack.put_preferences("ada", **USER)
+    first = await stack.send(user_id="ada", type="review", title="Review R1")
+    second = await stack.send(user_id="ada", type="review", title="Review R2")
+    for nid in (first, second):
+        await stack.states(nid, email="waiting", sms="waiting")
+    assert (await stack.http.post("/api/users/ada/inbox/read-all")).status_code == 200
+    for nid in (first, second):
+        await stack.states(nid, email="cancelled", sms="cancelled")
     assert await stack.notifier.redis.zcard(keys.DUE) == 0
 
 

@@ -1,7 +1,8 @@
 -- ArchMesh notifier: cancel every step of some notifications that is not yet sent, atomically.
 -- ARGV[1]: JSON {index (a set of notification ids, optional), ids (used without index),
 --   prefix (of the notifications' hashes), due (the due-jobs set), media, only (one medium,
---   optional), reason, now (ISO time), stats, stats_ttl}.
+--   optional), states (which step states count as not yet sent, optional: the default below),
+--   reason, now (ISO time), stats, stats_ttl}.
 -- A step not yet sent is pending, retrying, held (quiet hours), waiting (escalation), or
 -- digested while its digest is still open (it is then taken out of the digest).
 -- Returns {steps cancelled, notifications with at least one}.
@@ -11,6 +12,12 @@ if p.index then
   ids = redis.call('SMEMBERS', p.index)
 end
 local OPEN = {pending = true, retrying = true, held = true, waiting = true}
+if p.states then
+  OPEN = {}
+  for _, state in ipairs(p.states) do
+    OPEN[state] = true
+  end
+end
 local steps, touched = 0, 0
 for _, id in ipairs(ids) do
   local key = p.prefix .. id

@@ -48,8 +48,10 @@ def payload(
     cancel_key: str | None = None,
     ids: list[str] | None = None,
     only: Medium | None = None,
+    states: list[str] | None = None,
 ) -> bytes:
-    """The script's argument: cancel what `cancel_key` names, or the notifications `ids`."""
+    """The script's argument: cancel what `cancel_key` names, or the notifications `ids`;
+    `states` narrows which steps count as not yet sent (default: every such state)."""
     body: dict[str, Any] = {
         "prefix": NOTIFICATION_PREFIX,
         "due": DUE,
@@ -64,6 +66,8 @@ def payload(
         body["index"] = index_key(cancel_key)
     if only is not None:
         body["only"] = only.value
+    if states is not None:
+        body["states"] = states
     return orjson.dumps(body)
 
 
