@@ -524,7 +524,7 @@ export class ArchMeshRealtime extends EventTarget {
     this._ws = ws;
     this._disconnect = null;
     let connected = false;
-    let extra = [];
+    const sent = new Set(); // channels the connect frame subscribes
 
     const onOpen = async () => {
       this._wsFailures = 0;
@@ -533,8 +533,8 @@ export class ArchMeshRealtime extends EventTarget {
         const items = [];
         for (const [channel, sub] of subs.slice(0, CONNECT_SUBSCRIBE_LIMIT)) {
           items.push(await this._subscribeItem(channel, sub));
+          sent.add(channel);
         }
-        extra = subs.slice(CONNECT_SUBSCRIBE_LIMIT);
         const own = this._ownChannel();
         this._connectId = this._nextId++;
         const frame = { type: "connect", token, id: this._connectId };
@@ -560,7 +560,8 @@ export class ArchMeshRealtime extends EventTarget {
       if (!frame || typeof frame !== "object" || Array.isArray(frame)) return;
       if (frame.type === "connected" && !connected) {
         connected = true;
-        this._onConnected(ws, frame, extra);
+        // The rest: past the connect frame's limit, or subscribed after it was sent.
+        this._onConnected(ws, frame, [...this._subs.entries()].filter(([c]) => !sent.has(c)));
       } else if (frame.type === "error" && isInt(frame.id) && frame.id === this._connectId) {
         // The connect frame itself was refused: retrying the same frame cannot help.
         this._disconnect = {
@@ -898,7 +899,7 @@ export class ArchMeshRealtime extends EventTarget {
         const final = [400, 401, 403, 429].includes(response.status);
         ended = { code: null, reason: `SSE refused: ${response.status} ${code}`, reconnect: !final };
       } else {
-        await this._readSse(response.body);
+        await this._readSse(response.body, new Set(channels));
       }
     } catch (err) {
       if (!stream.reopen && !stream.switchTo && !this._closing) {
@@ -924,7 +925,9 @@ export class ArchMeshRealtime extends EventTarget {
     this._ended(ended ?? { code: null, reason: "SSE stream ended", reconnect: true });
   }
 
-  async _readSse(body) {
+  /** `opened`: the channels the stream was opened with; one subscribed since then (before the
+   * stream said `connected`) has the stream reopened at once. */
+  async _readSse(body, opened) {
     const reader = body.pipeThrough(new TextDecoderStream()).getReader();
     let buffer = "";
     let connected = false;
@@ -952,6 +955,7 @@ export class ArchMeshRealtime extends EventTarget {
         if (frame.type === "connected" && !connected) {
           connected = true;
           this._onConnected(null, frame, []);
+          if (this.channels.some((channel) => !opened.has(channel))) this._reopenSse();
         } else {
           this._onFrame(frame);
         }
@@ -1023,6 +1027,8 @@ export class ArchMeshRealtime extends EventTarget {
       return this._scheduleProbe();
     }
     probe.ws = ws;
+    // The `ws` package throws an "error" nobody listens to; "close" follows it anyway.
+    ws.addEventListener("error", () => {});
     const done = () => {
       ws.removeEventListener("open", opened);
       ws.removeEventListener("close", failed);

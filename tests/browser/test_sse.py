@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.browser.cdp import Page
-from tests.servers import GatewayProcess, RedisServer
+from tests.servers import GatewayProcess, RedisServer, wait_until
 from tests.wsclient import token
 
 pytestmark = pytest.mark.slow
@@ -231,6 +231,9 @@ def test_the_sdk_falls_back_to_sse_and_back_to_websocket_by_itself(
 
     publish(5)
     page.wait_for(f"window.fallback.seen.publications.length === {published}", what="on SSE")
+    refused = gate.refused
+    wait_until(lambda: gate.refused > refused, what="a refused try of a WebSocket while on SSE")
+    assert page.evaluate("window.fallback.client.transport") == "sse"
     gate.refusing = False  # upgrades pass: the next try of a WebSocket opens
     publish(5)  # while the client moves
     page.wait_for(

@@ -204,8 +204,12 @@ test("moves back to a WebSocket once upgrades pass, and to SSE again: nothing lo
     }
   })();
   const on = (transport) => received.filter((r) => r[2] === transport).length;
-  await until(() => on("sse") >= 20, "publications on SSE");
-  const probesRefused = upgradesRefused;
+  // A try of a WebSocket while on SSE that the proxy refuses leaves the client where it is.
+  const refusedBefore = upgradesRefused;
+  await until(() => on("sse") >= 20 && upgradesRefused > refusedBefore, "a refused try on SSE");
+  assert.equal(client.transport, "sse");
+  assert.equal(client.state, State.CONNECTED);
+  const probesRefused = upgradesRefused - refusedBefore;
 
   refuseUpgrades = false; // the proxy lets upgrades through: the next probe opens
   await until(() => client.transport === "websocket" && client.state === State.CONNECTED, "the move to WebSocket");
