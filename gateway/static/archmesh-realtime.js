@@ -41,7 +41,8 @@
  * the last positions; a subscription token is renewed by reopening it with the fresh token;
  * ping, refresh, presence and history need the WebSocket (they reject with "unsupported").
  *
- *   "transport"        {transport, previous}  the client moved to another transport
+ *   "transport"        {transport, previous}  the client connected on another transport than
+ *                      its last connection's (emitted before that connection's "state")
  */
 
 export const State = Object.freeze({
@@ -195,9 +196,11 @@ export class ArchMeshRealtime extends EventTarget {
     this._fetch = options.fetch ?? ((...args) => globalThis.fetch(...args));
     /** "websocket" or "sse": the transport of the current (or last) connection attempt. */
     this.transport = this.transports[0];
+    this._connectedOn = this.transport; // the transport of the last connection made
     this._wsFailures = 0; // WebSocket attempts in a row that failed before they opened
     this._wsTriedAt = 0; // Date.now() of the last WebSocket attempt (or probe)
     this._probe = null; // {timer, ws} while on SSE: the next try of a WebSocket
+    this._unreachable = false; // an SSE attempt since the last connection got no answer at all
     /** @type {{abort: AbortController, reopen: boolean, switchTo: any} | null} while a stream is open */
     this._sse = null;
 
@@ -616,10 +619,7 @@ export class ArchMeshRealtime extends EventTarget {
   }
 
   _useTransport(transport) {
-    const previous = this.transport;
-    if (transport === previous) return;
     this.transport = transport;
-    this._emit("transport", { transport, previous });
   }
 
   _ended({ code, reason, reconnect }) {
@@ -647,6 +647,10 @@ export class ArchMeshRealtime extends EventTarget {
     const sent = previous === own ? this._ownSince : null;
     const recovery = own && !this._subs.has(own) ? this._ownPosition(own, frame, sent) : null;
     this.attempt = 0;
+    const before = this._connectedOn;
+    this._connectedOn = this.transport;
+    // Told once connected: attempts that fail on either transport (an outage) are no move.
+    if (before !== this.transport) this._emit("transport", { transport: this.transport, previous: before });
     this._setState({ state: State.CONNECTED });
     if (this._first) {
       this._first.resolve(this.info);
@@ -664,7 +668,8 @@ export class ArchMeshRealtime extends EventTarget {
       }
     }
     if (ws) for (const [channel, sub] of extra) this._sendSubscribe(ws, channel, sub);
-    else this._scheduleProbe();
+    else this._scheduleProbe(this._unreachable);
+    this._unreachable = false;
   }
 
   /** `connected` holds the own channel's position (and `recovered` for the `since` sent): its
@@ -906,7 +911,10 @@ export class ArchMeshRealtime extends EventTarget {
         ended = { code: null, reason: `SSE stream failed: ${err}`, reconnect: true };
         // Nothing answered at all (the gateway is down, the network gone): no sign of a proxy
         // refusing upgrades, so a WebSocket gets the next attempts again.
-        if (!answered) this._wsFailures = 0;
+        if (!answered) {
+          this._wsFailures = 0;
+          this._unreachable = true; // once connected on SSE, try a WebSocket again at once
+        }
       }
     }
     if (this._sse === stream) this._sse = null;
@@ -994,13 +1002,14 @@ export class ArchMeshRealtime extends EventTarget {
     return tokens;
   }
 
-  /** While on SSE: try a WebSocket once `websocketRetryInterval` passed since the last try. */
-  _scheduleProbe() {
+  /** While on SSE: try a WebSocket once `websocketRetryInterval` passed since the last try, or
+   * `now` (the gateway was unreachable before: its WebSockets failed for that, not a proxy). */
+  _scheduleProbe(now = false) {
     this._stopProbe();
     const stream = this._sse;
     if (!stream || !this.transports.includes("websocket")) return;
     if (!Number.isFinite(this.websocketRetryInterval)) return;
-    const wait = Math.max(0, this._wsTriedAt + this.websocketRetryInterval - Date.now());
+    const wait = now ? 0 : Math.max(0, this._wsTriedAt + this.websocketRetryInterval - Date.now());
     const probe = { timer: null, ws: null };
     probe.timer = setTimeout(() => this._runProbe(stream, probe), wait);
     this._probe = probe;

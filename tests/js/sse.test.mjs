@@ -246,3 +246,36 @@ test("moves back to a WebSocket once upgrades pass, and to SSE again: nothing lo
   assert.equal(client.transport, "sse");
   await client.close();
 });
+
+test("a gateway that was down is not taken for a proxy: the client ends on a WebSocket", async () => {
+  const node = new Gateway(await freePort());
+  await node.start();
+  const client = new ArchMeshRealtime(node.url, {
+    WebSocket,
+    token: mintToken({ user: "restart", sessions: "r1" }),
+    backoffBase: 10,
+    backoffCap: 50,
+  });
+  clients.push(client);
+  const reasons = [];
+  const moves = [];
+  client.on("state", (change) => reasons.push(String(change.reason)));
+  client.on("transport", (move) => moves.push(move.transport));
+  try {
+    await client.connect();
+    await client.subscribe("session:r1");
+    await node.stop();
+    // Down: WebSockets fail before they open, and so does the SSE attempt that follows them.
+    await until(() => reasons.some((r) => r.startsWith("SSE stream failed")), "an SSE attempt while down");
+    await node.start();
+    await until(() => client.state === State.CONNECTED && client.transport === "websocket", "back on a WebSocket");
+    const got = events(client, "publication");
+    const sent = await node.publish("session:r1", { n: 1 });
+    assert.equal((await got()).offset, sent.offset);
+    console.log(`moves while down and back: ${moves.join(">") || "none"}`);
+    assert.ok(moves.length === 0 || moves.at(-1) === "websocket", moves.join(">"));
+  } finally {
+    await client.close();
+    await node.stop();
+  }
+});
