@@ -508,10 +508,10 @@ export class ArchMeshRealtime extends EventTarget {
       return this._finish(null);
     }
     if (!probe && this._sseNext()) {
-      this._useTransport("sse");
+      this.transport = "sse";
       return this._openSse(token);
     }
-    this._useTransport("websocket");
+    this.transport = "websocket";
     let ws = probe;
     if (!ws) {
       this._wsTriedAt = Date.now();
@@ -616,10 +616,6 @@ export class ArchMeshRealtime extends EventTarget {
     if (!this.transports.includes("websocket")) return true;
     if (this._wsFailures < this.sseFallbackAfter) return false;
     return Date.now() - this._wsTriedAt < this.websocketRetryInterval;
-  }
-
-  _useTransport(transport) {
-    this.transport = transport;
   }
 
   _ended({ code, reason, reconnect }) {
