@@ -13,7 +13,15 @@ the same history read as a WebSocket `subscribe` with `since`: no gap, no duplic
 that cannot be recovered is told by the channel's `subscribed` event (`recovered: false`).
 
 The stream is read-only: channels come from the query (`channel=`, repeated), the user's own
-`user:` channel always included; changing them means opening a new stream with the last id."""
+`user:` channel always included; changing them means opening a new stream with the last id.
+A session the token's claims do not allow needs a subscription token (gateway.authorization),
+sent in `X-Subscription-Token` headers or `subscription_token=` (never logged): that channel
+is held until the token's `exp`, then ended by an `unsubscribed` event (`token_expired`) while
+the stream stays open, as on a WebSocket; a fresh token means reopening the stream with it.
+
+Channels under ARCHMESH_JOIN_LEAVE announce a stream's subscribing and leaving like a
+WebSocket's, and deliver `join`/`leave` to it as named events (`event: join`), so that an
+`EventSource.onmessage` reader sees only what moves a position."""
 
 from __future__ import annotations
 
@@ -29,16 +37,18 @@ import orjson
 from archmesh_client.channels import InvalidChannel, user_channel, validate_channel
 from starlette.types import Receive, Scope, Send
 
-from gateway.authorization import claims_allow
+from gateway.authorization import claims_allow, subscription_grant
 from gateway.catchup import RECOVERY_LIMIT, Catchup, recovery_outcome
 from gateway.context import ConnectionContext
 from gateway.expiry import Expiry
+from gateway.grants import SubscriptionGrants
 from gateway.hub import Hub
 from gateway.protocol import (
     CLOSE_REASONS,
     CloseCode,
     Outgoing,
     Since,
+    UnsubscribeReason,
     disconnect_frame,
     encode,
     publication_frame,
@@ -59,6 +69,9 @@ HEADERS = [
     (b"cache-control", b"no-cache, no-store"),
     (b"x-accel-buffering", b"no"),  # nginx: pass each event through as it is written
 ]
+# Tasks ending a subscription whose token expired (the shared timer cannot await): kept here
+# so that they are not collected while they run.
+_ENDINGS: set[asyncio.Task[None]] = set()
 
 
 class Refusal(Exception):
@@ -85,6 +98,7 @@ class SseStream:
         self._wake = asyncio.Event()
         self._close_code: CloseCode | None = None
         self._expiry: Expiry | None = None
+        self._grants: SubscriptionGrants | None = None  # made for a subscription token
         self._writer: asyncio.Task[None] | None = None
 
     # -- Member ---------------------------------------------------------------------------
@@ -146,29 +160,46 @@ class SseStream:
     async def unsubscribe_by_server(self, channel: str, reason: str) -> None:
         if self._close_code is not None or channel not in self._ctx.membership.channels(self):
             return
+        if self._grants is not None:
+            self._grants.drop(channel)
         self._catchups.pop(channel, None)
         self._positions.drop(channel)
-        self._event(encode({"type": "unsubscribed", "channel": channel, "reason": reason}), None)
+        self._event(
+            encode({"type": "unsubscribed", "channel": channel, "reason": str(reason)}), None
+        )
         await self._leave(channel)
 
     # -- events ---------------------------------------------------------------------------
 
     def _publication(self, pub: BrokerPublication, text: str, *, fanned_out: bool = False) -> None:
         """`fanned_out`: the hub's fan-out counted it (deliveries, bytes) already."""
+        if pub.signal:  # a join/leave event: named, no position (its frame says which kind)
+            kind = "join" if text.startswith('{"type":"join"') else "leave"
+            self._event(text, None, counted=fanned_out, name=kind)
+            return
         if pub.offset is not None:
             self._positions.move(pub.channel, pub.offset, pub.epoch or "")
         self._event(text, self._positions.event_id(), counted=fanned_out)
 
     def _event(
-        self, data: str, event_id: str | None, *, raw: bool = False, counted: bool = False
+        self,
+        data: str,
+        event_id: str | None,
+        *,
+        raw: bool = False,
+        counted: bool = False,
+        name: str | None = None,
     ) -> None:
-        """Queue one event: `data` (one line of JSON) and its `id`; `raw`: a field as is."""
+        """Queue one event: `data` (one line of JSON), its `id` and its `event` name (None: a
+        plain message); `raw`: a field as is."""
         if self._close_code is not None:
             return
         if raw:
             chunk = f"{data}\n\n".encode()
         else:
             head = f"id: {event_id}\n" if event_id is not None else ""
+            if name is not None:
+                head = f"event: {name}\n{head}"
             chunk = f"{head}data: {data}\n\n".encode()
         self._queued += len(chunk)
         if not counted:
@@ -181,12 +212,19 @@ class SseStream:
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    async def open(self, channels: list[str], since: dict[str, Since]) -> None:
+    async def open(
+        self, channels: list[str], since: dict[str, Since], grants: dict[str, float]
+    ) -> None:
         """Join every channel, each recovered from its position in `since` (the
-        Last-Event-ID's), if it has one there."""
+        Last-Event-ID's), if it has one there; those in `grants` held until then (a
+        subscription token's `exp`)."""
         claims = self.claims
         assert claims is not None
         self._expiry = self._ctx.expiries.add(claims.expires_at, self._expired)
+        if grants:
+            self._grants = SubscriptionGrants(self._ctx.expiries)
+            for channel, until in grants.items():
+                self._grants.grant(channel, until, self._grant_due)
         connected = {
             "type": "connected",
             "client_id": self.client_id,
@@ -214,9 +252,7 @@ class SseStream:
         catchup = self._catchups[channel] = Catchup()
         catchup.hold()
         try:
-            await self._ctx.membership.join(self, channel)
-            if self._ctx.presence.tracks(channel):
-                await self._ctx.presence.join(channel, self)
+            await self._join(channel)
             history = await self._ctx.history(
                 channel, since.offset if since else 0, RECOVERY_LIMIT if since else 0
             )
@@ -253,12 +289,42 @@ class SseStream:
         if reached and self._catchups.get(channel) is catchup:
             del self._catchups[channel]
 
+    async def _join(self, channel: str) -> None:
+        await self._ctx.membership.join(self, channel)
+        if self._ctx.presence.tracks(channel):
+            await self._ctx.presence.join(channel, self)
+        if self._ctx.join_leave.announces(channel):
+            # The stream gets its own join too, after its `subscribed` (held until then).
+            await self._ctx.join_leave.announce("join", channel, self)
+
     async def _leave(self, channel: str) -> None:
-        if await self._ctx.membership.leave(self, channel) and self._ctx.presence.tracks(channel):
+        if not await self._ctx.membership.leave(self, channel):
+            return
+        if self._ctx.presence.tracks(channel):
             await self._ctx.presence.leave(channel, self)
+        if self._ctx.join_leave.announces(channel):
+            await self._ctx.join_leave.announce("leave", channel, self)
 
     def _expired(self) -> None:
         self.close(CloseCode.TOKEN_EXPIRED)
+
+    def _grant_due(self, channel: str) -> None:
+        """On the shared timer: leaving is async, so a short task ends the subscription."""
+        task = asyncio.ensure_future(self._grant_expired(channel))
+        _ENDINGS.add(task)
+        task.add_done_callback(_ENDINGS.discard)
+
+    async def _grant_expired(self, channel: str) -> None:
+        grants = self._grants
+        if grants is None or not grants.take_due(channel):
+            return
+        if self.claims is not None and claims_allow(self.claims, channel):
+            return  # the token's claims hold it still
+        try:
+            await self.unsubscribe_by_server(channel, UnsubscribeReason.TOKEN_EXPIRED)
+        except Exception:
+            log.exception("subscription_end_failed", client_id=self.client_id, channel=channel)
+            self.close(CloseCode.SERVER_ERROR)
 
     def start_writer(self, send: Send, receive: Receive) -> asyncio.Task[None]:
         self._writer = asyncio.ensure_future(self._write(send, receive))
@@ -301,6 +367,8 @@ class SseStream:
     async def leave_all(self) -> None:
         if self._expiry is not None:
             self._expiry.cancel()
+        if self._grants is not None:
+            self._grants.clear()
         self._ctx.admission.left(self)
         for channel in list(self._ctx.membership.channels(self)):
             await self._leave(channel)
@@ -326,7 +394,7 @@ class SseEndpoint:
                 raise Refusal(405, "method_not_allowed", "GET /sse opens an event stream")
             if self._draining():
                 raise Refusal(503, "draining", "this node is shutting down; retry another")
-            stream, channels, since = await self._accept(scope)
+            stream, channels, since, grants = await self._accept(scope)
         except Refusal as refusal:
             await _refuse(send, refusal)
             return
@@ -334,7 +402,7 @@ class SseEndpoint:
         self._hub.add(stream)
         self._open.inc()
         log.info("sse_connected", client_id=stream.client_id, user_id=stream.user_id)
-        opening = asyncio.ensure_future(self._open_stream(stream, channels, since))
+        opening = asyncio.ensure_future(self._open_stream(stream, channels, since, grants))
         writer = stream.start_writer(send, receive)
         try:
             await asyncio.wait({writer})
@@ -358,17 +426,23 @@ class SseEndpoint:
                 )
 
     async def _open_stream(
-        self, stream: SseStream, channels: list[str], since: dict[str, Since]
+        self,
+        stream: SseStream,
+        channels: list[str],
+        since: dict[str, Since],
+        grants: dict[str, float],
     ) -> None:
         try:
-            await stream.open(channels, since)
+            await stream.open(channels, since, grants)
         except BrokerError as exc:
             log.info("sse_open_failed", client_id=stream.client_id, reason=str(exc))
             stream.close(CloseCode.SERVER_ERROR)
 
-    async def _accept(self, scope: Scope) -> tuple[SseStream, list[str], dict[str, Since]]:
-        """Token, channels and positions from the request (never logged: the query holds the
-        token), checked like a WebSocket's connect and subscribes."""
+    async def _accept(
+        self, scope: Scope
+    ) -> tuple[SseStream, list[str], dict[str, Since], dict[str, float]]:
+        """Token, subscription tokens, channels and positions from the request (never logged:
+        the query may hold tokens), checked like a WebSocket's connect and subscribes."""
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         scheme, _, value = headers.get("authorization", "").partition(" ")
@@ -381,12 +455,13 @@ class SseEndpoint:
             channels = [user_channel(claims.user_id)]
         except (InvalidToken, InvalidChannel) as exc:
             raise Refusal(401, "invalid_token", f"token refused: {exc}") from None
-        for name in query.get("channel", ()):
+        grants = await self._grants(claims, _subscription_tokens(scope, query))
+        for name in [*query.get("channel", ()), *grants]:
             try:
                 channel = validate_channel(name)
             except InvalidChannel as exc:
                 raise Refusal(400, "invalid_channel", str(exc)) from None
-            if not claims_allow(claims, channel):
+            if channel not in grants and not claims_allow(claims, channel):
                 raise Refusal(403, "forbidden", f"not allowed to use {channel}")
             if channel not in channels:
                 channels.append(channel)
@@ -401,7 +476,35 @@ class SseEndpoint:
             raise Refusal(429, "connection_limit", "too many connections for this user")
         if refusal is not None:
             raise Refusal(403, CLOSE_REASONS[refusal], "token refused")
-        return stream, channels, since
+        return stream, channels, since, grants
+
+    async def _grants(self, claims: Claims, tokens: list[str]) -> dict[str, float]:
+        """channel -> until when its subscription token grants it. A token that does not
+        grant this user a session (invalid, expired, another user's) or is revoked refuses
+        the stream, as it refuses a WebSocket `subscribe`."""
+        grants: dict[str, float] = {}
+        for sub_token in tokens:
+            try:
+                channel = self._ctx.verifier.verify(sub_token).channel or ""
+            except InvalidToken as exc:
+                raise Refusal(403, "forbidden", f"subscription token refused: {exc}") from None
+            until = subscription_grant(claims, channel, sub_token, self._ctx.verifier)
+            if until is None:
+                raise Refusal(403, "forbidden", "subscription token grants no session to you")
+            if not await self._ctx.admission.grant_allowed(sub_token):
+                raise Refusal(403, "forbidden", f"subscription token for {channel} is revoked")
+            grants[channel] = max(until, grants.get(channel, until))
+        return grants
+
+
+def _subscription_tokens(scope: Scope, query: dict[str, list[str]]) -> list[str]:
+    """Every `X-Subscription-Token` header (repeated, or comma-separated: a JWT has no comma)
+    and `subscription_token=` query parameter."""
+    tokens = list(query.get("subscription_token", ()))
+    for key, value in scope["headers"]:
+        if key.lower() == b"x-subscription-token":
+            tokens.extend(t.strip() for t in value.decode("latin-1").split(",") if t.strip())
+    return tokens
 
 
 async def _refuse(send: Send, refusal: Refusal) -> None:

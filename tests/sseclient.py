@@ -1,4 +1,4 @@
-"""A thin SSE reader over an httpx stream: events as `(id, frame)`, comments counted."""
+"""A thin SSE reader over an httpx stream: events as `(id, frame, name)`, comments counted."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import httpx
 class SseEvent:
     id: str | None
     frame: dict[str, Any]
+    name: str | None = None  # the `event` field: None for a plain message
 
 
 @dataclass
@@ -29,21 +30,24 @@ class SseReader:
         """The next event; None when the stream ended."""
         async with asyncio.timeout(timeout):
             event_id: str | None = None
+            name: str | None = None
             data: list[str] = []
             async for line in self.lines:
                 if line == "":
                     if data:
                         if event_id is not None:
                             self.last_id = event_id
-                        return SseEvent(event_id, json.loads("\n".join(data)))
+                        return SseEvent(event_id, json.loads("\n".join(data)), name)
                     continue
-                name, _, value = line.partition(":")
+                field_name, _, value = line.partition(":")
                 value = value.removeprefix(" ")
-                if name == "":
+                if field_name == "":
                     self.comments.append(value)
-                elif name == "id":
+                elif field_name == "id":
                     event_id = value
-                elif name == "data":
+                elif field_name == "event":
+                    name = value
+                elif field_name == "data":
                     data.append(value)
             return None
 
@@ -63,9 +67,12 @@ async def open_sse(
     *,
     last_event_id: str | None = None,
     query_token: bool = False,
+    headers: dict[str, str] | None = None,
+    params: list[tuple[str, str]] | None = None,
 ) -> AsyncIterator[SseReader]:
-    params: list[tuple[str, str]] = [("channel", c) for c in channels]
-    headers = {}
+    """`headers`, `params`: more of them (e.g. subscription tokens)."""
+    params = [("channel", c) for c in channels] + (params or [])
+    headers = dict(headers or {})
     if token is not None:
         if query_token:
             params.append(("token", token))

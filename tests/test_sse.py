@@ -4,10 +4,12 @@ reconnect with Last-Event-ID across a gateway restart (no gap, no duplicate)."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import signal
 import socket
 import time
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -15,7 +17,15 @@ import pytest
 from gateway.sse_position import decode_positions
 from tests.servers import GatewayProcess, RedisServer, wait_until
 from tests.sseclient import SseReader, open_sse
-from tests.wsclient import token
+from tests.wsclient import connect, recv, recv_type, send, subscribe, token
+
+
+async def until(predicate: Callable[[], object], timeout: float = 20.0) -> None:
+    """Poll `predicate` without blocking the loop (readers run meanwhile); fail at `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.05)
 
 
 async def test_stream_delivers_channels_with_every_position_in_each_id(
@@ -234,31 +244,64 @@ async def test_a_trimmed_position_is_told_as_not_recovered(
 async def test_a_client_that_never_reads_is_ended_as_a_slow_consumer(
     redis_server: RedisServer, gateways: list[GatewayProcess]
 ) -> None:
-    """A client that stops reading altogether is ended as a slow consumer and its place
-    freed, whether or not its response ever takes the last event."""
-    node = GatewayProcess(redis_server.url, ARCHMESH_CLIENT_QUEUE_BYTES="65536").start()
+    """A stream whose client stopped reading its socket is ended as a slow consumer once its
+    queue is full, and cut when its response will not take the last event: its place is freed
+    and counted, while a stream and a WebSocket that read on the same channel get every
+    publication, in order, and stay open."""
+    node = GatewayProcess(redis_server.url, ARCHMESH_CLIENT_QUEUE_BYTES="1048576").start()
     gateways.append(node)
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", node.port))
-    try:
-        request = f"GET /sse?channel=session:a&token={token('ann', ['a'])} HTTP/1.1\r\n"
-        sock.sendall(f"{request}Host: x\r\n\r\n".encode())
-        wait_until(lambda: node.metric("archmesh_transport_connections", 'transport="sse"') == 1)
-        async with httpx.AsyncClient() as client:
-            for _ in range(300):
-                await client.post(
-                    f"{node.http}/api/publish",
-                    json={"channel": "session:a", "data": {"type": "t", "blob": "x" * 60000}},
-                    headers={"Authorization": "Bearer test-api-key"},
-                )
-        wait_until(
-            lambda: node.metric("archmesh_transport_connections", 'transport="sse"') == 0,
-            timeout=10,
-        )
-        assert node.metric("archmesh_disconnects_total", 'code="4001"') == 1
-    finally:
-        sock.close()
+    sse_count = 'transport="sse"'
+    tok = token("ann", ["a"])
+    async with open_sse(node.http, tok, ("session:a",)) as good:
+        await good.next_type("subscribed")
+        await good.next_type("subscribed")
+        ws = await connect(node.ws, "bob", sessions=["a"])
+        assert (await subscribe(ws, "session:a"))["type"] == "subscribed"
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", node.port))
+        try:
+            sock.sendall(
+                f"GET /sse?channel=session:a&token={tok} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+            )
+            wait_until(lambda: node.metric("archmesh_transport_connections", sse_count) == 2)
+            by_sse: list[int] = []
+            by_ws: list[int] = []
+
+            async def read_sse() -> None:
+                while (event := await good.next(timeout=30)) is not None:
+                    if event.frame["type"] == "publication":
+                        by_sse.append(event.frame["offset"])
+
+            async def read_ws() -> None:
+                while True:
+                    frame = await recv(ws, timeout=30)
+                    if frame["type"] == "publication":
+                        by_ws.append(frame["offset"])
+
+            readers = [asyncio.ensure_future(read_sse()), asyncio.ensure_future(read_ws())]
+            offsets: list[int] = []
+            async with httpx.AsyncClient() as client:
+                for n in range(1000):  # until the slow one is gone: far beyond socket buffers
+                    reply = await client.post(
+                        f"{node.http}/api/publish",
+                        json={"channel": "session:a", "data": {"type": "t", "blob": "x" * 60000}},
+                        headers={"Authorization": "Bearer test-api-key"},
+                    )
+                    offsets.append(reply.json()["offset"])
+                    if n % 50 == 49 and node.metric("archmesh_disconnects_total", 'code="4001"'):
+                        break
+            await until(lambda: node.metric("archmesh_transport_connections", sse_count) == 1)
+            assert node.metric("archmesh_disconnects_total", 'code="4001"') == 1
+            await until(lambda: len(by_sse) >= len(offsets) and len(by_ws) >= len(offsets))
+            for task in readers:
+                assert not task.done(), task  # neither reader's connection ended
+                task.cancel()
+            print(f"published={len(offsets)} sse={len(by_sse)} ws={len(by_ws)}")
+            assert by_sse == offsets
+            assert by_ws == offsets
+        finally:
+            sock.close()
 
 
 async def test_history_lost_is_told_with_the_new_position_in_its_id(
@@ -320,3 +363,130 @@ async def test_control_api_acts_on_streams_and_a_revoked_token_cannot_reopen(
         await again.response.aread()
         assert again.response.status_code == 403
         assert again.response.json()["error"]["code"] == "token_revoked"
+
+
+async def test_subscription_tokens_grant_sessions_until_their_exp(
+    redis_server: RedisServer, gateways: list[GatewayProcess]
+) -> None:
+    """Sessions the claims do not allow, granted by subscription tokens (a header and a query
+    parameter): the one whose token expires ends with `unsubscribed` (token_expired) and drops
+    out of the event ids, the stream and its other channels carry on."""
+    node = GatewayProcess(redis_server.url, ARCHMESH_JWT_LEEWAY="0").start()
+    gateways.append(node)
+    tok = token("dan")
+    short = token("dan", ttl=2, channel="session:g1")
+    long = token("dan", channel="session:g2")
+    async with open_sse(
+        node.http,
+        tok,
+        ("session:g1",),
+        headers={"X-Subscription-Token": short},
+        params=[("subscription_token", long)],
+    ) as sse:
+        assert sse.response.status_code == 200
+        subscribed = {(await sse.next_type("subscribed")).frame["channel"] for _ in range(3)}
+        assert subscribed == {"user:dan", "session:g1", "session:g2"}
+        node.publish("session:g1", {"type": "t", "n": 1})
+        assert (await sse.next_type("publication")).frame["channel"] == "session:g1"
+        ended = await sse.next(timeout=10)
+        assert ended is not None
+        assert ended.frame == {
+            "type": "unsubscribed",
+            "channel": "session:g1",
+            "reason": "token_expired",
+        }
+        node.publish("session:g1", {"type": "t", "n": 2})
+        node.publish("session:g2", {"type": "t", "n": 3})
+        after = await sse.next()
+        assert after is not None
+        assert (after.frame["channel"], after.frame["data"]["n"]) == ("session:g2", 3)
+        assert after.id is not None
+        positions = decode_positions(after.id)
+        assert positions is not None
+        assert set(positions) == {"user:dan", "session:g2"}
+
+
+async def test_subscription_tokens_that_grant_nothing_refuse_the_stream(
+    redis_server: RedisServer, gateways: list[GatewayProcess]
+) -> None:
+    node = GatewayProcess(redis_server.url).start()
+    gateways.append(node)
+    tok = token("dan")
+    revoked = token("dan", channel="session:r", jti="sub-revoked-1")
+    reply = httpx.post(
+        f"{node.http}/api/control/revoke",
+        json={"jti": "sub-revoked-1"},
+        headers={"Authorization": "Bearer test-api-key"},
+        timeout=5,
+    )
+    assert reply.status_code == 200, reply.text
+    refused = [
+        token("eve", channel="session:x"),  # another user's
+        token("dan", ttl=-60, channel="session:x"),  # expired
+        "not-a-jwt",
+        revoked,
+    ]
+    for sub_token in refused:
+        async with open_sse(node.http, tok, headers={"X-Subscription-Token": sub_token}) as sse:
+            await sse.response.aread()
+            assert sse.response.status_code == 403, sub_token
+            assert sse.response.json()["error"]["code"] == "forbidden"
+    # A session without a token is refused; one given its token, and that token alone, opens.
+    async with open_sse(node.http, tok, ("session:ok",)) as sse:
+        await sse.response.aread()
+        assert sse.response.status_code == 403
+    granted = token("dan", channel="session:ok")
+    async with open_sse(node.http, tok, params=[("subscription_token", granted)]) as sse:
+        subscribed = {(await sse.next_type("subscribed")).frame["channel"] for _ in range(2)}
+        assert subscribed == {"user:dan", "session:ok"}
+
+
+async def test_streams_are_announced_and_told_joins_and_leaves_across_two_nodes(
+    redis_server: RedisServer, gateways: list[GatewayProcess]
+) -> None:
+    """A stream on node B subscribing a join/leave channel is announced to a WebSocket on
+    node A, gets its own join and A's join/leave as named events (no id: no position), and
+    its end is announced as a leave."""
+    env = {"ARCHMESH_JOIN_LEAVE": "session:"}
+    a = GatewayProcess(redis_server.url, **env).start()
+    b = GatewayProcess(redis_server.url, **env).start()
+    gateways += [a, b]
+    fay = await connect(a.ws, "fay", sessions=["jl"])
+    assert (await subscribe(fay, "session:jl"))["type"] == "subscribed"
+    fay_id = (await recv_type(fay, "join"))["client_id"]
+    async with open_sse(b.http, token("gus", ["jl"]), ("session:jl",)) as sse:
+        gus_id = (await sse.next_type("connected")).frame["client_id"]
+        own = await sse.next_type("join")
+        assert own.name == "join"
+        assert own.id is None
+        assert own.frame == {
+            "type": "join",
+            "channel": "session:jl",
+            "user_id": "gus",
+            "client_id": gus_id,
+        }
+        joined = await recv_type(fay, "join")
+        assert (joined["user_id"], joined["client_id"]) == ("gus", gus_id)
+        offset = a.publish("session:jl", {"type": "t"}).json()["offset"]
+        assert (await sse.next_type("publication")).frame["offset"] == offset
+        assert (await recv_type(fay, "publication"))["offset"] == offset
+        await send(fay, {"type": "unsubscribe", "channel": "session:jl", "id": 3})
+        assert (await recv_type(fay, "unsubscribed"))["id"] == 3
+        left = await sse.next_type("leave")
+        assert left.name == "leave"
+        assert left.frame == {
+            "type": "leave",
+            "channel": "session:jl",
+            "user_id": "fay",
+            "client_id": fay_id,
+        }
+        assert (await subscribe(fay, "session:jl"))["type"] == "subscribed"
+        await recv_type(fay, "join")
+        assert (await sse.next_type("join")).frame["client_id"] == fay_id
+    # The stream's end is a leave.
+    assert await recv_type(fay, "leave", timeout=10) == {
+        "type": "leave",
+        "channel": "session:jl",
+        "user_id": "gus",
+        "client_id": gus_id,
+    }

@@ -57,15 +57,21 @@ export interface ArchMeshRealtimeOptions {
   random?: () => number;
   /** For channels subscribed with a subscription token: asked for a fresh one ahead of the
    * token's expiry (at a random point in the last 10-30% of its life), which the client sends
-   * as `sub_refresh`; and asked once more if the gateway ended the subscription at expiry,
-   * which the client then resubscribes from the last offset seen. */
+   * as `sub_refresh` (on SSE: reopens the stream with it, from the positions seen); and asked
+   * once more if the gateway ended the subscription at expiry, which the client then
+   * resubscribes from the last offset seen. */
   subscriptionToken?: SubscriptionTokenProvider;
-  /** In order of preference; default ["websocket"]. With "sse" listed after "websocket", the
-   * client moves to the gateway's GET /sse once `sseFallbackAfter` WebSocket attempts in a row
-   * failed before they opened (a proxy refusing the upgrade); ["sse"] starts there. */
+  /** Default ["websocket", "sse"]: the client moves to the gateway's GET /sse once
+   * `sseFallbackAfter` WebSocket attempts in a row failed before they opened (a proxy refusing
+   * the upgrade), and back to a WebSocket when one opens again (`websocketRetryInterval`).
+   * ["websocket"] never uses SSE; ["sse"] uses nothing else. */
   transports?: Transport[];
   /** WebSocket attempts failing before they open after which SSE is used; default 2. */
   sseFallbackAfter?: number;
+  /** Milliseconds; default 60000. While on SSE, a WebSocket is tried this often (and on a
+   * reconnect once this long passed since the last try); when one opens the client moves to
+   * it, resubscribing every channel from the last position seen. Infinity: stay on SSE. */
+  websocketRetryInterval?: number;
   /** Default: `url` with http(s) for ws(s) and /sse for /ws. */
   sseUrl?: string;
   /** The fetch that reads the SSE stream; default `globalThis.fetch`. */
@@ -73,8 +79,15 @@ export interface ArchMeshRealtimeOptions {
 }
 
 /** How a client reaches the gateway: a WebSocket, or a Server-Sent Events stream (which only
- * receives: ping, refresh, presence and sub_refresh reject with code "unsupported"). */
+ * receives: ping, refresh, presence, presence_stats and history reject with code
+ * "unsupported"). */
 export type Transport = "websocket" | "sse";
+
+/** Payload of the "transport" event: the client moved from `previous` to `transport`. */
+export interface TransportChange {
+  readonly transport: Transport;
+  readonly previous: Transport;
+}
 
 /** The gateway's `connected` reply (`client.info`, what `connect()` resolves with). */
 export interface ConnectionInfo {
@@ -313,6 +326,8 @@ export interface ArchMeshRealtimeEventMap {
   leave: JoinLeave;
   /** Errors no request waits for: a refused resubscription, an error frame without id. */
   error: RealtimeError;
+  /** The client moved to another transport (fell back to SSE, or back to a WebSocket). */
+  transport: TransportChange;
 }
 
 /** The events the client dispatches: CustomEvents, the payload in `detail`. */
@@ -362,8 +377,9 @@ export declare class ArchMeshRealtime extends EventTarget {
   readonly requestTimeout: number;
   readonly transports: readonly Transport[];
   readonly sseFallbackAfter: number;
+  readonly websocketRetryInterval: number;
   readonly sseUrl: string;
-  /** The transport of the current (or last) connection attempt. */
+  /** The transport of the current (or last) connection attempt; "transport" tells changes. */
   readonly transport: Transport;
   /** "closed" before connect() and after the end. */
   readonly state: State;

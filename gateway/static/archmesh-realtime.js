@@ -30,12 +30,19 @@
  *
  * In Node (>= 20, which has no global WebSocket) pass `{ WebSocket }` from the `ws` package.
  *
- * Server-Sent Events: with `transports: ["websocket", "sse"]` the client moves to the gateway's
- * `GET /sse` (read over fetch, token in the Authorization header) once `sseFallbackAfter`
- * WebSocket attempts in a row failed before they opened (a proxy refusing `Upgrade`); with
- * `["sse"]` it starts there. `client.transport` says which one it is on. An SSE stream only
- * receives: subscribe/unsubscribe reopen it with the new channel set and the last positions
- * (no gap, no duplicate); ping, refresh, presence and sub_refresh need the WebSocket.
+ * Server-Sent Events: by default (`transports: ["websocket", "sse"]`) the client moves to the
+ * gateway's `GET /sse` (read over fetch, tokens in headers) once `sseFallbackAfter` WebSocket
+ * attempts in a row failed before they opened (a proxy refusing `Upgrade`); `["websocket"]`
+ * never does, `["sse"]` starts there. While on SSE it tries a WebSocket again every
+ * `websocketRetryInterval` ms (and on a reconnect once that long passed since the last try):
+ * when one opens, it moves back, resubscribing every channel from the last position seen (no
+ * gap, no duplicate). `client.transport` says which one it is on; "transport" tells each move.
+ * An SSE stream only receives: subscribe/unsubscribe reopen it with the new channel set and
+ * the last positions; a subscription token is renewed by reopening it with the fresh token;
+ * ping, refresh, presence and history need the WebSocket (they reject with "unsupported").
+ *
+ *   "transport"        {transport, previous}  the client connected on another transport than
+ *                      its last connection's (emitted before that connection's "state")
  */
 
 export const State = Object.freeze({
@@ -152,16 +159,18 @@ export class ArchMeshRealtime extends EventTarget {
    * @param {(channel: string) => string | Promise<string>} [options.subscriptionToken]  a fresh
    *   subscription token for a channel subscribed with one, asked ahead of its expiry
    * @param {Array<"websocket" | "sse">} [options.transports]  in order of preference, default
-   *   ["websocket"]
+   *   ["websocket", "sse"]
    * @param {number} [options.sseFallbackAfter]  WebSocket attempts failing before they open
    *   after which the client moves to SSE, default 2
+   * @param {number} [options.websocketRetryInterval]  ms between tries of a WebSocket while on
+   *   SSE, default 60000 (Infinity: stay on SSE)
    * @param {string} [options.sseUrl]  default: `url` with http(s) and /sse for ws(s) and /ws
    * @param {Function} [options.fetch]  default globalThis.fetch (SSE only)
    */
   constructor(url, options = {}) {
     super();
     const WS = options.WebSocket ?? globalThis.WebSocket;
-    this.transports = options.transports ?? ["websocket"];
+    this.transports = options.transports ?? ["websocket", "sse"];
     if (!this.transports.length || this.transports.some((t) => t !== "websocket" && t !== "sse")) {
       throw new TypeError('options.transports: "websocket" and/or "sse"');
     }
@@ -181,12 +190,19 @@ export class ArchMeshRealtime extends EventTarget {
     this._random = options.random ?? Math.random;
     this._subscriptionToken = options.subscriptionToken ?? null;
     this.sseFallbackAfter = options.sseFallbackAfter ?? 2;
+    this.websocketRetryInterval = options.websocketRetryInterval ?? 60000;
     this.sseUrl = options.sseUrl ?? url.replace(/^ws/, "http").replace(/\/ws(?=$|\?)/, "/sse");
-    this._fetch = options.fetch ?? globalThis.fetch;
+    // Called as a plain function: a browser's fetch refuses any `this` but the window.
+    this._fetch = options.fetch ?? ((...args) => globalThis.fetch(...args));
     /** "websocket" or "sse": the transport of the current (or last) connection attempt. */
     this.transport = this.transports[0];
+    this._connectedOn = this.transport; // the transport of the last connection made
     this._wsFailures = 0; // WebSocket attempts in a row that failed before they opened
-    this._sse = null; // {abort: AbortController, reopen: boolean} while a stream is open
+    this._wsTriedAt = 0; // Date.now() of the last WebSocket attempt (or probe)
+    this._probe = null; // {timer, ws} while on SSE: the next try of a WebSocket
+    this._unreachable = false; // an SSE attempt since the last connection got no answer at all
+    /** @type {{abort: AbortController, reopen: boolean, switchTo: any} | null} while a stream is open */
+    this._sse = null;
 
     /** @type {string} */
     this.state = State.CLOSED;
@@ -260,6 +276,7 @@ export class ArchMeshRealtime extends EventTarget {
     this._closing = true;
     clearTimeout(this._timer);
     this._timer = null;
+    this._stopProbe();
     const ws = this._ws;
     if (this._sse) {
       this._sse.abort.abort();
@@ -471,42 +488,56 @@ export class ArchMeshRealtime extends EventTarget {
     return this.info ? `user:${this.info.user_id}` : null;
   }
 
-  async _open() {
+  /** Open the next connection: SSE while WebSockets fail (see `_sseNext`), else a WebSocket;
+   * `probe`: a WebSocket that opened while on SSE, which the client moves to. */
+  async _open(probe = null) {
     this._timer = null;
-    if (this._closing) return this._finish(null);
+    if (this._closing) {
+      probe?.close(1000, "client closed");
+      return this._finish(null);
+    }
     let token;
     try {
       token = await resolveToken(this._token);
     } catch (err) {
+      probe?.close(1000, "token provider failed");
       return this._ended({ code: null, reason: `token provider failed: ${err}`, reconnect: true });
     }
-    if (this._closing) return this._finish(null);
-    const sse = this.transports.includes("sse");
-    if (sse && (!this.transports.includes("websocket") || this._wsFailures >= this.sseFallbackAfter)) {
+    if (this._closing) {
+      probe?.close(1000, "client closed");
+      return this._finish(null);
+    }
+    if (!probe && this._sseNext()) {
       this.transport = "sse";
       return this._openSse(token);
     }
     this.transport = "websocket";
-    let ws;
-    try {
-      ws = new this._WebSocket(this.url);
-    } catch (err) {
-      return this._ended({ code: null, reason: `cannot open ${this.url}: ${err}`, reconnect: false });
+    let ws = probe;
+    if (!ws) {
+      this._wsTriedAt = Date.now();
+      try {
+        ws = new this._WebSocket(this.url);
+      } catch (err) {
+        return this._ended({ code: null, reason: `cannot open ${this.url}: ${err}`, reconnect: false });
+      }
+    } else if (ws.readyState !== 1) {
+      // The probe closed while the token was asked for: an ordinary lost connection.
+      return this._ended({ code: null, reason: "connection lost", reconnect: true });
     }
     this._ws = ws;
     this._disconnect = null;
     let connected = false;
-    let extra = [];
+    const sent = new Set(); // channels the connect frame subscribes
 
-    ws.addEventListener("open", async () => {
+    const onOpen = async () => {
       this._wsFailures = 0;
       try {
         const subs = [...this._subs.entries()];
         const items = [];
         for (const [channel, sub] of subs.slice(0, CONNECT_SUBSCRIBE_LIMIT)) {
           items.push(await this._subscribeItem(channel, sub));
+          sent.add(channel);
         }
-        extra = subs.slice(CONNECT_SUBSCRIBE_LIMIT);
         const own = this._ownChannel();
         this._connectId = this._nextId++;
         const frame = { type: "connect", token, id: this._connectId };
@@ -519,7 +550,7 @@ export class ArchMeshRealtime extends EventTarget {
         this._emit("error", new RealtimeError("client_error", String(err)));
         ws.close(1000, "client error");
       }
-    });
+    };
 
     ws.addEventListener("message", (event) => {
       if (typeof event.data !== "string") return;
@@ -532,7 +563,8 @@ export class ArchMeshRealtime extends EventTarget {
       if (!frame || typeof frame !== "object" || Array.isArray(frame)) return;
       if (frame.type === "connected" && !connected) {
         connected = true;
-        this._onConnected(ws, frame, extra);
+        // The rest: past the connect frame's limit, or subscribed after it was sent.
+        this._onConnected(ws, frame, [...this._subs.entries()].filter(([c]) => !sent.has(c)));
       } else if (frame.type === "error" && isInt(frame.id) && frame.id === this._connectId) {
         // The connect frame itself was refused: retrying the same frame cannot help.
         this._disconnect = {
@@ -551,7 +583,15 @@ export class ArchMeshRealtime extends EventTarget {
     });
 
     let opened = false;
-    ws.addEventListener("open", () => (opened = true));
+    if (probe) {
+      opened = true;
+      onOpen();
+    } else {
+      ws.addEventListener("open", () => {
+        opened = true;
+        onOpen();
+      });
+    }
     ws.addEventListener("close", (event) => {
       if (!opened) this._wsFailures += 1;
       if (this._ws === ws) this._ws = null;
@@ -566,6 +606,16 @@ export class ArchMeshRealtime extends EventTarget {
       const reason = event.reason || "connection lost";
       this._ended({ code, reason, reconnect: shouldReconnect(code) });
     });
+  }
+
+  /** Whether the next connection is an SSE stream: SSE is the only transport, or WebSockets
+   * failed `sseFallbackAfter` times in a row before they opened and the last try is less than
+   * `websocketRetryInterval` ago. */
+  _sseNext() {
+    if (!this.transports.includes("sse")) return false;
+    if (!this.transports.includes("websocket")) return true;
+    if (this._wsFailures < this.sseFallbackAfter) return false;
+    return Date.now() - this._wsTriedAt < this.websocketRetryInterval;
   }
 
   _ended({ code, reason, reconnect }) {
@@ -593,6 +643,10 @@ export class ArchMeshRealtime extends EventTarget {
     const sent = previous === own ? this._ownSince : null;
     const recovery = own && !this._subs.has(own) ? this._ownPosition(own, frame, sent) : null;
     this.attempt = 0;
+    const before = this._connectedOn;
+    this._connectedOn = this.transport;
+    // Told once connected: attempts that fail on either transport (an outage) are no move.
+    if (before !== this.transport) this._emit("transport", { transport: this.transport, previous: before });
     this._setState({ state: State.CONNECTED });
     if (this._first) {
       this._first.resolve(this.info);
@@ -610,6 +664,8 @@ export class ArchMeshRealtime extends EventTarget {
       }
     }
     if (ws) for (const [channel, sub] of extra) this._sendSubscribe(ws, channel, sub);
+    else this._scheduleProbe(this._unreachable);
+    this._unreachable = false;
   }
 
   /** `connected` holds the own channel's position (and `recovered` for the `since` sent): its
@@ -644,6 +700,7 @@ export class ArchMeshRealtime extends EventTarget {
   _finish(final) {
     if (this.closed) return;
     this.closed = final ?? { code: null, reason: "client closed" };
+    this._stopProbe();
     clearTimeout(this._timer);
     this._timer = null;
     this._ws = null;
@@ -806,7 +863,7 @@ export class ArchMeshRealtime extends EventTarget {
    * base64url JSON {channel: [offset, epoch]}), and feed its events to the frame handling. */
   async _openSse(token) {
     const abort = new AbortController();
-    const stream = (this._sse = { abort, reopen: false });
+    const stream = (this._sse = { abort, reopen: false, switchTo: null });
     this._disconnect = null;
     const channels = [...this._subs.keys()];
     const own = this._ownChannel();
@@ -820,13 +877,18 @@ export class ArchMeshRealtime extends EventTarget {
     const query = new URLSearchParams(channels.map((c) => ["channel", c]));
     if (Object.keys(positions).length) query.set("last_event_id", base64url(JSON.stringify(positions)));
     const url = `${this.sseUrl}${this.sseUrl.includes("?") ? "&" : "?"}${query}`;
+    const headers = { Authorization: `Bearer ${token}`, Accept: "text/event-stream" };
+    const grants = await this._sseSubscriptionTokens();
+    if (grants.length) headers["X-Subscription-Token"] = grants.join(",");
     let ended = null;
+    let answered = false;
     try {
       const response = await this._fetch(url, {
-        headers: { Authorization: `Bearer ${token}`, Accept: "text/event-stream" },
+        headers,
         signal: abort.signal,
         cache: "no-store",
       });
+      answered = true;
       if (!response.ok) {
         let code = `http_${response.status}`;
         try {
@@ -838,14 +900,27 @@ export class ArchMeshRealtime extends EventTarget {
         const final = [400, 401, 403, 429].includes(response.status);
         ended = { code: null, reason: `SSE refused: ${response.status} ${code}`, reconnect: !final };
       } else {
-        await this._readSse(response.body);
+        await this._readSse(response.body, new Set(channels));
       }
     } catch (err) {
-      if (!stream.reopen && !this._closing) ended = { code: null, reason: `SSE stream failed: ${err}`, reconnect: true };
+      if (!stream.reopen && !stream.switchTo && !this._closing) {
+        ended = { code: null, reason: `SSE stream failed: ${err}`, reconnect: true };
+        // Nothing answered at all (the gateway is down, the network gone): no sign of a proxy
+        // refusing upgrades, so a WebSocket gets the next attempts again.
+        if (!answered) {
+          this._wsFailures = 0;
+          this._unreachable = true; // once connected on SSE, try a WebSocket again at once
+        }
+      }
     }
     if (this._sse === stream) this._sse = null;
+    this._stopProbe();
     this._connectionLost();
-    if (this._closing) return this._finish(null);
+    if (this._closing) {
+      stream.switchTo?.close(1000, "client closed");
+      return this._finish(null);
+    }
+    if (stream.switchTo) return this._open(stream.switchTo); // a WebSocket opened: move there
     if (stream.reopen) return this._open(); // new channel set: at once, no backoff
     if (this._disconnect) {
       const d = this._disconnect;
@@ -854,7 +929,9 @@ export class ArchMeshRealtime extends EventTarget {
     this._ended(ended ?? { code: null, reason: "SSE stream ended", reconnect: true });
   }
 
-  async _readSse(body) {
+  /** `opened`: the channels the stream was opened with; one subscribed since then (before the
+   * stream said `connected`) has the stream reopened at once. */
+  async _readSse(body, opened) {
     const reader = body.pipeThrough(new TextDecoderStream()).getReader();
     let buffer = "";
     let connected = false;
@@ -882,11 +959,103 @@ export class ArchMeshRealtime extends EventTarget {
         if (frame.type === "connected" && !connected) {
           connected = true;
           this._onConnected(null, frame, []);
+          if (this.channels.some((channel) => !opened.has(channel))) this._reopenSse();
         } else {
           this._onFrame(frame);
         }
       }
     }
+  }
+
+  /** The subscription tokens of the subscriptions made with one, for the stream's
+   * X-Subscription-Token header: a stale one is replaced by a fresh one first. A subscription
+   * whose token cannot be had is dropped and reported (its subscribe rejects). */
+  async _sseSubscriptionTokens() {
+    const tokens = [];
+    for (const [channel, sub] of [...this._subs.entries()]) {
+      if (!sub.token) continue;
+      try {
+        let token = await resolveToken(sub.token);
+        const times = tokenTimes(token);
+        if (times && times.exp <= Date.now() / 1000 + 1 && this._subscriptionToken) {
+          token = await this._freshSubscriptionToken(channel, sub);
+        }
+        sub.sentToken = token;
+        tokens.push(token);
+      } catch (err) {
+        if (this._subs.get(channel) !== sub) continue;
+        this._subs.delete(channel);
+        this._awaiting.delete(channel);
+        const error = new RealtimeError("token_error", `subscription token for ${channel}: ${err}`, {
+          request: "subscribe",
+          channel,
+        });
+        const waiters = [...sub.waiters];
+        for (const waiter of waiters) this._settle(waiter, sub, null, error);
+        if (!waiters.length) this._emit("error", error);
+      }
+    }
+    return tokens;
+  }
+
+  /** While on SSE: try a WebSocket once `websocketRetryInterval` passed since the last try, or
+   * `now` (the gateway was unreachable before: its WebSockets failed for that, not a proxy). */
+  _scheduleProbe(now = false) {
+    this._stopProbe();
+    const stream = this._sse;
+    if (!stream || !this.transports.includes("websocket")) return;
+    if (!Number.isFinite(this.websocketRetryInterval)) return;
+    const wait = now ? 0 : Math.max(0, this._wsTriedAt + this.websocketRetryInterval - Date.now());
+    const probe = { timer: null, ws: null };
+    probe.timer = setTimeout(() => this._runProbe(stream, probe), wait);
+    this._probe = probe;
+  }
+
+  _stopProbe() {
+    const probe = this._probe;
+    this._probe = null;
+    if (!probe) return;
+    clearTimeout(probe.timer);
+    if (probe.ws && probe.ws.readyState <= 1) probe.ws.close(1000, "not needed");
+  }
+
+  /** Open a WebSocket beside the stream. If it opens, the stream ends and the client connects
+   * over that socket, every channel resubscribed from the last position seen (so nothing is
+   * lost or repeated across the move); if not, the next try is scheduled. */
+  _runProbe(stream, probe) {
+    if (this._probe !== probe || this._sse !== stream || this._closing) return;
+    this._wsTriedAt = Date.now();
+    let ws;
+    try {
+      ws = new this._WebSocket(this.url);
+    } catch {
+      return this._scheduleProbe();
+    }
+    probe.ws = ws;
+    // The `ws` package throws an "error" nobody listens to; "close" follows it anyway.
+    ws.addEventListener("error", () => {});
+    const done = () => {
+      ws.removeEventListener("open", opened);
+      ws.removeEventListener("close", failed);
+    };
+    const opened = () => {
+      done();
+      if (this._probe !== probe || this._sse !== stream || stream.reopen || this._closing) {
+        ws.close(1000, "not needed");
+        return;
+      }
+      this._probe = null;
+      this._wsFailures = 0;
+      stream.switchTo = ws;
+      this._setState({ state: State.RECONNECTING, attempt: 0, delay: 0, reason: "moving to websocket" });
+      stream.abort.abort();
+    };
+    const failed = () => {
+      done();
+      if (this._probe === probe) this._scheduleProbe();
+    };
+    ws.addEventListener("open", opened);
+    ws.addEventListener("close", failed);
   }
 
   /** The channel set changed: end this stream and open the next one at once (coalesced). */
@@ -933,6 +1102,11 @@ export class ArchMeshRealtime extends EventTarget {
       });
       return this._emit("error", error);
     }
+    if (this.transport === "sse") {
+      // A stream takes no sub_refresh: it reopens with the fresh token, from the positions seen.
+      if (this._subs.get(channel) === sub) this._reopenSse();
+      return;
+    }
     try {
       await this._request({ type: "sub_refresh", channel, token });
     } catch (err) {
@@ -977,6 +1151,7 @@ export class ArchMeshRealtime extends EventTarget {
     if (this._subs.get(channel) !== sub) return; // unsubscribed meanwhile
     // Not connected: the reconnect resubscribes with the fresh token.
     if (this.state === State.CONNECTED && this._ws) this._sendSubscribe(this._ws, channel, sub);
+    else if (this.state === State.CONNECTED && this._sse) this._reopenSse();
   }
 }
 

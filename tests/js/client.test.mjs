@@ -238,7 +238,7 @@ test("reconnects after a gateway restart and reports recovery_failed", async () 
   }
 });
 
-test("join and leave events on a channel with ARCHMESH_JOIN_LEAVE", async () => {
+test("join and leave events on a channel with ARCHMESH_JOIN_LEAVE, for and to SSE clients too", async () => {
   const node = new Gateway(await freePort(), { ARCHMESH_JOIN_LEAVE: "session:" });
   await node.start();
   try {
@@ -248,10 +248,15 @@ test("join and leave events on a channel with ARCHMESH_JOIN_LEAVE", async () => 
     const me = await fay.connect();
     await fay.subscribe("session:team");
     assert.deepEqual(await joins.next(), { channel: "session:team", user_id: "fay", client_id: me.client_id });
-    const gus = newClient(node.url, { token: mintToken({ user: "gus", sessions: "team" }) });
-    const him = await gus.connect();
-    await gus.subscribe("session:team");
+    // gus reads Server-Sent Events: announced, and told, like a WebSocket.
+    const gus = newClient(node.url, { token: mintToken({ user: "gus", sessions: "team" }), transports: ["sse"] });
+    const his = collect(gus, "join");
+    await gus.connect();
+    await gus.subscribe("session:team"); // the stream reopens with the channel: a new client id
+    const him = gus.info;
+    assert.equal(gus.transport, "sse");
     assert.deepEqual(await joins.next(), { channel: "session:team", user_id: "gus", client_id: him.client_id });
+    assert.deepEqual(await his.next(), { channel: "session:team", user_id: "gus", client_id: him.client_id });
     await gus.close();
     assert.deepEqual(await leaves.next(), { channel: "session:team", user_id: "gus", client_id: him.client_id });
     await fay.unsubscribe("session:team");

@@ -32,6 +32,7 @@ import ArchMeshRealtimeDefault, {
   type Subscribed,
   type SubscriptionTokenProvider,
   type Transport,
+  type TransportChange,
   type TokenSource,
   type UnsubscribeReason,
   type Unsubscribed,
@@ -70,8 +71,11 @@ export type Checks = [
       | "join"
       | "leave"
       | "error"
+      | "transport"
     >
   >,
+  Assert<Equal<ArchMeshRealtimeEventMap["transport"], TransportChange>>,
+  Assert<Equal<TransportChange, { readonly transport: Transport; readonly previous: Transport }>>,
   Assert<Equal<SubscriptionTokenProvider, (channel: string) => string | Promise<string>>>,
   Assert<Equal<UnsubscribeReason, "token_expired" | "revoked">>,
   Assert<Equal<Unsubscribed, { channel: string; reason: UnsubscribeReason | (string & {}) }>>,
@@ -147,6 +151,7 @@ export type Checks = [
         subscriptionToken?: SubscriptionTokenProvider;
         transports?: Transport[];
         sseFallbackAfter?: number;
+        websocketRetryInterval?: number;
         sseUrl?: string;
         fetch?: typeof fetch;
       }
@@ -358,8 +363,14 @@ export function onSse(token: string): Transport {
     token,
     transports: ["websocket", "sse"],
     sseFallbackAfter: 3,
+    websocketRetryInterval: 120000,
     sseUrl: "https://rt.example/sse",
     fetch: globalThis.fetch,
+  });
+  c.on("transport", (move) => {
+    const now: Transport = move.transport;
+    // @ts-expect-error a move is read-only
+    move.previous = now;
   });
   // @ts-expect-error only "websocket" and "sse" are transports
   new ArchMeshRealtime("wss://rt.example/ws", { token, transports: ["polling"] });
