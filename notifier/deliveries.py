@@ -16,6 +16,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from archmesh_client.backoff import backoff_delay
 from archmesh_client.notifications import Medium, Priority
+from redis.exceptions import WatchError
 
 from notifier import analytics, keys, status
 from notifier.digests import DigestCloser
@@ -245,16 +246,9 @@ class Deliverer:
             next_attempt_at=next_at,
         )
         work = {**work, "targets": outcome.remaining}
-        if state is DeliveryState.RETRYING and await self._cancelled(meta["id"], channel):
-            return  # cancelled while this attempt ran: not tried again
-        async with self._redis.pipeline(transaction=True) as pipe:
-            status.stage_update(pipe, meta["id"], channel, delivery, work)
-            if next_at is not None:
-                pipe.zadd(keys.DUE, {job: int(next_at.timestamp() * 1000)})
-            else:
-                pipe.zrem(keys.DUE, job)
-            analytics.count(pipe, now, meta["type"], channel.value, state.value)
-            await pipe.execute()
+        if not await self._write(job, meta, channel, delivery, work, now):
+            log.info("delivery_cancelled_in_flight", notification=meta["id"], channel=channel.value)
+            return
         self._metrics.deliveries.labels(channel.value, state.value).inc()
         if state is DeliveryState.RETRYING:
             self._metrics.retries.labels(channel.value).inc()
@@ -269,8 +263,45 @@ class Deliverer:
             error=reason,
         )
 
-    async def _cancelled(self, notification_id: str, channel: Medium) -> bool:
-        raw = await self._redis.hget(keys.notification(notification_id), f"ch:{channel.value}")
-        return raw is not None and ChannelDelivery.model_validate_json(raw).status is (
-            DeliveryState.CANCELLED
-        )
+    async def _write(
+        self,
+        job: str,
+        meta: dict[str, Any],
+        channel: Medium,
+        delivery: ChannelDelivery,
+        work: dict[str, Any],
+        now: datetime,
+    ) -> bool:
+        """Record an attempt's outcome, unless the step was cancelled (by a `cancel_key`, a
+        read, or the user's erasure) while the attempt ran: then the step stays `cancelled`,
+        is not tried again, and its job (addresses, content), which an erasure deleted, is not
+        written back. One that went out anyway is recorded as `sent` (true), without its job.
+        WATCH makes the check and the write one step against those scripts."""
+        key = keys.notification(meta["id"])
+        field_name = f"ch:{channel.value}"
+        async with self._redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    raw = await pipe.hget(key, field_name)
+                    cancelled = raw is not None and (
+                        ChannelDelivery.model_validate_json(raw).status is DeliveryState.CANCELLED
+                    )
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    if cancelled and delivery.status is DeliveryState.SENT:
+                        status.stage_update(pipe, meta["id"], channel, delivery)
+                        analytics.count(pipe, now, meta["type"], channel.value, "sent")
+                    elif not cancelled:
+                        status.stage_update(pipe, meta["id"], channel, delivery, work)
+                        if delivery.next_attempt_at is not None:
+                            at = int(delivery.next_attempt_at.timestamp() * 1000)
+                            pipe.zadd(keys.DUE, {job: at})
+                        analytics.count(
+                            pipe, now, meta["type"], channel.value, delivery.status.value
+                        )
+                    if delivery.next_attempt_at is None or cancelled:
+                        pipe.zrem(keys.DUE, job)
+                    await pipe.execute()
+                    return not cancelled or delivery.status is DeliveryState.SENT
+                except WatchError:
+                    continue

@@ -22,7 +22,7 @@ from archmesh_client.notifications import Medium
 from notifier import keys
 from shared.lua import lua
 
-REASON = "cancelled: the user was erased"
+REASON = "the user was erased"
 
 
 class Erasure:

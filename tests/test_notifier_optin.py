@@ -12,7 +12,8 @@ import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httpx
@@ -385,10 +386,82 @@ async def test_erasure_leaves_nothing_of_the_user_but_analytics_counts(stack: St
     status = await stack.status(held)
     assert status["user_id"] == ""
     for medium in ("email", "sms"):
-        assert status["deliveries"][medium]["status"] == "suppressed"
+        assert status["deliveries"][medium]["status"] == "cancelled"
         assert status["deliveries"][medium]["last_error"] == REASON
     failed = (await stack.status(refused))["deliveries"]["email"]
     assert failed["status"] == "failed"
     assert "***" in failed["last_error"]
     refused_again = await stack.http.delete("/api/users/eve", headers={"Authorization": ""})
     assert refused_again.status_code == 401
+
+
+@pytest.fixture
+def silent_mail_port() -> Iterator[socket.socket]:
+    """A listener that accepts and never greets: a send to it hangs until its timeout."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        yield listener
+
+
+def _answer_as_smtp(connection: socket.socket) -> None:
+    """Be the mail server the erasure did not stop: greet late, then accept the message."""
+    reader = connection.makefile("rb")
+    connection.sendall(b"220 late.test ESMTP\r\n")
+    for line in reader:
+        verb = line[:4].upper()
+        if verb == b"DATA":
+            connection.sendall(b"354 go on\r\n")
+            for body in reader:
+                if body == b".\r\n":
+                    break
+            connection.sendall(b"250 queued\r\n")
+        elif verb == b"QUIT":
+            connection.sendall(b"221 bye\r\n")
+            return
+        else:
+            connection.sendall(b"250 ok\r\n")
+
+
+@pytest.mark.parametrize("attempt", ["times_out", "goes_out"])
+async def test_a_send_in_flight_when_the_user_is_erased_is_not_written_back_or_retried(
+    redis_server: RedisServer,
+    silent_mail_port: socket.socket,
+    push: PushEndpoint,
+    twilio: TwilioApi,
+    attempt: str,
+) -> None:
+    """The erasure lands while the email is being handed to a mail server, which then times
+    out (a temporary failure, normally retried) or takes it: the address (the step's job) is
+    never written back, nothing is scheduled again, and the status tells the truth: still
+    `cancelled`, or `sent` when it did go out."""
+    address = SimpleNamespace(host="127.0.0.1", port=silent_mail_port.getsockname()[1])
+    silent = cast(SmtpServer, address)  # the stack reads only the mail server's host and port
+    email = "gone@example.com"
+    async with notifier_stack(redis_server.url, silent, push, twilio, **SETTINGS) as stack:
+        await stack.put_preferences("gone", **person(email))
+        nid = await stack.send(user_id="gone", type="mention", title="G", channels=["email"])
+        connection, _ = await asyncio.to_thread(silent_mail_port.accept)  # the send is in flight
+        with connection:
+            assert (await stack.http.delete("/api/users/gone")).status_code == 204
+            connection.settimeout(10)
+            if attempt == "goes_out":
+                await asyncio.to_thread(_answer_as_smtp, connection)
+                expected = ("sent", None)
+            else:
+                assert await asyncio.to_thread(connection.recv, 1) == b""  # the sender gave up
+                expected = ("cancelled", REASON)
+        await stack.states(nid, email=expected[0])
+        client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+        try:
+            deadline = time.monotonic() + 1  # a write-back would come within milliseconds
+            while time.monotonic() < deadline:
+                stored = client.hgetall(f"nt:n:{nid}")
+                assert all(email not in value for value in stored.values()), stored
+                assert "job:email" not in stored
+                assert client.zscore("nt:due", f"{nid}|email") is None
+                await asyncio.sleep(0.05)
+        finally:
+            client.close()
+        status = (await stack.status(nid))["deliveries"]["email"]
+        assert (status["status"], status["last_error"]) == expected

@@ -324,9 +324,9 @@ async def test_erasure_removes_open_steps_digest_windows_and_throttle_logs(
             assert not any(b"zoe" in v for v in client.hgetall(key).values()), key
     assert client.zrange("nt:due", 0, -1) == []
     status = await stack.status(steps)
-    assert status["deliveries"]["email"]["status"] == "suppressed"
+    assert status["deliveries"]["email"]["status"] == "cancelled"
     stack.clock.advance(minutes=40)  # past the steps and the window: nothing goes out
-    await stack.states(steps, email="suppressed")
+    await stack.states(steps, email="cancelled")
     assert mails(stack.smtp, "Z2") == mails(stack.smtp, "Z1") == []
 
 

@@ -69,7 +69,7 @@ for _, id in ipairs(ids) do
         local d = cjson.decode(raw)
         local open = d.status == 'pending' or d.status == 'retrying' or d.status == 'held'
         if open or d.status == 'waiting' or d.status == 'digested' then
-          d.status = 'suppressed'
+          d.status = 'cancelled'
           d.last_error = p.reason
           d.next_attempt_at = cjson.null
           d.updated_at = p.now
