@@ -25,6 +25,8 @@ from notifier.inbox import Inbox
 from notifier.intake import Intake
 from notifier.ledger import Ledger
 from notifier.metrics import NotifierMetrics
+from notifier.ops_api import OpsApi
+from notifier.ops_figures import NotifierFigures
 from notifier.preferences import PreferenceStore
 from notifier.processor import Options, Processor
 from notifier.senders.email import EmailSender
@@ -35,6 +37,8 @@ from notifier.status import StatusStore
 from notifier.template_store import TemplateStore
 from notifier.worker import Worker
 from notifier.workflow import WorkflowWatcher, parse_rules
+from shared.admin_auth import AdminTokens
+from shared.announcements import Announcer, create_board
 from shared.broker import Broker, create_broker
 from shared.http_errors import ERROR_HANDLERS
 from shared.http_ops import Readiness, ops_routes
@@ -95,13 +99,26 @@ class Notifier:
             self.redis, self.broker, parse_rules(s.notifier_workflow_rules), s.notifier_retention
         )
         self.worker = self._worker(clock)
-        self.routes: list[BaseRoute] = [*NotifierApi(self).routes()]
-        ops = ops_routes(
+        admin_tokens = AdminTokens(self.verifier)
+        ops = OpsApi(self, s.api_key, admin_tokens)
+        self.routes: list[BaseRoute] = [*NotifierApi(self).routes(), *ops.routes]
+        self.announcer = Announcer(
+            create_board(s.redis_url, s.broker_liveness()),
+            self.node,
+            "notifier",
+            NotifierFigures(self.redis, self.intake, self.metrics),
+            interval=s.announce_interval,
+            ttl=s.announce_ttl,
+        )
+        probes = ops_routes(
             self.node, self.readiness, self.metrics.registry, before_scrape=self.refresh_gauges
         )
         self.app = Starlette(
-            routes=[*self.routes, *ops], lifespan=self._app_span, exception_handlers=ERROR_HANDLERS
+            routes=[*self.routes, *probes],
+            lifespan=self._app_span,
+            exception_handlers=ERROR_HANDLERS,
         )
+        self.app.state.admin_tokens = admin_tokens  # the console acts through these APIs
 
     def _worker(self, clock: Clock) -> Worker:
         s = self.settings
@@ -151,10 +168,12 @@ class Notifier:
             await self.broker.start(lambda _: None)
         await self.worker.start()
         await self.workflows.start()
+        self.announcer.start()
         log.info("notifier_started", node=self.node, channels=sorted(self.senders.configured))
         try:
             yield
         finally:
+            await self.announcer.stop()
             await self.workflows.stop()
             await self.worker.stop()
             await self.senders.aclose()

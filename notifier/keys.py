@@ -47,3 +47,9 @@ def workflow_request(request_id: str) -> str:
 
 def due_member(notification_id: str, channel: str) -> str:
     return f"{notification_id}|{channel}"
+
+
+def timeline(notification_id: str) -> str:
+    """List: every status change of the notification's media, oldest first (the console's
+    timeline), written with the status itself and expiring with it."""
+    return f"nt:log:{notification_id}"

@@ -52,6 +52,7 @@ class Outcome:
             "due": [x for member, score in due.items() for x in (score, member)],
             "entry": entry.id,
             "lock": keys.lock(notification_id),
+            "timeline": keys.timeline(notification_id),
         }
         if inbox is not None:
             user_id, box = inbox
