@@ -191,6 +191,7 @@ function drawLine(canvas, values, color) {
   ctx.stroke();
   canvas.dataset.points = String(values.length);
   canvas.dataset.last = String(last);
+  canvas.dataset.max = String(Math.max(0, ...values));
 }
 
 function drawCharts() {
@@ -247,7 +248,7 @@ async function openChannel(channel) {
   const name = encodeURIComponent(channel);
   const [presence, history] = await Promise.all([
     api("GET", `/api/admin/channels/${name}/presence`),
-    api("GET", `/api/channels/${name}/history?limit=20&reverse=true`),
+    api("GET", `/api/channels/${name}/history?limit=10&reverse=true`),
   ]);
   $("#channel-view").hidden = false;
   $("#channel-view").dataset.channel = channel;
