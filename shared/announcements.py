@@ -153,6 +153,7 @@ class Announcer:
         self._last: tuple[float, dict[str, float]] | None = None
         self._task: asyncio.Task[None] | None = None
         self._now = asyncio.Event()
+        self._stopping = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="announcer")
@@ -162,22 +163,28 @@ class Announcer:
         self._now.set()
 
     async def stop(self) -> None:
+        """Let the loop finish its announcement (a cancellation landing inside a redis-py
+        call can be swallowed there), then withdraw; a stuck loop is cancelled after 5 s."""
+        self._stopping = True
+        self._now.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait({self._task}, timeout=5.0)
+            if not self._task.done():
+                self._task.cancel()
         with contextlib.suppress(BrokerError):
             await self._board.withdraw(self._member)
         await self._board.close()
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await self._board.announce(self._member, await self.announcement(), self._ttl)
             except BrokerError as exc:
                 log.warning("announce_failed", error=str(exc))
             except Exception:  # a figure that failed to read must not end the loop
                 log.exception("announce_failed")
+            if self._stopping:
+                return
             self._now.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._now.wait(), self._interval)
