@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -121,6 +122,8 @@ def run(
     target: Path,
     picture: bool,
 ) -> None:
+    doomed = GatewayProcess(dev.env["ARCHMESH_REDIS_URL"], **ENV).start()
+    sockets.callback(doomed.stop)
     ada = client(sockets, other, USER)
     for i in range(3):
         client(sockets, dev, f"watcher-{i}")
@@ -141,14 +144,18 @@ def run(
     page.wait_for("!document.querySelector('#console').hidden", what="signed in")
     assert page.evaluate(f"sessionStorage.getItem('archmesh-admin-credential') === '{API_KEY}'")
 
-    # Nodes: the dev gateway, its notifier and the other gateway.
-    page.wait_for("document.querySelectorAll('#nodes tbody tr').length === 3", what="3 nodes")
+    # Nodes: the dev gateway, its notifier, the other gateway and one about to be killed.
+    page.wait_for("document.querySelectorAll('#nodes tbody tr').length === 4", what="4 nodes")
     roles = page.evaluate(
         "[...document.querySelectorAll('#nodes tbody tr')].map(r => r.dataset.role).sort()"
     )
-    assert roles == ["gateway", "gateway", "notifier"]
+    assert roles == ["gateway", "gateway", "gateway", "notifier"]
     other_row = f'#nodes tbody tr[data-node="{other.env["ARCHMESH_NODE_ID"]}"]'
     page.wait_for(f"document.querySelector({json.dumps(other_row)})", what="the other's row")
+    doomed.stop(signal.SIGKILL)
+    doomed_row = f'#nodes tbody tr[data-node="{doomed.env["ARCHMESH_NODE_ID"]}"]'
+    page.wait_for(f"!document.querySelector({json.dumps(doomed_row)})", what="the killed one gone")
+    assert count(page, "#nodes tbody tr") == 3
 
     # Charts move while messages flow.
     flowing = threading.Event()
