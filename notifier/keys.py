@@ -101,3 +101,9 @@ def user_keys(user_id: str) -> list[str]:
         *inbox(user_id),
         user_notifications(user_id),
     ]
+
+
+def timeline(notification_id: str) -> str:
+    """List: every status change of the notification's media, oldest first (the console's
+    timeline), written with the status itself and expiring with it."""
+    return f"{cancellation.TIMELINE_PREFIX}{notification_id}"

@@ -1,7 +1,8 @@
 """Delivery status per notification and channel: one hash per notification.
 
 Fields: `meta` (who, what, when, which stream entry), `ch:<channel>` (a ChannelDelivery),
-`job:<channel>` (what an external delivery still has to send)."""
+`job:<channel>` (what an external delivery still has to send). Every `ch:` write also appends
+to the notification's timeline (`keys.timeline`), in the same atomic step."""
 
 from __future__ import annotations
 
@@ -39,8 +40,16 @@ def stage_update(
 ) -> None:
     key = keys.notification(notification_id)
     pipe.hset(key, f"ch:{channel.value}", delivery.model_dump_json())
+    # The timeline, in the same MULTI: created with the hash by commit.lua (same EXPIRE), so an
+    # append keeps the expiry both share.
+    pipe.rpush(keys.timeline(notification_id), timeline_entry(channel.value, delivery))
     if job is not None:
         pipe.hset(key, f"job:{channel.value}", orjson.dumps(job))
+
+
+def timeline_entry(medium: str, delivery: ChannelDelivery) -> str:
+    """One timeline entry, as commit.lua writes it too: the medium and its delivery then."""
+    return f'{{"medium":{orjson.dumps(medium).decode()},"delivery":{delivery.model_dump_json()}}}'
 
 
 class StatusStore:

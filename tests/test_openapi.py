@@ -31,7 +31,7 @@ from shared.openapi import ErrorBody, operation, undocumented
 from shared.settings import Settings
 from tests.servers import API_KEY, GatewayProcess, NotifierProcess, RedisServer, ServiceProcess
 
-PAGES = {"GET /"}  # HTML for people, not an API
+PAGES = {"GET /", "GET /admin"}  # HTML for people (the page, the console), not an API
 RAW = {"GET /sse"}  # served by the gateway before its router
 
 
