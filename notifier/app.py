@@ -23,6 +23,7 @@ from notifier.analytics import Analytics
 from notifier.api import NotifierApi
 from notifier.deliveries import Deliverer, RetryPolicy, Senders
 from notifier.erasure import Erasure
+from notifier.feedback import ProviderFeedback
 from notifier.inbox import Inbox
 from notifier.intake import Intake
 from notifier.ledger import Ledger
@@ -30,6 +31,7 @@ from notifier.live import LiveChannels
 from notifier.metrics import NotifierMetrics
 from notifier.preferences import PreferenceStore
 from notifier.processor import Options, Processor
+from notifier.providers import provider_routes
 from notifier.senders.email import EmailSender
 from notifier.senders.push import PushSender
 from notifier.senders.sms import SmsSender
@@ -108,12 +110,14 @@ class Notifier:
         self.critical = frozenset(s.notifier_critical_types)
         self.unsubscribe = UnsubscribeLinks.from_settings(s, clock)
         self.intake = Intake(self.redis, self.node, s.notifier_claim_idle)
+        self.feedback = ProviderFeedback.from_settings(self.redis, s, self.metrics, clock)
         self.workflows = WorkflowWatcher(
             self.redis, self.broker, parse_rules(s.notifier_workflow_rules), s.notifier_retention
         )
         self.worker = self._worker(clock)
         unsubscribe = UnsubscribeApi(self.unsubscribe, self.preferences, self.critical)
         self.routes: list[BaseRoute] = [*NotifierApi(self).routes(), *unsubscribe.routes()]
+        self.routes += provider_routes(s, self.feedback, self.preferences, clock)
         ops = ops_routes(
             self.node, self.readiness, self.metrics.registry, before_scrape=self.refresh_gauges
         )
@@ -151,6 +155,7 @@ class Notifier:
             self.metrics,
             clock,
             email_headers=None if links is None else links.email_headers,
+            feedback=self.feedback,
         )
         worker: Worker
         ledger = Ledger(self.redis, s.notifier_retention, s.notifier_inbox_size, self.live)

@@ -72,3 +72,30 @@ def user_keys(user_id: str) -> list[str]:
 
     A new per-user key goes here too (topic subscriptions, when topics exist, add theirs)."""
     return [preferences(user_id), *inbox(user_id), user_notifications(user_id)]
+
+
+# -- what providers report after accepting a message (notifier/feedback.py) ---------------------
+
+
+def suppressed_email(address_hash: str) -> str:
+    """An address that hard-bounced, by the SHA-256 of its lower-cased form (the address itself
+    is not kept): JSON {reason, at}. No expiry: later emails to it are `suppressed`."""
+    return f"nt:suppressed:email:{address_hash}"
+
+
+def provider_event(event_hash: str) -> str:
+    """Marks one provider event (an email event id, a Twilio sid and status) as applied, so
+    each is applied once; kept for the status retention."""
+    return f"nt:fb:event:{event_hash}"
+
+
+def webhook_signature(signature: str) -> str:
+    """A signed webhook request already taken: refused as a replay until its timestamp is
+    past the tolerance."""
+    return f"nt:fb:sig:{signature}"
+
+
+def sms_message(sid: str) -> str:
+    """Twilio's MessageSid -> `<notification id>|sms`, kept for the status retention, so a
+    status callback finds its delivery."""
+    return f"nt:sms:{sid}"

@@ -30,9 +30,20 @@ class DeliveryState(StrEnum):
     RETRYING = "retrying"
     HELD = "held"
     SUPPRESSED = "suppressed"
+    # What a provider reports after accepting a message (notifier/feedback_report.py).
+    DELIVERED = "delivered"
+    BOUNCED = "bounced"
 
 
-TERMINAL_STATES = frozenset({DeliveryState.SENT, DeliveryState.FAILED, DeliveryState.SUPPRESSED})
+TERMINAL_STATES = frozenset(
+    {
+        DeliveryState.SENT,
+        DeliveryState.FAILED,
+        DeliveryState.SUPPRESSED,
+        DeliveryState.DELIVERED,
+        DeliveryState.BOUNCED,
+    }
+)
 
 
 class _Strict(BaseModel):
@@ -235,6 +246,10 @@ class ChannelDelivery(BaseModel):
     updated_at: datetime
     last_error: str | None = None
     next_attempt_at: datetime | None = None
+    # The provider's own word after it accepted the message (a Twilio status such as
+    # `undelivered`, or `hard_bounce`, `soft_bounce`, `complaint`) and its error code.
+    provider_status: str | None = None
+    provider_code: str | None = None
 
 
 class DeliveryStatus(BaseModel):
