@@ -80,7 +80,7 @@ class ProviderFeedback:
         if raw is None:
             return None
         found = orjson.loads(raw)
-        return f"address suppressed after a hard bounce at {found['at']}: {found['reason']}"
+        return f"address suppressed since {found['at']}: {found['reason']}"
 
     async def sms_sent(self, sid: str, notification_id: str) -> None:
         if self._track_sms:
