@@ -167,25 +167,28 @@ class EmailEventsApi:
             text = f"soft bounce: {reason or 'no reason given'}"
             report = Report(provider_status="soft_bounce", reason=text, at=event.timestamp)
         else:
+            done = "complaint: already applied"
             if not await self._feedback.applied(key):
-                await self._complaint(notification)
-            text = "complaint: this type's email is now off for the user"
-            report = Report(provider_status="complaint", reason=text, at=event.timestamp)
+                done = await self._complaint(notification)
+            report = Report(provider_status="complaint", reason=done, at=event.timestamp)
         applied = await self._feedback.apply(key, notification, Medium.EMAIL, report, suppress)
         log.info("email_event", kind=event.type, bounce=event.bounce_type, outcome=applied.value)
         return applied
 
-    async def _complaint(self, notification: str | None) -> None:
+    async def _complaint(self, notification: str | None) -> str:
         """Switch the type's email off, as one-click unsubscribe does (idempotent, so done
-        before the event is marked applied: a crash in between repeats only this)."""
+        before the event is marked applied: a crash in between repeats only this); what was
+        done, for the delivery's record."""
         meta = None if notification is None else await self._feedback.meta(notification)
-        if meta is None or not meta["user_id"] or meta["type"] in self._critical:
-            return  # unknown, expired, erased (no user left) or a type that cannot be off
+        if meta is None or not meta["user_id"]:
+            return "complaint: no such notification, or its user was erased"
         user_id, kind = meta["user_id"], meta["type"]
+        if kind in self._critical:
+            return "complaint: a critical type, its email stays on"
         if await self._preferences.get(user_id) is not None:
-            await self._preferences.patch(
-                user_id, PreferencesPatch(channels={kind: {Medium.EMAIL: False}})
-            )
+            patch = PreferencesPatch(channels={kind: {Medium.EMAIL: False}})
+            await self._preferences.patch(user_id, patch)
+        return "complaint: this type's email is now off for the user"
 
 
 async def _read(request: Request) -> bytes:

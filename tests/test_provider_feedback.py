@@ -156,6 +156,11 @@ async def test_a_hard_bounce_marks_the_delivery_bounced_and_suppresses_the_addre
     await stack.put_preferences("ada", contacts={"email": "ada@new.test"})
     await emailed(stack, "ada", "ada@new.test")
 
+    # A hard bounce for an email whose status is gone still suppresses its address.
+    orphan = event("bounce", "old@bounce.test", bounce_type="hard", notification_id="expired")
+    assert (await post_events(stack, orphan)).json()["results"][0]["outcome"] == "unmatched"
+    assert await redis.exists(f"nt:suppressed:email:{address_hash('old@bounce.test')}")
+
 
 async def test_a_soft_bounce_is_noted_without_suppressing_and_a_late_one_never_undoes_delivered(
     stack: Stack,
@@ -195,6 +200,7 @@ async def test_a_complaint_switches_that_types_email_off_for_that_user(stack: St
     assert prefs["channels"]["weekly_digest"] == {"email": False}
     email = (await stack.status(nid))["deliveries"]["email"]
     assert (email["status"], email["provider_status"]) == ("sent", "complaint")
+    assert email["last_error"] == "complaint: this type's email is now off for the user"
 
     later = await stack.send(user_id="cy", type="weekly_digest", title="t", channels=["email"])
     suppressed = (await stack.states(later, email="suppressed"))["email"]
