@@ -47,7 +47,9 @@ class EmailEvent(BaseModel):
     id: str = Field(min_length=1, max_length=200, description="the provider's event id")
     type: Literal["bounce", "complaint", "delivery"]
     bounce_type: Literal["hard", "soft"] | None = Field(None, description="bounces only")
-    email: str = Field(min_length=3, max_length=320, description="the recipient's address")
+    email: str = Field(
+        max_length=320, pattern=r"^[^@\s]+@[^@\s]+$", description="the recipient's address"
+    )
     notification_id: Annotated[str, Field(pattern=ID_PATTERN)] | None = Field(
         None, description=f"the email's `{NOTIFICATION_HEADER}` header"
     )
@@ -131,12 +133,15 @@ class EmailEventsApi:
                 self._secret, request.headers.get(HEADER, ""), body, time.time(), self._tolerance
             )
         except SignatureError as exc:
+            log.warning("email_events_refused", reason="signature")
             raise ApiError(401, "invalid_signature", str(exc)) from None
         except StaleSignature as exc:
+            log.warning("email_events_refused", reason="stale")
             raise ApiError(400, "stale_signature", str(exc)) from None
         batch = _parse(body)
         # Remembered past the tolerance on both sides of now: until no clock can take it.
         if not await self._feedback.take_signature(signed.signature, 2 * self._tolerance + 1):
+            log.warning("email_events_refused", reason="replayed")
             raise ApiError(409, "replayed", "this signed request was taken already")
         try:
             results = [EventOutcome(id=e.id, outcome=await self._apply(e)) for e in batch.events]
