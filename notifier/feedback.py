@@ -17,12 +17,15 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 from archmesh_client.notifications import Medium
-from redis.exceptions import WatchError
+from redis.exceptions import RedisError, WatchError
 
 from notifier import analytics, keys
 from notifier.feedback_report import Report, field_of, supersedes
 from notifier.metrics import NotifierMetrics
 from notifier.settings import NotifierSettings
+from shared.logging import get_logger
+
+log = get_logger(__name__)
 
 
 class Applied(StrEnum):
@@ -83,9 +86,18 @@ class ProviderFeedback:
         return f"address suppressed since {found['at']}: {found['reason']}"
 
     async def sms_sent(self, sid: str, notification_id: str) -> None:
-        if self._track_sms:
-            value = f"{notification_id}|{Medium.SMS.value}"
+        """Remember which notification an accepted SMS belongs to. Never raises: the SMS is
+        out, and a failure here must not make the deliverer send it again (its callbacks are
+        then `unmatched`)."""
+        if not self._track_sms:
+            return
+        value = f"{notification_id}|{Medium.SMS.value}"
+        try:
             await self._redis.set(keys.sms_message(sid), value, ex=self._retention)
+        except RedisError as exc:
+            log.warning(
+                "sms_sid_not_stored", notification=notification_id, error=type(exc).__name__
+            )
 
     # -- what webhooks ask ---------------------------------------------------------------------
 
