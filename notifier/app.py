@@ -26,6 +26,7 @@ from notifier.deliveries import Deliverer, RetryPolicy, Senders
 from notifier.digests import DigestCloser
 from notifier.erasure import Erasure
 from notifier.escalation import StepGate
+from notifier.feedback import ProviderFeedback
 from notifier.inbox import Inbox
 from notifier.intake import Intake
 from notifier.ledger import Ledger
@@ -35,6 +36,7 @@ from notifier.ops_api import OpsApi
 from notifier.ops_figures import NotifierFigures
 from notifier.preferences import PreferenceStore
 from notifier.processor import Options, Processor
+from notifier.providers import provider_routes
 from notifier.senders.email import EmailSender
 from notifier.senders.push import PushSender
 from notifier.senders.sms import SmsSender
@@ -117,6 +119,7 @@ class Notifier:
         self.critical = frozenset(s.notifier_critical_types)
         self.unsubscribe = UnsubscribeLinks.from_settings(s, clock)
         self.intake = Intake(self.redis, self.node, s.notifier_claim_idle)
+        self.feedback = ProviderFeedback.from_settings(self.redis, s, self.metrics, clock)
         self.workflows = WorkflowWatcher(
             self.redis, self.broker, parse_rules(s.notifier_workflow_rules), s.notifier_retention
         )
@@ -128,6 +131,7 @@ class Notifier:
             *NotifierApi(self).routes(),
             *unsubscribe.routes(),
             *ops.routes,
+            *provider_routes(s, self.feedback, self.preferences, clock),
         ]
         self.announcer = Announcer(
             create_board(s.redis_url, s.broker_liveness()),
@@ -178,6 +182,7 @@ class Notifier:
             StepGate(self.redis, self.preferences, self.canceller, clock, self.critical),
             DigestCloser(self.redis),
             email_headers=None if links is None else links.email_headers,
+            feedback=self.feedback,
         )
         worker: Worker
         ledger = Ledger(self.redis, s.notifier_retention, s.notifier_inbox_size, self.live)

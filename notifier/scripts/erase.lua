@@ -2,8 +2,8 @@
 -- ARGV[1]: JSON {user, prefs, index, due, prefix, timeline (the prefix of a notification's
 --   timeline), sessions, media: [...], delete: [keys], now (ISO time), reason, digest_job
 --   (the prefix of a digest window's due job)}
--- A notification's timeline (the console's list of its status changes) is deleted: its entries
--- quote the deliveries as they were, addresses in error texts included.
+-- A notification's timeline (the console's list of its status changes) and its providers'
+-- reports (`fb:<medium>`) are deleted: they quote error texts as they were, addresses included.
 -- Statuses of the user's notifications stay (a service may still ask how one went) without
 -- the user: `meta.user_id` emptied, jobs (addresses, rendered content) deleted, contact data
 -- masked in error texts, and every delivery not yet done cancelled and taken out of `due`.
@@ -67,7 +67,7 @@ for _, id in ipairs(ids) do
     redis.call('HSET', key, 'meta', cjson.encode(fields))
     for _, medium in ipairs(p.media) do
       redis.call('ZREM', p.due, id .. '|' .. medium)
-      redis.call('HDEL', key, 'job:' .. medium)
+      redis.call('HDEL', key, 'job:' .. medium, 'fb:' .. medium)
       local raw = redis.call('HGET', key, 'ch:' .. medium)
       if raw then
         local d = cjson.decode(raw)
