@@ -7,11 +7,11 @@ their statuses are kept); cancelling walks that set in one atomic step."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
-import orjson
 import redis.asyncio as aioredis
 from pydantic import BaseModel
 
@@ -70,7 +70,7 @@ def payload(
         body["only"] = only.value
     if states is not None:
         body["states"] = states
-    return orjson.dumps(body)
+    return json.dumps(body, separators=(",", ":")).encode()
 
 
 async def cancel(
