@@ -582,6 +582,8 @@ export declare class ArchMeshInbox extends EventTarget {
   readonly user: string;
   readonly baseUrl: string;
   readonly seenInterval: number;
+  /** The latest counts known, from a reply or a live event; null before any. */
+  readonly counts: InboxCounts | null;
 
   /** Listen with a handler that receives `event.detail`; returns a function removing it. */
   on<K extends keyof ArchMeshInboxEventMap>(type: K, handler: (detail: ArchMeshInboxEventMap[K]) => void): () => void;

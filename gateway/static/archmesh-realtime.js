@@ -1239,6 +1239,8 @@ export class ArchMeshInbox extends EventTarget {
     this._token = options.token;
     this._fetch = options.fetch ?? ((...args) => globalThis.fetch(...args));
     this._path = `${this.baseUrl}/api/users/${encodeURIComponent(this.user)}/inbox`;
+    /** The latest {unseen, unread} known (from a reply or a live event), null before any. */
+    this.counts = null;
     // Seen reporting: ids waiting to be sent, ids sent or being sent (never sent twice).
     this._pendingSeen = new Set();
     this._reportedSeen = new Set();
@@ -1331,9 +1333,11 @@ export class ArchMeshInbox extends EventTarget {
       if (data.type === "notification") {
         const { unseen, unread, notification_type: type, type: _kind, ...rest } = data;
         this._emit("item", { ...rest, type: type ?? "notification", seen: false, read: false, archived: false });
-        if (Number.isInteger(unseen) && Number.isInteger(unread)) this._emit("counts", { unseen, unread });
-      } else if (data.type === "inbox" && Number.isInteger(data.unseen) && Number.isInteger(data.unread)) {
-        this._emit("counts", { unseen: data.unseen, unread: data.unread });
+        // The notifier's events carry both counts; one published by hand may not: one more.
+        const last = this.counts;
+        this._liveCounts({ unseen, unread }, last && { unseen: last.unseen + 1, unread: last.unread + 1 });
+      } else if (data.type === "inbox") {
+        this._liveCounts(data, this.counts);
       }
     });
   }
@@ -1385,6 +1389,17 @@ export class ArchMeshInbox extends EventTarget {
     this.dispatchEvent(makeEvent(type, detail));
   }
 
+  /** Emit "counts" from an event's counts, a missing one taken from `fallback` (unseen is
+   * never above unread); nothing if a count is missing and there is no fallback. */
+  _liveCounts(given, fallback) {
+    const pick = (name) => (Number.isInteger(given[name]) && given[name] >= 0 ? given[name] : fallback?.[name]);
+    const unread = pick("unread");
+    const unseen = pick("unseen");
+    if (!Number.isInteger(unread) || !Number.isInteger(unseen)) return;
+    this.counts = { unseen: Math.min(unseen, unread), unread };
+    this._emit("counts", { ...this.counts });
+  }
+
   async _call(method, url, body, { keepalive = false } = {}) {
     const fresh = typeof this._token === "function";
     let response = await this._send(method, url, body, keepalive, await resolveToken(this._token));
@@ -1394,7 +1409,12 @@ export class ArchMeshInbox extends EventTarget {
     }
     const type = response.headers.get("content-type") || "";
     const data = type.includes("json") ? await response.json().catch(() => null) : null;
-    if (response.ok) return data;
+    if (response.ok) {
+      if (data && Number.isInteger(data.unseen) && Number.isInteger(data.unread)) {
+        this.counts = { unseen: data.unseen, unread: data.unread };
+      }
+      return data;
+    }
     const error = data && typeof data === "object" && data.error && typeof data.error.code === "string" ? data.error : null;
     if (!error) {
       throw new InboxError(`http_${response.status}`, `${method} ${url}: HTTP ${response.status}`, { status: response.status });

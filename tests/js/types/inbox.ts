@@ -46,6 +46,7 @@ export type Checks = [
   Assert<Equal<ReturnType<ArchMeshInbox["readAll"]>, Promise<Marked>>>,
   Assert<Equal<ReturnType<ArchMeshInbox["follow"]>, () => void>>,
   Assert<Equal<ReturnType<ArchMeshInbox["flushSeen"]>, Promise<Marked | null>>>,
+  Assert<Equal<ArchMeshInbox["counts"], InboxCounts | null>>,
   Assert<Equal<InboxError["code"], InboxApiErrorCode | InboxClientErrorCode | (string & {})>>,
 ];
 
