@@ -43,6 +43,9 @@
  *
  *   "transport"        {transport, previous}  the client connected on another transport than
  *                      its last connection's (emitted before that connection's "state")
+ *
+ * The same module has the notifier's inbox client, ArchMeshInbox (pages, marks, live counts
+ * followed from this client, seen reporting for displayed items): see its class below.
  */
 
 export const State = Object.freeze({
