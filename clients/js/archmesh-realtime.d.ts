@@ -532,7 +532,8 @@ export interface SeenReport extends Marked {
 
 /** The inbox's events and their payloads (`event.detail`). */
 export interface ArchMeshInboxEventMap {
-  /** The counts, from the notifier's live `inbox` and `notification` events (follow()). */
+  /** The counts, from the notifier's live `inbox` and `notification` events (follow()), and
+   * from a reply when no live event came while it was on its way (an event is never older). */
   counts: InboxCounts;
   /** A new notification, as it arrived live (not seen, not read, not archived). */
   item: InboxItem;

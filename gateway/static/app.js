@@ -491,8 +491,7 @@ async function refreshInbox() {
   $("prefs-panel").hidden = false;
   page.inbox = new Map((result.items ?? []).map((item) => [item.id, item]));
   page.cursor = result.next_cursor ?? null;
-  setCounts(result);
-  renderInbox();
+  renderInbox(); // the counts come as the SDK's "counts" event, never older than a live one
 }
 
 async function loadMore() {
@@ -511,7 +510,6 @@ async function loadMore() {
   const first = (result.items ?? []).find((item) => !page.inbox.has(item.id));
   for (const item of result.items ?? []) if (!page.inbox.has(item.id)) page.inbox.set(item.id, item);
   page.cursor = result.next_cursor ?? null;
-  setCounts(result);
   renderInbox();
   // Keyboard users continue where the new items start.
   const target = first && $("inbox").querySelector(`li[data-id="${CSS.escape(first.id)}"] button`);
@@ -530,14 +528,12 @@ async function markRead(id, options = {}) {
     return;
   }
   const item = page.inbox.get(id);
-  let counts;
   try {
-    counts = await page.inboxClient.read(id);
+    await page.inboxClient.read(id);
   } catch (err) {
     return failed("mark read", err);
   }
   if (item) Object.assign(item, { read: true, seen: true });
-  setCounts(counts);
   renderInbox();
   if (options.focus === false) return;
   // Keep keyboard users in the list: focus the next unread item's button, or the list.
@@ -549,15 +545,13 @@ async function archive(id, archived) {
   if (!page.inboxClient) return; // not signed in yet
   const item = page.inbox.get(id);
   const next = $("inbox").querySelector(`li[data-id="${CSS.escape(id)}"]`)?.nextElementSibling;
-  let counts;
   try {
-    counts = await (archived ? page.inboxClient.archive(id) : page.inboxClient.unarchive(id));
+    await (archived ? page.inboxClient.archive(id) : page.inboxClient.unarchive(id));
   } catch (err) {
     return failed(archived ? "archive" : "unarchive", err);
   }
   // Archived implies read (the notifier's rule); the item leaves this view.
   if (item) Object.assign(item, archived ? { archived, read: true, seen: true } : { archived });
-  setCounts(counts);
   renderInbox();
   const focusable = next?.dataset.id && $("inbox").querySelector(`li[data-id="${CSS.escape(next.dataset.id)}"] button`);
   (focusable ?? document.querySelector('#inbox-views button[aria-pressed="true"]')).focus();
@@ -565,27 +559,23 @@ async function archive(id, archived) {
 
 async function markAllRead() {
   if (!page.inboxClient) return; // not signed in yet
-  let counts;
   try {
-    counts = await page.inboxClient.readAll();
+    await page.inboxClient.readAll();
   } catch (err) {
     return failed("mark all read", err);
   }
   for (const item of page.inbox.values()) Object.assign(item, { read: true, seen: true });
-  setCounts(counts);
   renderInbox();
 }
 
 async function archiveAll() {
   if (!page.inboxClient) return; // not signed in yet
-  let counts;
   try {
-    counts = await page.inboxClient.archiveAll();
+    await page.inboxClient.archiveAll();
   } catch (err) {
     return failed("archive all", err);
   }
   for (const item of page.inbox.values()) Object.assign(item, { archived: true, read: true, seen: true });
-  setCounts(counts);
   renderInbox();
 }
 

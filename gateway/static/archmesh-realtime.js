@@ -1244,6 +1244,7 @@ export class ArchMeshInbox extends EventTarget {
     this._path = `${this.baseUrl}/api/users/${encodeURIComponent(this.user)}/inbox`;
     /** The latest {unseen, unread} known (from a reply or a live event), null before any. */
     this.counts = null;
+    this._liveSeq = 0; // live count events seen: a reply sent before one is older than it
     // Seen reporting: ids waiting to be sent, ids sent or being sent (never sent twice).
     this._pendingSeen = new Set();
     this._reportedSeen = new Set();
@@ -1399,12 +1400,14 @@ export class ArchMeshInbox extends EventTarget {
     const unread = pick("unread");
     const unseen = pick("unseen");
     if (!Number.isInteger(unread) || !Number.isInteger(unseen)) return;
+    this._liveSeq += 1;
     this.counts = { unseen: Math.min(unseen, unread), unread };
     this._emit("counts", { ...this.counts });
   }
 
   async _call(method, url, body, { keepalive = false } = {}) {
     const fresh = typeof this._token === "function";
+    const seq = this._liveSeq;
     let response = await this._send(method, url, body, keepalive, await resolveToken(this._token));
     // An expired token: a provider is asked once more (the page's token may have just lapsed).
     if (response.status === 401 && fresh) {
@@ -1413,8 +1416,11 @@ export class ArchMeshInbox extends EventTarget {
     const type = response.headers.get("content-type") || "";
     const data = type.includes("json") ? await response.json().catch(() => null) : null;
     if (response.ok) {
-      if (data && Number.isInteger(data.unseen) && Number.isInteger(data.unread)) {
+      // A reply's counts are news only if no live event came while it was on its way: every
+      // change is published, so a later event is at least as new as the reply.
+      if (data && Number.isInteger(data.unseen) && Number.isInteger(data.unread) && seq === this._liveSeq) {
         this.counts = { unseen: data.unseen, unread: data.unread };
+        this._emit("counts", { ...this.counts });
       }
       return data;
     }

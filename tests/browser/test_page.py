@@ -12,8 +12,10 @@ from archmesh_client.publisher import connect_publisher
 
 from tests.browser.cdp import Page
 from tests.browser.processes import DevProcess, NotifierProcess
-from tests.servers import GatewayProcess, RedisServer
+from tests.servers import API_KEY, GatewayProcess, RedisServer
 from tests.wsclient import token
+
+KEY = {"Authorization": f"Bearer {API_KEY}"}
 
 pytestmark = pytest.mark.slow
 
@@ -133,27 +135,28 @@ def test_a_new_session_is_watched_after_minting_a_token_for_it(page: Page, dev: 
 
 
 def test_live_notification_shows_a_toast_and_the_badge(page: Page, dev: DevProcess) -> None:
+    """Notifications sent through the notifier (the store and the live events agree, so the
+    counts a reply carries and the ones pushed tell the same story)."""
     page.goto(f"{dev.http}/#user=alice")
     page.wait_for(CONNECTED, what="connected")
     assert page.evaluate("document.querySelector('#user-id').value") == "alice"
-    event = {
-        "type": "notification",
-        "id": "n-1",
-        "notification_type": "workflow_review_required",
+    request = {
+        "user_id": "alice",
+        "type": "workflow_review_required",
         "title": "Review the payments architecture",
         "body": "Stage architecture_review is waiting for you.",
         "priority": "high",
-        "data": {},
-        "created_at": "2026-05-01T10:00:00Z",
+        "channels": ["in_app"],
     }
-    assert dev.publish("user:alice", event).is_success
+    assert notify(dev, id="n-1", **request).is_success
     page.wait_for("document.querySelector('#toasts .toast[data-id=\"n-1\"]')", what="toast")
     assert "Review the payments architecture" in page.text("#toasts")
     assert page.evaluate("document.querySelector('#toasts').getAttribute('aria-live')") == "polite"
     page.wait_for("document.querySelector('#inbox li[data-id=\"n-1\"].unread')", what="inbox item")
-    # Another user's notification never reaches this page.
-    assert dev.publish("user:bob", {**event, "id": "n-2"}).is_success
-    assert dev.publish("user:alice", {"type": "inbox", "unread": 3}).is_success
+    # Another user's notification never reaches this page; two more of alice's make 3 unread.
+    assert notify(dev, **{**request, "id": "n-2", "user_id": "bob"}).is_success
+    for n in (3, 4):
+        assert notify(dev, **{**request, "id": f"n-{n}", "title": f"Review {n}"}).is_success
     page.wait_for("document.querySelector('#badge').textContent === '3'", what="badge 3")
     assert page.text("#badge-label") == "3 unread"
     assert page.evaluate("document.querySelector('#inbox li[data-id=\"n-2\"]')") is None
@@ -161,6 +164,10 @@ def test_live_notification_shows_a_toast_and_the_badge(page: Page, dev: DevProce
     page.focus("#toasts .toast-close")
     page.press("Escape")
     page.wait_for("!document.querySelector('#toasts .toast')", what="toast dismissed")
+
+
+def notify(dev: DevProcess, **request: Any) -> httpx.Response:
+    return httpx.post(f"{dev.http}/api/notifications", json=request, headers=KEY, timeout=5)
 
 
 def test_outside_dev_mode_the_host_provides_the_token(
