@@ -102,20 +102,24 @@ class Processor:
                 dead.append((entry, f"invalid request: {reason}"))
             else:
                 work.append(_Work(entry, request))
-        fanned, work = await self._fan_out(work)
+        fanned, work = await self._fan_out(work, dead)
         duplicates, work = await self._prepare(work, dead)
         await self._commit(work, duplicates, dead, fanned)
         await self._push(work)
 
-    async def _fan_out(self, work: list[_Work]) -> tuple[list[Entry], list[_Work]]:
+    async def _fan_out(
+        self, work: list[_Work], dead: list[tuple[Entry, str]]
+    ) -> tuple[list[Entry], list[_Work]]:
         """Topic requests become fan-out jobs (notifier/topics_fanout.py), acknowledged with
         the batch; the rest are per-user requests."""
         topical = [w for w in work if w.request.topic is not None]
         if not topical or self._fanouts is None:
             return [], work
-        await self._fanouts.start(w.request for w in topical)
+        refused = await self._fanouts.start(w.request for w in topical)
+        dead += [(w.entry, refused[w.request.id]) for w in topical if w.request.id in refused]
         self._on_scheduled()
-        return [w.entry for w in topical], [w for w in work if w.request.topic is None]
+        fanned = [w.entry for w in topical if w.request.id not in refused]
+        return fanned, [w for w in work if w.request.topic is None]
 
     async def _prepare(
         self, work: list[_Work], dead: list[tuple[Entry, str]]

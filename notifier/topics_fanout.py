@@ -70,13 +70,24 @@ class TopicFanout:
         self._batch = batch
         self._retention = int(retention)
 
-    async def start(self, requests: Iterable[NotificationRequest]) -> None:
+    async def start(self, requests: Iterable[NotificationRequest]) -> dict[str, str]:
         """Record each request's job (once: a request read again finds its job, running or
-        done) and make the unfinished ones due now. The caller acknowledges the entries after,
-        so a crash before that only repeats this."""
+        done) and make the unfinished ones due now; the refused (unknown template: every
+        subscriber's copy would be dead-lettered) by id, with the reason. The caller
+        acknowledges the entries after, so a crash before that only repeats this."""
         asked = [r for r in requests if r.topic is not None]
         if not asked:
-            return
+            return {}
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for request in asked:
+                pipe.exists(keys.template(request.template or ""))
+            found = await pipe.execute()
+        refused = {
+            r.id: f"unknown template {r.template!r}"
+            for r, exists in zip(asked, found, strict=True)
+            if r.template is not None and not exists
+        }
+        asked = [r for r in asked if r.id not in refused]
         async with self._redis.pipeline(transaction=False) as pipe:
             for request in asked:
                 assert request.topic is not None
@@ -93,6 +104,7 @@ class TopicFanout:
         }
         if due:
             await self._redis.zadd(keys.DUE, due, nx=True)
+        return refused
 
     async def run(self, job: str) -> int:
         """Walk the topic from the job's cursor to its end; the requests it enqueued."""

@@ -108,7 +108,9 @@ async def test_users_subscribe_with_their_own_token_and_services_with_the_api_ke
     assert left.json() == {"topic": TOPIC, "users": ["ann", "lee"], "next_cursor": None}
 
 
-async def test_a_request_is_for_one_user_or_one_topic(stack: Stack) -> None:
+async def test_a_request_is_for_one_user_or_one_topic(
+    stack: Stack, redis_server: RedisServer
+) -> None:
     both = {"user_id": "kim", "topic": TOPIC, "type": "t", "title": "x"}
     reply = await stack.http.post("/api/notifications", json=both)
     assert (reply.status_code, reply.json()["error"]["code"]) == (422, "validation_error")
@@ -116,6 +118,22 @@ async def test_a_request_is_for_one_user_or_one_topic(stack: Stack) -> None:
     assert (await stack.http.post("/api/notifications", json=stray)).status_code == 422
     piped = {"id": "a|b", "topic": TOPIC, "type": "t", "title": "x"}
     assert (await stack.http.post("/api/notifications", json=piped)).status_code == 422
+    # Queued straight on Redis, a topic request with an unknown template is dead-lettered once,
+    # not once per subscriber.
+    await stack.http.put(f"/api/users/kim/topics/{TOPIC}")
+    async with NotifierClient(redis_server.url) as client:
+        await client.send({"id": "tpl", "topic": TOPIC, "type": "t", "template": "nope"})
+    store = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not (dead := await store.xrange(keys.DEAD_LETTERS)):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        [(_, fields)] = dead
+        assert fields["reason"] == "unknown template 'nope'"
+        assert not await store.exists(keys.fanout(TOPIC, "tpl"))
+    finally:
+        await store.aclose()
 
 
 async def test_a_topic_request_reaches_each_subscriber_once_through_their_own_preferences(
