@@ -51,6 +51,7 @@ chaos: $(STAMP)
 # docs/screenshot.png from a real run of the page in headless Chromium (tests/browser).
 screenshots: $(STAMP)
 	ARCHMESH_SCREENSHOT=$(CURDIR)/docs/screenshot.png $(BIN)/pytest -q tests/browser/test_screenshot.py
+	ARCHMESH_SCREENSHOT_CONSOLE=$(CURDIR)/docs/console.png $(BIN)/pytest -q tests/browser/test_console.py
 
 # Side by side with Node's Socket.IO, python-socketio and broadcaster; installs them into .bench/
 # (ignored by git), needs node, npm and redis-server; writes docs/benchmarks.md (~12 min).

@@ -24,6 +24,8 @@ from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
+from gateway.admin_api import AdminApi
+from gateway.admin_figures import GatewayFigures
 from gateway.admission import Admission
 from gateway.api import PublishApi
 from gateway.connection import Connection
@@ -41,6 +43,8 @@ from gateway.presence import PresenceTracker
 from gateway.protocol import CloseCode
 from gateway.sse import SseEndpoint
 from gateway.user_connections import UserConnections
+from shared.admin_auth import AdminTokens
+from shared.announcements import Announcer, create_board
 from shared.broker import Broker, create_broker
 from shared.http_errors import ERROR_HANDLERS
 from shared.http_ops import Readiness, ops_routes
@@ -137,6 +141,20 @@ class Gateway:
         self.draining = False
         self._sse = SseEndpoint(self._context, self.hub, lambda: self.draining)
         self._websockets = self.metrics.transport_connections.labels(transport="websocket")
+        board = create_board(settings.redis_url, liveness)
+        figures = GatewayFigures(
+            self.hub, self.metrics, broker, lambda: self.draining, settings.announce_top_channels
+        )
+        self.announcer = Announcer(
+            board,
+            self.node,
+            "gateway",
+            figures,
+            interval=settings.announce_interval,
+            ttl=settings.announce_ttl,
+        )
+        admin_tokens = AdminTokens(self.verifier)
+        admin = AdminApi(self.node, board, self.presence, settings.api_key, admin_tokens)
         static = Mount("/static", StaticFiles(directory=Path(__file__).parent / "static"))
         ops = ops_routes(self.node, self.readiness, self.metrics.registry)
         self._http = Starlette(
@@ -145,6 +163,7 @@ class Gateway:
                 *HistoryApi(broker.history, settings).routes,
                 *ControlApi(control, settings).routes,
                 *page_routes(dev=dev, node=self.node),
+                *admin.routes,
                 *routes,
                 *ops,
                 openapi_route(_TITLE, lambda: self._http.routes, extra=SSE_OPERATION),
@@ -155,12 +174,14 @@ class Gateway:
         )
         self._http.state.gateway = self
         self.metrics.ready.set_function(lambda: float(self.ready))
+        self._http.state.admin_tokens = admin_tokens  # the console acts through these APIs
 
     @asynccontextmanager
     async def _lifespan(self, _: Starlette) -> AsyncIterator[None]:
         await self.hub.start()
         self.presence.start()
         self.control.start()
+        self.announcer.start()
         log.info("gateway_started", node=self.node, broker=type(self.broker).__name__)
         try:
             async with contextlib.AsyncExitStack() as stack:
@@ -168,6 +189,7 @@ class Gateway:
                     await stack.enter_async_context(lifespan())
                 yield
         finally:
+            await self.announcer.stop()
             await self.control.stop()
             await self.admission.stop()
             await self.presence.stop()
@@ -239,6 +261,7 @@ class Gateway:
         """Stop taking clients, then ask the connected ones to reconnect elsewhere, spread over
         `drain_seconds` so that they do not all land on the other nodes at once."""
         self.draining = True
+        self.announcer.poke()
         conns = list(self.hub.connections)
         log.info("drain_started", node=self.node, clients=len(conns))
         step = self.settings.drain_seconds / len(conns) if conns else 0.0

@@ -20,7 +20,7 @@ from shared.openapi import page
 STATIC = Path(__file__).parent / "static"
 _CONFIG_SLOT = "<!--archmesh-config-->"
 # The page loads only its own files and talks only to its own origin (its WebSocket too).
-_SECURITY_HEADERS = {
+SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; img-src 'self' data:; "
         "object-src 'none'; base-uri 'none'; frame-ancestors 'self'"
@@ -46,6 +46,6 @@ def page_routes(*, dev: bool, node: str) -> list[Route]:
 
     @page
     async def index(_: Request) -> Response:
-        return Response(body, media_type="text/html; charset=utf-8", headers=_SECURITY_HEADERS)
+        return Response(body, media_type="text/html; charset=utf-8", headers=SECURITY_HEADERS)
 
     return [Route("/", index, methods=["GET"])]

@@ -26,13 +26,17 @@ from notifier.deliveries import Deliverer, RetryPolicy, Senders
 from notifier.digests import DigestCloser
 from notifier.erasure import Erasure
 from notifier.escalation import StepGate
+from notifier.feedback import ProviderFeedback
 from notifier.inbox import Inbox
 from notifier.intake import Intake
 from notifier.ledger import Ledger
 from notifier.live import LiveChannels
 from notifier.metrics import NotifierMetrics
+from notifier.ops_api import OpsApi
+from notifier.ops_figures import NotifierFigures
 from notifier.preferences import PreferenceStore
 from notifier.processor import Options, Processor
+from notifier.providers import provider_routes
 from notifier.senders.email import EmailSender
 from notifier.senders.push import PushSender
 from notifier.senders.sms import SmsSender
@@ -45,6 +49,8 @@ from notifier.unsubscribe import UnsubscribeLinks
 from notifier.unsubscribe_api import UnsubscribeApi
 from notifier.worker import Worker
 from notifier.workflow import WorkflowWatcher, parse_rules
+from shared.admin_auth import AdminTokens
+from shared.announcements import Announcer, create_board
 from shared.broker import Broker, backend_of, create_broker
 from shared.http_errors import ERROR_HANDLERS
 from shared.http_ops import Readiness, ops_routes
@@ -116,21 +122,38 @@ class Notifier:
         self.unsubscribe = UnsubscribeLinks.from_settings(s, clock)
         self.intake = Intake(self.redis, self.node, s.notifier_claim_idle)
         self.topics = TopicStore(self.redis)
+        self.feedback = ProviderFeedback.from_settings(self.redis, s, self.metrics, clock)
         self.workflows = WorkflowWatcher(
             self.redis, self.broker, parse_rules(s.notifier_workflow_rules), s.notifier_retention
         )
         self.worker = self._worker(clock)
         unsubscribe = UnsubscribeApi(self.unsubscribe, self.preferences, self.critical)
-        self.routes: list[BaseRoute] = [*NotifierApi(self).routes(), *unsubscribe.routes()]
-        ops = ops_routes(
+        admin_tokens = AdminTokens(self.verifier)
+        ops = OpsApi(self, s.api_key, admin_tokens)
+        self.routes: list[BaseRoute] = [
+            *NotifierApi(self).routes(),
+            *unsubscribe.routes(),
+            *ops.routes,
+            *provider_routes(s, self.feedback, self.preferences, clock),
+        ]
+        self.announcer = Announcer(
+            create_board(s.redis_url, s.broker_liveness()),
+            self.node,
+            "notifier",
+            NotifierFigures(self.redis, self.intake, self.metrics),
+            interval=s.announce_interval,
+            ttl=s.announce_ttl,
+        )
+        probes = ops_routes(
             self.node, self.readiness, self.metrics.registry, before_scrape=self.refresh_gauges
         )
         openapi = openapi_route("ArchMesh Realtime notifier", lambda: self.app.routes)
         self.app = Starlette(
-            routes=[*self.routes, *ops, openapi],
+            routes=[*self.routes, *probes, openapi],
             lifespan=self._app_span,
             exception_handlers=ERROR_HANDLERS,
         )
+        self.app.state.admin_tokens = admin_tokens  # the console acts through these APIs
 
     def _worker(self, clock: Clock) -> Worker:
         s = self.settings
@@ -170,6 +193,7 @@ class Notifier:
             DigestCloser(self.redis),
             email_headers=None if links is None else links.email_headers,
             fanouts=fanouts,
+            feedback=self.feedback,
         )
         worker: Worker
         ledger = Ledger(self.redis, s.notifier_retention, s.notifier_inbox_size, self.live)
@@ -201,6 +225,7 @@ class Notifier:
             await self.broker.start(lambda _: None)
         await self.worker.start()
         await self.workflows.start()
+        self.announcer.start()
         log.info("notifier_started", node=self.node, channels=sorted(self.senders.configured))
         if self.unsubscribe is None and Medium.EMAIL in self.senders.configured:
             log.warning(
@@ -211,6 +236,7 @@ class Notifier:
         try:
             yield
         finally:
+            await self.announcer.stop()
             await self.workflows.stop()
             await self.worker.stop()
             await self.senders.aclose()

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from archmesh_client.backoff import backoff_delay
@@ -24,7 +24,7 @@ from notifier.escalation import StepGate
 from notifier.metrics import NotifierMetrics
 from notifier.preferences import PreferenceStore
 from notifier.schemas import TERMINAL_STATES, ChannelDelivery, DeliveryState
-from notifier.senders.base import DeliveryError, SubscriptionGone
+from notifier.senders.base import DeliveryError, SubscriptionGone, Suppressed
 from notifier.senders.email import EmailMessage, EmailSender
 from notifier.senders.push import PushSender, PushTarget
 from notifier.senders.sms import SmsSender
@@ -32,6 +32,9 @@ from notifier.status import StatusStore
 from notifier.topics_fanout import TopicFanout
 from shared.logging import get_logger
 from shared.lua import lua
+
+if TYPE_CHECKING:
+    from notifier.feedback import ProviderFeedback
 
 log = get_logger(__name__)
 
@@ -90,14 +93,17 @@ class Deliverer:
         steps: StepGate,
         digests: DigestCloser,
         email_headers: Callable[[str, str], dict[str, str]] | None = None,
+        feedback: ProviderFeedback | None = None,
         fanouts: TopicFanout | None = None,
     ) -> None:
-        """`email_headers(user_id, type)`: extra headers of an email (unsubscribe links);
+        """`email_headers(user_id, type)`: extra headers of an email (unsubscribe links).
+        `feedback`: the suppression list to check, where SMS sids are remembered.
         `fanouts` runs topic fan-out jobs (leased and renewed here like any job)."""
         self._redis = redis
         self._fanouts = fanouts
         self._steps = steps
         self._digests = digests
+        self._feedback = feedback
         self._email_headers = email_headers
         self._statuses = statuses
         self._preferences = preferences
@@ -191,6 +197,8 @@ class Deliverer:
     ) -> None:
         senders = self._senders
         if channel is Medium.EMAIL and senders.email is not None:
+            if self._feedback and (why := await self._feedback.email_suppression(target)):
+                raise Suppressed(why)
             message = EmailMessage(
                 to=target,
                 subject=content["subject"],
@@ -198,10 +206,13 @@ class Deliverer:
                 html=content.get("html"),
                 message_id=f"{meta['id']}.email",
                 headers=tuple(self._headers(meta).items()),
+                notification_id=meta["id"],
             )
             await senders.email.send(message)
         elif channel is Medium.SMS and senders.sms is not None:
-            await senders.sms.send(target, content["text"])
+            sid = await senders.sms.send(target, content["text"])
+            if self._feedback is not None:  # its status callbacks find the delivery by sid
+                await self._feedback.sms_sent(sid, meta["id"])
         elif channel is Medium.PUSH and senders.push is not None:
             payload = {
                 "id": meta["id"],
@@ -237,6 +248,8 @@ class Deliverer:
         exhausted = False
         if not outcome.remaining:
             state = DeliveryState.SENT if outcome.sent else DeliveryState.FAILED
+            if not outcome.sent and isinstance(outcome.error, Suppressed):
+                state = DeliveryState.SUPPRESSED
             # Partly sent (one of several push subscriptions gone) is still sent.
         elif attempts >= self._policy.max_attempts:
             state, reason = DeliveryState.FAILED, f"gave up after {attempts} attempts: {reason}"

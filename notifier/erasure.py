@@ -41,6 +41,7 @@ class Erasure:
             "index": keys.user_notifications(user_id),
             "due": keys.DUE,
             "prefix": keys.notification(""),
+            "timeline": keys.timeline(""),
             "sessions": keys.SESSIONS,
             "media": [medium.value for medium in Medium],
             "delete": [*keys.user_keys(user_id), *_channel_keys(user_id)],

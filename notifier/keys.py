@@ -124,3 +124,36 @@ def user_keys(user_id: str) -> list[str]:
         user_notifications(user_id),
         user_topics(user_id),
     ]
+
+
+def timeline(notification_id: str) -> str:
+    """List: every status change of the notification's media, oldest first (the console's
+    timeline), written with the status itself and expiring with it."""
+    return f"{cancellation.TIMELINE_PREFIX}{notification_id}"
+
+
+# -- what providers report after accepting a message (notifier/feedback.py) ---------------------
+
+
+def suppressed_email(address_hash: str) -> str:
+    """An address that hard-bounced, by the SHA-256 of its lower-cased form (the address itself
+    is not kept): JSON {reason, at}. No expiry: later emails to it are `suppressed`."""
+    return f"nt:suppressed:email:{address_hash}"
+
+
+def provider_event(event_hash: str) -> str:
+    """Marks one provider event (an email event id, a Twilio sid and status) as applied, so
+    each is applied once; kept for the status retention."""
+    return f"nt:fb:event:{event_hash}"
+
+
+def webhook_signature(signature: str) -> str:
+    """A signed webhook request already taken: refused as a replay until its timestamp is
+    past the tolerance."""
+    return f"nt:fb:sig:{signature}"
+
+
+def sms_message(sid: str) -> str:
+    """Twilio's MessageSid -> `<notification id>|sms`, kept for the status retention, so a
+    status callback finds its delivery."""
+    return f"nt:sms:{sid}"

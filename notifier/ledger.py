@@ -75,6 +75,7 @@ class Outcome:
             "due": [x for member, score in due.items() for x in (score, member)],
             "entry": entry.id,
             "lock": keys.lock(notification_id),
+            "timeline": keys.timeline(notification_id),
         }
         if cancel_key is not None:
             item["cancel"] = keys.cancel_index(cancel_key)

@@ -33,6 +33,9 @@ class DeliveryState(StrEnum):
     WAITING = "waiting"  # a later escalation step, sent unless the item is seen/read by then
     DIGESTED = "digested"  # collected into a digest: its content goes out in that one message
     CANCELLED = "cancelled"  # by a cancel_key, or because the item was read before the step
+    # What a provider reports after accepting a message (notifier/feedback_report.py).
+    DELIVERED = "delivered"
+    BOUNCED = "bounced"
 
 
 TERMINAL_STATES = frozenset(
@@ -42,6 +45,8 @@ TERMINAL_STATES = frozenset(
         DeliveryState.SUPPRESSED,
         DeliveryState.DIGESTED,
         DeliveryState.CANCELLED,
+        DeliveryState.DELIVERED,
+        DeliveryState.BOUNCED,
     }
 )
 
@@ -246,6 +251,10 @@ class ChannelDelivery(BaseModel):
     updated_at: datetime
     last_error: str | None = None
     next_attempt_at: datetime | None = None
+    # The provider's own word after it accepted the message (a Twilio status such as
+    # `undelivered`, or `hard_bounce`, `soft_bounce`, `complaint`) and its error code.
+    provider_status: str | None = None
+    provider_code: str | None = None
 
 
 class DeliveryStatus(BaseModel):

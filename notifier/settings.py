@@ -81,6 +81,12 @@ class NotifierSettings(Settings):
     notifier_unsubscribe_ttl: float = Field(
         30 * 86400.0, ge=60, description="Seconds an unsubscribe link stays valid."
     )
+    notifier_email_events_secret: SecretStr | None = Field(
+        None, description="HMAC key of the email bounce/complaint webhook, at least 32 bytes."
+    )
+    notifier_email_events_tolerance: float = Field(
+        300.0, ge=1, description="Seconds a signed email events request stays acceptable."
+    )
 
     @field_validator("notifier_critical_types", mode="before")
     @classmethod
@@ -104,7 +110,7 @@ class NotifierSettings(Settings):
             raise ValueError("must be an https:// URL without query or fragment")
         return value.rstrip("/")
 
-    @field_validator("notifier_unsubscribe_secret")
+    @field_validator("notifier_unsubscribe_secret", "notifier_email_events_secret")
     @classmethod
     def _secret(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value().encode()) < 32:

@@ -1,7 +1,9 @@
 """Delivery status per notification and channel: one hash per notification.
 
 Fields: `meta` (who, what, when, which stream entry), `ch:<channel>` (a ChannelDelivery),
-`job:<channel>` (what an external delivery still has to send)."""
+`job:<channel>` (what an external delivery still has to send), `fb:<channel>` (what the provider
+reported after accepting it: notifier/feedback_report.py). Every `ch:` write also appends
+to the notification's timeline (`keys.timeline`), in the same atomic step."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import orjson
 import redis.asyncio as aioredis
 from archmesh_client.notifications import Medium
 
-from notifier import keys
+from notifier import feedback_report, keys
 from notifier.schemas import ChannelDelivery, DeliveryStatus
 
 
@@ -39,8 +41,16 @@ def stage_update(
 ) -> None:
     key = keys.notification(notification_id)
     pipe.hset(key, f"ch:{channel.value}", delivery.model_dump_json())
+    # The timeline, in the same MULTI: created with the hash by commit.lua (same EXPIRE), so an
+    # append keeps the expiry both share.
+    pipe.rpush(keys.timeline(notification_id), timeline_entry(channel.value, delivery))
     if job is not None:
         pipe.hset(key, f"job:{channel.value}", orjson.dumps(job))
+
+
+def timeline_entry(medium: str, delivery: ChannelDelivery) -> str:
+    """One timeline entry, as commit.lua writes it too: the medium and its delivery then."""
+    return f'{{"medium":{orjson.dumps(medium).decode()},"delivery":{delivery.model_dump_json()}}}'
 
 
 class StatusStore:
@@ -59,6 +69,10 @@ class StatusStore:
             for name, value in fields.items()
             if name.startswith("ch:")
         }
+        for medium, delivery in deliveries.items():  # a provider's later word, if any
+            if report := fields.get(feedback_report.field_of(medium)):
+                found = feedback_report.Report.model_validate_json(report)
+                deliveries[medium] = feedback_report.shown(delivery, found)
         return DeliveryStatus(
             id=meta["id"],
             user_id=meta["user_id"],

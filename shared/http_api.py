@@ -11,6 +11,7 @@ from pydantic import SecretStr
 from starlette.requests import Request
 
 from shared.http_errors import ApiError
+from shared.tokens import InvalidToken
 
 
 def bearer(request: Request) -> str | None:
@@ -27,11 +28,25 @@ def is_api_key(given: str | None, key: SecretStr | None) -> bool:
 
 
 def require_api_key(request: Request, key: SecretStr | None) -> None:
+    """The API key; or an operator's admin token, where the app accepts them
+    (`app.state.admin_tokens`, shared/admin_auth.py): the console acts through these APIs."""
+    given = bearer(request)
+    if is_api_key(given, key) or _is_admin_token(request, given):
+        return
     if key is None:
         raise ApiError(503, "api_disabled", "set ARCHMESH_API_KEY to enable this API")
-    if not is_api_key(bearer(request), key):
-        message = "missing or wrong API key (Authorization: Bearer <key>)"
-        raise ApiError(401, "unauthorized", message)
+    message = "missing or wrong API key (Authorization: Bearer <key>)"
+    raise ApiError(401, "unauthorized", message)
+
+
+def _is_admin_token(request: Request, given: str | None) -> bool:
+    tokens = getattr(request.app.state, "admin_tokens", None) if "app" in request.scope else None
+    if tokens is None or given is None or given.count(".") != 2:
+        return False
+    try:
+        return bool(tokens.is_admin(given))
+    except InvalidToken:
+        return False
 
 
 async def json_body(request: Request, limit: int) -> Any:

@@ -87,6 +87,15 @@ class Settings(BaseSettings):
         default_factory=list, description="Channel prefixes whose subscribers get join/leave."
     )
     drain_seconds: float = Field(5.0, ge=0, description="Spread of reconnects on SIGTERM.")
+    announce_interval: float = Field(
+        2.0, gt=0, description="Seconds between a node's announcements (the console's nodes)."
+    )
+    announce_ttl: float = Field(
+        6.0, gt=0, description="Seconds a node stays listed after its last announcement."
+    )
+    announce_top_channels: int = Field(
+        10, ge=0, le=100, description="Busiest local channels a gateway announces."
+    )
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -140,6 +149,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 "ARCHMESH_REDIS_PING_INTERVAL must be below ARCHMESH_REDIS_PING_TIMEOUT"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _announce(self) -> Settings:
+        if self.announce_interval >= self.announce_ttl:
+            raise ValueError("ARCHMESH_ANNOUNCE_INTERVAL must be below ARCHMESH_ANNOUNCE_TTL")
         return self
 
     @model_validator(mode="after")

@@ -2,7 +2,8 @@
 venv without the server, it brings none of the server's dependencies, puts only
 `archmesh_client` on the path, and its SDK, publisher and notifier client work there.
 
-Building and installing go through pip and the package index (websockets, redis, pydantic):
+Building and installing go through pip and the package index (websockets, redis, pydantic,
+httpx):
 some 20-40 s, hence `slow`."""
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from tests.servers import RedisServer
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 CLIENT = Path(__file__).resolve().parent.parent / "clients" / "python"
-ALLOWED_REQUIRES = {"websockets", "redis", "pydantic"}
+ALLOWED_REQUIRES = {"websockets", "redis", "pydantic", "httpx"}
 SERVER_ONLY = {
     "archmesh-realtime",
     "uvicorn",
@@ -84,7 +85,7 @@ def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return python
 
 
-def test_wheel_requires_only_websockets_redis_pydantic_and_ships_one_package(wheel: Path) -> None:
+def test_wheel_requires_only_the_client_dependencies_and_ships_one_package(wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         (metadata_name,) = [n for n in names if n.endswith(".dist-info/METADATA")]
@@ -139,6 +140,7 @@ from archmesh_client.channels import session_channel, validate_channel
 from archmesh_client.events import WorkflowUpdate
 from archmesh_client.notifications import REQUEST_STREAM, NotificationRequest
 from archmesh_client.notifier import NotifierClient
+from archmesh_client.inbox import InboxClient  # needs httpx, which the wheel requires
 from archmesh_client.publish_script import SOURCE
 from archmesh_client.publisher import connect_publisher
 for server in ("shared", "gateway", "notifier"):

@@ -34,7 +34,15 @@ K8S = DEPLOY / "k8s"
 COMPOSE = DEPLOY / "docker-compose.yml"
 DOCKERFILE = DEPLOY / "Dockerfile"
 IMAGE = "archmesh-realtime"
-NOTIFIER_ROUTES = ("notifications", "users", "templates", "analytics", "sessions", "unsubscribe")
+NOTIFIER_ROUTES = (
+    "notifications",
+    "users",
+    "templates",
+    "analytics",
+    "sessions",
+    "unsubscribe",
+    "providers",
+)
 # After the drain window a gateway waits up to 5 s for sockets to close, then uvicorn's
 # graceful shutdown takes up to 10 s (gateway/app.py, gateway/server.py).
 SHUTDOWN_AFTER_DRAIN = 15

@@ -283,6 +283,9 @@ async def test_cancel_key_cancels_held_escalating_and_digesting_steps(
     assert (await stack.status(held))["deliveries"]["email"]["status"] == "cancelled"
     await stack.states(escalating, in_app="sent", email="cancelled", sms="cancelled")
     await stack.states(digesting, in_app="sent", email="cancelled", sms="cancelled")
+    timeline = (await stack.http.get(f"/api/ops/notifications/{escalating}/timeline")).json()
+    steps = [(e["medium"], e["status"]) for e in timeline["events"]]
+    assert steps[-2:] == [("email", "cancelled"), ("sms", "cancelled")]  # the timeline has it
     again = await stack.http.post("/api/notifications/cancel", json={"cancel_key": "order-7"})
     assert again.json()["cancelled"] == 0
     bad = await stack.http.post("/api/notifications/cancel", json={"cancel_key": "no spaces"})

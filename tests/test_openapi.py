@@ -31,8 +31,17 @@ from shared.openapi import ErrorBody, operation, undocumented
 from shared.settings import Settings
 from tests.servers import API_KEY, GatewayProcess, NotifierProcess, RedisServer, ServiceProcess
 
-PAGES = {"GET /"}  # HTML for people, not an API
+PAGES = {"GET /", "GET /admin"}  # HTML for people (the page, the console), not an API
 RAW = {"GET /sse"}  # served by the gateway before its router
+# The notifier with every optional route on (unsubscribe links, the providers' webhooks).
+NOTIFIER_ENV = {
+    "ARCHMESH_NOTIFIER_PUBLIC_URL": "https://notify.archmesh.test",
+    "ARCHMESH_NOTIFIER_UNSUBSCRIBE_SECRET": "u" * 40,
+    "ARCHMESH_NOTIFIER_EMAIL_EVENTS_SECRET": "e" * 40,
+    "ARCHMESH_TWILIO_ACCOUNT_SID": "AC" + "0" * 32,
+    "ARCHMESH_TWILIO_AUTH_TOKEN": "t" * 32,
+    "ARCHMESH_TWILIO_FROM": "+15005550006",
+}
 
 
 class DevProcess(ServiceProcess):
@@ -52,7 +61,7 @@ def processes(shared_redis: RedisServer) -> Iterator[dict[str, ServiceProcess]]:
     started: dict[str, ServiceProcess] = {}
     try:
         started["gateway"] = GatewayProcess().start()
-        started["notifier"] = NotifierProcess(shared_redis.url).start()
+        started["notifier"] = NotifierProcess(shared_redis.url, **NOTIFIER_ENV).start()
         started["dev"] = DevProcess().start()
         yield started
     finally:
@@ -66,7 +75,9 @@ def in_process_routes(kind: str) -> list[BaseRoute]:
         return list(Gateway(Settings(redis_url="memory://"))._http.routes)
     settings = NotifierSettings(redis_url="memory://")
     if kind == "notifier":
-        return list(Notifier(settings, redis=fakeredis.FakeAsyncRedis()).app.routes)
+        optional = {name.removeprefix("ARCHMESH_").lower(): v for name, v in NOTIFIER_ENV.items()}
+        on = NotifierSettings.model_validate({"redis_url": "memory://", **optional})
+        return list(Notifier(on, redis=fakeredis.FakeAsyncRedis()).app.routes)
     return list(development_node(settings)._http.routes)
 
 

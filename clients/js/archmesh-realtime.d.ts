@@ -447,6 +447,199 @@ export declare class ArchMeshRealtime extends EventTarget {
   history(channel: string, options?: HistoryOptions): Promise<HistoryReply>;
 }
 
+// -- the notifier's in-app inbox ------------------------------------------------------------
+
+/** A notification's priority. */
+export type Priority = "low" | "normal" | "high" | "urgent";
+
+/** A button on an in-app item: `url` is https or a path on the page's origin. */
+export interface InboxAction {
+  id: string;
+  label: string;
+  url: string;
+}
+
+/** An in-app notification as the inbox keeps it, with its marks. */
+export interface InboxItem {
+  /** The notification's id. */
+  id: string;
+  /** The notification type (e.g. "workflow_failed"). */
+  type: string;
+  title: string;
+  body: string;
+  priority: Priority;
+  data: Record<string, unknown>;
+  actions: InboxAction[];
+  /** ISO 8601. */
+  created_at: string;
+  seen: boolean;
+  read: boolean;
+  archived: boolean;
+}
+
+/** How many items are not seen (the "new" count) and not read. */
+export interface InboxCounts {
+  unseen: number;
+  unread: number;
+}
+
+/** `GET .../inbox`: a page, newest first; `next_cursor` is null on the last page. */
+export interface InboxPage extends InboxCounts {
+  items: InboxItem[];
+  next_cursor: string | null;
+}
+
+/** What a mark of many (or all) items resolves with: the counts after it, and the ids that
+ * are not in the inbox. */
+export interface Marked extends InboxCounts {
+  unknown: string[];
+}
+
+export interface InboxPageOptions {
+  /** The `next_cursor` of the page before. */
+  cursor?: string | null;
+  /** 1-500, default 50. */
+  limit?: number;
+  /** Only these notification types (any of them). */
+  types?: readonly string[];
+  /** false (default): the inbox; true: the archive; "all": both. */
+  archived?: boolean | "all";
+}
+
+export interface MarkOptions {
+  /** The request outlives the page (a link leaving it, the page being hidden). */
+  keepalive?: boolean;
+}
+
+export interface ArchMeshInboxOptions {
+  /** Whose inbox. */
+  user: string;
+  /** The user's JWT (the one the gateway takes) or, on a backend, the API key; or a provider,
+   * asked on every request and once more after a 401. */
+  token: TokenSource;
+  /** The notifier's address (e.g. "https://rt.example.com"); default the page's origin. */
+  baseUrl?: string;
+  /** Default `globalThis.fetch`. */
+  fetch?: typeof fetch;
+  /** Milliseconds between two seen reports (ids noted meanwhile go together); default 1000. */
+  seenInterval?: number;
+}
+
+/** Payload of the inbox's "seen" event: a batch of seen ids was stored. */
+export interface SeenReport extends Marked {
+  ids: string[];
+}
+
+/** The inbox's events and their payloads (`event.detail`). */
+export interface ArchMeshInboxEventMap {
+  /** The counts, from the notifier's live `inbox` and `notification` events (follow()). */
+  counts: InboxCounts;
+  /** A new notification, as it arrived live (not seen, not read, not archived). */
+  item: InboxItem;
+  /** observeSeen()'s ids were stored as seen. */
+  seen: SeenReport;
+  /** A seen report failed (its ids may be observed again). */
+  error: InboxError;
+}
+
+/** An inbox event: a CustomEvent with the payload in `detail`. */
+export type ArchMeshInboxEvent<K extends keyof ArchMeshInboxEventMap> = CustomEvent<ArchMeshInboxEventMap[K]>;
+
+/** Codes of the inbox API's refusals. */
+export type InboxApiErrorCode =
+  | "unauthorized"
+  | "invalid_token"
+  | "forbidden"
+  | "not_found"
+  | "bad_json"
+  | "bad_cursor"
+  | "validation_error"
+  | "too_large"
+  | "unavailable"
+  | "api_disabled"
+  | "internal_error";
+
+/** The client's own: `network_error` (no answer), `http_<status>` (an answer that is not
+ * the API's JSON: `http_404` means no notifier behind that address). */
+export type InboxClientErrorCode = "network_error" | `http_${number}`;
+
+/** A refusal of the inbox API, or a request that got no answer. */
+export declare class InboxError extends Error {
+  constructor(code: string, message: string, extra?: { status?: number | null; fields?: object[] | null });
+  readonly name: "InboxError";
+  readonly code: InboxApiErrorCode | InboxClientErrorCode | (string & {});
+  /** The HTTP status; null for a `network_error`. */
+  readonly status: number | null;
+  /** With `validation_error`: the fields refused. */
+  readonly fields: object[] | null;
+}
+
+/** The notifier's in-app inbox of one user, over its HTTP API. */
+export declare class ArchMeshInbox extends EventTarget {
+  /** Throws a TypeError without a user, a token, or (outside a page) a baseUrl. */
+  constructor(options: ArchMeshInboxOptions);
+
+  readonly user: string;
+  readonly baseUrl: string;
+  readonly seenInterval: number;
+  /** The latest counts known, from a reply or a live event; null before any. */
+  readonly counts: InboxCounts | null;
+
+  /** Listen with a handler that receives `event.detail`; returns a function removing it. */
+  on<K extends keyof ArchMeshInboxEventMap>(type: K, handler: (detail: ArchMeshInboxEventMap[K]) => void): () => void;
+  addEventListener<K extends keyof ArchMeshInboxEventMap>(
+    type: K,
+    listener: (event: ArchMeshInboxEvent<K>) => void,
+    options?: AddListenerOptions,
+  ): void;
+  addEventListener(type: string, listener: Listener, options?: AddListenerOptions): void;
+  removeEventListener<K extends keyof ArchMeshInboxEventMap>(
+    type: K,
+    listener: (event: ArchMeshInboxEvent<K>) => void,
+    options?: RemoveListenerOptions,
+  ): void;
+  removeEventListener(type: string, listener: Listener, options?: RemoveListenerOptions): void;
+
+  /** A page, newest first. */
+  page(options?: InboxPageOptions): Promise<InboxPage>;
+  /** One item; rejects with code "not_found" if it is not in the inbox. */
+  item(id: string): Promise<InboxItem>;
+
+  /** One id: the counts after it (rejects "not_found" for an id not in the inbox); an array
+   * (sent 500 at a time): the counts and the ids not in the inbox. */
+  seen(id: string, options?: MarkOptions): Promise<InboxCounts>;
+  seen(ids: readonly string[], options?: MarkOptions): Promise<Marked>;
+  /** Read implies seen. */
+  read(id: string, options?: MarkOptions): Promise<InboxCounts>;
+  read(ids: readonly string[], options?: MarkOptions): Promise<Marked>;
+  /** Archiving reads. */
+  archive(id: string, options?: MarkOptions): Promise<InboxCounts>;
+  archive(ids: readonly string[], options?: MarkOptions): Promise<Marked>;
+  /** Back to the inbox, still read. */
+  unarchive(id: string, options?: MarkOptions): Promise<InboxCounts>;
+  unarchive(ids: readonly string[], options?: MarkOptions): Promise<Marked>;
+  seenAll(options?: MarkOptions): Promise<Marked>;
+  readAll(options?: MarkOptions): Promise<Marked>;
+  archiveAll(options?: MarkOptions): Promise<Marked>;
+  unarchiveAll(options?: MarkOptions): Promise<Marked>;
+
+  /** Follow the live events on `user:<user>` from a realtime client: "item" and "counts".
+   * Returns a function that stops following. */
+  follow(client: ArchMeshRealtime): () => void;
+
+  /** Report `id` seen once `element` was at least half on screen while the page was visible
+   * (at once where there is no IntersectionObserver, or with a null element); batched, at
+   * most one request per `seenInterval`, sent at once when the page is hidden. Returns a
+   * function that stops observing the element. */
+  observeSeen(element: object | null, id: string): () => void;
+  /** Stop observing every element. */
+  unobserveSeen(): void;
+  /** Send the seen ids noted so far now: the stored result, or null if there were none. */
+  flushSeen(options?: MarkOptions): Promise<Marked | null>;
+  /** Stop observing and listening to the page, after sending what is pending. */
+  close(): Promise<Marked | null>;
+}
+
 export default ArchMeshRealtime;
 
 // Only what is exported above is public (the helper types are not).

@@ -7,7 +7,7 @@
 // called on every reconnect) set before this module runs, or in the URL fragment:
 // `/#token=<JWT>&session=<id>` (a fragment never reaches the server or its logs; the page
 // removes it from the address bar at once).
-import { ArchMeshRealtime } from "/static/archmesh-realtime.js";
+import { ArchMeshInbox, ArchMeshRealtime } from "/static/archmesh-realtime.js";
 
 const CONFIG = JSON.parse(document.getElementById("archmesh-config")?.textContent || "{}");
 const DEV = CONFIG.dev === true;
@@ -26,6 +26,7 @@ const $ = (id) => document.getElementById(id);
 const page = {
   user: null,
   client: null,
+  inboxClient: null, // the SDK's ArchMeshInbox for the signed-in user
   tokenSource: null, // () => Promise<string>
   sessions: new Map(), // session id -> {updates: [], note: string}
   selected: null,
@@ -305,7 +306,7 @@ async function simulate() {
   }
 }
 
-// -- notifier API ------------------------------------------------------------------------
+// -- notifier API: preferences (the inbox goes through the SDK's ArchMeshInbox) -----------
 
 async function api(method, path, body) {
   const token = await page.tokenSource();
@@ -331,6 +332,11 @@ function notifierMissing(result) {
   return result.status === 404 && !result.data?.error;
 }
 
+function notifierMissingError(err) {
+  // The SDK's InboxError for an answer that is not the API's JSON.
+  return err?.code === "http_404";
+}
+
 function setCounts({ unread, unseen }) {
   if (unread !== undefined) page.unread = Math.max(0, Number(unread) || 0);
   if (unseen !== undefined) page.unseen = Math.max(0, Number(unseen) || 0);
@@ -354,7 +360,7 @@ function inView(item) {
 }
 
 function renderInbox() {
-  seenWatcher?.disconnect();
+  page.inboxClient?.unobserveSeen();
   const items = [...page.inbox.values()].filter(inView);
   $("more").hidden = !page.cursor;
   for (const tab of document.querySelectorAll("#inbox-views button")) {
@@ -368,7 +374,11 @@ function renderInbox() {
   }
   const nodes = items.map(inboxEntry);
   $("inbox").replaceChildren(...nodes);
-  for (const node of nodes) if (node.dataset.seen === "false") watchSeen(node);
+  // Seen: the SDK reports an item once half of it was on screen while the page was visible,
+  // in batches (and what is pending when the page is hidden).
+  for (const node of nodes) {
+    if (node.dataset.seen === "false") page.inboxClient?.observeSeen(node, node.dataset.id);
+  }
 }
 
 // An action's link: https, or a path on this origin (the notifier refuses anything else; the
@@ -442,140 +452,92 @@ function inboxEntry(item) {
   );
 }
 
-// -- seen: an item counts as seen once half of it was on screen while the page was visible;
-// ids are reported in batches (one POST per burst), so scrolling a long list costs little.
+// -- seen: reported by the SDK (observeSeen above); its "seen" event brings the stored result.
 
-const pendingSeen = new Set();
-let seenTimer = null;
-const seenWatcher =
-  typeof IntersectionObserver === "function"
-    ? new IntersectionObserver(
-        (entries) => {
-          for (const entry of entries) {
-            if (entry.isIntersecting && document.visibilityState === "visible") {
-              seenWatcher.unobserve(entry.target);
-              noteSeen(entry.target.dataset.id);
-            }
-          }
-        },
-        { threshold: 0.5 },
-      )
-    : null;
-
-function watchSeen(node) {
-  if (seenWatcher) seenWatcher.observe(node);
-  else noteSeen(node.dataset.id);
-}
-
-function noteSeen(id) {
-  const item = page.inbox.get(id);
-  if (!item || item.seen || item.reporting) return;
-  item.reporting = true;
-  pendingSeen.add(id);
-  clearTimeout(seenTimer);
-  seenTimer = setTimeout(reportSeen, 250);
-}
-
-async function reportSeen() {
-  const ids = [...pendingSeen].slice(0, 500);
-  for (const id of ids) pendingSeen.delete(id);
-  if (pendingSeen.size) seenTimer = setTimeout(reportSeen, 250);
-  if (!ids.length || !page.notifier) return;
-  const result = await api("POST", userPath("inbox/seen"), { ids }).catch(() => ({ ok: false }));
+function onSeen({ ids, unseen, unread }) {
   for (const id of ids) {
     const item = page.inbox.get(id);
-    if (!item) continue;
-    item.reporting = false;
-    if (result.ok) item.seen = true;
+    if (item) item.seen = true;
     const node = $("inbox").querySelector(`li[data-id="${CSS.escape(id)}"]`);
-    if (node && result.ok) node.dataset.seen = "true";
+    if (node) node.dataset.seen = "true";
   }
-  if (result.ok) setCounts(result.data);
+  setCounts({ unseen, unread });
 }
-
-// A page hidden while items appeared reports them once it is shown again.
-document.addEventListener("visibilitychange", () => {
-  if (document.visibilityState === "visible") renderInbox();
-});
 
 // -- loading, paging and marking ---------------------------------------------------------
 
-function inboxQuery(cursor) {
-  const params = new URLSearchParams({ limit: String(PAGE_SIZE), archived: String(page.archivedView) });
-  if (cursor) params.set("cursor", cursor);
-  return `${userPath("inbox")}?${params}`;
+function inboxPage(cursor) {
+  return page.inboxClient.page({ limit: PAGE_SIZE, archived: page.archivedView, cursor });
 }
 
 async function refreshInbox() {
-  if (!page.user) return;
+  if (!page.user || !page.inboxClient) return;
   let result;
   try {
-    result = await api("GET", inboxQuery(null));
+    result = await inboxPage(null);
   } catch (err) {
+    if (notifierMissingError(err)) {
+      page.notifier = false;
+      $("inbox-note").textContent =
+        "This address serves no notifier API: live notifications still appear, the stored inbox does not.";
+      $("prefs-panel").hidden = true;
+      return;
+    }
     $("inbox-note").textContent = `Inbox unavailable: ${err.message}`;
-    return;
-  }
-  if (notifierMissing(result)) {
-    page.notifier = false;
-    $("inbox-note").textContent =
-      "This address serves no notifier API: live notifications still appear, the stored inbox does not.";
-    $("prefs-panel").hidden = true;
-    return;
-  }
-  if (!result.ok) {
-    $("inbox-note").textContent = `Inbox unavailable: ${result.data?.error?.message ?? result.status}`;
     return;
   }
   page.notifier = true;
   $("inbox-note").textContent = "";
   $("prefs-panel").hidden = false;
-  page.inbox = new Map((result.data.items ?? []).map((item) => [item.id, item]));
-  page.cursor = result.data.next_cursor ?? null;
-  setCounts(result.data);
+  page.inbox = new Map((result.items ?? []).map((item) => [item.id, item]));
+  page.cursor = result.next_cursor ?? null;
+  setCounts(result);
   renderInbox();
 }
 
 async function loadMore() {
-  if (!page.cursor) return;
+  if (!page.cursor || !page.inboxClient) return;
   const button = $("more");
   button.disabled = true;
-  const result = await api("GET", inboxQuery(page.cursor)).catch((err) => ({ ok: false, data: { error: { message: err.message } } }));
-  button.disabled = false;
-  if (!result.ok) {
-    $("inbox-note").textContent = `Could not load more: ${result.data?.error?.message ?? result.status}`;
+  let result;
+  try {
+    result = await inboxPage(page.cursor);
+  } catch (err) {
+    $("inbox-note").textContent = `Could not load more: ${err.message}`;
     return;
+  } finally {
+    button.disabled = false;
   }
-  const first = (result.data.items ?? []).find((item) => !page.inbox.has(item.id));
-  for (const item of result.data.items ?? []) if (!page.inbox.has(item.id)) page.inbox.set(item.id, item);
-  page.cursor = result.data.next_cursor ?? null;
-  setCounts(result.data);
+  const first = (result.items ?? []).find((item) => !page.inbox.has(item.id));
+  for (const item of result.items ?? []) if (!page.inbox.has(item.id)) page.inbox.set(item.id, item);
+  page.cursor = result.next_cursor ?? null;
+  setCounts(result);
   renderInbox();
   // Keyboard users continue where the new items start.
   const target = first && $("inbox").querySelector(`li[data-id="${CSS.escape(first.id)}"] button`);
   (target ?? (page.cursor ? button : $("inbox"))).focus();
 }
 
-function failed(what, result) {
-  $("inbox-note").textContent = `Could not ${what}: ${result.data?.error?.message ?? result.status}`;
-}
-
-async function post(path, options = {}) {
-  if (options.keepalive) {
-    // A link may be leaving the page: the request must outlive it.
-    const token = await page.tokenSource();
-    fetch(path, { method: "POST", keepalive: true, headers: { Authorization: `Bearer ${token}` } }).catch(() => {});
-    return { ok: false, data: null };
-  }
-  return api("POST", path).catch((err) => ({ ok: false, data: { error: { message: err.message } } }));
+function failed(what, err) {
+  $("inbox-note").textContent = `Could not ${what}: ${err.message}`;
 }
 
 async function markRead(id, options = {}) {
+  if (!page.inboxClient) return; // not signed in yet
+  if (options.keepalive) {
+    // A link may be leaving the page: the request must outlive it; the pushed counts follow.
+    page.inboxClient.read(id, { keepalive: true }).catch(() => {});
+    return;
+  }
   const item = page.inbox.get(id);
-  const result = await post(userPath(`inbox/${encodeURIComponent(id)}/read`), options);
-  if (options.keepalive) return;
-  if (!result.ok) return failed("mark read", result);
+  let counts;
+  try {
+    counts = await page.inboxClient.read(id);
+  } catch (err) {
+    return failed("mark read", err);
+  }
   if (item) Object.assign(item, { read: true, seen: true });
-  setCounts(result.data);
+  setCounts(counts);
   renderInbox();
   if (options.focus === false) return;
   // Keep keyboard users in the list: focus the next unread item's button, or the list.
@@ -584,31 +546,46 @@ async function markRead(id, options = {}) {
 }
 
 async function archive(id, archived) {
+  if (!page.inboxClient) return; // not signed in yet
   const item = page.inbox.get(id);
   const next = $("inbox").querySelector(`li[data-id="${CSS.escape(id)}"]`)?.nextElementSibling;
-  const result = await post(userPath(`inbox/${encodeURIComponent(id)}/${archived ? "archive" : "unarchive"}`));
-  if (!result.ok) return failed(archived ? "archive" : "unarchive", result);
+  let counts;
+  try {
+    counts = await (archived ? page.inboxClient.archive(id) : page.inboxClient.unarchive(id));
+  } catch (err) {
+    return failed(archived ? "archive" : "unarchive", err);
+  }
   // Archived implies read (the notifier's rule); the item leaves this view.
   if (item) Object.assign(item, archived ? { archived, read: true, seen: true } : { archived });
-  setCounts(result.data);
+  setCounts(counts);
   renderInbox();
   const focusable = next?.dataset.id && $("inbox").querySelector(`li[data-id="${CSS.escape(next.dataset.id)}"] button`);
   (focusable ?? document.querySelector('#inbox-views button[aria-pressed="true"]')).focus();
 }
 
 async function markAllRead() {
-  const result = await post(userPath("inbox/read-all"));
-  if (!result.ok) return failed("mark all read", result);
+  if (!page.inboxClient) return; // not signed in yet
+  let counts;
+  try {
+    counts = await page.inboxClient.readAll();
+  } catch (err) {
+    return failed("mark all read", err);
+  }
   for (const item of page.inbox.values()) Object.assign(item, { read: true, seen: true });
-  setCounts(result.data);
+  setCounts(counts);
   renderInbox();
 }
 
 async function archiveAll() {
-  const result = await api("POST", userPath("inbox/archive"), { all: true }).catch((err) => ({ ok: false, data: { error: { message: err.message } } }));
-  if (!result.ok) return failed("archive all", result);
+  if (!page.inboxClient) return; // not signed in yet
+  let counts;
+  try {
+    counts = await page.inboxClient.archiveAll();
+  } catch (err) {
+    return failed("archive all", err);
+  }
   for (const item of page.inbox.values()) Object.assign(item, { archived: true, read: true, seen: true });
-  setCounts(result.data);
+  setCounts(counts);
   renderInbox();
 }
 
@@ -621,20 +598,18 @@ function showView(archived) {
   refreshInbox();
 }
 
-function onNotification(data) {
-  const isNew = !page.inbox.has(data.id);
-  const { unread, unseen, notification_type: type, ...rest } = data;
-  const item = { ...rest, type: type ?? "notification", read: false, seen: false, archived: false };
-  page.inbox = new Map([[data.id, item], ...[...page.inbox].filter(([id]) => id !== data.id)]);
-  if (Number.isInteger(unread)) setCounts({ unread, unseen: Number.isInteger(unseen) ? unseen : undefined });
-  else if (isNew) setCounts({ unread: page.unread + 1, unseen: page.unseen + 1 });
+// Live, from the SDK following the user channel: a new item (its counts follow as "counts").
+function onNotification(item) {
+  const isNew = !page.inbox.has(item.id);
+  page.inbox = new Map([[item.id, item], ...[...page.inbox].filter(([id]) => id !== item.id)]);
   renderInbox();
   if (isNew) toast(item);
 }
 
-function onInboxEvent(data) {
-  // Counts changed elsewhere (another tab or device): what is zero is zero here too.
-  setCounts(data);
+function onCounts(counts) {
+  // Counts changed (a new item, or marks elsewhere: another tab or device): what is zero is
+  // zero here too.
+  setCounts(counts);
   if (page.unread === 0 || page.unseen === 0) {
     for (const item of page.inbox.values()) {
       if (page.unread === 0) item.read = true;
@@ -821,14 +796,14 @@ function addType() {
 function onPublication({ channel, data }) {
   if (channel.startsWith("session:") && data.type === "workflow_update") {
     onWorkflowUpdate(channel.slice("session:".length), data);
-  } else if (page.client && channel === `user:${page.user}`) {
-    if (data.type === "notification") onNotification(data);
-    else if (data.type === "inbox") onInboxEvent(data);
   }
+  // The user channel's notification and inbox events: the inbox client follows them.
 }
 
 async function start(user, tokenSource) {
   if (page.client) await page.client.close();
+  if (page.inboxClient) await page.inboxClient.close().catch(() => {});
+  page.inboxClient = null;
   page.user = user;
   page.tokenSource = tokenSource;
   page.inbox = new Map();
@@ -852,6 +827,13 @@ async function start(user, tokenSource) {
     showConnection("closed", `Not connected: ${err.reason ?? err.message}`);
     return;
   }
+  const inbox = new ArchMeshInbox({ user: page.user, token: tokenSource });
+  page.inboxClient = inbox;
+  inbox.follow(client);
+  inbox.on("item", onNotification);
+  inbox.on("counts", onCounts);
+  inbox.on("seen", onSeen);
+  inbox.on("error", (err) => console.warn("inbox:", err.code, err.message));
   $("user-label").textContent = `Signed in as ${page.user}`;
   await Promise.all([...page.sessions.keys()].map((id) => watchSession(id)));
   await Promise.all([refreshInbox(), loadPrefs()]);

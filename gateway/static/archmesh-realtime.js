@@ -43,6 +43,9 @@
  *
  *   "transport"        {transport, previous}  the client connected on another transport than
  *                      its last connection's (emitted before that connection's "state")
+ *
+ * The same module has the notifier's inbox client, ArchMeshInbox (pages, marks, live counts
+ * followed from this client, seen reporting for displayed items): see its class below.
  */
 
 export const State = Object.freeze({
@@ -1163,3 +1166,380 @@ function base64url(text) {
 }
 
 export default ArchMeshRealtime;
+
+// -- the notifier's in-app inbox ----------------------------------------------------------
+
+/**
+ * A refusal of the notifier's inbox API: `code` is the API's (`not_found`, `bad_cursor`,
+ * `validation_error`, `forbidden`, `invalid_token`, ...), `http_<status>` for an answer that is
+ * not the API's JSON (e.g. `http_404`: no notifier behind that address), or `network_error`.
+ */
+export class InboxError extends Error {
+  /**
+   * @param {string} code @param {string} message
+   * @param {{status?: number | null, fields?: Array<object> | null}} [extra]
+   */
+  constructor(code, message, extra = {}) {
+    super(message);
+    this.name = "InboxError";
+    this.code = code;
+    this.status = extra.status ?? null;
+    this.fields = extra.fields ?? null;
+  }
+}
+
+// The API's limit of ids in one bulk mark; more are sent in several requests.
+const MARK_BATCH = 500;
+const MARKS = ["seen", "read", "archive", "unarchive"];
+
+/**
+ * The notifier's in-app inbox of one user, over its HTTP API (`/api/users/{user}/inbox`).
+ *
+ *   const inbox = new ArchMeshInbox({ user: "ada", token: fetchToken });
+ *   const { items, next_cursor, unread } = await inbox.page({ limit: 20 });
+ *   inbox.follow(client);                       // live counts and items from the user channel
+ *   inbox.on("counts", ({ unseen, unread }) => renderBadge(unseen, unread));
+ *   inbox.observeSeen(listItemElement, item.id); // reports seen once it was on screen
+ *
+ * The token is the user's own (the one the gateway takes) or, on a backend, the API key; a
+ * provider is asked again for a fresh token when the API answers 401. Refusals reject with an
+ * InboxError carrying the API's `code`.
+ *
+ * Seen reporting: an observed element counts as seen once at least half of it was on screen
+ * while the page was visible (IntersectionObserver; where there is none, at once). Ids are
+ * gathered and sent in one `POST .../inbox/seen` at most every `seenInterval` ms, and what is
+ * pending is sent at once (with `keepalive`) when the page is hidden or left.
+ *
+ * Events (CustomEvent, payload in `event.detail`):
+ *   "counts"  {unseen, unread}  from the notifier's live events on `user:<id>` (see follow())
+ *   "item"    an InboxItem, a new notification as it arrived live (not seen, not read)
+ *   "seen"    {ids, unknown, unseen, unread}  after a batch of seen ids was stored
+ *   "error"   InboxError of a seen report that failed (its ids may be observed again)
+ */
+export class ArchMeshInbox extends EventTarget {
+  /**
+   * @param {object} options
+   * @param {string} options.user  whose inbox
+   * @param {string | (() => string | Promise<string>)} options.token  the user's JWT or the
+   *   API key, or a provider of one (asked again after a 401)
+   * @param {string} [options.baseUrl]  the notifier's address, default the page's origin
+   * @param {Function} [options.fetch]  default globalThis.fetch
+   * @param {number} [options.seenInterval]  ms between seen reports, default 1000
+   */
+  constructor(options = {}) {
+    super();
+    if (typeof options.user !== "string" || !options.user) {
+      throw new TypeError("options.user is required (whose inbox)");
+    }
+    if (!options.token) {
+      throw new TypeError("options.token is required (a JWT or API key, or a function returning one)");
+    }
+    const base = options.baseUrl ?? globalThis.location?.origin;
+    if (!base) throw new TypeError("options.baseUrl is required outside a page");
+    this.user = options.user;
+    this.baseUrl = String(base).replace(/\/+$/, "");
+    this.seenInterval = options.seenInterval ?? 1000;
+    this._token = options.token;
+    this._fetch = options.fetch ?? ((...args) => globalThis.fetch(...args));
+    this._path = `${this.baseUrl}/api/users/${encodeURIComponent(this.user)}/inbox`;
+    /** The latest {unseen, unread} known (from a reply or a live event), null before any. */
+    this.counts = null;
+    // Seen reporting: ids waiting to be sent, ids sent or being sent (never sent twice).
+    this._pendingSeen = new Set();
+    this._reportedSeen = new Set();
+    this._seenTimer = null;
+    this._lastSeenReport = 0;
+    /** @type {Map<Element, {id: string, onScreen: boolean}>} */
+    this._observed = new Map();
+    this._observer = null;
+    this._pageListeners = null;
+  }
+
+  /** Listen to an event with a handler that receives `event.detail`; returns an "off". */
+  on(type, handler) {
+    const listener = (event) => handler(event.detail);
+    this.addEventListener(type, listener);
+    return () => this.removeEventListener(type, listener);
+  }
+
+  /**
+   * A page, newest first: {items, next_cursor, unseen, unread}. `cursor`: the `next_cursor`
+   * of the page before; `limit` 1-500 (default 50); `types`: only these notification types;
+   * `archived`: false (default, the inbox), true (the archive) or "all".
+   */
+  page({ cursor, limit, types, archived } = {}) {
+    const query = new URLSearchParams();
+    if (limit !== undefined && limit !== null) query.set("limit", String(limit));
+    if (cursor) query.set("cursor", cursor);
+    if (archived !== undefined && archived !== null) query.set("archived", String(archived));
+    for (const type of types ?? []) query.append("type", type);
+    const text = query.toString();
+    return this._call("GET", text ? `${this._path}?${text}` : this._path);
+  }
+
+  /** One item; rejects with code "not_found" if it is not (or no longer) in the inbox. */
+  item(id) {
+    return this._call("GET", `${this._path}/${encodeURIComponent(id)}`);
+  }
+
+  /** Mark seen: one id (resolves {unseen, unread}; "not_found" if unknown) or an array of ids
+   * (resolves {unseen, unread, unknown}). `keepalive`: the request outlives the page. */
+  seen(ids, options) {
+    return this._mark("seen", ids, options);
+  }
+
+  /** Mark read (read implies seen), like seen(). */
+  read(ids, options) {
+    return this._mark("read", ids, options);
+  }
+
+  /** Archive (archiving reads), like seen(). */
+  archive(ids, options) {
+    return this._mark("archive", ids, options);
+  }
+
+  /** Move back to the inbox (stays read), like seen(). */
+  unarchive(ids, options) {
+    return this._mark("unarchive", ids, options);
+  }
+
+  /** Every item seen: {unseen, unread, unknown}. */
+  seenAll(options) {
+    return this._markAll("seen", options);
+  }
+
+  /** Every item read (`POST .../inbox/read-all`): {unseen, unread, unknown}. */
+  readAll(options) {
+    return this._call("POST", `${this._path}/read-all`, undefined, options);
+  }
+
+  /** Every item archived: {unseen, unread, unknown}. */
+  archiveAll(options) {
+    return this._markAll("archive", options);
+  }
+
+  /** Every archived item back in the inbox: {unseen, unread, unknown}. */
+  unarchiveAll(options) {
+    return this._markAll("unarchive", options);
+  }
+
+  /**
+   * Follow the notifier's live events on the user's channel (`user:<id>`, which the gateway
+   * joins every connection of that user to) from an ArchMeshRealtime client: "counts" for
+   * every `inbox` and `notification` event, "item" (before its "counts") for a notification.
+   * Returns a function that stops following.
+   */
+  follow(client) {
+    const channel = `user:${this.user}`;
+    return client.on("publication", ({ channel: from, data }) => {
+      if (from !== channel || !data || typeof data !== "object") return;
+      if (data.type === "notification") {
+        const { unseen, unread, notification_type: type, type: _kind, ...rest } = data;
+        this._emit("item", { ...rest, type: type ?? "notification", seen: false, read: false, archived: false });
+        // The notifier's events carry both counts; one published by hand may not: one more.
+        const last = this.counts;
+        this._liveCounts({ unseen, unread }, last && { unseen: last.unseen + 1, unread: last.unread + 1 });
+      } else if (data.type === "inbox") {
+        this._liveCounts(data, this.counts);
+      }
+    });
+  }
+
+  /**
+   * Report `id` seen once `element` was at least half on screen while the page was visible
+   * (at once where there is no IntersectionObserver). Each id is reported once; returns a
+   * function that stops observing the element.
+   */
+  observeSeen(element, id) {
+    if (this._reportedSeen.has(id) || this._pendingSeen.has(id)) return () => {};
+    const observer = this._seenObserver();
+    if (!observer || !element) {
+      this._noteSeen(id);
+      return () => {};
+    }
+    this._observed.set(element, { id, onScreen: false });
+    observer.observe(element);
+    return () => this._unobserve(element);
+  }
+
+  /** Stop observing every element (e.g. before the list is drawn again). */
+  unobserveSeen() {
+    for (const element of [...this._observed.keys()]) this._unobserve(element);
+  }
+
+  /** Send the seen ids gathered so far now (the page being hidden does it by itself). */
+  flushSeen({ keepalive = false } = {}) {
+    clearTimeout(this._seenTimer);
+    this._seenTimer = null;
+    return this._reportSeen(keepalive);
+  }
+
+  /** Stop observing and listening to the page; pending seen ids are sent first. */
+  close() {
+    this.unobserveSeen();
+    this._observer?.disconnect();
+    this._observer = null;
+    if (this._pageListeners) {
+      for (const [target, type, listener] of this._pageListeners) target.removeEventListener(type, listener);
+      this._pageListeners = null;
+    }
+    return this.flushSeen();
+  }
+
+  // -- internals ----------------------------------------------------------------------
+
+  _emit(type, detail) {
+    this.dispatchEvent(makeEvent(type, detail));
+  }
+
+  /** Emit "counts" from an event's counts, a missing one taken from `fallback` (unseen is
+   * never above unread); nothing if a count is missing and there is no fallback. */
+  _liveCounts(given, fallback) {
+    const pick = (name) => (Number.isInteger(given[name]) && given[name] >= 0 ? given[name] : fallback?.[name]);
+    const unread = pick("unread");
+    const unseen = pick("unseen");
+    if (!Number.isInteger(unread) || !Number.isInteger(unseen)) return;
+    this.counts = { unseen: Math.min(unseen, unread), unread };
+    this._emit("counts", { ...this.counts });
+  }
+
+  async _call(method, url, body, { keepalive = false } = {}) {
+    const fresh = typeof this._token === "function";
+    let response = await this._send(method, url, body, keepalive, await resolveToken(this._token));
+    // An expired token: a provider is asked once more (the page's token may have just lapsed).
+    if (response.status === 401 && fresh) {
+      response = await this._send(method, url, body, keepalive, await resolveToken(this._token));
+    }
+    const type = response.headers.get("content-type") || "";
+    const data = type.includes("json") ? await response.json().catch(() => null) : null;
+    if (response.ok) {
+      if (data && Number.isInteger(data.unseen) && Number.isInteger(data.unread)) {
+        this.counts = { unseen: data.unseen, unread: data.unread };
+      }
+      return data;
+    }
+    const error = data && typeof data === "object" && data.error && typeof data.error.code === "string" ? data.error : null;
+    if (!error) {
+      throw new InboxError(`http_${response.status}`, `${method} ${url}: HTTP ${response.status}`, { status: response.status });
+    }
+    throw new InboxError(error.code, String(error.message ?? error.code), {
+      status: response.status,
+      fields: Array.isArray(error.fields) ? error.fields : null,
+    });
+  }
+
+  async _send(method, url, body, keepalive, token) {
+    const headers = { Authorization: `Bearer ${token}` };
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    try {
+      return await this._fetch(url, {
+        method,
+        headers,
+        body: body === undefined ? undefined : JSON.stringify(body),
+        keepalive,
+        cache: "no-store",
+      });
+    } catch (err) {
+      throw new InboxError("network_error", `${method} ${url}: ${err?.message ?? err}`);
+    }
+  }
+
+  async _mark(mark, ids, options) {
+    if (typeof ids === "string") {
+      return this._call("POST", `${this._path}/${encodeURIComponent(ids)}/${mark}`, undefined, options);
+    }
+    const list = [...new Set(ids ?? [])];
+    if (!list.length) throw new TypeError(`${mark}(): an id or a non-empty array of ids`);
+    let result = null;
+    const unknown = [];
+    for (let at = 0; at < list.length; at += MARK_BATCH) {
+      const body = { ids: list.slice(at, at + MARK_BATCH) };
+      result = await this._call("POST", `${this._path}/${mark}`, body, options);
+      unknown.push(...(result.unknown ?? []));
+    }
+    return { ...result, unknown };
+  }
+
+  _markAll(mark, options) {
+    if (!MARKS.includes(mark)) throw new TypeError(`no such mark: ${mark}`);
+    return this._call("POST", `${this._path}/${mark}`, { all: true }, options);
+  }
+
+  _pageVisible() {
+    return typeof document === "undefined" || document.visibilityState !== "hidden";
+  }
+
+  /** The IntersectionObserver of this inbox (null where there is none), and the page's
+   * visibility listeners: shown again, what is on screen counts; hidden, pending ids go. */
+  _seenObserver() {
+    if (this._observer) return this._observer;
+    if (typeof IntersectionObserver !== "function") return null;
+    this._observer = new IntersectionObserver((entries) => this._onIntersections(entries), { threshold: 0.5 });
+    if (typeof document !== "undefined" && typeof window !== "undefined") {
+      const onVisibility = () => {
+        if (document.visibilityState === "hidden") this.flushSeen({ keepalive: true }).catch(() => {});
+        else this._noteOnScreen();
+      };
+      const onHide = () => this.flushSeen({ keepalive: true }).catch(() => {});
+      this._pageListeners = [
+        [document, "visibilitychange", onVisibility],
+        [window, "pagehide", onHide],
+      ];
+      for (const [target, type, listener] of this._pageListeners) target.addEventListener(type, listener);
+    }
+    return this._observer;
+  }
+
+  _onIntersections(entries) {
+    for (const entry of entries) {
+      const watched = this._observed.get(entry.target);
+      if (!watched) continue;
+      // (0.49: a ratio at the threshold may come out a hair under it)
+      watched.onScreen = entry.isIntersecting && entry.intersectionRatio >= 0.49;
+    }
+    this._noteOnScreen();
+  }
+
+  _noteOnScreen() {
+    if (!this._pageVisible()) return;
+    for (const [element, watched] of [...this._observed]) {
+      if (!watched.onScreen) continue;
+      this._unobserve(element);
+      this._noteSeen(watched.id);
+    }
+  }
+
+  _unobserve(element) {
+    if (!this._observed.delete(element)) return;
+    this._observer?.unobserve(element);
+  }
+
+  _noteSeen(id) {
+    if (this._reportedSeen.has(id)) return;
+    this._pendingSeen.add(id);
+    if (this._seenTimer !== null) return;
+    // At most one report per seenInterval: the ids noted meanwhile go together.
+    const wait = Math.max(0, this._lastSeenReport + this.seenInterval - Date.now());
+    this._seenTimer = setTimeout(() => {
+      this._seenTimer = null;
+      this._reportSeen(false).catch(() => {});
+    }, wait);
+  }
+
+  async _reportSeen(keepalive) {
+    const ids = [...this._pendingSeen];
+    this._pendingSeen.clear();
+    if (!ids.length) return null;
+    for (const id of ids) this._reportedSeen.add(id);
+    this._lastSeenReport = Date.now();
+    try {
+      const result = await this._mark("seen", ids, { keepalive });
+      this._emit("seen", { ids, unknown: result.unknown, unseen: result.unseen, unread: result.unread });
+      return result;
+    } catch (err) {
+      for (const id of ids) this._reportedSeen.delete(id); // may be observed and sent again
+      this._emit("error", err);
+      throw err;
+    }
+  }
+}

@@ -1,6 +1,6 @@
 -- ArchMesh notifier: record a batch's outcome and acknowledge its entries, atomically.
 -- ARGV[1]: JSON {stream, group, attempts, dead, due, retention, inbox_size, stats_ttl,
---   items: [{key, fields: [f, v, ...], due: [score, member, ...], entry, lock,
+--   items: [{key, fields: [f, v, ...], due: [score, member, ...], entry, lock, timeline,
 --            inbox: {order, items, unread, unseen, archived, id, score, payload,
 --                    publish: {meta, history, size, ttl, prefix} or absent} or absent,
 --            owner: {key, id, ms} (the user's index of notifications) or absent,
@@ -69,6 +69,18 @@ for _, it in ipairs(p.items) do
     redis.call('ZADD', owner.key, owner.ms, owner.id)
     redis.call('ZREMRANGEBYSCORE', owner.key, '-inf', owner.ms - p.retention * 1000)
     redis.call('EXPIRE', owner.key, p.retention)
+  end
+  -- The notification's timeline (ops console): each `ch:<medium>` field written is one entry
+  -- {"medium", "delivery"}, as notifier/status.py's timeline_entry writes later changes.
+  if it.timeline then
+    for i = 1, #it.fields, 2 do
+      local name = it.fields[i]
+      if string.sub(name, 1, 3) == 'ch:' then
+        redis.call('RPUSH', it.timeline, '{"medium":' .. cjson.encode(string.sub(name, 4)) ..
+          ',"delivery":' .. it.fields[i + 1] .. '}')
+      end
+    end
+    redis.call('EXPIRE', it.timeline, p.retention)
   end
   local box = it.inbox
   if box then

@@ -1,6 +1,9 @@
 -- ArchMesh notifier: erase one user (DELETE /api/users/{user}), atomically.
--- ARGV[1]: JSON {user, prefs, index, due, prefix, sessions, media: [...], delete: [keys],
---   now (ISO time), reason, digest_job (the prefix of a digest window's due job)}
+-- ARGV[1]: JSON {user, prefs, index, due, prefix, timeline (the prefix of a notification's
+--   timeline), sessions, media: [...], delete: [keys], now (ISO time), reason, digest_job
+--   (the prefix of a digest window's due job)}
+-- A notification's timeline (the console's list of its status changes) and its providers'
+-- reports (`fb:<medium>`) are deleted: they quote error texts as they were, addresses included.
 -- Statuses of the user's notifications stay (a service may still ask how one went) without
 -- the user: `meta.user_id` emptied, jobs (addresses, rendered content) deleted, contact data
 -- masked in error texts, and every delivery not yet done cancelled and taken out of `due`.
@@ -56,6 +59,7 @@ end
 local cancelled = 0
 for _, id in ipairs(ids) do
   local key = p.prefix .. id
+  redis.call('DEL', p.timeline .. id)
   local meta = redis.call('HGET', key, 'meta')
   if meta then
     local fields = cjson.decode(meta)
@@ -63,7 +67,7 @@ for _, id in ipairs(ids) do
     redis.call('HSET', key, 'meta', cjson.encode(fields))
     for _, medium in ipairs(p.media) do
       redis.call('ZREM', p.due, id .. '|' .. medium)
-      redis.call('HDEL', key, 'job:' .. medium)
+      redis.call('HDEL', key, 'job:' .. medium, 'fb:' .. medium)
       local raw = redis.call('HGET', key, 'ch:' .. medium)
       if raw then
         local d = cjson.decode(raw)

@@ -30,6 +30,13 @@ class SubscriptionGone(DeliveryError):
         self.endpoint = endpoint
 
 
+class Suppressed(DeliveryError):
+    """Not sent on purpose: the address is on the suppression list (it hard-bounced)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, permanent=True)
+
+
 def quote_remote(text: str, secrets: tuple[str, ...]) -> str:
     """A remote server's message, cut short and with any of our `secrets` masked.
 

@@ -32,6 +32,12 @@ class EmailMessage:
     message_id: str | None = None
     # Extra headers, e.g. List-Unsubscribe and List-Unsubscribe-Post (RFC 8058).
     headers: tuple[tuple[str, str], ...] = ()
+    # Sent as `X-ArchMesh-Notification`: the provider's bounce and complaint events quote it,
+    # and it leads them back to the delivery (notifier/providers_email.py).
+    notification_id: str | None = None
+
+
+NOTIFICATION_HEADER = "X-ArchMesh-Notification"
 
 
 class _Unfolded(str):
@@ -166,6 +172,8 @@ class EmailSender:
                 if message.message_id
                 else email.utils.make_msgid(domain=self._msgid_domain)
             )
+            if message.notification_id is not None:
+                mime[NOTIFICATION_HEADER] = _Unfolded(NOTIFICATION_HEADER, message.notification_id)
             for name, value in message.headers:
                 mime[name] = _Unfolded(name, value)
             mime.set_content(message.text)

@@ -15,6 +15,10 @@ from twilio.rest import Client
 from notifier.senders.base import DeliveryError, quote_remote
 from notifier.settings import NotifierSettings
 
+# Where Twilio posts each message's status changes (notifier/providers_sms.py), under the
+# notifier's public URL.
+STATUS_CALLBACK_PATH = "/api/providers/twilio/status"
+
 # Twilio error codes that mean "this number will never take this message".
 PERMANENT_CODES = {
     21211: "invalid 'To' number",
@@ -75,8 +79,11 @@ class SmsSender:
         sender: str,
         base_url: str = "",
         timeout: float = 10.0,
+        status_callback: str = "",
     ) -> None:
+        """`status_callback`: the URL every message asks Twilio to report its status to."""
         self._sid = account_sid
+        self._status_callback = status_callback
         self._token = auth_token
         self._from = sender
         self._base_url = base_url.rstrip("/")
@@ -95,14 +102,18 @@ class SmsSender:
             sender=s.twilio_from,
             base_url=s.twilio_base_url,
             timeout=s.sms_timeout,
+            status_callback=s.notifier_public_url + STATUS_CALLBACK_PATH
+            if s.notifier_public_url
+            else "",
         )
 
     async def send(self, to: str, text: str) -> str:
         """Hand one SMS to Twilio; returns the message sid."""
         messages = self._twilio().api.v2010.account.messages
+        extra = {"status_callback": self._status_callback} if self._status_callback else {}
         try:
             async with asyncio.timeout(self._timeout):
-                message = await messages.create_async(to=to, from_=self._from, body=text)
+                message = await messages.create_async(to=to, from_=self._from, body=text, **extra)
         except (TwilioRestException, TwilioServiceException) as exc:
             raise self._refused(exc) from None
         except TimeoutError:

@@ -23,7 +23,9 @@ pytestmark = pytest.mark.slow
 
 PACKAGE = REPO / "clients" / "js"
 EXPORTS = [
+    "ArchMeshInbox",
     "ArchMeshRealtime",
+    "InboxError",
     "RealtimeError",
     "State",
     "backoffDelay",

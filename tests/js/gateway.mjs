@@ -13,7 +13,7 @@ export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "
 const BIN = path.join(ROOT, ".venv", "bin", "archmesh-rt");
 const SECRET = "archmesh-client-tests-secret-0123456789"; // >= 32 bytes (HS256)
 export const WRONG_SECRET = "not-the-gateway-secret-0123456789abcdef";
-const API_KEY = "k";
+export const API_KEY = "k";
 const ENV = {
   ...process.env,
   ARCHMESH_JWT_SECRET: SECRET,
@@ -75,10 +75,12 @@ export async function freePort() {
 }
 
 export class Gateway {
-  /** `env`: more ARCHMESH_* settings for this gateway (e.g. ARCHMESH_JOIN_LEAVE). */
-  constructor(port, env = {}) {
+  /** `env`: more ARCHMESH_* settings for this gateway (e.g. ARCHMESH_JOIN_LEAVE); `command`:
+   * "gateway", or "dev" (a gateway and the notifier on one port, stores in memory). */
+  constructor(port, env = {}, command = "gateway") {
     this.port = port;
     this.env = env;
+    this.command = command;
     this.url = `ws://127.0.0.1:${port}/ws`;
     this.http = `http://127.0.0.1:${port}`;
     this.proc = null;
@@ -87,7 +89,7 @@ export class Gateway {
 
   async start() {
     const node = `js-tests-${this.port}`;
-    const proc = spawn(BIN, ["gateway", "--port", String(this.port)], {
+    const proc = spawn(BIN, [this.command, "--port", String(this.port)], {
       cwd: ROOT,
       env: { ...ENV, ...this.env, ARCHMESH_NODE_ID: node },
       stdio: ["ignore", "ignore", "pipe"],
@@ -99,7 +101,7 @@ export class Gateway {
     });
     const deadline = Date.now() + 20000;
     for (;;) {
-      if (proc.exitCode !== null) throw new Error(`gateway exited: ${this.log}`);
+      if (proc.exitCode !== null) throw new Error(`${this.command} exited: ${this.log}`);
       try {
         const response = await fetch(`${this.http}/healthz`);
         // Ours, not a process that took the port first (ours then fails to bind and exits).
@@ -107,7 +109,7 @@ export class Gateway {
       } catch {
         // not listening yet
       }
-      if (Date.now() > deadline) throw new Error(`gateway not healthy in 20 s: ${this.log}`);
+      if (Date.now() > deadline) throw new Error(`${this.command} not healthy in 20 s: ${this.log}`);
       await new Promise((resolve) => setTimeout(resolve, 50)); // poll interval
     }
   }
@@ -133,6 +135,17 @@ export class Gateway {
     });
     assert.equal(response.status, 200, await response.clone().text());
     return response.json();
+  }
+
+  /** POST /api/notifications (the notifier's, under `dev`): resolves with the id queued. */
+  async notify(request) {
+    const response = await fetch(`${this.http}/api/notifications`, {
+      method: "POST",
+      headers: { Authorization: `Bearer ${API_KEY}`, "Content-Type": "application/json" },
+      body: JSON.stringify(request),
+    });
+    assert.equal(response.status, 202, await response.clone().text());
+    return (await response.json()).id;
   }
 
   async publish(channel, data) {

@@ -15,7 +15,16 @@ import { NAME, installPackage } from "./package.mjs";
 const TESTS = path.dirname(fileURLToPath(import.meta.url));
 const SOURCE = path.join(ROOT, "gateway", "static", "archmesh-realtime.js");
 const TSC = path.join(TESTS, "node_modules", "typescript", "bin", "tsc");
-const EXPORTS = ["ArchMeshRealtime", "RealtimeError", "State", "backoffDelay", "default", "shouldReconnect"];
+const EXPORTS = [
+  "ArchMeshInbox",
+  "ArchMeshRealtime",
+  "InboxError",
+  "RealtimeError",
+  "State",
+  "backoffDelay",
+  "default",
+  "shouldReconnect",
+];
 
 const pkg = await installPackage();
 let gateway;
@@ -139,12 +148,12 @@ test("the declarations type-check strict consumers in a browser and in Node", ()
   const browser = tsconfig(project, "tsconfig.browser.json", {
     lib: ["es2022", "dom"],
     types: [],
-    files: ["api.ts", "codes.ts", "browser.ts"],
+    files: ["api.ts", "inbox.ts", "codes.ts", "browser.ts"],
   });
   const node = tsconfig(project, "tsconfig.node.json", {
     lib: ["es2022"],
     types: ["node"],
-    files: ["api.ts", "codes.ts", "node.ts"],
+    files: ["api.ts", "inbox.ts", "codes.ts", "node.ts"],
   });
   for (const config of [browser, node]) {
     const { status, output } = tsc(project, config);

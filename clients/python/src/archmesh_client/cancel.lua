@@ -2,7 +2,8 @@
 -- ARGV[1]: JSON {index (a set of notification ids, optional), ids (used without index),
 --   prefix (of the notifications' hashes), due (the due-jobs set), media, only (one medium,
 --   optional), states (which step states count as not yet sent, optional: the default below),
---   reason, now (ISO time), stats, stats_ttl}.
+--   reason, now (ISO time), stats, stats_ttl, timeline (the prefix of a notification's
+--   timeline: each cancelled step is appended there, as every status change is)}.
 -- A step not yet sent is pending, retrying, held (quiet hours), waiting (escalation), or
 -- digested while its digest is still open (it is then taken out of the digest).
 -- Returns {steps cancelled, notifications with at least one}.
@@ -46,7 +47,17 @@ for _, id in ipairs(ids) do
           d.last_error = p.reason
           d.updated_at = p.now
           d.next_attempt_at = cjson.null
-          redis.call('HSET', key, 'ch:' .. medium, cjson.encode(d))
+          local encoded = cjson.encode(d)
+          redis.call('HSET', key, 'ch:' .. medium, encoded)
+          if p.timeline then
+            local log = p.timeline .. id
+            redis.call('RPUSH', log, '{"medium":' .. cjson.encode(medium) .. ',"delivery":' ..
+              encoded .. '}')
+            local ttl = redis.call('PTTL', key)
+            if ttl > 0 then
+              redis.call('PEXPIRE', log, ttl)
+            end
+          end
           redis.call('ZREM', p.due, id .. '|' .. medium)
           redis.call('HINCRBY', p.stats, kind .. '|' .. medium .. '|cancelled', 1)
           redis.call('EXPIRE', p.stats, p.stats_ttl)

@@ -7,11 +7,11 @@ their statuses are kept); cancelling walks that set in one atomic step."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
-import orjson
 import redis.asyncio as aioredis
 from pydantic import BaseModel
 
@@ -23,6 +23,7 @@ SOURCE = resources.files(__package__).joinpath("cancel.lua").read_text()
 NOTIFICATION_PREFIX = "nt:n:"
 DUE = "nt:due"
 CANCEL_PREFIX = "nt:cancel:"
+TIMELINE_PREFIX = "nt:log:"  # a notification's status changes (the operator console's timeline)
 STATS_PREFIX = "nt:stats:"
 STATS_TTL = 90 * 86400
 
@@ -61,6 +62,7 @@ def payload(
         "stats": stats_key(now),
         "stats_ttl": STATS_TTL,
         "ids": ids or [],
+        "timeline": TIMELINE_PREFIX,
     }
     if cancel_key is not None:
         body["index"] = index_key(cancel_key)
@@ -68,7 +70,7 @@ def payload(
         body["only"] = only.value
     if states is not None:
         body["states"] = states
-    return orjson.dumps(body)
+    return json.dumps(body, separators=(",", ":")).encode()
 
 
 async def cancel(

@@ -1,0 +1,173 @@
+"""Providers' feedback in Redis: reports on deliveries, the email suppression list, the map
+from Twilio's message sids to notifications, and what makes each provider event count once.
+
+Each event is applied in one WATCHed MULTI that also marks it applied (`keys.provider_event`),
+so a provider that sends an event twice, or two notifiers taking it at once, change the status
+and the analytics once. The suppression list holds the SHA-256 of an address, never the
+address: it tells whether an address bounced, and nothing else."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from archmesh_client.notifications import Medium
+from redis.exceptions import RedisError, WatchError
+
+from notifier import analytics, keys
+from notifier.feedback_report import Report, field_of, supersedes
+from notifier.metrics import NotifierMetrics
+from notifier.settings import NotifierSettings
+from shared.logging import get_logger
+
+log = get_logger(__name__)
+
+
+class Applied(StrEnum):
+    """What became of one provider event."""
+
+    RECORDED = "recorded"  # the delivery's status (or its provider report) changed
+    UNCHANGED = "unchanged"  # taken, but a report of equal or higher rank is kept already
+    UNMATCHED = "unmatched"  # no such delivery (unknown, or its status expired)
+    DUPLICATE = "duplicate"  # this event was applied before
+
+
+def address_hash(address: str) -> str:
+    return hashlib.sha256(address.strip().lower().encode()).hexdigest()
+
+
+def event_hash(*parts: str) -> str:
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
+
+
+class ProviderFeedback:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        retention: float,
+        metrics: NotifierMetrics,
+        clock: Callable[[], datetime],
+        *,
+        track_sms: bool,
+    ) -> None:
+        """`track_sms`: remember each SMS's sid (only worth it when SMS carry a status
+        callback, i.e. a public URL is set)."""
+        self._redis = redis
+        self._retention = int(retention)
+        self._metrics = metrics
+        self._clock = clock
+        self._track_sms = track_sms
+
+    @classmethod
+    def from_settings(
+        cls,
+        redis: aioredis.Redis,
+        s: NotifierSettings,
+        metrics: NotifierMetrics,
+        clock: Callable[[], datetime],
+    ) -> ProviderFeedback:
+        return cls(
+            redis, s.notifier_retention, metrics, clock, track_sms=bool(s.notifier_public_url)
+        )
+
+    # -- what the deliverer asks and tells -----------------------------------------------------
+
+    async def email_suppression(self, address: str) -> str | None:
+        """Why emails to `address` are not sent (it hard-bounced), or None."""
+        raw = await self._redis.get(keys.suppressed_email(address_hash(address)))
+        if raw is None:
+            return None
+        found = orjson.loads(raw)
+        return f"address suppressed since {found['at']}: {found['reason']}"
+
+    async def sms_sent(self, sid: str, notification_id: str) -> None:
+        """Remember which notification an accepted SMS belongs to. Never raises: the SMS is
+        out, and a failure here must not make the deliverer send it again (its callbacks are
+        then `unmatched`)."""
+        if not self._track_sms:
+            return
+        value = f"{notification_id}|{Medium.SMS.value}"
+        try:
+            await self._redis.set(keys.sms_message(sid), value, ex=self._retention)
+        except RedisError as exc:
+            log.warning(
+                "sms_sid_not_stored", notification=notification_id, error=type(exc).__name__
+            )
+
+    # -- what webhooks ask ---------------------------------------------------------------------
+
+    async def sms_delivery(self, sid: str) -> str | None:
+        """The notification an SMS sid was sent for, while its status lives."""
+        raw = await self._redis.get(keys.sms_message(sid))
+        return None if raw is None else str(raw).rpartition("|")[0]
+
+    async def meta(self, notification_id: str) -> dict[str, Any] | None:
+        raw = await self._redis.hget(keys.notification(notification_id), "meta")
+        return None if raw is None else dict(orjson.loads(raw))
+
+    async def applied(self, event: str) -> bool:
+        return bool(await self._redis.exists(keys.provider_event(event)))
+
+    async def take_signature(self, signature: str, seconds: float) -> bool:
+        """False if this signed request was taken already (a replay)."""
+        key = keys.webhook_signature(signature)
+        return bool(await self._redis.set(key, "1", nx=True, ex=max(1, int(seconds))))
+
+    async def release_signature(self, signature: str) -> None:
+        """Let the same request be sent again: it failed before all its events were applied."""
+        await self._redis.delete(keys.webhook_signature(signature))
+
+    async def apply(
+        self,
+        event: str,
+        notification_id: str | None,
+        medium: Medium,
+        report: Report,
+        suppress: str | None = None,
+    ) -> Applied:
+        """Record `report` on the delivery (if it outranks what is kept) and, with `suppress`
+        (an address), add it to the suppression list; at most once per `event`."""
+        marker = keys.provider_event(event)
+        key = keys.notification(notification_id) if notification_id else None
+        while True:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(marker, *([key] if key else []))
+                    if await pipe.exists(marker):
+                        return Applied.DUPLICATE
+                    kind, old = await _delivery(pipe, key, medium)
+                    change = kind is not None and supersedes(report, old)
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.set(marker, "1", ex=self._retention)
+                    if suppress is not None:
+                        entry = {"reason": report.reason or "", "at": report.at.isoformat()}
+                        pipe.set(keys.suppressed_email(address_hash(suppress)), orjson.dumps(entry))
+                    if change and key is not None and kind is not None:
+                        pipe.hset(key, field_of(medium), report.model_dump_json())
+                        if report.status is not None:
+                            now = self._clock()
+                            analytics.count(pipe, now, kind, medium.value, report.status.value)
+                    await pipe.execute()
+                except WatchError:
+                    continue
+            break
+        if change and report.status is not None:
+            self._metrics.deliveries.labels(medium.value, report.status.value).inc()
+        if kind is None:
+            return Applied.UNMATCHED
+        return Applied.RECORDED if change else Applied.UNCHANGED
+
+
+async def _delivery(pipe: Any, key: str | None, medium: Medium) -> tuple[str | None, Report | None]:
+    """The notification's type (None: no such delivery) and the report kept on it."""
+    if key is None:
+        return None, None
+    meta, delivery, kept = await pipe.hmget(key, ["meta", f"ch:{medium.value}", field_of(medium)])
+    if meta is None or delivery is None:
+        return None, None
+    return orjson.loads(meta)["type"], None if kept is None else Report.model_validate_json(kept)
