@@ -87,6 +87,9 @@ async def test_users_subscribe_with_their_own_token_and_services_with_the_api_ke
     async with NotifierClient(redis_server.url) as client:
         assert await client.subscribe("ann", TOPIC) is True
         assert await client.topics("ann") == [TOPIC]
+        with pytest.raises(ValueError, match="topic"):
+            await client.subscribe("ann", "a{b}")  # braces would break the keys' hash tag
+        assert await client.unsubscribe("ann", "release-train") is False
         first = await client.subscribers(TOPIC, limit=2)
         assert (first.users, first.next_cursor) == (["ann", "kim"], "kim")
         rest = await client.subscribers(TOPIC, first.next_cursor, limit=2)
