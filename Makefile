@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint fmt typecheck pytest jstest clean cluster chaos screenshots bench
+.PHONY: run test lint fmt typecheck pytest jstest clean cluster chaos screenshots bench bench-topics
 
 # The client package first: the servers depend on it and it is not on PyPI.
 $(STAMP): pyproject.toml clients/python/pyproject.toml
@@ -57,6 +57,10 @@ screenshots: $(STAMP)
 # (ignored by git), needs node, npm and redis-server; writes docs/benchmarks.md (~12 min).
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# One notifier fans a topic of 10,000 then 100,000 subscribers out: the time and its peak RSS.
+bench-topics: $(STAMP)
+	$(BIN)/python bench/topic_fanout.py $(BENCH_TOPICS_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache tests/js/node_modules

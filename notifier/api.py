@@ -46,6 +46,7 @@ from notifier.schemas import (
     Template,
 )
 from notifier.templates import TemplateInvalid
+from notifier.topics_api import TopicsApi
 from shared.http_api import bearer, is_api_key, json_body, require_api_key
 from shared.http_errors import ApiError
 from shared.openapi import API_KEY, USER_TOKEN, Handler, Param, method_route, operation
@@ -65,6 +66,7 @@ if TYPE_CHECKING:
     from notifier.settings import NotifierSettings
     from notifier.status import StatusStore
     from notifier.template_store import TemplateStore
+    from notifier.topics import TopicStore
     from notifier.workflow import WorkflowWatcher
     from shared.tokens import TokenVerifier
 
@@ -87,6 +89,7 @@ class NotifierParts(Protocol):
     publisher: Publisher
     canceller: Canceller
     clock: Callable[[], datetime]
+    topics: TopicStore
 
 
 MAX_BODY = 256 * 1024
@@ -160,6 +163,7 @@ class NotifierApi:
             ),
             _route("/api/analytics", GET=self.analytics),
             _route("/api/sessions/{session_id}", PUT=self.put_session, DELETE=self.delete_session),
+            *TopicsApi(self.notifier, self._user, self._service).routes(),
         ]
 
     # -- auth ------------------------------------------------------------------------------
@@ -239,6 +243,7 @@ class NotifierApi:
             raise ApiError(422, "unknown_template", f"no template named {item.template!r}")
         if (
             self.notifier.settings.notifier_known_users_only
+            and item.user_id is not None  # a topic's subscribers are checked when they subscribe
             and await self.notifier.preferences.get(item.user_id) is None
         ):
             raise ApiError(422, "unknown_user", f"user {item.user_id!r} has no preferences saved")

@@ -43,6 +43,8 @@ from notifier.senders.sms import SmsSender
 from notifier.settings import NotifierSettings
 from notifier.status import StatusStore
 from notifier.template_store import TemplateStore
+from notifier.topics import TopicStore
+from notifier.topics_fanout import TopicFanout
 from notifier.unsubscribe import UnsubscribeLinks
 from notifier.unsubscribe_api import UnsubscribeApi
 from notifier.worker import Worker
@@ -119,6 +121,7 @@ class Notifier:
         self.critical = frozenset(s.notifier_critical_types)
         self.unsubscribe = UnsubscribeLinks.from_settings(s, clock)
         self.intake = Intake(self.redis, self.node, s.notifier_claim_idle)
+        self.topics = TopicStore(self.redis)
         self.feedback = ProviderFeedback.from_settings(self.redis, s, self.metrics, clock)
         self.workflows = WorkflowWatcher(
             self.redis, self.broker, parse_rules(s.notifier_workflow_rules), s.notifier_retention
@@ -171,6 +174,13 @@ class Notifier:
             push_ttl=s.push_ttl,
         )
         links = self.unsubscribe
+        fanouts = TopicFanout(
+            self.redis,
+            self.intake,
+            clock,
+            batch=s.notifier_topic_batch,
+            retention=s.notifier_retention,
+        )
         deliverer = Deliverer(
             self.redis,
             self.statuses,
@@ -182,6 +192,7 @@ class Notifier:
             StepGate(self.redis, self.preferences, self.canceller, clock, self.critical),
             DigestCloser(self.redis),
             email_headers=None if links is None else links.email_headers,
+            fanouts=fanouts,
             feedback=self.feedback,
         )
         worker: Worker
@@ -193,6 +204,7 @@ class Notifier:
             options,
             clock,
             on_scheduled=lambda: worker.wake(),
+            fanouts=fanouts,
         )
         worker = Worker(
             self.intake,

@@ -29,6 +29,7 @@ from notifier.senders.email import EmailMessage, EmailSender
 from notifier.senders.push import PushSender, PushTarget
 from notifier.senders.sms import SmsSender
 from notifier.status import StatusStore
+from notifier.topics_fanout import TopicFanout
 from shared.logging import get_logger
 from shared.lua import lua
 
@@ -93,10 +94,13 @@ class Deliverer:
         digests: DigestCloser,
         email_headers: Callable[[str, str], dict[str, str]] | None = None,
         feedback: ProviderFeedback | None = None,
+        fanouts: TopicFanout | None = None,
     ) -> None:
         """`email_headers(user_id, type)`: extra headers of an email (unsubscribe links).
-        `feedback`: the suppression list to check, where SMS sids are remembered."""
+        `feedback`: the suppression list to check, where SMS sids are remembered.
+        `fanouts` runs topic fan-out jobs (leased and renewed here like any job)."""
         self._redis = redis
+        self._fanouts = fanouts
         self._steps = steps
         self._digests = digests
         self._feedback = feedback
@@ -149,6 +153,9 @@ class Deliverer:
             sent = await self._digests.close(job.removeprefix(keys.DIGEST_JOB), self._clock())
             if sent:
                 log.info("digest_closed", digest=job, events=sent)
+            return
+        if job.startswith(keys.FANOUT_JOB) and self._fanouts is not None:
+            await self._fanouts.run(job)
             return
         notification_id, _, name = job.rpartition("|")
         channel = Medium(name)

@@ -1,7 +1,8 @@
 """Erasing a user (`DELETE /api/users/{user}`): what the notifier holds of a person, gone.
 
 Removed: preferences and contacts, the whole inbox, every other per-user key
-(`keys.user_keys`: topic subscriptions add theirs there when topics exist), the history of the
+(`keys.user_keys`), the user's topic subscriptions (first, found in their set of topics, which
+the script then deletes: an erasure cut short is finished by the next), the history of the
 user's `user:` channel (it holds the in-app notifications too), the workflow sessions the user
 owns, every delivery still to come (held, pending, retrying, waiting to escalate: cancelled,
 out of `nt:due`), and the user's throttle logs and open digest windows.
@@ -28,10 +29,12 @@ REASON = "the user was erased"
 class Erasure:
     def __init__(self, redis: aioredis.Redis, clock: Callable[[], datetime]) -> None:
         self._clock = clock
+        self._redis = redis
         self._erase = redis.register_script(lua("notifier.scripts", "erase.lua"))
 
     async def erase(self, user_id: str) -> int:
         """Idempotent; the number of deliveries it cancelled (0 the second time)."""
+        await self._leave_topics(user_id)
         payload = {
             "user": user_id,
             "prefs": keys.preferences(user_id),
@@ -47,6 +50,16 @@ class Erasure:
             "digest_job": keys.DIGEST_JOB,
         }
         return int(await self._erase(args=[orjson.dumps(payload)]))
+
+    async def _leave_topics(self, user_id: str) -> None:
+        """Out of every topic's subscribers (each topic is its own key, in its own slot)."""
+        topics = await self._redis.smembers(keys.user_topics(user_id))
+        if not topics:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for topic in topics:
+                pipe.zrem(keys.topic_subscribers(str(topic)), user_id)
+            await pipe.execute()
 
 
 def _channel_keys(user_id: str) -> list[str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from archmesh_client import cancellation
+from archmesh_client import cancellation, topics
 from archmesh_client.notifications import REQUEST_STREAM
 
 REQUESTS = REQUEST_STREAM  # XADD nt:requests * request <NotificationRequest JSON>
@@ -15,6 +15,7 @@ GROUP = "notifiers"
 DUE = cancellation.DUE  # zset "<id>|<channel>" (or "#dg:<digest id>") -> unix ms it is due
 DIGEST_JOB = "#dg:"  # due member of a digest's close ("#" is not in the id alphabet)
 DIGEST_FIELD = "digest"  # stream field marking a digest's own request (not digested again)
+FANOUT_JOB = "#fo:"  # due member of a topic fan-out: "#fo:<topic>|<request id>"
 ATTEMPTS = "nt:attempts"  # hash entry id -> failed processing attempts
 SESSIONS = "nt:sessions"  # hash session id -> owner user id (workflow rules)
 
@@ -92,14 +93,36 @@ def user_notifications(user_id: str) -> str:
     return f"nt:user:{user_id}:notifications"
 
 
+def topic_subscribers(topic: str) -> str:
+    """zset user id -> 0 (user id order), hash-tagged `{topic:<name>}` like every topic key."""
+    return topics.subscribers_key(topic)
+
+
+def user_topics(user_id: str) -> str:
+    """set: the user's topics, so an erasure finds their subscriptions without a scan."""
+    return topics.user_topics_key(user_id)
+
+
+def fanout(topic: str, request_id: str) -> str:
+    """hash: one topic request's fan-out (request, cursor = last user id enqueued, state)."""
+    return f"{topics.topic_key(topic)}:fo:{request_id}"
+
+
+def fanout_job(topic: str, request_id: str) -> str:
+    """Its member of `DUE` (claimed with a lease like a delivery)."""
+    return f"{FANOUT_JOB}{topic}|{request_id}"
+
+
 def user_keys(user_id: str) -> list[str]:
     """Every key that belongs to one user alone: an erasure deletes them whole.
 
-    A new per-user key goes here too (topic subscriptions, when topics exist, add theirs)."""
+    A new per-user key goes here too. (The user's entries in the topics' subscriber sets are
+    not theirs alone: notifier/erasure.py removes them first, found through `user_topics`.)"""
     return [
         preferences(user_id),
         *inbox(user_id),
         user_notifications(user_id),
+        user_topics(user_id),
     ]
 
 

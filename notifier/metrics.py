@@ -14,7 +14,7 @@ class NotifierMetrics:
         )
         self.processed = Counter(
             "archmesh_notifier_requests_processed",
-            "Stream entries processed, by outcome (accepted, duplicate, dead_letter)",
+            "Stream entries processed, by outcome (accepted, duplicate, dead_letter, topic)",
             ["outcome"],
             registry=r,
         )

@@ -23,6 +23,7 @@ from notifier.metrics import NotifierMetrics
 from notifier.planner import Plan, plan
 from notifier.rules import Route, Rules
 from notifier.schemas import DeliveryState, InboxCounts, Preferences, Template
+from notifier.topics_fanout import TopicFanout
 from shared.broker import Broker, BrokerError
 from shared.logging import get_logger
 
@@ -80,8 +81,10 @@ class Processor:
         options: Options,
         clock: Clock,
         on_scheduled: Callable[[], None],
+        fanouts: TopicFanout | None = None,
     ) -> None:
         self._ledger = ledger
+        self._fanouts = fanouts
         self._broker = broker
         self._metrics = metrics
         self._options = options
@@ -99,9 +102,24 @@ class Processor:
                 dead.append((entry, f"invalid request: {reason}"))
             else:
                 work.append(_Work(entry, request))
+        fanned, work = await self._fan_out(work, dead)
         duplicates, work = await self._prepare(work, dead)
-        await self._commit(work, duplicates, dead)
+        await self._commit(work, duplicates, dead, fanned)
         await self._push(work)
+
+    async def _fan_out(
+        self, work: list[_Work], dead: list[tuple[Entry, str]]
+    ) -> tuple[list[Entry], list[_Work]]:
+        """Topic requests become fan-out jobs (notifier/topics_fanout.py), acknowledged with
+        the batch; the rest are per-user requests."""
+        topical = [w for w in work if w.request.topic is not None]
+        if not topical or self._fanouts is None:
+            return [], work
+        refused = await self._fanouts.start(w.request for w in topical)
+        dead += [(w.entry, refused[w.request.id]) for w in topical if w.request.id in refused]
+        self._on_scheduled()
+        fanned = [w.entry for w in topical if w.request.id not in refused]
+        return fanned, [w for w in work if w.request.topic is None]
 
     async def _prepare(
         self, work: list[_Work], dead: list[tuple[Entry, str]]
@@ -156,14 +174,14 @@ class Processor:
         """The request and, when its type has them, its throttle and digest specs."""
         request, rules = item.request, self._options.rules
         if item.is_digest:
-            return Asked(request.id, request.user_id)
+            return Asked(request.id, request.recipient)
         rule = rules.throttles.get(request.type)
         digest = rules.digest_of(request)
         if digest is not None:
             item.digest = digests.open_spec(request, digest)
         spec = None if rule is None else throttle.spec(request, rule)
         item.throttle_key = None if spec is None else spec["key"]
-        return Asked(request.id, request.user_id, throttle=spec, digest=item.digest)
+        return Asked(request.id, request.recipient, throttle=spec, digest=item.digest)
 
     def _refusal(
         self, request: NotificationRequest, prefs: str | None, found: dict[str, Template | None]
@@ -175,9 +193,13 @@ class Processor:
         return None
 
     async def _commit(
-        self, work: list[_Work], duplicates: list[Entry], dead: list[tuple[Entry, str]]
+        self,
+        work: list[_Work],
+        duplicates: list[Entry],
+        dead: list[tuple[Entry, str]],
+        fanned: list[Entry],
     ) -> None:
-        outcome = Outcome(acks=[entry.id for entry in duplicates])
+        outcome = Outcome(acks=[entry.id for entry in [*duplicates, *fanned]])
         now = self._clock()
         for item in work:
             self._stage(outcome, item, now)
@@ -191,6 +213,7 @@ class Processor:
             if item.plan is not None and item.plan.inbox is not None:
                 item.counts = next(counts)
         self._count(work, duplicates, dead)
+        self._metrics.processed.labels("topic").inc(len(fanned))
         if any(item.plan and (item.plan.due or item.route.collect) for item in work):
             self._on_scheduled()
 
@@ -209,7 +232,7 @@ class Processor:
             keys.due_member(request.id, channel.value): int(at.timestamp() * 1000)
             for channel, at in result.due.items()
         }
-        inbox = None if result.inbox is None else (request.user_id, result.inbox)
+        inbox = None if result.inbox is None else (request.recipient, result.inbox)
         fields = status.fields_of(meta, result.deliveries, result.jobs)
         if item.throttle_key is not None:
             fields["th"] = item.throttle_key  # the user's throttle log, for an erasure
@@ -225,7 +248,7 @@ class Processor:
                 "now": int(now.timestamp() * 1000),
             }
         cancel_key = request.cancel_key if _open(result) else None
-        owner = (request.user_id, now)
+        owner = (request.recipient, now)
         outcome.record(
             item.entry,
             request.id,
@@ -260,7 +283,7 @@ class Processor:
             return
         items = [
             (
-                user_channel(w.request.user_id),
+                user_channel(w.request.recipient),
                 notification_event(w.plan.inbox, w.counts.unseen, w.counts.unread),
             )
             for w in work

@@ -40,6 +40,12 @@ class NotifierSettings(Settings):
         description="type=window:10m[;sliding:1h][;max:50][;first:now][;show:20][;in_app:each]",
     )
     notifier_throttles: str = Field("", description="type=K/window, e.g. comment_added=5/1h")
+    notifier_topic_batch: int = Field(
+        500, ge=1, le=10000, description="Subscribers a topic fan-out enqueues per step."
+    )
+    notifier_max_topics: int = Field(
+        1000, ge=1, description="Topics one user may subscribe to through the API."
+    )
 
     smtp_host: str = ""
     smtp_port: int = Field(587, ge=1, le=65535)

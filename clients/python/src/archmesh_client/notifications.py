@@ -19,6 +19,11 @@ ID_PATTERN = r"^[A-Za-z0-9._@|+=-]{1,128}$"
 TYPE_PATTERN = r"^[a-z0-9][a-z0-9_.:-]{0,99}$"
 
 Id = Annotated[str, Field(pattern=ID_PATTERN)]
+# A topic (`project:42`): the id alphabet plus `:`, without `|` (it separates a fanned-out
+# request's id from its user's) and without braces (they hash-tag the topic's Redis keys).
+TOPIC_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,127}$"
+TopicName = Annotated[str, Field(pattern=TOPIC_PATTERN)]
+MAX_EXCLUDED = 100
 # A BCP 47 language tag, loosely: a 2-3 letter language, then subtags (`pt-BR`, `zh-Hant-TW`).
 LOCALE_PATTERN = r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8}){0,4}$"
 
@@ -81,10 +86,19 @@ def new_notification_id() -> str:
 
 
 class NotificationRequest(_Strict):
-    """What a backend asks for. `id` is the idempotency key: the same id is processed once."""
+    """What a backend asks for. `id` is the idempotency key: the same id is processed once.
+
+    For one user (`user_id`) or for every subscriber of a `topic` but the `exclude`d (the
+    actor, say): the notifier fans a topic request out into one request per subscriber."""
 
     id: Id = Field(default_factory=new_notification_id)
-    user_id: Id
+    user_id: Id | None = None
+    topic: TopicName | None = Field(None, description="every subscriber, instead of user_id")
+    exclude: list[Id] = Field(
+        default_factory=list,
+        max_length=MAX_EXCLUDED,
+        description="subscribers a topic request skips (e.g. the actor)",
+    )
     type: str = Field(pattern=TYPE_PATTERN, description="e.g. workflow_review_required")
     title: str | None = Field(None, min_length=1, max_length=200)
     body: str | None = Field(None, max_length=5000)
@@ -131,7 +145,20 @@ class NotificationRequest(_Strict):
     def _content(self) -> NotificationRequest:
         if self.template is None and self.title is None:
             raise ValueError("give a title (and body), or a template")
+        if (self.user_id is None) == (self.topic is None):
+            raise ValueError("give exactly one of user_id and topic")
+        if self.topic is None and self.exclude:
+            raise ValueError("exclude goes with a topic")
+        if self.topic is not None and "|" in self.id:
+            raise ValueError("a topic request's id has no | (its subscribers' ids add one)")
         return self
+
+    @property
+    def recipient(self) -> str:
+        """The user of a per-user request (a topic request has none until it is fanned out)."""
+        if self.user_id is None:
+            raise ValueError(f"request {self.id} is for topic {self.topic!r}, not one user")
+        return self.user_id
 
 
 _DURATION = re.compile(r"^(\d{1,9})(ms|s|m|h|d)$")

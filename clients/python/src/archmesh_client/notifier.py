@@ -2,6 +2,9 @@
 
 async with NotifierClient("redis://localhost:6379/0") as notifier:
     await notifier.send({"user_id": "u1", "type": "workflow_failed", "title": "It failed"})
+    await notifier.subscribe("u1", "project:42")
+    await notifier.send({"topic": "project:42", "exclude": ["u2"], "type": "comment_added",
+                         "title": "New comment"})
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from archmesh_client.notifications import (
     validation_error,
 )
 from archmesh_client.request_stream import enqueue
+from archmesh_client.topics import Page, page, subscribe, topics_of, unsubscribe
 
 Item = NotificationRequest | Mapping[str, Any]
 
@@ -61,6 +65,22 @@ class NotifierClient:
         """Cancel every step not yet sent (held in quiet hours, waiting to escalate, collected
         in an open digest) of the notifications that carried `cancel_key`."""
         return await cancel(self._redis, cancel_key)
+
+    async def subscribe(self, user_id: str, topic: str) -> bool:
+        """Subscribe the user to `topic` (a request to the topic reaches them); True if new."""
+        return await subscribe(self._redis, user_id, topic)
+
+    async def unsubscribe(self, user_id: str, topic: str) -> bool:
+        """True if the user was subscribed."""
+        return await unsubscribe(self._redis, user_id, topic)
+
+    async def topics(self, user_id: str) -> list[str]:
+        """The topics the user subscribes to."""
+        return await topics_of(self._redis, user_id)
+
+    async def subscribers(self, topic: str, cursor: str | None = None, limit: int = 500) -> Page:
+        """A page of the topic's subscribers (pass `next_cursor` back for the next one)."""
+        return await page(self._redis, topic, cursor, limit)
 
     async def aclose(self) -> None:
         await self._redis.aclose()

@@ -1,0 +1,188 @@
+"""`make bench-topics`: one notifier fans a topic request out to every subscriber; how long it
+takes and how much memory the notifier needs (its peak RSS, /proc/<pid>/status VmHWM).
+
+For each size (default 10,000 and 100,000 subscribers) a fresh private redis-server and a fresh
+notifier process (`archmesh-rt notifier`, pinned to core 0; Redis on core 1): the subscribers
+are written straight into the topic's keys, one in-app request to the topic is queued, and the
+clock runs until every subscriber's in-app notification is recorded sent. Peak RSS that does
+not grow with the topic is the point: the fan-out walks the subscribers in batches
+(`ARCHMESH_NOTIFIER_TOPIC_BATCH`) and never holds the topic.
+
+    .venv/bin/python bench/topic_fanout.py [--sizes 10000,100000] [--batch 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from archmesh_client.notifier import NotifierClient
+
+from notifier import keys
+
+REPO = Path(__file__).resolve().parent.parent
+
+TOPIC = "bench:topic"
+TYPE = "bench_topic"
+SERVER_CORE, LOAD_CORE = "0", "1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server is needed")
+    port = free_port()
+    workdir = tempfile.mkdtemp(prefix="archmesh-bench-topics-")
+    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    args += ["--dir", workdir, "--logfile", os.path.join(workdir, "redis.log")]
+    proc = subprocess.Popen(["taskset", "-c", LOAD_CORE, binary, *args])
+    try:
+        wait_port(port, proc)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        stop(proc)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def notifier(redis_url: str, batch: int) -> Iterator[subprocess.Popen[bytes]]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "ARCHMESH_REDIS_URL": redis_url,
+        "ARCHMESH_API_KEY": "bench-api-key",
+        "ARCHMESH_JWT_SECRET": "bench-jwt-secret-0123456789abcdef-0123",
+        "ARCHMESH_NOTIFIER_TOPIC_BATCH": str(batch),
+        "ARCHMESH_LOG_LEVEL": "warning",
+    }
+    archmesh = str(REPO / ".venv" / "bin" / "archmesh-rt")
+    command = ["taskset", "-c", SERVER_CORE, archmesh, "notifier", "--port", str(port)]
+    proc = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL)
+    try:
+        wait_port(port, proc)
+        yield proc
+    finally:
+        stop(proc)
+
+
+def status_kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} for {pid}")
+
+
+async def seed(redis: aioredis.Redis, count: int) -> None:
+    """`count` subscribers, written as subscribing writes them (both sides), 10,000 a trip."""
+    for start in range(0, count, 10_000):
+        users = [f"u{n:07d}" for n in range(start, min(count, start + 10_000))]
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(keys.topic_subscribers(TOPIC), dict.fromkeys(users, 0))
+            for user in users:
+                pipe.sadd(keys.user_topics(user), TOPIC)
+            await pipe.execute()
+
+
+async def delivered(redis: aioredis.Redis) -> int:
+    total = 0
+    async for key in redis.scan_iter("nt:stats:*"):
+        total += int(await redis.hget(key, f"{TYPE}|in_app|sent") or 0)
+    return total
+
+
+async def until_delivered(redis: aioredis.Redis, count: int, within: float = 600) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if await delivered(redis) >= count:
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"{count} in-app deliveries never recorded")
+
+
+async def measure(count: int, batch: int) -> dict[str, float | int]:
+    with redis_server() as url:
+        redis = aioredis.Redis.from_url(url, decode_responses=True)
+        await seed(redis, count)
+        with notifier(url, batch) as proc:
+            async with NotifierClient(url) as client:
+                # Warm up (imports, scripts, connections) on a one-user request first.
+                await client.send({"user_id": "warm", "type": TYPE, "title": "warm up"})
+                await until_delivered(redis, 1)
+                rss_before = status_kb(proc.pid, "VmRSS")
+                started = time.perf_counter()
+                await client.send(
+                    {"id": "fanout", "topic": TOPIC, "type": TYPE, "title": "Topic news"}
+                )
+            job = keys.fanout(TOPIC, "fanout")
+            fanned = None
+            while True:
+                if fanned is None and await redis.hget(job, "state") == "done":
+                    fanned = time.perf_counter() - started
+                if fanned is not None and await delivered(redis) >= count + 1:
+                    break
+                await asyncio.sleep(0.05)
+            finished = time.perf_counter() - started
+            hwm = status_kb(proc.pid, "VmHWM")
+        await redis.aclose()
+    return {
+        "subscribers": count,
+        "batch": batch,
+        "fanned_out_s": round(fanned, 2),
+        "all_delivered_s": round(finished, 2),
+        "per_second": round(count / finished),
+        "rss_before_fanout_mb": round(rss_before / 1024, 1),
+        "peak_rss_mb": round(hwm / 1024, 1),
+    }
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="10000,100000")
+    parser.add_argument("--batch", type=int, default=500)
+    args = parser.parse_args()
+    results = [await measure(int(size), args.batch) for size in args.sizes.split(",")]
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

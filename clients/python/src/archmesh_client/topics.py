@@ -1,0 +1,82 @@
+"""Topic subscriptions: who follows `project:42`, the one copy of their Redis layout and of the
+calls that change it. The notifier's API and `NotifierClient` both use these, and the
+notifier's fan-out and erasure read the same keys (notifier/keys.py names them).
+
+A topic's subscribers are one sorted set, every score 0, so it is ordered by user id and walked
+by cursor (`ZRANGEBYLEX (<last id> +`): a page, or a fan-out batch, never loads the whole topic,
+and a user who (un)subscribes meanwhile is simply met or not. Each user also has the set of
+their topics, so an erasure finds their subscriptions without scanning every topic.
+
+The two writes are not one transaction (in a Redis Cluster they live in different slots), so
+they are ordered to fail safe: subscribing records the user's side first and unsubscribing
+removes it last, so the user's set always covers every topic they are in."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from archmesh_client.notifications import ID_PATTERN, TOPIC_PATTERN
+
+
+def topic_key(topic: str) -> str:
+    """Every key of one topic shares the hash tag `{topic:<name>}` (one cluster slot)."""
+    return "nt:{topic:" + topic + "}"
+
+
+def subscribers_key(topic: str) -> str:
+    """zset user id -> 0: the topic's subscribers, in user id order."""
+    return f"{topic_key(topic)}:subs"
+
+
+def user_topics_key(user_id: str) -> str:
+    """set: the topics one user subscribes to (erasure reads it)."""
+    return f"nt:user:{user_id}:topics"
+
+
+def check(user_id: str, topic: str) -> None:
+    """ValueError unless both are well formed (they become Redis keys)."""
+    if not re.match(ID_PATTERN, user_id):
+        raise ValueError(f"user id {user_id!r}: 1-128 of A-Z a-z 0-9 . _ @ | + = -")
+    if not re.match(TOPIC_PATTERN, topic):
+        raise ValueError(f"topic {topic!r}: 1-128 of A-Z a-z 0-9 . _ : @ + = - (no | or braces)")
+
+
+async def subscribe(redis: aioredis.Redis, user_id: str, topic: str) -> bool:
+    """True if the user was not subscribed yet (idempotent)."""
+    check(user_id, topic)
+    await redis.sadd(user_topics_key(user_id), topic)
+    return bool(await redis.zadd(subscribers_key(topic), {user_id: 0}))
+
+
+async def unsubscribe(redis: aioredis.Redis, user_id: str, topic: str) -> bool:
+    """True if the user was subscribed (idempotent)."""
+    check(user_id, topic)
+    removed = bool(await redis.zrem(subscribers_key(topic), user_id))
+    await redis.srem(user_topics_key(user_id), topic)
+    return removed
+
+
+async def topics_of(redis: aioredis.Redis, user_id: str) -> list[str]:
+    """The user's topics, sorted."""
+    found = await redis.smembers(user_topics_key(user_id))
+    return sorted(t.decode() if isinstance(t, bytes) else t for t in found)
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """Subscribers in user id order; `next_cursor` (the last id) asks for the next page, None
+    at the end."""
+
+    users: list[str]
+    next_cursor: str | None
+
+
+async def page(redis: aioredis.Redis, topic: str, cursor: str | None, limit: int) -> Page:
+    """Up to `limit` subscribers after `cursor` (None: from the first)."""
+    start = "-" if not cursor else f"({cursor}"
+    found = await redis.zrangebylex(subscribers_key(topic), start, "+", 0, limit)
+    users = [u.decode() if isinstance(u, bytes) else u for u in found]
+    return Page(users, users[-1] if len(users) == limit else None)
