@@ -267,7 +267,9 @@ def texted(notifier: NotifierProcess, twilio: TwilioApi, phone: str) -> tuple[st
     assert notifier.request("PUT", f"/api/users/{user}/preferences", json=prefs).status_code == 200
     body = {"user_id": user, "type": "build_done", "title": "Built", "channels": ["sms"]}
     nid = notifier.request("POST", "/api/notifications", json=body).json()["id"]
-    wait_until(lambda: sms_state(notifier, nid)["status"] == "sent", timeout=10, what="sms sent")
+    wait_until(
+        lambda: sms_state(notifier, nid).get("status") == "sent", timeout=10, what="sms sent"
+    )
     [sms] = [m for m in twilio.messages if m.to == phone]
     return nid, sms
 
