@@ -25,9 +25,8 @@ from typing import Protocol
 
 from starlette.types import Send
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from websockets.datastructures import Headers
-from websockets.http11 import Request, Response
 
+from gateway import slim
 from gateway.protocol import Outgoing
 
 
@@ -50,6 +49,10 @@ class Outbox(Protocol):
 
     def abort(self) -> None:
         """Drop the socket at once (a peer that stopped reading never takes a close frame)."""
+        ...
+
+    def settled(self) -> None:
+        """The client is connected and waits: release what setting up the socket needed."""
         ...
 
 
@@ -107,22 +110,10 @@ def open_outbox(send: Send, limit: int, flusher: Flusher) -> Outbox:
     """The direct path where the server allows it, else ASGI."""
     protocol = getattr(send, "__self__", None)
     if isinstance(protocol, WebSocketsSansIOProtocol):
-        _release_handshake(protocol)
+        slim.accepted(protocol)
         if not protocol.conn.extensions:
             return TransportOutbox(protocol, send, limit, flusher)
     return AsgiOutbox(send, limit)
-
-
-_NO_HEADERS = Headers()
-
-
-def _release_handshake(protocol: WebSocketsSansIOProtocol) -> None:
-    """uvicorn keeps the upgrade request, its response and the scope's header list for the
-    life of the socket, but reads none of them once the handshake is done: about 3 KiB a
-    socket. Keep empty stand-ins instead (called after the app has read the headers)."""
-    protocol.request = Request(protocol.request.path, _NO_HEADERS)
-    protocol.response = Response(101, "Switching Protocols", _NO_HEADERS)
-    protocol.scope["headers"] = []
 
 
 class TransportOutbox:
@@ -220,6 +211,9 @@ class TransportOutbox:
     def abort(self) -> None:
         self._transport.abort()
 
+    def settled(self) -> None:
+        slim.settled(self._protocol)
+
 
 class AsgiOutbox:
     def __init__(self, send: Send, limit: int) -> None:
@@ -279,3 +273,6 @@ class AsgiOutbox:
         transport = getattr(getattr(self._send, "__self__", None), "transport", None)
         if transport is not None:
             transport.abort()
+
+    def settled(self) -> None:
+        slim.settled(getattr(self._send, "__self__", None))
