@@ -187,6 +187,7 @@ def gateway_main(opts: argparse.Namespace) -> None:
 
     from gateway import server as gateway_server
     from gateway.app import Gateway
+    from shared.logging import configure_logging
     from shared.settings import Settings
 
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -197,7 +198,9 @@ def gateway_main(opts: argparse.Namespace) -> None:
         )
         if opts.trace:
             tracemalloc.start(1)
-        gateway = Gateway(Settings())
+        settings = Settings()
+        configure_logging(settings.log_level, settings.log_format)  # as `archmesh-rt gateway`
+        gateway = Gateway(settings)
         port = opts.port or free_port()
         make_config = getattr(gateway_server, "uvicorn_config", None)
         if make_config is not None:

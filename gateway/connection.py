@@ -289,6 +289,16 @@ class Connection:
             self.close(CloseCode.INVALID_TOKEN)
             return
         self.claims, self.user_id = claims, claims.user_id
+        # The replies to a connect (`connected`, one `subscribed` per channel asked for, what
+        # was missed) leave in one write at its end: one system call per handshake, not many.
+        self._outbox.cork()
+        try:
+            await self._connect(frame, claims, own)
+        finally:
+            self._outbox.uncork()
+        self._outbox.settled()
+
+    async def _connect(self, frame: ConnectFrame, claims: Claims, own: str) -> None:
         refusal = await self._ctx.admission.admit(self, claims)  # revoked, or over the limit
         if refusal is not None:
             self._log.info("connect_refused", reason=CLOSE_REASONS[refusal])
@@ -328,7 +338,6 @@ class Connection:
                 await self._on_subscribe(sub)
             except FrameError as exc:
                 self.error(exc.code, str(exc), sub.id)
-        self._outbox.settled()
 
     async def _on_subscribe(self, frame: SubscribeFrame) -> None:
         channel, until = self._authorized(frame.channel, frame.token)

@@ -55,6 +55,14 @@ class Outbox(Protocol):
         """The client is connected and waits: release what setting up the socket needed."""
         ...
 
+    def cork(self) -> None:
+        """Hold frames (a handshake's replies) until `uncork`, to leave in one write."""
+        ...
+
+    def uncork(self) -> None:
+        """Write what `cork` held, and write through again."""
+        ...
+
 
 class Flusher:
     """Decides when frames are written. The first publication of an event-loop turn (and any
@@ -120,6 +128,7 @@ class TransportOutbox:
     __slots__ = (
         "_buffered",
         "_closing",
+        "_corked",
         "_flusher",
         "_frames",
         "_limit",
@@ -145,6 +154,7 @@ class TransportOutbox:
         # path (where `send` waits above it); only what is beyond counts against the budget.
         self._slack = self._transport.get_write_buffer_limits()[1]
         self._closing = False
+        self._corked = False
 
     def push(self, frame: Outgoing) -> bool:
         if self._closing:
@@ -157,14 +167,21 @@ class TransportOutbox:
             if self._buffered + self._size + size > budget:
                 return False
         frames = self._frames
-        if not frames and self._flusher.write_through:
+        if not frames and self._flusher.write_through and not self._corked:
             self._write(frames, wire)  # nothing queued before it: order holds
             return True
         frames.append(wire)
         self._size += size
-        if len(frames) == 1:
+        if len(frames) == 1 and not self._corked:
             self._flusher.add(self)
         return True
+
+    def cork(self) -> None:
+        self._corked = True
+
+    def uncork(self) -> None:
+        self._corked = False
+        self.flush()
 
     def flush(self) -> None:
         frames = self._frames
@@ -276,3 +293,9 @@ class AsgiOutbox:
 
     def settled(self) -> None:
         slim.settled(getattr(self._send, "__self__", None))
+
+    def cork(self) -> None:
+        pass  # one frame per send on this path
+
+    def uncork(self) -> None:
+        pass
