@@ -42,6 +42,22 @@ def rss_kib() -> int:
     raise RuntimeError("no VmRSS")
 
 
+WRITES = [0]  # writes of commands to Redis by this process: its round trips
+
+
+def count_writes() -> None:
+    """Count every write of one command or one pipeline to Redis (redis-py's one path)."""
+    from redis.asyncio.connection import AbstractConnection
+
+    original = AbstractConnection.send_packed_command
+
+    async def counted(self: Any, command: Any, check_health: bool = True) -> None:
+        WRITES[0] += 1
+        await original(self, command, check_health)
+
+    AbstractConnection.send_packed_command = counted  # type: ignore[method-assign]
+
+
 def type_counts() -> Counter[str]:
     counts: Counter[str] = Counter()
     for obj in gc.get_objects():
@@ -126,6 +142,7 @@ async def measure(opts: argparse.Namespace, server: Any, port: int, url: str) ->
     await asyncio.sleep(1.0)
     gc.collect()
     rss0, calls0, cpu0 = rss_kib(), await redis_calls(url), time.process_time()
+    writes0 = WRITES[0]
     types0 = type_counts() if opts.types else Counter()
     snap0 = tracemalloc.take_snapshot() if opts.trace else None
     profile = cProfile.Profile() if opts.profile else None
@@ -142,6 +159,7 @@ async def measure(opts: argparse.Namespace, server: Any, port: int, url: str) ->
         out = io.StringIO()
         pstats.Stats(profile, stream=out).sort_stats(opts.profile).print_stats(opts.top)
         print(out.getvalue(), file=sys.stderr)
+    writes = WRITES[0] - writes0
     calls1 = await redis_calls(url)
     await asyncio.sleep(2.0)
     gc.collect()
@@ -154,6 +172,7 @@ async def measure(opts: argparse.Namespace, server: Any, port: int, url: str) ->
         "rss_kib_per_conn": round((rss1 - rss0) / n, 2),
         "cpu_ms_per_connect": round(cpu * 1000 / n, 3),
         "connects_per_s_wall": round(n / wall, 1),
+        "redis_round_trips_per_connect": round(writes / n, 2),
         "redis_commands_per_connect": {
             name: round((calls1.get(name, 0) - calls0.get(name, 0)) / n, 2)
             for name in sorted(calls1)
@@ -196,6 +215,7 @@ def gateway_main(opts: argparse.Namespace) -> None:
         os.environ.update(
             ARCHMESH_REDIS_URL=url, ARCHMESH_JWT_SECRET=JWT_SECRET, ARCHMESH_LOG_LEVEL="warning"
         )
+        count_writes()
         if opts.trace:
             tracemalloc.start(1)
         settings = Settings()
