@@ -1,5 +1,6 @@
-"""History reads made in the same event-loop turn leave together, and identical ones are made
-once. Under a burst of connects (a reconnect storm, a node's start) every client reads its own
+"""Reads made in the same event-loop turn leave together, and identical ones are made once:
+history reads (the broker) and revocation checks (the revocation store). Under a burst of
+connects (a reconnect storm, a node's start) every client checks its token, reads its own
 channel's position and recovers its subscriptions: one pipeline per turn instead of one round
 trip per read costs Redis and the node far less per read, and the clients of one channel that
 reconnect from the same position share one read.
@@ -12,25 +13,30 @@ direct call. A waiter that is cancelled leaves the shared read to the others.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Generic, TypeVar
 
-from shared.broker.base import History
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
 
-ReadKey = tuple[str, int, int]  # (channel, since, limit)
-ReadOne = Callable[[str, int, int], Awaitable[History]]
-# Reads of one batch of two or more: an answer (or the exception) per read, in order.
-ReadMany = Callable[[list[ReadKey]], Awaitable[list[History | BaseException]]]
+ReadKey = tuple[str, int, int]  # a history read: (channel, since, limit)
 
 
-class BatchedReads:
-    def __init__(self, one: ReadOne, many: ReadMany) -> None:
+class TurnBatch(Generic[K, V]):
+    """`one(key)` reads a batch of one; `many(keys)` a batch of two or more, with an answer
+    (or the exception) per key, in order."""
+
+    def __init__(
+        self,
+        one: Callable[[K], Awaitable[V]],
+        many: Callable[[list[K]], Awaitable[list[V | BaseException]]],
+    ) -> None:
         self._one = one
         self._many = many
-        self._pending: dict[ReadKey, asyncio.Future[History]] = {}
+        self._pending: dict[K, asyncio.Future[V]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def read(self, channel: str, since: int, limit: int) -> History:
-        key = (channel, since, limit)
+    async def read(self, key: K) -> V:
         future = self._pending.get(key)
         if future is None:
             loop = asyncio.get_running_loop()
@@ -41,15 +47,15 @@ class BatchedReads:
 
     def _flush(self) -> None:
         batch, self._pending = self._pending, {}
-        task = asyncio.create_task(self._run(batch), name="history reads")
+        task = asyncio.create_task(self._run(batch), name="batched reads")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, batch: dict[ReadKey, asyncio.Future[History]]) -> None:
+    async def _run(self, batch: dict[K, asyncio.Future[V]]) -> None:
         keys = list(batch)
         try:
             if len(keys) == 1:
-                answers: list[History | BaseException] = [await self._one(*keys[0])]
+                answers: list[V | BaseException] = [await self._one(keys[0])]
             else:
                 answers = await self._many(keys)
         except Exception as exc:  # every waiter of the batch gets it
@@ -66,9 +72,7 @@ class BatchedReads:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-def _settle(
-    batch: dict[ReadKey, asyncio.Future[History]], answers: list[History | BaseException]
-) -> None:
+def _settle(batch: dict[K, asyncio.Future[V]], answers: list[V | BaseException]) -> None:
     for future, answer in zip(batch.values(), answers, strict=True):
         if future.done():
             continue

@@ -28,7 +28,7 @@ from shared.broker.base import (
     StateHandler,
 )
 from shared.broker.link import LinkDead, LinkSilent, Liveness, PubSubLink
-from shared.broker.reads import BatchedReads, ReadKey
+from shared.broker.reads import ReadKey, TurnBatch
 from shared.logging import get_logger
 from shared.redis_calls import NETWORK_ERRORS, as_broker_error, client_options, redis_client
 
@@ -53,7 +53,9 @@ class RedisBroker:
         self._publish = self._redis.register_script(publish_script.SOURCE)
         self._history = self._redis.register_script(history_script.SOURCE)
         self._reads = (
-            BatchedReads(self._history_one, self._history_many) if self.batched_reads else None
+            TurnBatch[ReadKey, History](self._read_key, self._history_many)
+            if self.batched_reads
+            else None
         )
         self._channels: set[str] = set()
         self._links: dict[str, PubSubLink] = {}
@@ -302,7 +304,10 @@ class RedisBroker:
     async def history(self, channel: str, since: int, limit: int) -> History:
         if self._reads is None:
             return await self._history_one(channel, since, limit)
-        return await self._reads.read(channel, since, limit)
+        return await self._reads.read((channel, since, limit))
+
+    async def _read_key(self, key: ReadKey) -> History:
+        return await self._history_one(*key)
 
     async def _history_one(self, channel: str, since: int, limit: int) -> History:
         ttl = self._policy.for_channel(channel).ttl
