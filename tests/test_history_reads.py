@@ -1,15 +1,18 @@
-"""History reads made in one event-loop turn leave in one pipeline, identical ones are made once
-(shared/broker/reads.py), against a real Redis: every caller still gets its own answer."""
+"""History reads made in one event-loop turn leave in one pipeline, identical ones are made once,
+and revocation checks of one turn are one MGET (shared/broker/reads.py), against a real Redis:
+every caller still gets its own answer."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import orjson
 import pytest
 
-from shared.broker import BrokerError
+from shared.broker import BrokerError, Liveness
 from shared.broker.redis import RedisBroker
+from shared.revocations import RedisRevocationStore
 from tests.servers import RedisServer
 
 
@@ -96,3 +99,25 @@ async def test_every_reader_of_a_failed_batch_gets_a_broker_error(
         assert all(isinstance(answer, BrokerError) for answer in answers), answers
     finally:
         await broker.close()
+
+
+async def test_revocation_checks_of_one_turn_are_one_mget(redis_server: RedisServer) -> None:
+    store = RedisRevocationStore(redis_server.url, Liveness(), cluster=False)
+    try:
+        now = time.time()
+        await store.revoke_token("bad-jti", now + 60)
+        await store.revoke_user("mallory", now, now + 60)
+        stats = redis_server.client().info("commandstats")
+        before = int(stats.get("cmdstat_mget", {}).get("calls", 0))
+        answers = await asyncio.gather(
+            store.revoked("bad-jti", "alice", now),  # its token
+            store.revoked("good-jti", "alice", now),
+            store.revoked(None, "mallory", now - 10),  # issued before the cut-off
+            store.revoked(None, "mallory", now + 10),
+            store.revoked(None, "bob", None),
+        )
+        assert answers == [True, False, True, False, False]
+        stats = redis_server.client().info("commandstats")
+        assert int(stats["cmdstat_mget"]["calls"]) - before == 1
+    finally:
+        await store.close()
