@@ -115,7 +115,9 @@ async def clients_main(port: int, first: int, count: int, extra: list[str]) -> N
 # -- the gateway (this process) ----------------------------------------------------------------
 
 
-async def measure(opts: argparse.Namespace, server: Any, port: int, url: str) -> dict[str, Any]:
+async def measure(
+    opts: argparse.Namespace, server: Any, gateway: Any, port: int, url: str
+) -> dict[str, Any]:
     while not server.started:  # noqa: ASYNC110 (uvicorn sets a flag, no event)
         await asyncio.sleep(0.05)
     extra = [c for c in opts.channels.split(",") if c and c != "user"]
@@ -198,6 +200,9 @@ async def measure(opts: argparse.Namespace, server: Any, port: int, url: str) ->
         proc.stdin.write(b"\n")
         await proc.stdin.drain()
         await proc.wait()
+    deadline = time.monotonic() + 60  # the clients leave before the server stops
+    while gateway.hub.connections and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.1)
     return result
 
 
@@ -246,7 +251,7 @@ def gateway_main(opts: argparse.Namespace) -> None:
         async def both() -> dict[str, Any]:
             serving = asyncio.ensure_future(server.serve())
             try:
-                return await measure(opts, server, port, url)
+                return await measure(opts, server, gateway, port, url)
             finally:
                 server.should_exit = True
                 server.force_exit = True
