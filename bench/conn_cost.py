@@ -167,12 +167,18 @@ async def measure(
     gc.collect()
     rss1 = rss_kib()
     n = opts.clients
+    idle_cpu = None
+    if opts.idle:  # what holding them costs: keepalive pings, timers, presence refresh
+        idle0 = time.process_time()
+        await asyncio.sleep(opts.idle)
+        idle_cpu = (time.process_time() - idle0) / opts.idle  # of a core
     result: dict[str, Any] = {
         "clients": n,
         "gateway": str(Path(sys.modules["gateway"].__file__ or "").parent.parent),
         "channels": opts.channels,
         "rss_kib_per_conn": round((rss1 - rss0) / n, 2),
         "cpu_ms_per_connect": round(cpu * 1000 / n, 3),
+        "idle_cpu_share_of_a_core": None if idle_cpu is None else round(idle_cpu, 4),
         "connects_per_s_wall": round(n / wall, 1),
         "redis_round_trips_per_connect": round(writes / n, 2),
         "redis_commands_per_connect": {
@@ -274,6 +280,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=5000)
     parser.add_argument("--channels", default="user,broadcast")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--idle", type=float, default=0, help="then hold them this long (s)")
     parser.add_argument("--trace", action="store_true", help="tracemalloc by line (slow)")
     parser.add_argument("--types", action="store_true", help="objects per connection by type")
     parser.add_argument("--profile", default="", help="cProfile the connects, sorted by this")
