@@ -124,6 +124,10 @@ def open_outbox(send: Send, limit: int, flusher: Flusher) -> Outbox:
     return AsgiOutbox(send, limit)
 
 
+# A cork holds a handshake's few replies; past this many bytes they are written at once.
+CORKED_BYTES = 16 * 1024
+
+
 class TransportOutbox:
     __slots__ = (
         "_buffered",
@@ -172,7 +176,10 @@ class TransportOutbox:
             return True
         frames.append(wire)
         self._size += size
-        if len(frames) == 1 and not self._corked:
+        if self._corked:
+            if self._size > CORKED_BYTES:
+                self.flush()  # a recovery's backlog: to the kernel now, as without the cork
+        elif len(frames) == 1:
             self._flusher.add(self)
         return True
 
