@@ -137,6 +137,7 @@ class Gateway:
             join_leave=JoinLeave(broker, tuple(settings.join_leave)),
             history=broker.history,
             admission=self.admission,
+            live_passed=self.hub.passed,
         )
         self.draining = False
         self._sse = SseEndpoint(self._context, self.hub, lambda: self.draining)

@@ -179,11 +179,10 @@ class Connection:
         try:
             if header_token is not None:
                 await self._on_connect(ConnectFrame(type="connect", token=header_token))
-            # The read loop, inline: one coroutine frame less on every idle socket.
-            while (message := await receive())["type"] != "websocket.disconnect":
-                if self._close_code is None:
-                    await self._on_message(message)
-            self._peer_code = message.get("code")
+            # The read loop, inline: one coroutine frame less on every idle socket. The message
+            # is not kept in a local while the next one is awaited (it may hold a token).
+            while await self._received(await receive()):
+                pass
         finally:
             self._outbox.stop()
             if self._deadline is not None:
@@ -195,6 +194,15 @@ class Connection:
                 await self._leave(channel)
             code = int(self._close_code) if self._close_code is not None else self._peer_code
             self._log.info("client_disconnected", user_id=self.user_id, code=code)
+
+    async def _received(self, message: Message) -> bool:
+        """Handle one ASGI message; False once the socket is gone."""
+        if message["type"] == "websocket.disconnect":
+            self._peer_code = message.get("code")
+            return False
+        if self._close_code is None:
+            await self._on_message(message)
+        return True
 
     def _connect_timeout(self) -> None:
         if self.user_id is None:
@@ -281,6 +289,16 @@ class Connection:
             self.close(CloseCode.INVALID_TOKEN)
             return
         self.claims, self.user_id = claims, claims.user_id
+        # The replies to a connect (`connected`, one `subscribed` per channel asked for, what
+        # was missed) leave in one write at its end: one system call per handshake, not many.
+        self._outbox.cork()
+        try:
+            await self._connect(frame, claims, own)
+        finally:
+            self._outbox.uncork()
+        self._outbox.settled()
+
+    async def _connect(self, frame: ConnectFrame, claims: Claims, own: str) -> None:
         refusal = await self._ctx.admission.admit(self, claims)  # revoked, or over the limit
         if refusal is not None:
             self._log.info("connect_refused", reason=CLOSE_REASONS[refusal])
@@ -429,8 +447,11 @@ class Connection:
         released, live_reached = catchup.release(position)
         for _, live in released:
             self._enqueue(live)  # counted by the hub's fan-out already
-        if live_reached and self._catchups.get(channel) is catchup:
-            # Only while live delivery lags what was sent; otherwise the fast path stays clear.
+        if (live_reached or self._ctx.live_passed(channel, position)) and self._catchups.get(
+            channel
+        ) is catchup:
+            # Only while live delivery lags what was sent; otherwise the fast path stays clear
+            # (and an idle socket keeps no catch-up per channel).
             del self._catchups[channel]
 
     def _wants_latest(self, channel: str, frame: SubscribeFrame) -> bool:

@@ -17,7 +17,7 @@ from gateway.membership import Membership
 from gateway.metrics import FanoutStats, GatewayMetrics
 from gateway.outbox import Flusher, Outbox, open_outbox
 from gateway.presence import PresenceTracker
-from shared.broker import History
+from shared.broker import History, StreamPosition
 from shared.settings import Settings
 from shared.tokens import TokenVerifier
 
@@ -38,6 +38,7 @@ class ConnectionContext:
     join_leave: JoinLeave
     history: HistoryRead
     admission: Admission  # revocations and the per-user limit, at connect, refresh, subscribe
+    live_passed: Callable[[str, StreamPosition], bool]  # the hub's fan-out is past a position
 
     def open_outbox(self, send: Send) -> Outbox:
         return open_outbox(send, self.settings.client_queue_bytes, self.flusher)

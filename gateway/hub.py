@@ -125,6 +125,17 @@ class Hub:
         stats.deliveries += len(conns)
         stats.bytes_out += len(frame.wire) * len(conns)
 
+    def passed(self, channel: str, position: StreamPosition) -> bool:
+        """Whether live delivery of `channel` is at or past `position`: no publication at or
+        before it can still reach a subscriber live (the fan-out drops those it passed)."""
+        fanned = self._positions.get(channel)
+        return (
+            fanned is not None
+            and fanned.held is None
+            and fanned.epoch == position.epoch
+            and fanned.offset >= position.offset
+        )
+
     def _seed(self, channel: str, position: StreamPosition) -> None:
         """The channel's position, read before the node subscribed to it: gap repair after a
         reconnect covers it from the start, not only once a publication arrived. Publications

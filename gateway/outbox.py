@@ -25,9 +25,8 @@ from typing import Protocol
 
 from starlette.types import Send
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from websockets.datastructures import Headers
-from websockets.http11 import Request, Response
 
+from gateway import slim
 from gateway.protocol import Outgoing
 
 
@@ -50,6 +49,18 @@ class Outbox(Protocol):
 
     def abort(self) -> None:
         """Drop the socket at once (a peer that stopped reading never takes a close frame)."""
+        ...
+
+    def settled(self) -> None:
+        """The client is connected and waits: release what setting up the socket needed."""
+        ...
+
+    def cork(self) -> None:
+        """Hold frames (a handshake's replies) until `uncork`, to leave in one write."""
+        ...
+
+    def uncork(self) -> None:
+        """Write what `cork` held, and write through again."""
         ...
 
 
@@ -107,28 +118,21 @@ def open_outbox(send: Send, limit: int, flusher: Flusher) -> Outbox:
     """The direct path where the server allows it, else ASGI."""
     protocol = getattr(send, "__self__", None)
     if isinstance(protocol, WebSocketsSansIOProtocol):
-        _release_handshake(protocol)
+        slim.accepted(protocol)
         if not protocol.conn.extensions:
             return TransportOutbox(protocol, send, limit, flusher)
     return AsgiOutbox(send, limit)
 
 
-_NO_HEADERS = Headers()
-
-
-def _release_handshake(protocol: WebSocketsSansIOProtocol) -> None:
-    """uvicorn keeps the upgrade request, its response and the scope's header list for the
-    life of the socket, but reads none of them once the handshake is done: about 3 KiB a
-    socket. Keep empty stand-ins instead (called after the app has read the headers)."""
-    protocol.request = Request(protocol.request.path, _NO_HEADERS)
-    protocol.response = Response(101, "Switching Protocols", _NO_HEADERS)
-    protocol.scope["headers"] = []
+# A cork holds a handshake's few replies; past this many bytes they are written at once.
+CORKED_BYTES = 16 * 1024
 
 
 class TransportOutbox:
     __slots__ = (
         "_buffered",
         "_closing",
+        "_corked",
         "_flusher",
         "_frames",
         "_limit",
@@ -154,6 +158,7 @@ class TransportOutbox:
         # path (where `send` waits above it); only what is beyond counts against the budget.
         self._slack = self._transport.get_write_buffer_limits()[1]
         self._closing = False
+        self._corked = False
 
     def push(self, frame: Outgoing) -> bool:
         if self._closing:
@@ -166,14 +171,24 @@ class TransportOutbox:
             if self._buffered + self._size + size > budget:
                 return False
         frames = self._frames
-        if not frames and self._flusher.write_through:
+        if not frames and self._flusher.write_through and not self._corked:
             self._write(frames, wire)  # nothing queued before it: order holds
             return True
         frames.append(wire)
         self._size += size
-        if len(frames) == 1:
+        if self._corked:
+            if self._size > CORKED_BYTES:
+                self.flush()  # a recovery's backlog: to the kernel now, as without the cork
+        elif len(frames) == 1:
             self._flusher.add(self)
         return True
+
+    def cork(self) -> None:
+        self._corked = True
+
+    def uncork(self) -> None:
+        self._corked = False
+        self.flush()
 
     def flush(self) -> None:
         frames = self._frames
@@ -219,6 +234,9 @@ class TransportOutbox:
 
     def abort(self) -> None:
         self._transport.abort()
+
+    def settled(self) -> None:
+        slim.settled(self._protocol)
 
 
 class AsgiOutbox:
@@ -279,3 +297,12 @@ class AsgiOutbox:
         transport = getattr(getattr(self._send, "__self__", None), "transport", None)
         if transport is not None:
             transport.abort()
+
+    def settled(self) -> None:
+        slim.settled(getattr(self._send, "__self__", None))
+
+    def cork(self) -> None:
+        pass  # one frame per send on this path
+
+    def uncork(self) -> None:
+        pass

@@ -52,11 +52,16 @@ class _DrainingServer(uvicorn.Server):
 
 
 def serve(gateway: Gateway) -> None:
+    _DrainingServer(uvicorn_config(gateway), gateway).run()
+
+
+def uvicorn_config(gateway: Gateway, port: int | None = None) -> uvicorn.Config:
+    """How a node is served (also what bench/conn_cost.py measures)."""
     settings = gateway.settings
-    config = uvicorn.Config(
+    return uvicorn.Config(
         gateway,
         host=settings.host,
-        port=settings.port,
+        port=settings.port if port is None else port,
         ws_max_size=settings.ws_max_bytes,
         ws_ping_interval=settings.ws_ping_interval,
         ws_ping_timeout=settings.ws_ping_timeout,
@@ -66,12 +71,14 @@ def serve(gateway: Gateway) -> None:
         loop=_installed("uvloop", "asyncio"),
         http=_installed("httptools", "h11"),
         ws="websockets-sansio",
+        # Nothing reads the client address or scheme; the middleware would stay on the call
+        # stack of every socket for its whole life.
+        proxy_headers=False,
         log_config=None,
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=10,
     )
-    _DrainingServer(config, gateway).run()
 
 
 def _installed(fast: str, fallback: str) -> str:

@@ -45,33 +45,59 @@ class TokenVerifier:
         self._audience = settings.jwt_audience
         self._issuer = settings.jwt_issuer
         self._leeway = settings.jwt_leeway
+        # With one family of algorithms, one key serves them all, and PyJWT refuses any other
+        # algorithm: the token is parsed once (connect rate), not once for its header first.
+        symmetric = {a.startswith("HS") for a in self._algorithms}
+        self._key = (
+            (self._secret if symmetric == {True} else self._public) if len(symmetric) == 1 else None
+        )
 
     def verify(self, token: object) -> Claims:
         if not isinstance(token, str) or not token or len(token) > 8192:
             raise InvalidToken("token must be a non-empty string")
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError as exc:
-            raise InvalidToken(f"malformed token: {exc}") from exc
-        algorithm = header.get("alg")
-        if algorithm not in self._algorithms:
-            raise InvalidToken(f"algorithm {algorithm!r} is not accepted")
-        key = self._secret if str(algorithm).startswith("HS") else self._public
-        if key is None:
-            raise InvalidToken(f"no key configured for {algorithm}")
+        key, algorithms = self._key, self._algorithms
+        if key is None:  # both families configured: the header's algorithm picks the key
+            try:
+                header = jwt.get_unverified_header(token)
+            except jwt.PyJWTError as exc:
+                raise InvalidToken(f"malformed token: {exc}") from exc
+            algorithm = header.get("alg")
+            if algorithm not in self._algorithms:
+                raise InvalidToken(f"algorithm {algorithm!r} is not accepted")
+            key = self._secret if str(algorithm).startswith("HS") else self._public
+            if key is None:
+                raise InvalidToken(f"no key configured for {algorithm}")
+            algorithms = [algorithm]
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
                 key,
-                algorithms=[algorithm],
+                algorithms=algorithms,
                 audience=self._audience,
                 issuer=self._issuer,
                 leeway=self._leeway,
                 options={"require": ["exp", "sub"], "verify_aud": self._audience is not None},
             )
+        except jwt.InvalidAlgorithmError as exc:
+            raise InvalidToken(f"algorithm {_algorithm(token)!r} is not accepted") from exc
+        except jwt.InvalidSignatureError as exc:
+            raise InvalidToken(str(exc)) from exc
+        except jwt.DecodeError as exc:
+            raise InvalidToken(f"malformed token: {exc}") from exc
         except jwt.PyJWTError as exc:
             raise InvalidToken(str(exc)) from exc
         return _claims(claims)
+
+
+_NO_SESSIONS: frozenset[str] = frozenset()
+
+
+def _algorithm(token: str) -> object:
+    """The algorithm a refused token names, for the message."""
+    try:
+        return jwt.get_unverified_header(token).get("alg")
+    except jwt.PyJWTError:
+        return None
 
 
 def _claims(claims: dict[str, Any]) -> Claims:
@@ -86,7 +112,8 @@ def _claims(claims: dict[str, Any]) -> Claims:
     if jti is not None and not isinstance(jti, str):
         raise InvalidToken("claim 'jti' must be a string")
     issued_at = None if iat is None else float(iat)
-    return Claims(sub, float(claims["exp"]), frozenset(sessions), channel, jti, issued_at)
+    grants = frozenset(sessions) if sessions else _NO_SESSIONS  # one empty set per node
+    return Claims(sub, float(claims["exp"]), grants, channel, jti, issued_at)
 
 
 def issue_token(

@@ -27,6 +27,8 @@ from shared.broker.redis import RedisBroker
 
 class RedisClusterBroker(RedisBroker):
     sharded = True
+    # A cluster pipeline splits by slot and node anyway; each read stays a call of its own.
+    batched_reads = False
 
     def __init__(
         self, url: str, policy: HistoryPolicy | None = None, liveness: Liveness | None = None

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 
@@ -42,6 +43,19 @@ class LinkSilent(LinkDead):
 
 
 MessageHandler = Callable[[bytes, bytes], None]  # (Redis channel name, payload)
+_MESSAGES = (b"message", b"smessage")
+
+
+def _buffered_replies(pubsub: Any) -> Any:
+    """The hiredis reader of `pubsub`'s connection, whose `gets()` hands out the replies
+    already read from the socket (`NOT_ENOUGH_DATA` once it holds no whole one); None where
+    the parser is another, and then every message goes through `get_message`. redis-py's
+    internals (the range is pinned in pyproject.toml)."""
+    parser = getattr(getattr(pubsub, "connection", None), "_parser", None)
+    if not isinstance(parser, _AsyncHiredisParser):
+        return None
+    reader = getattr(parser, "_reader", None)
+    return reader if callable(getattr(reader, "gets", None)) else None
 
 
 class PubSubLink:
@@ -97,17 +111,35 @@ class PubSubLink:
         interval, timeout = self._liveness.interval, self._liveness.timeout
         heard = pinged = loop.time()  # open() has just sent a PING
         poll = min(interval / 2, 0.25)
+        buffered = _buffered_replies(self._pubsub)
         while True:
             message = await self._pubsub.get_message(timeout=poll)
             now = loop.time()
             if message is not None:
                 heard = now
                 self._handle(message)
+                if buffered is not None:
+                    await self._drain(buffered)
             elif now - heard > timeout:
                 raise LinkSilent(f"{self.name}: no answer for {now - heard:.1f}s")
             if now - max(heard, pinged) >= interval:
                 await self._pubsub.ping()
                 pinged = now
+
+    async def _drain(self, reader: Any) -> None:
+        """Handle the replies the parser already holds, read with the last message (a burst
+        arrives in one socket read): without `get_message`'s timeout, task switch and dict
+        per message. Anything but a message goes through redis-py, as it would have."""
+        while (response := reader.gets()) is not NOT_ENOUGH_DATA:
+            # A list on RESP2, a list subclass (a push) on RESP3.
+            if isinstance(response, list) and len(response) == 3 and response[0] in _MESSAGES:
+                self._on_message(response[1], response[2])
+            elif isinstance(response, BaseException):
+                raise response
+            else:
+                message = await self._pubsub.handle_message(response)  # type: ignore[no-untyped-call]
+                if message is not None:
+                    self._handle(message)
 
     def _handle(self, message: dict[str, Any]) -> None:
         kind = message["type"]

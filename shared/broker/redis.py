@@ -17,16 +17,18 @@ from archmesh_client.channels import (
 from archmesh_client.idempotency import Idempotency
 from archmesh_client.retention import HistoryPolicy
 from archmesh_client.stream import StreamPosition
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.broker.base import (
+    BrokerError,
     BrokerPublication,
     Handler,
     History,
     StateHandler,
 )
 from shared.broker.link import LinkDead, LinkSilent, Liveness, PubSubLink
+from shared.broker.reads import ReadKey, TurnBatch
 from shared.logging import get_logger
 from shared.redis_calls import NETWORK_ERRORS, as_broker_error, client_options, redis_client
 
@@ -39,6 +41,7 @@ class RedisBroker:
     """One Redis server. Subclasses change where pub/sub links go (see `RedisClusterBroker`)."""
 
     sharded = False  # SSUBSCRIBE/SPUBLISH instead of SUBSCRIBE/PUBLISH
+    batched_reads = True  # history reads of one event-loop turn in one pipeline (reads.py)
 
     def __init__(
         self, url: str, policy: HistoryPolicy | None = None, liveness: Liveness | None = None
@@ -49,6 +52,11 @@ class RedisBroker:
         self._redis = self._command_client()
         self._publish = self._redis.register_script(publish_script.SOURCE)
         self._history = self._redis.register_script(history_script.SOURCE)
+        self._reads = (
+            TurnBatch[ReadKey, History](self._read_key, self._history_many)
+            if self.batched_reads
+            else None
+        )
         self._channels: set[str] = set()
         self._links: dict[str, PubSubLink] = {}
         self._kick = asyncio.Event()
@@ -95,6 +103,8 @@ class RedisBroker:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
+        if self._reads is not None:
+            await self._reads.close()
         await self._redis.aclose()
 
     # -- fan-in ---------------------------------------------------------------------------
@@ -292,18 +302,41 @@ class RedisBroker:
         return {"keys": keys, "args": args}
 
     async def history(self, channel: str, since: int, limit: int) -> History:
+        if self._reads is None:
+            return await self._history_one(channel, since, limit)
+        return await self._reads.read((channel, since, limit))
+
+    async def _read_key(self, key: ReadKey) -> History:
+        return await self._history_one(*key)
+
+    async def _history_one(self, channel: str, since: int, limit: int) -> History:
         ttl = self._policy.for_channel(channel).ttl
         keys, args = history_script.keys_and_args(channel, since, limit, ttl)
         with as_broker_error("history"):
-            reply = history_script.parse(await self._history(keys=keys, args=args))
-        position = reply.position
-        offset, epoch, first = position.offset, position.epoch, reply.first
-        publications = [
-            BrokerPublication(channel, data, entry, epoch) for entry, data in reply.entries
-        ]
-        covered = since == offset or (first is not None and first <= since + 1)
-        reaches_head = since == offset or (bool(publications) and publications[-1].offset == offset)
-        return History(publications, position, 0 <= since <= offset and covered and reaches_head)
+            reply = await self._history(keys=keys, args=args)
+        return _history(channel, since, reply)
+
+    async def _history_many(self, reads: list[ReadKey]) -> list[History | BaseException]:
+        """Several reads in one pipeline (one round trip); each answers for itself."""
+        with as_broker_error("history"):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for channel, since, limit in reads:
+                    ttl = self._policy.for_channel(channel).ttl
+                    keys, args = history_script.keys_and_args(channel, since, limit, ttl)
+                    pipe.evalsha(self._history.sha, len(keys), *keys, *args)
+                replies = await pipe.execute(raise_on_error=False)
+        answers: list[History | BaseException] = []
+        for (channel, since, limit), reply in zip(reads, replies, strict=True):
+            if isinstance(reply, NoScriptError):  # the server lost its scripts: load it again
+                try:
+                    answers.append(await self._history_one(channel, since, limit))
+                except BrokerError as exc:
+                    answers.append(exc)
+            elif isinstance(reply, Exception):
+                answers.append(BrokerError(f"history failed: {reply}"))
+            else:
+                answers.append(_history(channel, since, reply))
+        return answers
 
     async def position(self, channel: str) -> StreamPosition:
         return (await self.history(channel, 0, 0)).position
@@ -313,6 +346,17 @@ class RedisBroker:
             return bool(await self._redis.ping())
         except NETWORK_ERRORS:
             return False
+
+
+def _history(channel: str, since: int, raw: Any) -> History:
+    """The history script's answer to a read of `channel` after `since`."""
+    reply = history_script.parse(raw)
+    position = reply.position
+    offset, epoch, first = position.offset, position.epoch, reply.first
+    publications = [BrokerPublication(channel, data, entry, epoch) for entry, data in reply.entries]
+    covered = since == offset or (first is not None and first <= since + 1)
+    reaches_head = since == offset or (bool(publications) and publications[-1].offset == offset)
+    return History(publications, position, 0 <= since <= offset and covered and reaches_head)
 
 
 def _parse(channel: str, raw: bytes) -> BrokerPublication | None:
