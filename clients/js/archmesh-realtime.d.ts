@@ -532,8 +532,7 @@ export interface SeenReport extends Marked {
 
 /** The inbox's events and their payloads (`event.detail`). */
 export interface ArchMeshInboxEventMap {
-  /** The counts, from the notifier's live `inbox` and `notification` events (follow()), and
-   * from a reply when no live event came while it was on its way (an event is never older). */
+  /** The counts, from the notifier's live `inbox` and `notification` events (follow()). */
   counts: InboxCounts;
   /** A new notification, as it arrived live (not seen, not read, not archived). */
   item: InboxItem;
@@ -583,7 +582,9 @@ export declare class ArchMeshInbox extends EventTarget {
   readonly user: string;
   readonly baseUrl: string;
   readonly seenInterval: number;
-  /** The latest counts known, from a reply or a live event; null before any. */
+  /** The latest counts known, from a live event, or from a reply when no live event arrived
+   * while it was on its way (every change is published, so an event is never older than the
+   * reply: render these after a call and counts never step back); null before any. */
   readonly counts: InboxCounts | null;
 
   /** Listen with a handler that receives `event.detail`; returns a function removing it. */

@@ -461,7 +461,7 @@ function onSeen({ ids, unseen, unread }) {
     const node = $("inbox").querySelector(`li[data-id="${CSS.escape(id)}"]`);
     if (node) node.dataset.seen = "true";
   }
-  setCounts({ unseen, unread });
+  setCounts(page.inboxClient?.counts ?? { unseen, unread });
 }
 
 // -- loading, paging and marking ---------------------------------------------------------
@@ -491,7 +491,8 @@ async function refreshInbox() {
   $("prefs-panel").hidden = false;
   page.inbox = new Map((result.items ?? []).map((item) => [item.id, item]));
   page.cursor = result.next_cursor ?? null;
-  renderInbox(); // the counts come as the SDK's "counts" event, never older than a live one
+  setCounts(page.inboxClient.counts ?? result); // never older than a live event
+  renderInbox();
 }
 
 async function loadMore() {
@@ -510,10 +511,17 @@ async function loadMore() {
   const first = (result.items ?? []).find((item) => !page.inbox.has(item.id));
   for (const item of result.items ?? []) if (!page.inbox.has(item.id)) page.inbox.set(item.id, item);
   page.cursor = result.next_cursor ?? null;
+  setCounts(page.inboxClient.counts ?? result);
   renderInbox();
   // Keyboard users continue where the new items start.
   const target = first && $("inbox").querySelector(`li[data-id="${CSS.escape(first.id)}"] button`);
   (target ?? (page.cursor ? button : $("inbox"))).focus();
+}
+
+// After a call: the SDK's latest counts (the reply's, unless a live event came meanwhile, which
+// is never older), so the badge never steps back to a reply overtaken by another tab's change.
+function showClientCounts() {
+  if (page.inboxClient?.counts) setCounts(page.inboxClient.counts);
 }
 
 function failed(what, err) {
@@ -534,6 +542,7 @@ async function markRead(id, options = {}) {
     return failed("mark read", err);
   }
   if (item) Object.assign(item, { read: true, seen: true });
+  showClientCounts();
   renderInbox();
   if (options.focus === false) return;
   // Keep keyboard users in the list: focus the next unread item's button, or the list.
@@ -552,6 +561,7 @@ async function archive(id, archived) {
   }
   // Archived implies read (the notifier's rule); the item leaves this view.
   if (item) Object.assign(item, archived ? { archived, read: true, seen: true } : { archived });
+  showClientCounts();
   renderInbox();
   const focusable = next?.dataset.id && $("inbox").querySelector(`li[data-id="${CSS.escape(next.dataset.id)}"] button`);
   (focusable ?? document.querySelector('#inbox-views button[aria-pressed="true"]')).focus();
@@ -565,6 +575,7 @@ async function markAllRead() {
     return failed("mark all read", err);
   }
   for (const item of page.inbox.values()) Object.assign(item, { read: true, seen: true });
+  showClientCounts();
   renderInbox();
 }
 
@@ -576,6 +587,7 @@ async function archiveAll() {
     return failed("archive all", err);
   }
   for (const item of page.inbox.values()) Object.assign(item, { archived: true, read: true, seen: true });
+  showClientCounts();
   renderInbox();
 }
 

@@ -1420,7 +1420,6 @@ export class ArchMeshInbox extends EventTarget {
       // change is published, so a later event is at least as new as the reply.
       if (data && Number.isInteger(data.unseen) && Number.isInteger(data.unread) && seq === this._liveSeq) {
         this.counts = { unseen: data.unseen, unread: data.unread };
-        this._emit("counts", { ...this.counts });
       }
       return data;
     }
