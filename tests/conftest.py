@@ -5,6 +5,9 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from tests import wsclient
+from tests.fakes.push_endpoint import PushEndpoint
+from tests.fakes.smtp import SmtpServer
+from tests.fakes.twilio_api import TwilioApi
 from tests.servers import GatewayProcess, RedisCluster, RedisServer, redis_server_version
 
 
@@ -79,3 +82,24 @@ def backend_url(request: pytest.FixtureRequest) -> str:
         cluster: RedisCluster = request.getfixturevalue("redis_cluster")
         return cluster.url
     return "memory://"
+
+
+# The notifier's peers (a mail server, a push service, the Twilio API), one of each per module.
+
+
+@pytest.fixture(scope="module")
+def smtp() -> Iterator[SmtpServer]:
+    with SmtpServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def push() -> Iterator[PushEndpoint]:
+    with PushEndpoint() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(scope="module")
+def twilio() -> Iterator[TwilioApi]:
+    with TwilioApi() as api:
+        yield api

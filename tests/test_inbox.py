@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -25,24 +25,6 @@ from tests.notifier_stack import Stack, notifier_stack
 from tests.servers import JWT_SECRET, RedisServer
 
 pytestmark = pytest.mark.redis
-
-
-@pytest.fixture(scope="module")
-def smtp() -> Iterator[SmtpServer]:
-    with SmtpServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def push() -> Iterator[PushEndpoint]:
-    with PushEndpoint() as endpoint:
-        yield endpoint
-
-
-@pytest.fixture(scope="module")
-def twilio() -> Iterator[TwilioApi]:
-    with TwilioApi() as api:
-        yield api
 
 
 @pytest.fixture

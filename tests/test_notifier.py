@@ -4,7 +4,7 @@ decrypts what it gets, and a local Twilio API; driven through its HTTP API."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,24 +27,6 @@ ADA = {
     "contacts": {"email": "ada@example.com", "phone": "+14155550100"},
     "channels": {"default": {"in_app": True, "email": True, "push": True, "sms": True}},
 }
-
-
-@pytest.fixture(scope="module")
-def smtp() -> Iterator[SmtpServer]:
-    with SmtpServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def push() -> Iterator[PushEndpoint]:
-    with PushEndpoint() as endpoint:
-        yield endpoint
-
-
-@pytest.fixture(scope="module")
-def twilio() -> Iterator[TwilioApi]:
-    with TwilioApi() as api:
-        yield api
 
 
 @pytest.fixture

@@ -53,24 +53,6 @@ def person(email: str, **extra: Any) -> dict[str, Any]:
     }
 
 
-@pytest.fixture(scope="module")
-def smtp() -> Iterator[SmtpServer]:
-    with SmtpServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def push() -> Iterator[PushEndpoint]:
-    with PushEndpoint() as endpoint:
-        yield endpoint
-
-
-@pytest.fixture(scope="module")
-def twilio() -> Iterator[TwilioApi]:
-    with TwilioApi() as api:
-        yield api
-
-
 @pytest.fixture
 async def stack(
     redis_server: RedisServer, smtp: SmtpServer, push: PushEndpoint, twilio: TwilioApi

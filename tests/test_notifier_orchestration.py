@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -42,24 +42,6 @@ DIGEST_TEMPLATE = {
         },
     }
 }
-
-
-@pytest.fixture(scope="module")
-def smtp() -> Iterator[SmtpServer]:
-    with SmtpServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def push() -> Iterator[PushEndpoint]:
-    with PushEndpoint() as endpoint:
-        yield endpoint
-
-
-@pytest.fixture(scope="module")
-def twilio() -> Iterator[TwilioApi]:
-    with TwilioApi() as api:
-        yield api
 
 
 @pytest.fixture

@@ -37,24 +37,6 @@ PUBLIC_URL = "https://notify.archmesh.test"
 HOUR = {"from": "2026-01-15T11:00:00Z", "to": "2026-01-15T14:00:00Z"}
 
 
-@pytest.fixture(scope="module")
-def smtp() -> Iterator[SmtpServer]:
-    with SmtpServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def push() -> Iterator[PushEndpoint]:
-    with PushEndpoint() as endpoint:
-        yield endpoint
-
-
-@pytest.fixture(scope="module")
-def twilio() -> Iterator[TwilioApi]:
-    with TwilioApi() as api:
-        yield api
-
-
 @pytest.fixture
 async def stack(
     redis_server: RedisServer, smtp: SmtpServer, push: PushEndpoint, twilio: TwilioApi
