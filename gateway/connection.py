@@ -394,20 +394,10 @@ class Connection:
                 self._catchups.pop(channel, None)
 
     async def _join(self, channel: str) -> None:
-        await self._ctx.membership.join(self, channel)
-        if self._ctx.presence.tracks(channel):
-            await self._ctx.presence.join(channel, self)
-        if self._ctx.join_leave.announces(channel):
-            # The joiner gets its own join too, after its `subscribed` (held until then).
-            await self._ctx.join_leave.announce("join", channel, self)
+        await self._ctx.join(self, channel)
 
     async def _leave(self, channel: str) -> None:
-        if not await self._ctx.membership.leave(self, channel):
-            return
-        if self._ctx.presence.tracks(channel):
-            await self._ctx.presence.leave(channel, self)
-        if self._ctx.join_leave.announces(channel):
-            await self._ctx.join_leave.announce("leave", channel, self)
+        await self._ctx.leave(self, channel)
 
     async def _recover(
         self,

@@ -13,7 +13,7 @@ from starlette.types import Send
 from gateway.admission import Admission
 from gateway.expiry import Expiries
 from gateway.join_leave import JoinLeave
-from gateway.membership import Membership
+from gateway.membership import Member, Membership
 from gateway.metrics import FanoutStats, GatewayMetrics
 from gateway.outbox import Flusher, Outbox, open_outbox
 from gateway.presence import PresenceTracker
@@ -42,3 +42,22 @@ class ConnectionContext:
 
     def open_outbox(self, send: Send) -> Outbox:
         return open_outbox(send, self.settings.client_queue_bytes, self.flusher)
+
+    async def join(self, member: Member, channel: str) -> None:
+        """A WebSocket or SSE client joins a channel: the hub's membership, then presence and
+        join/leave where the channel has them. The joiner gets its own `join` too, after its
+        `subscribed` (its publications are held until then)."""
+        await self.membership.join(member, channel)
+        if self.presence.tracks(channel):
+            await self.presence.join(channel, member)
+        if self.join_leave.announces(channel):
+            await self.join_leave.announce("join", channel, member)
+
+    async def leave(self, member: Member, channel: str) -> None:
+        """The reverse of `join`; nothing if the member was not in the channel."""
+        if not await self.membership.leave(member, channel):
+            return
+        if self.presence.tracks(channel):
+            await self.presence.leave(channel, member)
+        if self.join_leave.announces(channel):
+            await self.join_leave.announce("leave", channel, member)

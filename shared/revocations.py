@@ -14,6 +14,7 @@ from typing import Protocol
 
 from archmesh_client.revocations import (
     RedisRevocations,
+    cutoff_seconds,
     is_revoked,
     token_revocation_key,
     user_revocation_key,
@@ -102,9 +103,9 @@ class RedisRevocationStore:
                 return await self._revocations.revoked(jti, user_id, issued_at)
             cut_off = gets.read(user_revocation_key(user_id))
             if jti is None:
-                return is_revoked(issued_at, _seconds(await cut_off))
+                return is_revoked(issued_at, cutoff_seconds(await cut_off))
             user, token = await asyncio.gather(cut_off, gets.read(token_revocation_key(jti)))
-            return token is not None or is_revoked(issued_at, _seconds(user))
+            return token is not None or is_revoked(issued_at, cutoff_seconds(user))
 
     async def _get(self, key: str) -> bytes | None:
         value: bytes | None = await self._redis.get(key)
@@ -117,16 +118,6 @@ class RedisRevocationStore:
         if self._gets is not None:
             await self._gets.close()
         await self._redis.aclose()
-
-
-def _seconds(value: bytes | None) -> float | None:
-    """A user's cut-off as stored (see archmesh_client.revocations)."""
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        return float("inf")  # not ours to parse: revoke everything rather than nothing
 
 
 def create_revocations(url: str, liveness: Liveness | None = None) -> RevocationStore:

@@ -63,10 +63,12 @@ class RedisRevocations:
             cut_off, token = await asyncio.gather(
                 cut_off_read, self._redis.get(token_revocation_key(jti))
             )
-        return token is not None or is_revoked(issued_at, _seconds(cut_off))
+        return token is not None or is_revoked(issued_at, cutoff_seconds(cut_off))
 
 
-def _seconds(value: bytes | str | None) -> float | None:
+def cutoff_seconds(value: bytes | str | None) -> float | None:
+    """A user's cut-off as stored; one that is not a number revokes everything (not ours to
+    parse: rather everything than nothing)."""
     if value is None:
         return None
     try:
