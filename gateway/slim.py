@@ -12,9 +12,11 @@ of thousands of idle sockets this is most of what a socket costs beyond the kern
   (with a connect frame, the client's token) in local variables: the parser is restarted
   between frames, where it holds nothing.
 
-These are private internals of uvicorn (tested with 0.52 to 0.54) and websockets (13 to 17),
-pinned in pyproject.toml. Every step checks that what it replaces is what it expects, and
-leaves it alone otherwise: the socket then costs more, and works the same.
+These are private internals of uvicorn and websockets: the suite runs on the versions it
+installs (uvicorn 0.54, websockets 17), and pyproject.toml pins the ranges around them. Every
+step checks that what it replaces is what it expects, and leaves it alone otherwise (the
+fallback, tested in tests/test_socket_slimming.py): the socket then costs more, and works the
+same.
 """
 
 from __future__ import annotations
