@@ -681,6 +681,7 @@ class StormClient {
     ws.on("open", () => {
       opened = true;
       this.connects += 1;
+      stormOpened(this);
       this.hello();
     });
     ws.on("error", () => {});
@@ -746,6 +747,7 @@ class StormClient {
 }
 
 const stormErrors = [];
+let stormOpened = () => {};
 
 // Reads the new server's pid from run.py (stdin) after asking it for a restart (stdout).
 async function restartServer() {
@@ -825,41 +827,74 @@ async function stormScenario() {
   })();
   await sleep(conf.before * 1000);
   // The restart: every client is connected and positioned.
-  readyCount = 0;
-  killedAt = now();
-  const pid = await restartServer();
-  const spawnedAt = now();
-  const deadline = now() + 120000;
-  while (readyCount < n || storm.some((c) => !c.ready)) {
-    if (now() > deadline) break;
-    await sleep(5);
-  }
-  const allBack = now();
-  const stormCpu = cpuSeconds(pid);
+  // Two storms in a row: every socket dropped at once by the clients' side with the server up
+  // (they all come back within the first backoff step: the server's own rate), then the server
+  // SIGKILLed and restarted (every client's backoff grows while nothing listens).
+  let pid = SERVER_PID;
+  const phase = async (kind) => {
+    readyCount = 0;
+    firstBack = 0;
+    let firstOpen = 0;
+    let opens = 0;
+    stormOpened = () => {
+      opens += 1;
+      if (!firstOpen) firstOpen = now();
+    };
+    const failures0 = storm.reduce((a, c) => a + c.failures, 0);
+    const notRecovered0 = storm.reduce((a, c) => a + c.notRecovered, 0);
+    const redis0 = cpuSeconds(REDIS_PID);
+    killedAt = now();
+    let cpu0 = 0;
+    if (kind === "kill") pid = await restartServer();
+    else {
+      process.stderr.write(`storm: dropping all clients of ${pid}\n`);
+      cpu0 = cpuSeconds(pid);
+      for (const c of storm) c.ws.terminate();
+    }
+    const startedAt = now();
+    const deadline = now() + 120000;
+    while (readyCount < n || storm.some((c) => !c.ready)) {
+      if (now() > deadline) break;
+      await sleep(5);
+    }
+    const allBack = now();
+    const serverCpu = (cpuSeconds(pid) - cpu0) / ((allBack - startedAt) / 1000);
+    const redisCpu = (cpuSeconds(REDIS_PID) - redis0) / ((allBack - killedAt) / 1000);
+    const during = (times) => times.filter((t) => t >= killedAt && t <= allBack).length;
+    return {
+      reconnected: storm.filter((c) => c.ready).length,
+      seconds_to_all: round((allBack - killedAt) / 1000, 2),
+      seconds_to_first_open: firstOpen ? round((firstOpen - killedAt) / 1000, 2) : null,
+      opens,
+      seconds_to_first_back: firstBack ? round((firstBack - killedAt) / 1000, 2) : null,
+      seconds_first_back_to_all: firstBack ? round((allBack - firstBack) / 1000, 2) : null,
+      reconnects_per_second: firstBack ? round(n / ((allBack - firstBack) / 1000), 0) : null,
+      refused_attempts: storm.reduce((a, c) => a + c.failures, 0) - failures0,
+      not_recovered: SYSTEM === "archmesh" ? storm.reduce((a, c) => a + c.notRecovered, 0) - notRecovered0 : null,
+      // A server short of its core limits the storm; otherwise the clients' backoff spread it.
+      server_cpu: round(serverCpu, 2),
+      redis_cpu: round(redisCpu, 2),
+      limited_by: serverCpu >= 0.9 ? "server" : "client backoff",
+      published_during: during(bcast) + during(uni),
+    };
+  };
+  const drop = await phase("drop");
+  await sleep(1000);
+  const kill = await phase("kill");
   await sleep(conf.after * 1000);
   publishing = false;
   await publisher;
   const wait = now() + 5000;
   while ((fanTally.deliveries < bcast.length * n || uniDeliveries < uni.length) && now() < wait) await sleep(20);
-  const backNow = storm.filter((c) => c.ready).length;
   for (const c of storm) c.stopped = true;
-  const during = (times) => times.filter((t) => t >= killedAt && t <= allBack).length;
   const expected = bcast.length * n + uni.length;
   const received = fanTally.deliveries + uniDeliveries;
   return {
     clients: n,
-    reconnected: backNow,
-    seconds_kill_to_all: round((allBack - killedAt) / 1000, 2),
-    seconds_first_back_to_all: firstBack ? round((allBack - firstBack) / 1000, 2) : null,
-    seconds_kill_to_first_back: firstBack ? round((firstBack - killedAt) / 1000, 2) : null,
-    reconnects_per_second: firstBack ? round(n / ((allBack - firstBack) / 1000), 0) : null,
-    refused_attempts: storm.reduce((a, c) => a + c.failures, 0),
     recovery: SYSTEM === "archmesh" ? "since, per channel" : "none (rooms joined again)",
-    not_recovered: SYSTEM === "archmesh" ? storm.reduce((a, c) => a + c.notRecovered, 0) : null,
-    server_cpu: round(stormCpu / ((allBack - spawnedAt) / 1000), 2),
-    // A server short of its core limits the storm; otherwise the clients' backoff spread it.
-    limited_by: stormCpu / ((allBack - spawnedAt) / 1000) >= 0.9 ? "server" : "client backoff",
-    published: { broadcast: bcast.length, unicast: uni.length, during_storm: during(bcast) + during(uni) },
+    kill,
+    drop,
+    published: { broadcast: bcast.length, unicast: uni.length },
     expected,
     deliveries: received,
     lost: expected - received,

@@ -199,15 +199,15 @@ def run_scenario(
         stop(server)
 
 
-def start_server(system: str, scenario: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+def start_server(
+    system: str, scenario: str, port: int, env: dict[str, str]
+) -> subprocess.Popen[bytes]:
     cmd = ["taskset", "-c", SERVER_CORE, *server_command(system, port)]
     with server_log(system, scenario) as out:
         return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=out, stderr=out)
 
 
-def run_storm(
-    system: str, redis_url: str, redis_pid: int, extra: list[str]
-) -> dict[str, object]:
+def run_storm(system: str, redis_url: str, redis_pid: int, extra: list[str]) -> dict[str, object]:
     """The reconnect storm: the load generator asks (a `{"restart": true}` line) and the
     server is SIGKILLed and started again at once on the same port, as a supervisor would; the
     new server's pid goes back on the load generator's stdin so it can read its CPU."""
@@ -223,7 +223,8 @@ def run_storm(
             loadgen = subprocess.Popen(
                 cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True
             )
-        assert loadgen.stdin is not None and loadgen.stdout is not None
+        assert loadgen.stdin is not None
+        assert loadgen.stdout is not None
         watchdog = threading.Timer(300, loadgen.kill)  # its own deadlines failed: end it
         watchdog.start()
         last = ""
@@ -400,8 +401,10 @@ def once_table(results: Results, scenario: str, rows: list[tuple[str, str]]) -> 
                 value = value.get(key) if isinstance(value, dict) else None
             if isinstance(value, bool):
                 cells.append("yes" if value else "no")
-            elif isinstance(value, int | float):
-                cells.append(fmt(float(value)))
+            elif isinstance(value, int):
+                cells.append(f"{value:,}")
+            elif isinstance(value, float):
+                cells.append(fmt(value))
             else:
                 cells.append("n/a" if value is None else str(value))
         ratio = ratio_of(results, scenario, path)
@@ -445,28 +448,33 @@ def capacity_table(results: Results) -> str:
 
 
 def storm_table(results: Results) -> str:
-    return once_table(
-        results,
-        "storm",
-        [
-            ("clients (own `user:` channel + the shared one)", "clients"),
-            ("SIGKILL to every client back and resubscribed, s", "seconds_kill_to_all"),
-            ("SIGKILL to the first client back (restart), s", "seconds_kill_to_first_back"),
-            ("first client back to all back, s", "seconds_first_back_to_all"),
-            ("reconnects/s (from the first one back)", "reconnects_per_second"),
-            ("new server's CPU from its start to all back (of its core)", "server_cpu"),
-            ("what limits the reconnect rate", "limited_by"),
-            ("recovery of what was missed", "recovery"),
-            ("refused connection attempts (server not yet listening)", "refused_attempts"),
-            ("messages published (broadcast)", "published.broadcast"),
-            ("messages published (unicast)", "published.unicast"),
-            ("of which during the storm", "published.during_storm"),
-            ("deliveries expected", "expected"),
-            ("not delivered", "lost"),
-            ("duplicates", "duplicates"),
-            ("subscriptions not recovered (`recovered: false`)", "not_recovered"),
-        ],
-    )
+    phases = [("drop", "all dropped at once"), ("kill", "SIGKILL and restart")]
+    each = [
+        ("to every client back and resubscribed, s", "seconds_to_all"),
+        ("to the first upgrade answered, s", "seconds_to_first_open"),
+        ("to the first client back and resubscribed, s", "seconds_to_first_back"),
+        ("first back to all back, s", "seconds_first_back_to_all"),
+        ("reconnects/s from the first back", "reconnects_per_second"),
+        ("server CPU until all back (of its core)", "server_cpu"),
+        ("Redis CPU until all back (of a core)", "redis_cpu"),
+        ("what limits the reconnect rate", "limited_by"),
+        ("refused connection attempts", "refused_attempts"),
+        ("messages published meanwhile", "published_during"),
+        ("subscriptions not recovered", "not_recovered"),
+    ]
+    rows = [
+        ("clients (own `user:` channel + the shared one)", "clients"),
+        ("recovery of what was missed", "recovery"),
+    ]
+    rows += [(f"{what}: {label}", f"{kind}.{key}") for kind, what in phases for label, key in each]
+    rows += [
+        ("messages published in all (broadcast)", "published.broadcast"),
+        ("messages published in all (unicast)", "published.unicast"),
+        ("deliveries expected (both storms)", "expected"),
+        ("not delivered", "lost"),
+        ("duplicates", "duplicates"),
+    ]
+    return once_table(results, "storm", rows)
 
 
 def targets(results: Results) -> str:
@@ -498,9 +506,9 @@ def targets(results: Results) -> str:
         lines.append(f"| capacity: ping p99 during unicast | {ping:.1f} ms | <= 100 ms | {met} |")
     storm = results.runs.get("archmesh", {}).get("storm", [])
     if storm and "error" not in storm[-1]:
-        lost, dup = storm[-1].get("lost"), storm[-1].get("duplicates")
-        met = "yes" if lost == 0 and dup == 0 else "no"
-        lines.append(f"| storm: lost / duplicated | {lost} / {dup} | 0 / 0 | {met} |")
+        gone, dup = storm[-1].get("lost"), storm[-1].get("duplicates")
+        met = "yes" if gone == 0 and dup == 0 else "no"
+        lines.append(f"| storm: lost / duplicated | {gone} / {dup} | 0 / 0 | {met} |")
     notifier = results.median("archmesh", "notifier", "rate")
     if notifier is not None:
         met = "yes" if notifier >= 5000 else "no"
