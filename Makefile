@@ -54,7 +54,7 @@ screenshots: $(STAMP)
 	ARCHMESH_SCREENSHOT_CONSOLE=$(CURDIR)/docs/console.png $(BIN)/pytest -q tests/browser/test_console.py
 
 # Side by side with Node's Socket.IO, python-socketio and broadcaster; installs them into .bench/
-# (ignored by git), needs node, npm and redis-server; writes docs/benchmarks.md (~12 min).
+# (ignored by git), needs node, npm and redis-server; writes docs/benchmarks.md (~15 min).
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 

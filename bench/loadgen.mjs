@@ -5,13 +5,14 @@
 //   node bench/loadgen.mjs --system S --scenario X --port P --redis URL --pid SERVER_PID
 //
 // Systems: archmesh, socketio (Node), pysocketio (python-socketio), broadcaster.
-// Scenarios: fanout, latency, unicast, idle, capacity.
+// Scenarios: fanout, latency, unicast, idle, capacity, storm.
 import { createRequire } from "node:module";
 import { createHmac } from "node:crypto";
 import { readFileSync } from "node:fs";
 import net from "node:net";
 import path from "node:path";
 import { performance } from "node:perf_hooks";
+import { createInterface } from "node:readline";
 
 const prefix = process.env.BENCH_NODE_PREFIX;
 const require = createRequire(path.join(prefix, "node_modules", "_"));
@@ -38,7 +39,10 @@ const SCENARIOS = {
   latency: { clients: 1000, rate: 20, seconds: 10 },
   unicast: { clients: 1000, messages: 20000, window: 1000, cap: 15 },
   idle: { clients: 5000 },
-  capacity: { clients: 10000, messages: 20, rate: 4, unicast: 2000 },
+  // clients 0: as many as the open-files limits of the server and of this process allow,
+  // less `margin` (both processes need a few descriptors of their own).
+  capacity: { clients: 0, margin: 1000, messages: 20, rate: 4, unicast_rate: 5000, unicast_seconds: 5, probes: 10, ping_ms: 50 },
+  storm: { clients: 5000, broadcast_rate: 10, unicast_rate: 500, before: 2, after: 1, backoff_base: 500, backoff_cap: 5000 },
   notifier: { clients: 1000, messages: 20000, batch: 100, window: 5000, cap: 20 },
 };
 const conf = { ...SCENARIOS[SCENARIO] };
@@ -121,6 +125,9 @@ function makeSystem() {
       else if (text.startsWith('42["joined"')) return true;
       return false;
     },
+    // An application-level ping: an `echo` event the server acknowledges (`43<id>[]`).
+    ping: (client, id) => client.ws.send(`42${id}["echo"]`),
+    pongId: (text) => (text.startsWith("43") ? Number.parseInt(text.slice(2), 10) : undefined),
   };
   if (SYSTEM === "archmesh") {
     const script = readFileSync(new URL("../clients/python/src/archmesh_client/publish.lua", import.meta.url), "utf8");
@@ -142,6 +149,8 @@ function makeSystem() {
         }
         return false;
       },
+      ping: (client, id) => client.ws.send(`{"type":"ping","id":${id}}`),
+      pongId: (text) => (text.startsWith('{"type":"pong"') ? JSON.parse(text).id : undefined),
       async prepare() {
         sha = await redis.script("LOAD", script);
       },
@@ -229,6 +238,7 @@ function intAt(buf, at) {
 }
 
 let onDelivery = () => {};
+let onPong = () => {};
 const clients = [];
 
 function connect(index, channels) {
@@ -251,7 +261,15 @@ function connect(index, channels) {
         onDelivery(client, seq, ts);
         return;
       }
-      if (system.control(client, buf.toString()) && !client.ready) {
+      const text = buf.toString();
+      if (client.ready && system.pongId) {
+        const id = system.pongId(text);
+        if (id !== undefined) {
+          onPong(client, id);
+          return;
+        }
+      }
+      if (system.control(client, text) && !client.ready) {
         client.ready = true;
         clearTimeout(timer);
         resolve(client);
@@ -512,32 +530,378 @@ async function scenario() {
       kb_per_conn: round((after - before) / (conf.clients - 1), 2),
     };
   }
-  if (SCENARIO === "capacity") {
-    // 10k clients, each on its own user channel and the shared one: connect, then fan out and
-    // unicast while all of them are connected.
-    const shared = fanoutChannel();
-    const memory0 = serverRssKb();
-    const t0 = now();
-    await connectAll(conf.clients, (i) => [userChannel(i), shared]);
-    const connectSeconds = (now() - t0) / 1000;
-    await warmUp(shared, clients[0]);
-    const fan = new Tally(conf.clients, conf.messages, conf.clients);
-    const fanRun = await paced(fan, batchOf(conf.messages, () => shared), conf.rate);
-    const to = targets(conf.clients, conf.unicast);
-    const uni = new Tally(conf.clients, conf.unicast, 1);
-    const uniBatch = batchOf(conf.unicast, (seq) => userChannel(to[seq]));
-    const uniRun = await windowed(uni, uniBatch, 500, 15);
-    const after = serverRssKb();
-    return {
-      clients: conf.clients,
-      connect_seconds: round(connectSeconds, 2),
-      kb_per_conn: round((after - memory0) / conf.clients, 2),
-      fanout: fan.summary(fanRun.published, fanRun.start),
-      unicast: uni.summary(uniRun.published, uniRun.start),
-    };
-  }
+  if (SCENARIO === "capacity") return capacityScenario();
+  if (SCENARIO === "storm") return stormScenario();
   if (SCENARIO === "notifier") return notifierScenario();
   throw new Error(`unknown scenario ${SCENARIO}`);
+}
+
+// -- capacity: a full process of connections ---------------------------------------------------
+
+// The soft RLIMIT_NOFILE of a process, as /proc shows it.
+function openFilesLimit(pid) {
+  const limits = readFileSync(`/proc/${pid}/limits`, "utf8");
+  return Number(/Max open files\s+(\d+)/.exec(limits)[1]);
+}
+
+// Unicast deliveries: each message has exactly one addressee, so one flag per message (a
+// clients x messages table would not fit at 19,000 clients).
+class UnicastTally extends Tally {
+  constructor(messages, to) {
+    super(1, messages, 1);
+    this.to = to;
+  }
+
+  record(client, seq, ts) {
+    if (seq < 0 || seq >= this.messages) return false;
+    if (this.to[seq] !== client.index) {
+      this.stray += 1;
+      return false;
+    }
+    return super.record({ index: 0 }, seq, ts);
+  }
+}
+
+// Application-level pings from `probes` clients every `everyMs` while `body` runs: the round
+// trip p50/p99/max of frames the server must answer itself (the Socket.IO peer acknowledges an
+// `echo` event), so a loop busy with delivery shows.
+async function withPings(probes, everyMs, body) {
+  const sent = new Map();
+  const rtt = [];
+  let nextId = 1;
+  onPong = (_client, id) => {
+    const t = sent.get(id);
+    if (t === undefined) return;
+    sent.delete(id);
+    rtt.push(now() - t);
+  };
+  const timer = setInterval(() => {
+    for (const client of probes) {
+      const id = nextId++;
+      sent.set(id, now());
+      system.ping(client, id);
+    }
+  }, everyMs);
+  try {
+    return await body();
+  } finally {
+    clearInterval(timer);
+    const end = now() + 2000;
+    while (sent.size > 0 && now() < end) await sleep(20);
+    onPong = () => {};
+    rtt.sort((a, b) => a - b);
+    withPings.last = {
+      pings: rtt.length + sent.size,
+      unanswered: sent.size,
+      p50_ms: round(percentile(rtt, 50), 3),
+      p99_ms: round(percentile(rtt, 99), 3),
+      max_ms: round(rtt.length ? rtt[rtt.length - 1] : null, 3),
+    };
+  }
+}
+
+async function capacityScenario() {
+  // As many clients as both processes' open-files limits allow, less a margin; each on its own
+  // user channel and on the shared one.
+  const serverLimit = openFilesLimit(SERVER_PID);
+  const ownLimit = openFilesLimit(process.pid);
+  const n = conf.clients || Math.min(serverLimit, ownLimit) - conf.margin;
+  const shared = fanoutChannel();
+  const memory0 = serverRssKb();
+  const cpu0 = process.cpuUsage();
+  const srv0 = cpuSeconds(SERVER_PID);
+  const t0 = now();
+  await connectAll(n, (i) => [userChannel(i), shared]);
+  const connectSeconds = (now() - t0) / 1000;
+  const cpu = process.cpuUsage(cpu0);
+  const connectServerCpu = (cpuSeconds(SERVER_PID) - srv0) / connectSeconds;
+  const connectLoadgenCpu = (cpu.user + cpu.system) / 1e6 / connectSeconds;
+  await sleep(2000);
+  const memory1 = serverRssKb();
+  await warmUp(shared, clients[0]);
+  // Fan-out: a broadcast to every client, paced (not saturated): its latency.
+  const fan = new Tally(n, conf.messages, n);
+  const fanRun = await paced(fan, batchOf(conf.messages, () => shared), conf.rate);
+  // Unicast at a steady rate to random users while pings are timed.
+  const count = conf.unicast_rate * conf.unicast_seconds;
+  const to = targets(n, count);
+  const uni = new UnicastTally(count, to);
+  const uniBatch = batchOf(count, (seq) => userChannel(to[seq]));
+  const probes = clients.slice(0, conf.probes);
+  const srv1 = cpuSeconds(SERVER_PID);
+  const t1 = now();
+  const uniRun = await withPings(probes, conf.ping_ms, () => paced(uni, uniBatch, conf.unicast_rate));
+  const uniServerCpu = (cpuSeconds(SERVER_PID) - srv1) / ((now() - t1) / 1000);
+  const ping = withPings.last;
+  return {
+    clients: n,
+    open_files_limit: { server: serverLimit, loadgen: ownLimit },
+    connect_seconds: round(connectSeconds, 2),
+    connects_per_second: round(n / connectSeconds, 0),
+    connect_server_cpu: round(connectServerCpu, 2),
+    connect_loadgen_cpu: round(connectLoadgenCpu, 2),
+    connect_limited_by: connectServerCpu >= connectLoadgenCpu ? "server" : "load generator",
+    rss_before_kb: memory0,
+    rss_after_kb: memory1,
+    kb_per_conn: round((memory1 - memory0) / n, 2),
+    fanout: fan.summary(fanRun.published, fanRun.start),
+    unicast: { ...uni.summary(uniRun.published, uniRun.start), stray: uni.stray, rate_target: conf.unicast_rate, server_cpu: round(uniServerCpu, 2) },
+    ping: { ...ping, every_ms: conf.ping_ms, probes: probes.length, ok: ping.unanswered === 0 && ping.p99_ms !== null && ping.p99_ms <= 100 },
+  };
+}
+
+// -- storm: the server is SIGKILLed and restarted under its connected clients ------------------
+// The clients reconnect as the SDKs do (capped exponential backoff, full jitter) and resubscribe
+// from their last positions (ArchMesh: `since` per channel; Socket.IO: rejoin their rooms; its
+// connection state recovery needs the in-memory or a streams adapter and the same process,
+// neither of which survives a restart with the redis-adapter). Publications go on throughout.
+
+const BASE_UNICAST = 1000000;
+
+class StormClient {
+  constructor(index, channels, onReady) {
+    this.index = index;
+    this.channels = channels;
+    this.onReady = onReady;
+    this.positions = new Map(); // channel -> { offset, epoch }
+    this.ready = false;
+    this.readyAt = 0;
+    this.attempt = 0;
+    this.failures = 0;
+    this.connects = 0;
+    this.notRecovered = 0;
+    this.pending = 0;
+    this.stopped = false;
+  }
+
+  open() {
+    const ws = new WebSocket(system.url(this), { perMessageDeflate: false, skipUTF8Validation: true });
+    this.ws = ws;
+    let opened = false;
+    ws.on("open", () => {
+      opened = true;
+      this.connects += 1;
+      stormOpened(this);
+      this.hello();
+    });
+    ws.on("error", () => {});
+    ws.on("close", () => {
+      if (!opened) this.failures += 1;
+      const wasReady = this.ready;
+      this.ready = false;
+      if (this.stopped) return;
+      if (wasReady) this.attempt = 0;
+      const cap = Math.min(conf.backoff_cap, conf.backoff_base * 2 ** this.attempt);
+      this.attempt += 1;
+      setTimeout(() => this.open(), Math.random() * cap);
+    });
+    ws.on("message", (buf) => this.message(buf));
+  }
+
+  hello() {
+    if (SYSTEM !== "archmesh") return; // Socket.IO: the handshake starts with the server's `0{`
+    const since = (channel) => this.positions.get(channel);
+    const own = this.channels[0];
+    const extra = this.channels.slice(1).map((channel) => (since(channel) ? { channel, since: since(channel) } : channel));
+    const frame = { type: "connect", token: token(`u${this.index}`), subscribe: extra };
+    if (since(own)) frame.since = since(own);
+    this.pending = this.channels.length;
+    this.ws.send(JSON.stringify(frame));
+  }
+
+  keep(channel, offset, epoch) {
+    const at = this.positions.get(channel);
+    if (!at || at.epoch !== epoch || offset > at.offset) this.positions.set(channel, { offset, epoch });
+  }
+
+  message(buf) {
+    if (SYSTEM !== "archmesh") {
+      const at = buf.indexOf(SEQ);
+      if (at >= 0) {
+        onDelivery(this, intAt(buf, at + SEQ.length), intAt(buf, buf.indexOf(TS, at) + TS.length));
+      } else if (system.control(this, buf.toString())) this.ready_();
+      return;
+    }
+    const frame = JSON.parse(buf.toString());
+    if (frame.type === "publication") {
+      if (frame.offset !== undefined) this.keep(frame.channel, frame.offset, frame.epoch);
+      onDelivery(this, frame.data.seq, frame.data.ts);
+      return;
+    }
+    if (frame.type === "connected" || frame.type === "subscribed") {
+      const channel = frame.type === "connected" ? this.channels[0] : frame.channel;
+      if (frame.recovered === false) this.notRecovered += 1;
+      this.keep(channel, frame.offset, frame.epoch);
+      this.pending -= 1;
+      if (this.pending === 0) this.ready_();
+      return;
+    }
+    if (frame.type === "error" || frame.type === "disconnect") stormErrors.push(`client ${this.index}: ${buf}`);
+  }
+
+  ready_() {
+    this.ready = true;
+    this.readyAt = now();
+    this.onReady(this);
+  }
+}
+
+const stormErrors = [];
+let stormOpened = () => {};
+
+// Reads the new server's pid from run.py (stdin) after asking it for a restart (stdout).
+async function restartServer() {
+  const lines = createInterface({ input: process.stdin });
+  process.stdout.write(`${JSON.stringify({ restart: true })}\n`);
+  for await (const line of lines) {
+    lines.close();
+    return JSON.parse(line).pid;
+  }
+  throw new Error("no new server pid on stdin");
+}
+
+async function stormScenario() {
+  const n = conf.clients;
+  const shared = fanoutChannel();
+  let readyCount = 0;
+  let firstBack = 0;
+  let killedAt = Infinity;
+  const onReady = (client) => {
+    readyCount += 1;
+    if (client.readyAt > killedAt && !firstBack) firstBack = client.readyAt;
+  };
+  // Connect all, 200 at a time (their first connect is not the storm).
+  const storm = Array.from({ length: n }, (_, i) => new StormClient(i, [userChannel(i), shared], onReady));
+  for (let i = 0; i < n; i += 200) {
+    const goal = Math.min(n, i + 200);
+    storm.slice(i, goal).forEach((c) => c.open());
+    const deadline = now() + 60000;
+    while (readyCount < goal) {
+      if (now() > deadline) throw new Error(`storm: ${readyCount} of ${goal} clients ready after 60 s`);
+      await sleep(5);
+    }
+  }
+  clients.push(...storm); // closed at exit like the others
+  await warmUp(shared, storm[0]);
+  // Publications throughout: broadcasts to all, unicasts to random users, numbered apart.
+  const bcast = [];
+  const uni = [];
+  // At most 150 s of broadcasts are tracked (the storm is over long before).
+  const maxBroadcasts = Math.ceil(conf.broadcast_rate * 150);
+  const fanTally = new Tally(n, maxBroadcasts, n);
+  const uniTo = targets(n, 1000000);
+  const uniSeen = new Uint8Array(10000000);
+  let uniDeliveries = 0;
+  let uniDuplicates = 0;
+  let uniStray = 0;
+  onDelivery = (client, seq, ts) => {
+    if (seq >= BASE_UNICAST) {
+      const j = seq - BASE_UNICAST;
+      if (uniTo[j] !== client.index) uniStray += 1;
+      else if (uniSeen[j]) uniDuplicates += 1;
+      else {
+        uniSeen[j] = 1;
+        uniDeliveries += 1;
+      }
+    } else if (seq >= 0) fanTally.record(client, seq, ts);
+  };
+  let publishing = true;
+  const pubStart = now();
+  const publisher = (async () => {
+    let b = 0;
+    let u = 0;
+    while (publishing) {
+      const elapsed = (now() - pubStart) / 1000;
+      while (b < Math.min(maxBroadcasts, Math.floor(elapsed * conf.broadcast_rate) + 1)) {
+        send(prepared(shared, b));
+        bcast.push(now());
+        b += 1;
+      }
+      while (u < Math.floor(elapsed * conf.unicast_rate) + 1) {
+        send(prepared(userChannel(uniTo[u]), BASE_UNICAST + u));
+        uni.push(now());
+        u += 1;
+      }
+      await sleep(5);
+    }
+  })();
+  await sleep(conf.before * 1000);
+  // The restart: every client is connected and positioned.
+  // Two storms in a row: every socket dropped at once by the clients' side with the server up
+  // (they all come back within the first backoff step: the server's own rate), then the server
+  // SIGKILLed and restarted (every client's backoff grows while nothing listens).
+  let pid = SERVER_PID;
+  const phase = async (kind) => {
+    readyCount = 0;
+    firstBack = 0;
+    let firstOpen = 0;
+    let opens = 0;
+    stormOpened = () => {
+      opens += 1;
+      if (!firstOpen) firstOpen = now();
+    };
+    const failures0 = storm.reduce((a, c) => a + c.failures, 0);
+    const notRecovered0 = storm.reduce((a, c) => a + c.notRecovered, 0);
+    const redis0 = cpuSeconds(REDIS_PID);
+    killedAt = now();
+    let cpu0 = 0;
+    if (kind === "kill") pid = await restartServer();
+    else {
+      process.stderr.write(`storm: dropping all clients of ${pid}\n`);
+      cpu0 = cpuSeconds(pid);
+      for (const c of storm) c.ws.terminate();
+    }
+    const startedAt = now();
+    const deadline = now() + 120000;
+    while (readyCount < n || storm.some((c) => !c.ready)) {
+      if (now() > deadline) break;
+      await sleep(5);
+    }
+    const allBack = now();
+    const serverCpu = (cpuSeconds(pid) - cpu0) / ((allBack - startedAt) / 1000);
+    const redisCpu = (cpuSeconds(REDIS_PID) - redis0) / ((allBack - killedAt) / 1000);
+    const during = (times) => times.filter((t) => t >= killedAt && t <= allBack).length;
+    return {
+      reconnected: storm.filter((c) => c.ready).length,
+      seconds_to_all: round((allBack - killedAt) / 1000, 2),
+      seconds_to_first_open: firstOpen ? round((firstOpen - killedAt) / 1000, 2) : null,
+      opens,
+      seconds_to_first_back: firstBack ? round((firstBack - killedAt) / 1000, 2) : null,
+      seconds_first_back_to_all: firstBack ? round((allBack - firstBack) / 1000, 2) : null,
+      reconnects_per_second: firstBack ? round(n / ((allBack - firstBack) / 1000), 0) : null,
+      refused_attempts: storm.reduce((a, c) => a + c.failures, 0) - failures0,
+      not_recovered: SYSTEM === "archmesh" ? storm.reduce((a, c) => a + c.notRecovered, 0) - notRecovered0 : null,
+      // A server short of its core limits the storm; otherwise the clients' backoff spread it.
+      server_cpu: round(serverCpu, 2),
+      redis_cpu: round(redisCpu, 2),
+      limited_by: serverCpu >= 0.9 ? "server" : "client backoff",
+      published_during: during(bcast) + during(uni),
+    };
+  };
+  const drop = await phase("drop");
+  await sleep(1000);
+  const kill = await phase("kill");
+  await sleep(conf.after * 1000);
+  publishing = false;
+  await publisher;
+  const wait = now() + 5000;
+  while ((fanTally.deliveries < bcast.length * n || uniDeliveries < uni.length) && now() < wait) await sleep(20);
+  for (const c of storm) c.stopped = true;
+  const expected = bcast.length * n + uni.length;
+  const received = fanTally.deliveries + uniDeliveries;
+  return {
+    clients: n,
+    recovery: SYSTEM === "archmesh" ? "since, per channel" : "none (rooms joined again)",
+    kill,
+    drop,
+    published: { broadcast: bcast.length, unicast: uni.length },
+    expected,
+    deliveries: received,
+    lost: expected - received,
+    duplicates: fanTally.duplicates + uniDuplicates,
+    stray: uniStray,
+    errors: stormErrors.slice(0, 5),
+  };
 }
 
 // -- notifier: in-app notifications through `archmesh-rt notifier` to connected clients -------

@@ -6,6 +6,11 @@ scenario and runs the load generator + publisher pinned to core 1 (with Redis). 
 rounds, as ratios to Node's Socket.IO, go to docs/benchmarks.md.
 
     python3 bench/run.py [--rounds 3] [--systems a,b] [--scenarios x,y] [--no-write]
+    python3 bench/run.py --systems archmesh,socketio --scenarios capacity --no-write
+    python3 bench/run.py --systems archmesh --scenarios storm --no-write -- --clients 1000
+
+`capacity` and `storm` run once per system, after the rounds, for ArchMesh and Node's
+Socket.IO only (the reference): they are long, and their ratios are what the targets name.
     python3 bench/run.py --report .bench/results.json   # rewrite the doc from a saved run
 
 Standard library only: it runs before any venv exists.
@@ -25,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -42,6 +48,9 @@ ARCHMESH_TREE: Path | None = None  # --archmesh-tree
 
 SYSTEMS = ("archmesh", "socketio", "pysocketio", "broadcaster")
 SCENARIOS = ("fanout", "latency", "unicast", "idle", "notifier")
+# Run once per system after the rounds, ArchMesh and the reference only.
+ONCE = ("capacity", "storm")
+ONCE_SYSTEMS = ("archmesh", "socketio")
 # Not a peer: a bare Node fan-out server that shows how much the load generator can take.
 CEILING = "blast"
 LABELS = {
@@ -170,6 +179,8 @@ def run_scenario(
 ) -> dict[str, object]:
     if scenario == "notifier":
         return run_notifier(redis_url, redis_pid, extra)
+    if scenario == "storm":
+        return run_storm(system, redis_url, redis_pid, extra)
     port = free_port()
     env = environment(redis_url, port)
     cwd = REPO
@@ -184,6 +195,54 @@ def run_scenario(
         args = ["--system", system, "--scenario", scenario, "--port", str(port)]
         args += ["--redis", redis_url, "--pid", str(server.pid), "--redis-pid", str(redis_pid)]
         return load(args + extra, env)
+    finally:
+        stop(server)
+
+
+def start_server(
+    system: str, scenario: str, port: int, env: dict[str, str]
+) -> subprocess.Popen[bytes]:
+    cmd = ["taskset", "-c", SERVER_CORE, *server_command(system, port)]
+    with server_log(system, scenario) as out:
+        return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=out, stderr=out)
+
+
+def run_storm(system: str, redis_url: str, redis_pid: int, extra: list[str]) -> dict[str, object]:
+    """The reconnect storm: the load generator asks (a `{"restart": true}` line) and the
+    server is SIGKILLed and started again at once on the same port, as a supervisor would; the
+    new server's pid goes back on the load generator's stdin so it can read its CPU."""
+    port = free_port()
+    env = environment(redis_url, port)
+    server = start_server(system, "storm", port, env)
+    try:
+        wait_port(port, server)
+        args = ["--system", system, "--scenario", "storm", "--port", str(port)]
+        args += ["--redis", redis_url, "--pid", str(server.pid), "--redis-pid", str(redis_pid)]
+        cmd = ["taskset", "-c", LOAD_CORE, "node", str(BENCH / "loadgen.mjs"), *args, *extra]
+        with server_log(system, "storm-loadgen") as err:
+            loadgen = subprocess.Popen(
+                cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True
+            )
+        assert loadgen.stdin is not None
+        assert loadgen.stdout is not None
+        watchdog = threading.Timer(300, loadgen.kill)  # its own deadlines failed: end it
+        watchdog.start()
+        last = ""
+        for line in loadgen.stdout:
+            if line.strip() == '{"restart":true}':
+                server.kill()
+                server.wait()
+                server = start_server(system, "storm", port, env)
+                loadgen.stdin.write(json.dumps({"pid": server.pid}) + "\n")
+                loadgen.stdin.flush()
+            elif line.strip():
+                last = line
+        loadgen.wait()
+        watchdog.cancel()
+        if not last:
+            return {"error": f"load generator printed nothing (exit {loadgen.returncode})"}
+        result: dict[str, object] = json.loads(last)
+        return result
     finally:
         stop(server)
 
@@ -312,6 +371,112 @@ def table(results: Results, systems: list[str]) -> str:
     return "\n".join(lines)
 
 
+def once(results: Results, system: str, scenario: str, path: str) -> float | None:
+    """A figure of a run-once scenario (the last run), by dotted path: `ping.p99_ms`."""
+    runs = results.runs.get(system, {}).get(scenario, [])
+    value: Any = runs[-1] if runs else None
+    for key in path.split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def ratio_of(results: Results, scenario: str, path: str) -> float | None:
+    ours = once(results, "archmesh", scenario, path)
+    ref = once(results, REFERENCE, scenario, path)
+    return ours / ref if ours is not None and ref else None
+
+
+def once_table(results: Results, scenario: str, rows: list[tuple[str, str]]) -> str:
+    """ArchMesh and the reference side by side, with the ratio; text cells as they are."""
+    if not any(results.runs.get(s, {}).get(scenario) for s in ONCE_SYSTEMS):
+        return "(not run)"
+    head = "| | " + " | ".join(LABELS[s] for s in ONCE_SYSTEMS) + " | ratio |"
+    lines = [head, "| --- |" + " --- |" * (len(ONCE_SYSTEMS) + 1)]
+    for label, path in rows:
+        cells = []
+        for system in ONCE_SYSTEMS:
+            runs = results.runs.get(system, {}).get(scenario, [])
+            value: Any = runs[-1] if runs else None
+            for key in path.split("."):
+                value = value.get(key) if isinstance(value, dict) else None
+            if isinstance(value, bool):
+                cells.append("yes" if value else "no")
+            elif isinstance(value, int):
+                cells.append(f"{value:,}")
+            elif isinstance(value, float):
+                cells.append(fmt(value))
+            else:
+                cells.append("n/a" if value is None else str(value))
+        ratio = ratio_of(results, scenario, path)
+        shown = f"{ratio:.2f}x" if ratio is not None else ""
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {shown} |")
+    for system in ONCE_SYSTEMS:
+        for run in results.runs.get(system, {}).get(scenario, []):
+            if "error" in run:
+                lines.append(f"\n{LABELS[system]} failed: `{run['error']}`")
+    return "\n".join(lines)
+
+
+def capacity_table(results: Results) -> str:
+    return once_table(
+        results,
+        "capacity",
+        [
+            ("connections held (open-files limit less a margin)", "clients"),
+            ("time to connect all, s", "connect_seconds"),
+            ("connects/s", "connects_per_second"),
+            ("server CPU while connecting (of its core)", "connect_server_cpu"),
+            ("load generator CPU while connecting (of its core)", "connect_loadgen_cpu"),
+            ("what limits the connect rate", "connect_limited_by"),
+            ("server RSS per connection, KiB", "kb_per_conn"),
+            ("broadcast to all: fan-out p50 ms", "fanout.p50_ms"),
+            ("broadcast to all: fan-out p99 ms", "fanout.p99_ms"),
+            ("broadcast to all: not delivered", "fanout.lost"),
+            ("broadcast to all: duplicates", "fanout.duplicates"),
+            ("unicast at a steady rate: messages/s asked", "unicast.rate_target"),
+            ("unicast: deliveries/s", "unicast.rate"),
+            ("unicast: p50 ms", "unicast.p50_ms"),
+            ("unicast: p99 ms", "unicast.p99_ms"),
+            ("unicast: not delivered", "unicast.lost"),
+            ("unicast: duplicates", "unicast.duplicates"),
+            ("unicast: server CPU (of its core)", "unicast.server_cpu"),
+            ("application ping during unicast: p50 ms", "ping.p50_ms"),
+            ("application ping during unicast: p99 ms", "ping.p99_ms"),
+            ("application ping p99 <= 100 ms, all answered", "ping.ok"),
+        ],
+    )
+
+
+def storm_table(results: Results) -> str:
+    phases = [("drop", "all dropped at once"), ("kill", "SIGKILL and restart")]
+    each = [
+        ("to every client back and resubscribed, s", "seconds_to_all"),
+        ("to the first upgrade answered, s", "seconds_to_first_open"),
+        ("to the first client back and resubscribed, s", "seconds_to_first_back"),
+        ("first back to all back, s", "seconds_first_back_to_all"),
+        ("reconnects/s from the first back", "reconnects_per_second"),
+        ("server CPU until all back (of its core)", "server_cpu"),
+        ("Redis CPU until all back (of a core)", "redis_cpu"),
+        ("what limits the reconnect rate", "limited_by"),
+        ("refused connection attempts", "refused_attempts"),
+        ("messages published meanwhile", "published_during"),
+        ("subscriptions not recovered", "not_recovered"),
+    ]
+    rows = [
+        ("clients (own `user:` channel + the shared one)", "clients"),
+        ("recovery of what was missed", "recovery"),
+    ]
+    rows += [(f"{what}: {label}", f"{kind}.{key}") for kind, what in phases for label, key in each]
+    rows += [
+        ("messages published in all (broadcast)", "published.broadcast"),
+        ("messages published in all (unicast)", "published.unicast"),
+        ("deliveries expected (both storms)", "expected"),
+        ("not delivered", "lost"),
+        ("duplicates", "duplicates"),
+    ]
+    return once_table(results, "storm", rows)
+
+
 def targets(results: Results) -> str:
     def ratio(scenario: str, key: str) -> float | None:
         ours = results.median("archmesh", scenario, key)
@@ -331,6 +496,19 @@ def targets(results: Results) -> str:
         lines.append(f"| {name} | {shown} | {goal} | {met} |")
     lost = results.total("archmesh", "latency", "lost")
     lines.append(f"| latency scenario loss | {lost} | 0 | {'yes' if lost == 0 else 'no'} |")
+    connect = ratio_of(results, "capacity", "connects_per_second")
+    if connect is not None:
+        met = "yes" if connect >= 1.0 else "no"
+        lines.append(f"| capacity: connects/s | {connect:.2f}x | >= 1.0x | {met} |")
+    ping = once(results, "archmesh", "capacity", "ping.p99_ms")
+    if ping is not None:
+        met = "yes" if ping <= 100 else "no"
+        lines.append(f"| capacity: ping p99 during unicast | {ping:.1f} ms | <= 100 ms | {met} |")
+    storm = results.runs.get("archmesh", {}).get("storm", [])
+    if storm and "error" not in storm[-1]:
+        gone, dup = storm[-1].get("lost"), storm[-1].get("duplicates")
+        met = "yes" if gone == 0 and dup == 0 else "no"
+        lines.append(f"| storm: lost / duplicated | {gone} / {dup} | 0 / 0 | {met} |")
     notifier = results.median("archmesh", "notifier", "rate")
     if notifier is not None:
         met = "yes" if notifier >= 5000 else "no"
@@ -399,7 +577,6 @@ def write_doc(results: Results, meta: dict[str, Any]) -> None:
         )
     ceiling = results.median(CEILING, "fanout", "rate")
     ceiling_cpu = results.median(CEILING, "fanout", "loadgen_cpu")
-    capacity = results.runs.get("archmesh", {}).get("capacity", [])
     doc = template.format(
         date=meta["date"],
         machine=meta["machine"],
@@ -412,7 +589,8 @@ def write_doc(results: Results, meta: dict[str, Any]) -> None:
         ceiling=fmt(ceiling),
         fanout_note=fanout_note,
         ceiling_cpu=fmt(ceiling_cpu),
-        capacity=json.dumps(capacity[-1], indent=1) if capacity else "(not run)",
+        capacity=capacity_table(results),
+        storm=storm_table(results),
         history=(BENCH / "history.md").read_text().strip(),
         raw=json.dumps(results.runs, indent=1),
     )
@@ -424,8 +602,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--systems", default=",".join(SYSTEMS))
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS + ONCE))
     parser.add_argument("--capacity", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--storm", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--no-write", action="store_true", help="print, leave the doc alone")
     parser.add_argument(
         "--archmesh-tree",
@@ -445,7 +624,8 @@ def main() -> int:
         ARCHMESH_TREE = opts.archmesh_tree.resolve()
         opts.no_write = True
     systems = [s for s in opts.systems.split(",") if s]
-    scenarios = [s for s in opts.scenarios.split(",") if s]
+    scenarios = [s for s in opts.scenarios.split(",") if s and s not in ONCE]
+    once = [s for s in opts.scenarios.split(",") if s in ONCE and getattr(opts, s)]
     if os.cpu_count() is None or os.cpu_count() < 2:  # type: ignore[operator]
         raise SystemExit("needs 2 cores: the server on one, the load generator on the other")
     started = time.monotonic()
@@ -466,10 +646,11 @@ def main() -> int:
                     result = run_scenario(system, scenario, redis_url, redis_pid, opts.extra)
                     results.add(system, scenario, result)
                     log(f"round {round_no} {system} {scenario}: {json.dumps(result)}")
-        if opts.capacity and "archmesh" in systems:
-            result = run_scenario("archmesh", "capacity", redis_url, redis_pid, [])
-            results.add("archmesh", "capacity", result)
-            log(f"archmesh capacity: {json.dumps(result)}")
+        for scenario in once:
+            for system in [s for s in ONCE_SYSTEMS if s in systems]:
+                result = run_scenario(system, scenario, redis_url, redis_pid, opts.extra)
+                results.add(system, scenario, result)
+                log(f"{system} {scenario}: {json.dumps(result)}")
     minutes = (time.monotonic() - started) / 60
     meta = {
         "systems": systems,
@@ -482,6 +663,8 @@ def main() -> int:
     saved = {"meta": meta, "runs": results.runs}
     (PEERS / "results.json").write_text(json.dumps(saved, indent=1))
     print(table(results, systems))
+    print(capacity_table(results))
+    print(storm_table(results))
     print(targets(results))
     log(f"done in {minutes:.1f} min; raw results in .bench/results.json")
     if not opts.no_write:

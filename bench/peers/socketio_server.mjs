@@ -22,5 +22,9 @@ io.on("connection", (socket) => {
     socket.join(rooms);
     socket.emit("joined", rooms);
   });
+  // An application-level ping for the capacity scenario: acknowledged at once.
+  socket.on("echo", (ack) => {
+    if (typeof ack === "function") ack();
+  });
 });
 http.listen(Number(process.env.PORT), "127.0.0.1");
