@@ -11,10 +11,13 @@ import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from typing import cast
 
 import redis.asyncio as aioredis
 from archmesh_client.notifications import Medium
 from archmesh_client.publisher import Publisher
+from archmesh_client.redis_url import ClusterAddress
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
@@ -31,6 +34,7 @@ from notifier.intake import Intake
 from notifier.ledger import Ledger
 from notifier.live import LiveChannels
 from notifier.metrics import NotifierMetrics
+from notifier.ownership import Everything, Leases, Ownership
 from notifier.preferences import PreferenceStore
 from notifier.processor import Options, Processor
 from notifier.senders.email import EmailSender
@@ -63,9 +67,24 @@ def utcnow() -> datetime:
 def connect_store(url: str) -> aioredis.Redis:
     """The notifier's stores on the Redis server at `url` (`archmesh-rt dev` without Redis
     passes an embedded one instead). A call that finds every pooled connection busy waits for
-    one (up to the command timeout) instead of failing: a burst of API calls queues."""
+    one (up to the command timeout) instead of failing: a burst of API calls queues.
+
+    On a Cluster (`redis+cluster://`, the gateways' URL) the client is redis-py's
+    `RedisCluster`, typed as the single-server client: the stores use the commands both have,
+    and every script is called with a key of its partition, which routes it to that slot."""
     if not url or url.startswith("memory://"):
         raise ValueError("ARCHMESH_REDIS_URL: the notifier's stores need a Redis server")
+    if backend_of(url) == "cluster":
+        address = ClusterAddress.parse(url)
+        cluster = RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in address.nodes],
+            decode_responses=True,
+            socket_connect_timeout=5,
+            socket_timeout=15,
+            health_check_interval=10,
+            **address.credentials(),
+        )
+        return cast(aioredis.Redis, cluster)
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=POOL_SIZE,
@@ -90,6 +109,7 @@ class Notifier:
     ) -> None:
         self.settings = s = settings
         self.node = s.node_id or f"{socket.gethostname()}-{os.getpid()}"
+        keys.use(s.partitioning())
         self.redis = redis or connect_store(s.redis_url)
         self._own_broker = broker is None
         self.broker = broker or create_broker(s.redis_url, s.history_policy(), s.broker_liveness())
@@ -113,8 +133,17 @@ class Notifier:
         self.critical = frozenset(s.notifier_critical_types)
         self.unsubscribe = UnsubscribeLinks.from_settings(s, clock)
         self.intake = Intake(self.redis, self.node, s.notifier_claim_idle)
+        self.ownership: Ownership = (
+            Leases(self.redis, self.node, s.notifier_claim_idle)
+            if keys.layout().tagged
+            else Everything()
+        )
         self.workflows = WorkflowWatcher(
-            self.redis, self.broker, parse_rules(s.notifier_workflow_rules), s.notifier_retention
+            self.redis,
+            self.broker,
+            parse_rules(s.notifier_workflow_rules),
+            s.notifier_retention,
+            shards=self.ownership.owned,
         )
         self.worker = self._worker(clock)
         unsubscribe = UnsubscribeApi(self.unsubscribe, self.preferences, self.critical)
@@ -179,6 +208,7 @@ class Notifier:
             concurrency=s.notifier_concurrency,
             intake_attempts=s.notifier_intake_attempts,
             claim_every=max(1.0, s.notifier_claim_idle / 2),
+            ownership=self.ownership,
         )
         return worker
 
@@ -224,7 +254,9 @@ class Notifier:
         """Queue lag and scheduled deliveries, read when scraped."""
         try:
             lag, pending = await self.intake.backlog()
-            due = await self.redis.zcard(keys.DUE)
+            due = 0
+            for partition in keys.partitions():
+                due += await self.redis.zcard(keys.due(partition))
         except Exception:  # a scrape must not fail because Redis is down
             return
         self.metrics.queue_lag.set(lag)

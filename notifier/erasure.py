@@ -7,7 +7,9 @@ owns, every delivery still to come (held, pending, retrying, waiting to escalate
 out of `nt:due`), and the user's throttle logs and open digest windows.
 Kept: delivery statuses until they expire, without the user id, addresses or
 rendered content, and the hourly analytics counts (type, medium, status: no user in them).
-One script, so a delivery claimed meanwhile finds its job gone instead of half an erasure."""
+One script, so a delivery claimed meanwhile finds its job gone instead of half an erasure.
+Partitioned (notifier/keys.py), the user's channel history and the workflow sessions live in
+other slots: they go right after that script, the sessions one shard at a time."""
 
 from __future__ import annotations
 
@@ -28,24 +30,34 @@ REASON = "the user was erased"
 class Erasure:
     def __init__(self, redis: aioredis.Redis, clock: Callable[[], datetime]) -> None:
         self._clock = clock
+        self._redis = redis
         self._erase = redis.register_script(lua("notifier.scripts", "erase.lua"))
+        self._forget = redis.register_script(lua("notifier.scripts", "forget_sessions.lua"))
 
     async def erase(self, user_id: str) -> int:
         """Idempotent; the number of deliveries it cancelled (0 the second time)."""
-        payload = {
+        partition = keys.of_user(user_id)
+        body = {
             "user": user_id,
             "prefs": keys.preferences(user_id),
             "index": keys.user_notifications(user_id),
-            "due": keys.DUE,
-            "prefix": keys.notification(""),
-            "sessions": keys.SESSIONS,
+            "due": keys.due(partition),
+            "prefix": keys.notification("", partition),
+            "sessions": keys.sessions(0) if not keys.layout().tagged else "",
             "media": [medium.value for medium in Medium],
-            "delete": [*keys.user_keys(user_id), *_channel_keys(user_id)],
+            "delete": keys.user_keys(user_id)
+            + ([] if keys.layout().tagged else _channel_keys(user_id)),
             "now": self._clock().isoformat(),
             "reason": REASON,
             "digest_job": keys.DIGEST_JOB,
         }
-        return int(await self._erase(args=[orjson.dumps(payload)]))
+        payload = orjson.dumps(body)
+        cancelled = int(await self._erase(keys=[keys.due(partition)], args=[payload]))
+        if keys.layout().tagged:  # the user's channel and sessions are in other slots
+            await self._redis.delete(*_channel_keys(user_id))
+            for shard in keys.partitions():
+                await self._forget(keys=[keys.sessions(shard)], args=[user_id])
+        return cancelled
 
 
 def _channel_keys(user_id: str) -> list[str]:

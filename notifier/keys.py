@@ -1,6 +1,15 @@
-"""The notifier's Redis key layout (documented in the README for other languages).
+"""The notifier's Redis key layout (documented in docs/notifier.md for other languages).
 
-Everything lives under `nt:`; the request stream and its dead letters are the public part."""
+Everything lives under `nt:`. The keys are split into partitions
+(`archmesh_client.request_stream.Partitioning`): a user belongs to one, and every key that
+serves one user's requests (stream, due jobs, statuses, locks, inbox, preferences, throttle
+logs, digest windows, cancel index, analytics counts, dead letters) starts with that
+partition's prefix `nt:{<tag>}:`, so every script touches one Cluster slot. One Redis with one
+partition keeps the untagged names (`nt:requests`, `nt:n:<id>`...), unchanged.
+
+A process runs one layout: `use()` sets it once at start (the notifier's settings decide it),
+and the per-user key functions below find the user's partition with it. Functions of keys that
+are not found by user (a notification by its id, a due set) take the partition."""
 
 from __future__ import annotations
 
@@ -8,8 +17,9 @@ from typing import NamedTuple
 
 from archmesh_client import cancellation
 from archmesh_client.notifications import REQUEST_STREAM
+from archmesh_client.request_stream import Partitioning
 
-REQUESTS = REQUEST_STREAM  # XADD nt:requests * request <NotificationRequest JSON>
+REQUESTS = REQUEST_STREAM  # untagged: XADD nt:requests * request <NotificationRequest JSON>
 DEAD_LETTERS = "nt:dead"  # entries: request, reason, entry, failed_at
 GROUP = "notifiers"
 DUE = cancellation.DUE  # zset "<id>|<channel>" (or "#dg:<digest id>") -> unix ms it is due
@@ -18,21 +28,89 @@ DIGEST_FIELD = "digest"  # stream field marking a digest's own request (not dige
 ATTEMPTS = "nt:attempts"  # hash entry id -> failed processing attempts
 SESSIONS = "nt:sessions"  # hash session id -> owner user id (workflow rules)
 
-
-def notification(notification_id: str) -> str:
-    return f"{cancellation.NOTIFICATION_PREFIX}{notification_id}"
+_layout = Partitioning()
 
 
-def lock(notification_id: str) -> str:
-    return f"nt:lock:{notification_id}"
+def use(layout: Partitioning) -> None:
+    """The layout of this process's keys (set once, before any key is built)."""
+    global _layout
+    _layout = layout
+
+
+def layout() -> Partitioning:
+    return _layout
+
+
+def partitions() -> range:
+    return range(_layout.partitions)
+
+
+def of_user(user_id: str) -> int:
+    return _layout.of_user(user_id)
+
+
+def prefix(partition: int) -> str:
+    return _layout.prefix(partition)
+
+
+def _at(partition: int, name: str) -> str:
+    """An untagged name (`nt:due`) in `partition`."""
+    return prefix(partition) + name.removeprefix("nt:")
+
+
+def _of(user_id: str, name: str) -> str:
+    return _at(of_user(user_id), name)
+
+
+def requests(partition: int = 0) -> str:
+    return _layout.stream(partition)
+
+
+def dead_letters(partition: int = 0) -> str:
+    return _at(partition, DEAD_LETTERS)
+
+
+def attempts(partition: int = 0) -> str:
+    return _at(partition, ATTEMPTS)
+
+
+def due(partition: int = 0) -> str:
+    return _at(partition, DUE)
+
+
+def sessions(shard: int = 0) -> str:
+    """Hash session id -> {owner, offset, epoch}: the sessions of one shard (a session's shard
+    is its id's partition; the replica holding that partition's lease watches them)."""
+    return _at(shard, SESSIONS)
+
+
+def shard_of_session(session_id: str) -> int:
+    return _layout.of_user(session_id)
+
+
+def lease(partition: int) -> str:
+    """The replica that holds `partition` (reads its stream, watches its sessions)."""
+    return _at(partition, "nt:lease")
+
+
+REPLICAS = "nt:{nt}:replicas"  # zset replica -> unix ms its heartbeat ends (partitioned only)
+
+
+def notification(notification_id: str, partition: int = 0) -> str:
+    return _at(partition, f"{cancellation.NOTIFICATION_PREFIX}{notification_id}")
+
+
+def lock(notification_id: str, partition: int = 0) -> str:
+    return _at(partition, f"nt:lock:{notification_id}")
 
 
 def preferences(user_id: str) -> str:
-    return f"nt:prefs:{user_id}"
+    return _of(user_id, f"nt:prefs:{user_id}")
 
 
 def template(name: str) -> str:
-    return f"nt:tpl:{name}"
+    """Templates are not per user: one slot of their own when tagged."""
+    return f"nt:{{nt}}:tpl:{name}" if _layout.tagged else f"nt:tpl:{name}"
 
 
 class InboxKeys(NamedTuple):
@@ -47,39 +125,43 @@ class InboxKeys(NamedTuple):
 
 
 def inbox(user_id: str) -> InboxKeys:
-    base = f"nt:inbox:{user_id}"
+    base = _of(user_id, f"nt:inbox:{user_id}")
     return InboxKeys(base, f"{base}:items", f"{base}:unread", f"{base}:unseen", f"{base}:archived")
 
 
-def cancel_index(cancel_key: str) -> str:
-    """Set of the notification ids that carried `cancel_key`."""
-    return cancellation.index_key(cancel_key)
+def cancel_index(cancel_key: str, partition: int = 0) -> str:
+    """Set of the notification ids of `partition` that carried `cancel_key`."""
+    return cancellation.index_key(cancel_key, prefix(partition))
 
 
-def throttle(name: str) -> str:
-    """Zset notification id -> ms admitted, of one user's type (and key): a sliding log."""
-    return f"nt:th:{name}"
+def throttle(name: str, user_id: str = "") -> str:
+    """Zset notification id -> ms admitted, of one user's type (and key): a sliding log; in
+    `user_id`'s partition (the user is needed when partitioned)."""
+    return _of(user_id, f"nt:th:{name}")
 
 
-def digest_open(name: str) -> str:
-    """The id of the digest window open for `name` (user|type|digest_key), if one is."""
-    return f"nt:dg:{name}"
+def digest_open(name: str, user_id: str = "") -> str:
+    """The id of the digest window open for `name` (user|type|digest_key), if one is; in
+    `user_id`'s partition (the user is needed when partitioned)."""
+    return _of(user_id, f"nt:dg:{name}")
 
 
-def digest(digest_id: str) -> tuple[str, str, str]:
+def digest(digest_id: str, partition: int = 0) -> tuple[str, str, str]:
     """A digest window: its hash (id, skeleton, opened, closes, max, show, opener), its
     events (zset id -> arrival) and their content (hash id -> event JSON)."""
-    base = f"nt:dgw:{digest_id}"
+    base = _at(partition, f"nt:dgw:{digest_id}")
     return base, f"{base}:ev", f"{base}:data"
 
 
-def stats(hour: str) -> str:
-    return f"nt:stats:{hour}"
+def stats(hour: str, partition: int = 0) -> str:
+    """Counts of one hour of the notifications of `partition` (analytics sums partitions)."""
+    return _at(partition, f"nt:stats:{hour}")
 
 
-def workflow_request(request_id: str) -> str:
-    """Marks a workflow event's request as enqueued (one replica enqueues it, once)."""
-    return f"nt:wf:{request_id}"
+def workflow_request(request_id: str, user_id: str) -> str:
+    """Marks a workflow event's request as enqueued (one replica enqueues it, once); in the
+    partition of the user it goes to, beside that partition's stream."""
+    return _of(user_id, f"nt:wf:{request_id}")
 
 
 def due_member(notification_id: str, channel: str) -> str:
@@ -89,7 +171,7 @@ def due_member(notification_id: str, channel: str) -> str:
 def user_notifications(user_id: str) -> str:
     """zset: the user's notification ids (scored by creation, ms) while their statuses live,
     so an erasure finds the user's statuses and pending jobs without scanning `nt:n:*`."""
-    return f"nt:user:{user_id}:notifications"
+    return _of(user_id, f"nt:user:{user_id}:notifications")
 
 
 def user_keys(user_id: str) -> list[str]:

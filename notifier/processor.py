@@ -89,6 +89,7 @@ class Processor:
         self._on_scheduled = on_scheduled
 
     async def process(self, entries: list[Entry]) -> None:
+        """`entries`: of one partition, each of a user of that partition (worker.py)."""
         work: list[_Work] = []
         dead: list[tuple[Entry, str]] = []
         for entry in entries:
@@ -117,6 +118,7 @@ class Processor:
             [self._asked(w) for w in work],
             names,
             start,
+            work[0].entry.partition,
         )
         templates = {
             name: None if raw is None else Template.model_validate_json(raw)
@@ -177,7 +179,9 @@ class Processor:
     async def _commit(
         self, work: list[_Work], duplicates: list[Entry], dead: list[tuple[Entry, str]]
     ) -> None:
-        outcome = Outcome(acks=[entry.id for entry in duplicates])
+        entries = [*duplicates, *(entry for entry, _ in dead), *(item.entry for item in work)]
+        partition = entries[0].partition if entries else 0
+        outcome = Outcome(partition=partition, acks=[entry.id for entry in duplicates])
         now = self._clock()
         for item in work:
             self._stage(outcome, item, now)

@@ -36,4 +36,8 @@ def parse_rule(text: str) -> ThrottleRule:
 def spec(request: NotificationRequest, rule: ThrottleRule) -> dict[str, Any]:
     """What prepare.lua needs to admit `request` or not."""
     name = f"{request.user_id}|{request.type}|{request.throttle_key or ''}"
-    return {"key": keys.throttle(name), "limit": rule.limit, "window": int(rule.window * 1000)}
+    return {
+        "key": keys.throttle(name, request.user_id),
+        "limit": rule.limit,
+        "window": int(rule.window * 1000),
+    }
