@@ -34,11 +34,13 @@ async def marks(redis: aioredis.Redis, user_id: str, item_id: str) -> Marks:
     """Whether the user has seen and read the in-app item (neither, if it is not there).
     The inbox's own `Inbox.marks` reads the same keys (its item id is the notification id)."""
     box = keys.inbox(user_id)
+    # Commands whose replies are counts and lists: redis-py's Cluster transactions fail on
+    # the boolean reply callbacks (HEXISTS, SISMEMBER).
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.hexists(box.items, item_id)
-        pipe.sismember(box.unread, item_id)
-        pipe.sismember(box.unseen, item_id)
-        exists, is_unread, is_unseen = await pipe.execute()
+        pipe.hstrlen(box.items, item_id)
+        pipe.smismember(box.unread, [item_id])
+        pipe.smismember(box.unseen, [item_id])
+        exists, [is_unread], [is_unseen] = await pipe.execute()
     if not exists:
         return Marks(seen=False, read=False)
     read = not is_unread

@@ -121,8 +121,7 @@ class NotifierSettings(Settings):
     def partitioning(self) -> Partitioning:
         """The key layout: tagged per partition on a Cluster or with more than one partition."""
         cluster = self.redis_url.partition("://")[0] in CLUSTER_SCHEMES
-        count = self.notifier_partitions or (8 if cluster else 1)
-        return Partitioning.of(count, cluster=cluster)
+        return Partitioning.of(self.notifier_partitions, cluster=cluster)
 
     def rules(self) -> Rules:
         return Rules.parse(self.notifier_escalation, self.notifier_digests, self.notifier_throttles)

@@ -34,10 +34,10 @@ def _request(item: Item) -> NotificationRequest:
 
 
 class NotifierClient:
-    def __init__(self, redis_url: str, partitions: int = 1) -> None:
+    def __init__(self, redis_url: str, partitions: int = 0) -> None:
         """`redis_url`: the notifiers' Redis (`redis+cluster://...` for a Cluster);
-        `partitions`: the notifiers' `ARCHMESH_NOTIFIER_PARTITIONS` (a request queued on the
-        wrong partition is still processed, after one more hop)."""
+        `partitions`: the notifiers' `ARCHMESH_NOTIFIER_PARTITIONS` (0, the default, means the
+        same as there: 1 on one Redis, 8 on a Cluster)."""
         self._redis: Any
         cluster = is_cluster_url(redis_url)
         if cluster:

