@@ -195,3 +195,102 @@ async def test_every_feature_works_on_a_cluster_with_two_replicas(
     assert [s for s, count in subjects.items() if count > 1] == []
     assert len(mails_to(smtp, "u1@")) == total // 40 + 1  # the plain ones and old0, not e1
     assert digest is not None
+
+
+def leases(raw: Any) -> list[str | None]:
+    """Which replica holds each partition (None: nobody, right now)."""
+    values = [raw.get(LAYOUT.prefix(p) + "lease") for p in range(LAYOUT.partitions)]
+    return [None if v is None else v.decode() for v in values]
+
+
+async def test_replicas_that_join_and_die_hand_partitions_and_sessions_over(
+    stack: tuple[GatewayProcess, list[NotifierProcess]],
+    shared_cluster: RedisCluster,
+    smtp: SmtpServer,
+) -> None:
+    gateway, notifiers = stack
+    a, b = notifiers[:2]
+    raw = shared_cluster.client()
+    sessions = {f"s{n}": f"w{n}" for n in range(16)}  # session -> owner
+    every = set(range(LAYOUT.partitions))
+    assert {LAYOUT.of_user(s) for s in sessions} == {LAYOUT.of_user(w) for w in sessions.values()}
+    assert {LAYOUT.of_user(s) for s in sessions} == every  # sessions in every shard
+    await asyncio.to_thread(save_contacts, a, list(sessions.values()))
+    for session, owner in sessions.items():
+        call(b, "PUT", f"/api/sessions/{session}", json={"owner_id": owner})
+    assert set(leases(raw)) == {a.env["ARCHMESH_NODE_ID"], b.env["ARCHMESH_NODE_ID"]}
+
+    published: list[str] = []  # the notification id each event must become, once
+    stop = asyncio.Event()
+
+    def publish_round(round_no: int) -> None:
+        for session in sessions:
+            update = {
+                "type": "workflow_update",
+                "session_id": session,
+                "stage": f"{session}-{round_no}",
+                "status": "review_required",
+                "progress": 0.5,
+            }
+            reply = gateway.publish(f"session:{session}", update)
+            assert reply.status_code == 200, reply.text
+            at = reply.json()
+            published.append(f"wf.{session}.{at['epoch']}.{at['offset']}")
+
+    async def pump() -> None:
+        """Events on every session all along, while replicas come and go."""
+        round_no = 0
+        while not stop.is_set():
+            await asyncio.to_thread(publish_round, round_no)
+            round_no += 1
+            await asyncio.sleep(0.1)
+
+    pumping = asyncio.create_task(pump())
+    try:
+        # A third replica joins: it takes its share, the others give theirs up.
+        c = await asyncio.to_thread(NotifierProcess(shared_cluster.url, **notifier_env(smtp)).start)
+        notifiers.append(c)
+        c_id = c.env["ARCHMESH_NODE_ID"]
+        await until(lambda: leases(raw).count(c_id) >= 2, 15, "the new replica's share")
+        # One dies: its partitions (streams and sessions) are taken over after its lease.
+        a_id = a.env["ARCHMESH_NODE_ID"]
+        a.stop(signal.SIGKILL)
+        killed = time.monotonic()
+        await until(
+            lambda: a_id not in leases(raw) and None not in leases(raw),
+            3 * CLAIM_IDLE,
+            "the dead replica's partitions taken over",
+        )
+        takeover = time.monotonic() - killed
+        rounds_after = len(published)
+        await until(lambda: len(published) >= rounds_after + 3 * len(sessions), 15, "more events")
+    finally:
+        stop.set()
+        await pumping
+
+    def arrived() -> bool:
+        return sum(
+            1 for m in smtp.messages if "review required" in str(m.message["Subject"])
+        ) >= len(published)
+
+    await until(arrived, 30, "an email for every workflow event")
+    await until(lambda: settled(raw), 15, "every partition settled")
+    subjects = collections.Counter(
+        str(m.message["Subject"])
+        for m in smtp.messages
+        if "review required" in str(m.message["Subject"])
+    )
+    survivor = notifiers[1]
+    missing = [nid for nid in published if not delivered(survivor, nid, in_app="sent")]
+    print(
+        f"workflow events {len(published)}, emails {sum(subjects.values())},"
+        f" duplicates {sum(subjects.values()) - len(subjects)}, missing {len(missing)};"
+        f" partitions taken over {takeover:.2f} s after the SIGKILL (lease {CLAIM_IDLE} s)"
+    )
+    assert missing == []
+    assert len(subjects) == len(published)  # one email per event...
+    assert set(subjects.values()) == {1}  # ...and none twice
+    for owner in sessions.values():  # and each inbox holds its events once
+        inbox = call(survivor, "GET", f"/api/users/{owner}/inbox?limit=1")
+        expected = sum(1 for nid in published if nid.startswith(f"wf.s{owner[1:]}."))
+        assert inbox["unread"] == expected
