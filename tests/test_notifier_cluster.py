@@ -18,7 +18,7 @@ from archmesh_client.request_stream import Partitioning
 
 from tests import wsclient
 from tests.fakes.smtp import SmtpServer
-from tests.servers import GatewayProcess, NotifierProcess, RedisCluster
+from tests.servers import GatewayProcess, NotifierProcess, RedisCluster, RedisServer
 
 pytestmark = pytest.mark.slow
 
@@ -294,3 +294,40 @@ async def test_replicas_that_join_and_die_hand_partitions_and_sessions_over(
         inbox = call(survivor, "GET", f"/api/users/{owner}/inbox?limit=1")
         expected = sum(1 for nid in published if nid.startswith(f"wf.s{owner[1:]}."))
         assert inbox["unread"] == expected
+
+
+async def test_partitions_on_one_redis_keep_the_atomic_live_events(
+    redis_server: RedisServer, gateways: list[GatewayProcess]
+) -> None:
+    """Partitioned on one server: the commit still publishes the in-app event in its own step
+    (store and broker share the server), and every partition is read."""
+    layout = Partitioning.of(4, cluster=False)
+    notifier = NotifierProcess(redis_server.url, ARCHMESH_NOTIFIER_PARTITIONS="4").start()
+    try:
+        gateways.append(GatewayProcess(redis_server.url).start())
+        ws = await wsclient.connect(gateways[0].ws, "v0")
+        await wsclient.subscribe(ws, "user:v0")
+        users = [f"v{n}" for n in range(12)]
+        assert {layout.of_user(user) for user in users} == set(range(4))
+        requests = [
+            {"id": f"q{n}", "user_id": users[n % 12], "type": "t", "title": f"q{n}"}
+            for n in range(48)
+        ]
+        async with NotifierClient(redis_server.url, partitions=4) as client:
+            assert (await client.send_batch(requests)).successful == 48
+        for n in range(48):
+            await until(lambda n=n: delivered(notifier, f"q{n}", in_app="sent"), 10, f"q{n}")
+        events = [
+            (await wsclient.recv_type(ws, "publication", timeout=10))["data"] for _ in range(4)
+        ]
+        assert [(e["id"], e["unread"]) for e in events] == [
+            ("q0", 1),
+            ("q12", 2),
+            ("q24", 3),
+            ("q36", 4),
+        ]
+        raw = redis_server.client()
+        assert raw.xlen("nt:requests") == 0  # nothing queued on the untagged names
+        assert all(raw.exists(layout.stream(p)) for p in range(4))
+    finally:
+        notifier.stop()
