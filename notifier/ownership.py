@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import time
 import zlib
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from notifier import keys
@@ -27,12 +28,15 @@ from shared.lua import lua
 log = get_logger(__name__)
 
 
+Busy = Callable[[int], bool]  # whether this replica is still working on a partition
+
+
 class Ownership(Protocol):
     partitioned: bool
 
     def owned(self) -> frozenset[int]: ...
 
-    async def tick(self) -> None: ...
+    async def tick(self, busy: Busy) -> None: ...
 
     async def release_all(self) -> None: ...
 
@@ -45,7 +49,7 @@ class Everything:
     def owned(self) -> frozenset[int]:
         return frozenset(keys.partitions())
 
-    async def tick(self) -> None:
+    async def tick(self, busy: Busy) -> None:
         return None
 
     async def release_all(self) -> None:
@@ -60,16 +64,21 @@ class Leases:
         self._node = node
         self._lease_ms = int(lease * 1000)
         self._held: set[int] = set()
+        self._releasing: set[int] = set()  # still held, no longer worked on: given up when idle
         self._script = redis.register_script(lua("notifier.scripts", "lease.lua"))
         count = keys.layout().partitions
         start = zlib.crc32(node.encode()) % count  # replicas try partitions in different orders
         self._order = [(start + k) % count for k in range(count)]
 
     def owned(self) -> frozenset[int]:
-        return frozenset(self._held)
+        return frozenset(self._held - self._releasing)
 
-    async def tick(self) -> None:
-        """Heartbeat, renew, then release extras or take free partitions up to the fair share."""
+    async def tick(self, busy: Busy) -> None:
+        """Heartbeat, renew, then release extras or take free partitions up to the fair share.
+
+        An extra partition is first no longer owned (its reader stops after its batch), and its
+        lease is released once `busy` says the reader is done: the next holder never processes
+        a user's later request while this one still records an earlier one."""
         now = await self._now_ms()
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.zadd(keys.REPLICAS, {self._node: now + self._lease_ms})
@@ -80,14 +89,19 @@ class Leases:
         for partition in sorted(self._held):
             if not await self._call(partition, "renew"):
                 self._held.discard(partition)
+                self._releasing.discard(partition)
                 log.warning("partition_lost", partition=partition)
-        for partition in reversed(self._order):
-            if len(self._held) <= fair:
-                break
-            if partition in self._held:
+        for partition in sorted(self._releasing):
+            if not busy(partition):
                 await self._call(partition, "release")
                 self._held.discard(partition)
+                self._releasing.discard(partition)
                 log.info("partition_released", partition=partition)
+        for partition in reversed(self._order):
+            if len(self._held - self._releasing) <= fair:
+                break
+            if partition in self._held:
+                self._releasing.add(partition)
         for partition in self._order:
             if len(self._held) >= fair:
                 break
@@ -101,6 +115,7 @@ class Leases:
         for partition in sorted(self._held):
             await self._call(partition, "release")
         self._held.clear()
+        self._releasing.clear()
         await self._redis.zrem(keys.REPLICAS, self._node)
 
     async def _call(self, partition: int, op: str) -> bool:

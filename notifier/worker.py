@@ -97,7 +97,7 @@ class Worker:
         try:
             while not self._stopping.is_set():
                 try:
-                    await self.ownership.tick()
+                    await self.ownership.tick(self._reading)
                 except _NETWORK as exc:
                     log.warning("partition_leases_failed", error=str(exc))
                 wanted = self._wanted()
@@ -111,6 +111,10 @@ class Worker:
                 await self._pause_stop(tick if self.ownership.partitioned else 0.5)
         finally:
             await asyncio.gather(*self._readers.values(), return_exceptions=True)
+
+    def _reading(self, partition: int) -> bool:
+        task = self._readers.get(partition)
+        return task is not None and not task.done()
 
     async def _pause_stop(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
