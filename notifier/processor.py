@@ -5,6 +5,7 @@ records every outcome and acknowledges every entry atomically, one pipeline push
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -273,8 +274,19 @@ class Processor:
         if not items:
             return
         encoded = [(channel, orjson.dumps(event).decode()) for channel, event in items]
+        if not getattr(self._broker, "sharded", False):
+            await self._publish(encoded)
+            return
+        # A Cluster publishes one item per round trip: the users' channels at once, each
+        # user's events in their order.
+        per_user: dict[str, list[tuple[str, str]]] = {}
+        for channel, data in encoded:
+            per_user.setdefault(channel, []).append((channel, data))
+        await asyncio.gather(*(self._publish(chunk) for chunk in per_user.values()))
+
+    async def _publish(self, encoded: list[tuple[str, str]]) -> None:
         try:
             await self._broker.publish_many(encoded)
         except BrokerError as exc:
-            self._metrics.push_failures.inc(len(items))
-            log.warning("live_push_failed", count=len(items), error=str(exc))
+            self._metrics.push_failures.inc(len(encoded))
+            log.warning("live_push_failed", count=len(encoded), error=str(exc))
