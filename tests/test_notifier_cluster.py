@@ -41,6 +41,7 @@ def notifier_env(smtp: SmtpServer) -> dict[str, str]:
         "ARCHMESH_NOTIFIER_CLAIM_IDLE": str(CLAIM_IDLE),
         "ARCHMESH_NOTIFIER_ESCALATION": "esc=in_app;email@unread:1s",
         "ARCHMESH_NOTIFIER_DIGESTS": "dig=window:1s",
+        "ARCHMESH_NOTIFIER_THROTTLES": "thr=1/1h",
     }
 
 
@@ -178,6 +179,29 @@ async def test_every_feature_works_on_a_cluster_with_two_replicas(
         lambda: any("and 2 more" in str(m.message["Subject"]) for m in smtp.messages), 15, "digest"
     )
     [digest] = [m for m in mails_to(smtp, "u3@") if "and 2 more" in str(m.message["Subject"])]
+
+    # A template (read beside the partition's script) and a throttle (in the user's slot).
+    template = {"channels": {"email": {"subject": "Hello {{ name }}", "text": "t"}}}
+    call(b, "PUT", "/api/templates/hello", json=template)
+    templated = {"id": "t1", "user_id": "u6", "type": "hello", "template": "hello"}
+    call(a, "POST", "/api/notifications", json={**templated, "data": {"name": "Ada"}})
+    for nid in ("th1", "th2"):
+        call(
+            b,
+            "POST",
+            "/api/notifications",
+            json={"id": nid, "user_id": "u7", "type": "thr", "title": nid},
+        )
+    await until(
+        lambda: (
+            mails_to(smtp, "u6@")
+            and "Hello Ada" in str(mails_to(smtp, "u6@")[-1].message["Subject"])
+        ),
+        15,
+        "templated",
+    )
+    await until(lambda: delivered(a, "th2", email="suppressed"), 15, "throttled")
+    assert delivered(a, "th1", email="sent")
 
     # Erasure: the user's inbox and preferences go, the statuses stay without the user.
     call(b, "DELETE", "/api/users/u5")
