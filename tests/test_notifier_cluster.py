@@ -134,6 +134,10 @@ async def test_every_feature_works_on_a_cluster_with_two_replicas(
         ]
         assert (await client.send_batch(batch)).successful == total
     raw = shared_cluster.client()
+    masters = {raw.get_node_from_key(LAYOUT.stream(p)).name for p in range(LAYOUT.partitions)}
+    assert len(masters) == 3  # the partitions spread over every master
+    home = LAYOUT.prefix(LAYOUT.of_user("u3"))
+    raw.xadd(home + "requests", {"request": '{"user_id": "u3", "type": "plain"}'})  # no title
     for n in range(2):
         request = f'{{"id": "old{n}", "user_id": "u{n + 1}", "type": "plain", "title": "old {n}"}}'
         raw.xadd("nt:requests", {"request": request})
@@ -146,6 +150,10 @@ async def test_every_feature_works_on_a_cluster_with_two_replicas(
     events = [(await wsclient.recv_type(ws, "publication", timeout=10))["data"] for _ in range(5)]
     assert [e["id"] for e in events] == [f"p{n}" for n in range(0, total, 40)]
     assert [e["unread"] for e in events] == [1, 2, 3, 4, 5]
+
+    # An invalid request is dead-lettered in its partition, with the reason.
+    [(_, dead)] = await until(lambda: raw.xrange(home + "dead"), 10, "the dead letter")
+    assert dead[b"reason"].startswith(b"invalid request")
 
     # Inbox marks, published on the user's channel.
     assert call(b, "POST", "/api/users/u0/inbox/p0/read") == {"unseen": 4, "unread": 4}
