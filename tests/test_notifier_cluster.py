@@ -18,7 +18,7 @@ from archmesh_client.request_stream import Partitioning
 
 from tests import wsclient
 from tests.fakes.smtp import SmtpServer
-from tests.servers import GatewayProcess, NotifierProcess, RedisCluster, RedisServer
+from tests.servers import REPO, GatewayProcess, NotifierProcess, RedisCluster, RedisServer
 
 pytestmark = pytest.mark.slow
 
@@ -368,3 +368,11 @@ async def test_partitions_on_one_redis_keep_the_atomic_live_events(
         assert all(raw.exists(layout.stream(p)) for p in range(4))
     finally:
         notifier.stop()
+
+
+def test_the_documented_partition_tags_are_the_ones_used() -> None:
+    """docs/notifier.md lists the tags of 8 partitions for producers in other languages."""
+    docs = (REPO / "docs" / "notifier.md").read_text()
+    tags = [LAYOUT.prefix(k).removeprefix("nt:{").removesuffix("}:") for k in range(8)]
+    assert ", ".join(f"`{tag}`" for tag in tags) in docs.replace("\n", " ")
+    assert LAYOUT.stream(0) == f"nt:{{{tags[0]}}}:requests"
