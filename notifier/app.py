@@ -251,7 +251,8 @@ class Notifier:
         return Readiness(ready)
 
     async def refresh_gauges(self) -> None:
-        """Queue lag and scheduled deliveries, read when scraped."""
+        """Partitions held, queue lag and scheduled deliveries, read when scraped."""
+        self.metrics.partitions_held.set(len(self.ownership.owned()))
         try:
             lag, pending = await self.intake.backlog()
             due = 0

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
 from archmesh_client.notifier import NotifierClient
 from archmesh_client.request_stream import Partitioning
@@ -229,6 +230,13 @@ async def test_every_feature_works_on_a_cluster_with_two_replicas(
     assert digest is not None
 
 
+def metric(notifier: NotifierProcess, name: str) -> float:
+    for line in httpx.get(f"{notifier.http}/metrics", timeout=5).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in the scrape")
+
+
 def leases(raw: Any) -> list[str | None]:
     """Which replica holds each partition (None: nobody, right now)."""
     values = [raw.get(LAYOUT.prefix(p) + "lease") for p in range(LAYOUT.partitions)]
@@ -252,6 +260,9 @@ async def test_replicas_that_join_and_die_hand_partitions_and_sessions_over(
         call(b, "PUT", f"/api/sessions/{session}", json={"owner_id": owner})
     both = {a.env["ARCHMESH_NODE_ID"], b.env["ARCHMESH_NODE_ID"]}
     await until(lambda: set(leases(raw)) == both, 10, "the two replicas share the partitions")
+    held = [metric(n, "archmesh_notifier_partitions_held") for n in (a, b)]
+    assert sum(held) == LAYOUT.partitions
+    assert min(held) > 0
 
     published: list[str] = []  # the notification id each event must become, once
     stop = asyncio.Event()

@@ -33,6 +33,8 @@ def tag(partition: int, partitions: int) -> str:
     """Partition `partition`'s hash tag: the first `ntp<k>.<j>` (j = 0, 1, ...) whose slot falls
     in the k-th of `partitions` equal slot ranges, so the partitions spread evenly over masters
     that hold equal slot ranges (what `redis-cli --cluster create` does)."""
+    if not 0 <= partition < partitions:
+        raise ValueError(f"partition {partition} of {partitions}")
     j = 0
     while True:
         name = f"ntp{partition}.{j}"
