@@ -105,7 +105,13 @@ def lock(notification_id: str, partition: int = 0) -> str:
 
 
 def preferences(user_id: str) -> str:
-    return _of(user_id, f"nt:prefs:{user_id}")
+    return preferences_prefix(of_user(user_id)) + user_id
+
+
+def preferences_prefix(partition: int) -> str:
+    """What the preferences keys of `partition`'s users start with (a batch's script adds the
+    user id)."""
+    return _at(partition, "nt:prefs:")
 
 
 def template(name: str) -> str:

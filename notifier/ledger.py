@@ -174,7 +174,7 @@ class Ledger:
             "due": keys.due(partition),
             "n": keys.notification("", partition),
             "lock": keys.lock("", partition),
-            "prefs": keys.prefix(partition) + "prefs:",
+            "prefs": keys.preferences_prefix(partition),
             "tpl": keys.template(""),
             "requests": [
                 {

@@ -100,6 +100,8 @@ class Worker:
                     await self.ownership.tick(self._reading)
                 except _NETWORK as exc:
                     log.warning("partition_leases_failed", error=str(exc))
+                except Exception:  # the held partitions are still read; try again next tick
+                    log.exception("partition_leases_crashed")
                 wanted = self._wanted()
                 for partition in wanted - set(self._readers):
                     self._readers[partition] = asyncio.create_task(
@@ -151,9 +153,11 @@ class Worker:
         if keys.layout().partitions == 1 and not keys.layout().tagged:
             return entries
         stray = [e for e in entries if e.partition == LEGACY or e.home() not in (None, e.partition)]
-        if stray:
-            await self._intake.forward(stray)
-        return [e for e in entries if e not in stray]
+        if not stray:
+            return entries
+        await self._intake.forward(stray)
+        moved = {e.id for e in stray}
+        return [e for e in entries if e.id not in moved]
 
     async def _process(self, entries: list[Entry]) -> None:
         if not entries:
