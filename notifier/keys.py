@@ -9,7 +9,10 @@ partition keeps the untagged names (`nt:requests`, `nt:n:<id>`...), unchanged.
 
 A process runs one layout: `use()` sets it once at start (the notifier's settings decide it),
 and the per-user key functions below find the user's partition with it. Functions of keys that
-are not found by user (a notification by its id, a due set) take the partition."""
+are not found by user (a notification by its id, a due set) take the partition: their default,
+0, is right only untagged, so code that works for one user passes `of_user(user_id)`, and code
+that works on everything walks `partitions()`. A script is called with a key of its partition
+as KEYS[1] (even one that reads its keys from ARGV): that routes it to the slot's master."""
 
 from __future__ import annotations
 
