@@ -8,11 +8,11 @@ partition (`request_stream.Partitioning`: each partition's keys share one Cluste
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
-import orjson
 import redis.asyncio as aioredis
 from pydantic import BaseModel
 
@@ -82,7 +82,7 @@ def payload(
         body["only"] = only.value
     if states is not None:
         body["states"] = states
-    return orjson.dumps(body)
+    return json.dumps(body, separators=(",", ":")).encode()
 
 
 async def cancel(
