@@ -215,6 +215,7 @@ class Notifier:
     @asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
         """Run the worker; on exit take nothing new, finish what is held, then close."""
+        await self._check_layout()
         if self._own_broker:
             await self.broker.start(lambda _: None)
         await self.worker.start()
@@ -236,6 +237,21 @@ class Notifier:
                 await self.broker.close()
             await self.redis.aclose()
             log.info("notifier_stopped", node=self.node)
+
+    async def _check_layout(self) -> None:
+        """Partitioned, the first notifier records the partition count; one started with another
+        count refuses to start: it would look for users' data in other partitions."""
+        layout = keys.layout()
+        if not layout.tagged:
+            return
+        await self.redis.set(keys.LAYOUT, layout.partitions, nx=True)
+        found = int(await self.redis.get(keys.LAYOUT) or layout.partitions)
+        if found != layout.partitions:
+            log.error("notifier_partitions_mismatch", configured=layout.partitions, found=found)
+            raise RuntimeError(
+                f"ARCHMESH_NOTIFIER_PARTITIONS gives {layout.partitions} partitions, but the"
+                f" notifiers' data in this Redis is in {found}: the count is fixed for good"
+            )
 
     @asynccontextmanager
     async def _app_span(self, _: Starlette) -> AsyncIterator[None]:

@@ -96,6 +96,7 @@ def lease(partition: int) -> str:
     return _at(partition, "nt:lease")
 
 
+LAYOUT = "nt:{nt}:partitions"  # the partition count the data was written with (partitioned)
 REPLICAS = "nt:{nt}:replicas"  # zset replica -> unix ms its heartbeat ends (partitioned only)
 
 

@@ -377,6 +377,11 @@ async def test_partitions_on_one_redis_keep_the_atomic_live_events(
         raw = redis_server.client()
         assert raw.xlen("nt:requests") == 0  # nothing queued on the untagged names
         assert all(raw.exists(layout.stream(p)) for p in range(4))
+        # Another count on the same data would look for users in other partitions: refused.
+        other = NotifierProcess(redis_server.url, ARCHMESH_NOTIFIER_PARTITIONS="2")
+        with pytest.raises(RuntimeError, match="exited"):
+            other.start()
+        assert "notifier_partitions_mismatch" in other.log.read_text()
     finally:
         notifier.stop()
 
