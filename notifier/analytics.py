@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,10 +24,16 @@ def field(kind: str, channel: str, status: str, reason: str | None = None) -> st
 
 
 def count(
-    pipe: Any, moment: datetime, kind: str, channel: str, status: str, reason: str | None = None
+    pipe: Any,
+    moment: datetime,
+    kind: str,
+    channel: str,
+    status: str,
+    reason: str | None = None,
+    partition: int = 0,
 ) -> None:
-    """Add one count to `pipe` (a pipeline or MULTI of the caller's)."""
-    key = keys.stats(hour_of(moment))
+    """Add one count to `pipe` (a pipeline or MULTI of the caller's, on `partition`'s keys)."""
+    key = keys.stats(hour_of(moment), partition)
     pipe.hincrby(key, field(kind, channel, status, reason), 1)
     pipe.expire(key, RETENTION_SECONDS)
 
@@ -51,10 +58,18 @@ class Analytics:
         while moment < end:
             hours.append(moment)
             moment += timedelta(hours=1)
+        parts = keys.partitions()
         async with self._redis.pipeline(transaction=False) as pipe:
             for hour in hours:
-                pipe.hgetall(keys.stats(hour_of(hour)))
-            results = await pipe.execute()
+                for partition in parts:
+                    pipe.hgetall(keys.stats(hour_of(hour), partition))
+            replies = await pipe.execute()
+        results: list[Counter[str]] = []
+        for index in range(len(hours)):  # each hour summed over the partitions
+            summed: Counter[str] = Counter()
+            for counts in replies[index * len(parts) : (index + 1) * len(parts)]:
+                summed.update({name: int(value) for name, value in counts.items()})
+            results.append(summed)
         buckets = []
         for hour, counts in zip(hours, results, strict=True):
             for name, value in sorted(counts.items()):

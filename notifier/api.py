@@ -382,7 +382,7 @@ class NotifierApi:
     async def _read(self, user_id: str, ids: list[str]) -> None:
         """Items just read need no more escalation: their waiting steps are cancelled now (a
         step that comes due also checks, so one read a moment after this still stops it)."""
-        await self.notifier.canceller.after_read(ids, self.notifier.clock())
+        await self.notifier.canceller.after_read(ids, self.notifier.clock(), user_id)
 
     def _mark_one(self, mark: Mark) -> Handler:
         @operation(

@@ -11,10 +11,13 @@ import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from typing import cast
 
 import redis.asyncio as aioredis
 from archmesh_client.notifications import Medium
 from archmesh_client.publisher import Publisher
+from archmesh_client.redis_url import ClusterAddress
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
@@ -34,6 +37,7 @@ from notifier.live import LiveChannels
 from notifier.metrics import NotifierMetrics
 from notifier.ops_api import OpsApi
 from notifier.ops_figures import NotifierFigures
+from notifier.ownership import Everything, Leases, Ownership
 from notifier.preferences import PreferenceStore
 from notifier.processor import Options, Processor
 from notifier.providers import provider_routes
@@ -71,9 +75,24 @@ def utcnow() -> datetime:
 def connect_store(url: str) -> aioredis.Redis:
     """The notifier's stores on the Redis server at `url` (`archmesh-rt dev` without Redis
     passes an embedded one instead). A call that finds every pooled connection busy waits for
-    one (up to the command timeout) instead of failing: a burst of API calls queues."""
+    one (up to the command timeout) instead of failing: a burst of API calls queues.
+
+    On a Cluster (`redis+cluster://`, the gateways' URL) the client is redis-py's
+    `RedisCluster`, typed as the single-server client: the stores use the commands both have,
+    and every script is called with a key of its partition, which routes it to that slot."""
     if not url or url.startswith("memory://"):
         raise ValueError("ARCHMESH_REDIS_URL: the notifier's stores need a Redis server")
+    if backend_of(url) == "cluster":
+        address = ClusterAddress.parse(url)
+        cluster = RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in address.nodes],
+            decode_responses=True,
+            socket_connect_timeout=5,
+            socket_timeout=15,
+            health_check_interval=10,
+            **address.credentials(),
+        )
+        return cast(aioredis.Redis, cluster)
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=POOL_SIZE,
@@ -98,6 +117,7 @@ class Notifier:
     ) -> None:
         self.settings = s = settings
         self.node = s.node_id or f"{socket.gethostname()}-{os.getpid()}"
+        keys.use(s.partitioning())
         self.redis = redis or connect_store(s.redis_url)
         self._own_broker = broker is None
         self.broker = broker or create_broker(s.redis_url, s.history_policy(), s.broker_liveness())
@@ -123,8 +143,17 @@ class Notifier:
         self.intake = Intake(self.redis, self.node, s.notifier_claim_idle)
         self.topics = TopicStore(self.redis)
         self.feedback = ProviderFeedback.from_settings(self.redis, s, self.metrics, clock)
+        self.ownership: Ownership = (
+            Leases(self.redis, self.node, s.notifier_claim_idle)
+            if keys.layout().tagged
+            else Everything()
+        )
         self.workflows = WorkflowWatcher(
-            self.redis, self.broker, parse_rules(s.notifier_workflow_rules), s.notifier_retention
+            self.redis,
+            self.broker,
+            parse_rules(s.notifier_workflow_rules),
+            s.notifier_retention,
+            shards=self.ownership.owned,
         )
         self.worker = self._worker(clock)
         unsubscribe = UnsubscribeApi(self.unsubscribe, self.preferences, self.critical)
@@ -215,12 +244,14 @@ class Notifier:
             concurrency=s.notifier_concurrency,
             intake_attempts=s.notifier_intake_attempts,
             claim_every=max(1.0, s.notifier_claim_idle / 2),
+            ownership=self.ownership,
         )
         return worker
 
     @asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
         """Run the worker; on exit take nothing new, finish what is held, then close."""
+        await self._check_layout()
         if self._own_broker:
             await self.broker.start(lambda _: None)
         await self.worker.start()
@@ -245,6 +276,21 @@ class Notifier:
             await self.redis.aclose()
             log.info("notifier_stopped", node=self.node)
 
+    async def _check_layout(self) -> None:
+        """Partitioned, the first notifier records the partition count; one started with another
+        count refuses to start: it would look for users' data in other partitions."""
+        layout = keys.layout()
+        if not layout.tagged:
+            return
+        await self.redis.set(keys.LAYOUT, layout.partitions, nx=True)
+        found = int(await self.redis.get(keys.LAYOUT) or layout.partitions)
+        if found != layout.partitions:
+            log.error("notifier_partitions_mismatch", configured=layout.partitions, found=found)
+            raise RuntimeError(
+                f"ARCHMESH_NOTIFIER_PARTITIONS gives {layout.partitions} partitions, but the"
+                f" notifiers' data in this Redis is in {found}: the count is fixed for good"
+            )
+
     @asynccontextmanager
     async def _app_span(self, _: Starlette) -> AsyncIterator[None]:
         async with self.lifespan():
@@ -259,10 +305,13 @@ class Notifier:
         return Readiness(ready)
 
     async def refresh_gauges(self) -> None:
-        """Queue lag and scheduled deliveries, read when scraped."""
+        """Partitions held, queue lag and scheduled deliveries, read when scraped."""
+        self.metrics.partitions_held.set(len(self.ownership.owned()))
         try:
             lag, pending = await self.intake.backlog()
-            due = await self.redis.zcard(keys.DUE)
+            due = 0
+            for partition in keys.partitions():
+                due += await self.redis.zcard(keys.due(partition))
         except Exception:  # a scrape must not fail because Redis is down
             return
         self.metrics.queue_lag.set(lag)

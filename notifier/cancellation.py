@@ -8,33 +8,59 @@ from __future__ import annotations
 from datetime import datetime
 
 import redis.asyncio as aioredis
-from archmesh_client.cancellation import SOURCE, CancelResult, payload
+from archmesh_client.cancellation import SOURCE, CancelResult, cancel, payload
 from archmesh_client.notifications import Medium
+
+from notifier import keys
 
 
 class Canceller:
     def __init__(self, redis: aioredis.Redis) -> None:
+        self._redis = redis
         self._script = redis.register_script(SOURCE)
 
     async def by_key(self, cancel_key: str, now: datetime) -> CancelResult:
-        args = [payload(now, "cancelled by request", cancel_key=cancel_key)]
-        steps, notifications = await self._script(args=args)
-        return CancelResult(cancel_key=cancel_key, cancelled=steps, notifications=notifications)
+        """Every partition in turn (each one atomically)."""
+        return await cancel(self._redis, cancel_key, now, keys.layout())
 
     async def steps(
-        self, notification_id: str, reason: str, now: datetime, only: Medium | None = None
+        self,
+        notification_id: str,
+        reason: str,
+        now: datetime,
+        partition: int = 0,
+        only: Medium | None = None,
     ) -> int:
         """Cancel one notification's open steps (or only its `only` step); how many."""
-        args = [payload(now, reason, ids=[notification_id], only=only)]
-        steps, _ = await self._script(args=args)
-        return int(steps)
+        return await self._run(
+            partition, payload_of(now, reason, [notification_id], partition, only)
+        )
 
-    async def after_read(self, notification_ids: list[str], now: datetime) -> int:
-        """The escalation steps still waiting for notifications just read: they are not needed
-        any more (the step itself would also see the read when it comes due, later)."""
+    async def after_read(
+        self, notification_ids: list[str], now: datetime, user_id: str | None = None
+    ) -> int:
+        """The escalation steps still waiting for notifications just read (the user's: their
+        partition; without a user, partition 0): they are not needed any more (the step
+        itself would also see the read when it comes due, later)."""
         if not notification_ids:
             return 0
         reason = "read in the app before this step"
-        args = [payload(now, reason, ids=notification_ids, states=["waiting"])]
-        steps, _ = await self._script(args=args)
+        partition = 0 if user_id is None else keys.of_user(user_id)
+        body = payload(
+            now,
+            reason,
+            ids=notification_ids,
+            states=["waiting"],
+            prefix=keys.prefix(partition),
+        )
+        return await self._run(partition, body)
+
+    async def _run(self, partition: int, body: bytes) -> int:
+        steps, _ = await self._script(keys=[keys.due(partition)], args=[body])
         return int(steps)
+
+
+def payload_of(
+    now: datetime, reason: str, ids: list[str], partition: int, only: Medium | None
+) -> bytes:
+    return payload(now, reason, ids=ids, only=only, prefix=keys.prefix(partition))

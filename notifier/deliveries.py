@@ -112,7 +112,8 @@ class Deliverer:
         self._metrics = metrics
         self._clock = clock
         self._claim = redis.register_script(lua("notifier.scripts", "claim.lua"))
-        self._running: set[str] = set()
+        self._running: set[tuple[int, str]] = set()
+        self._next = 0  # the partition claimed from first, in turn
 
     async def renew(self) -> None:
         """Push the leases of the jobs this replica is sending a lease ahead again, so a lease
@@ -120,37 +121,55 @@ class Deliverer:
         if not self._running:
             return
         until = int((self._clock().timestamp() + self._policy.lease) * 1000)
-        await self._redis.zadd(keys.DUE, dict.fromkeys(self._running, until), xx=True)
+        by_partition: dict[int, list[str]] = {}
+        for partition, job in self._running:
+            by_partition.setdefault(partition, []).append(job)
+        for partition, jobs in by_partition.items():
+            await self._redis.zadd(keys.due(partition), dict.fromkeys(jobs, until), xx=True)
 
-    async def claim(self, limit: int) -> list[str]:
+    async def claim(self, limit: int) -> list[tuple[int, str]]:
+        """Due jobs of every partition (each job's lease keeps replicas apart), the partitions
+        taken in turn so that none waits behind a busy one."""
         now_ms = int(self._clock().timestamp() * 1000)
         lease_ms = int(self._policy.lease * 1000)
-        jobs: list[str] = await self._claim([keys.DUE], [now_ms, lease_ms, limit])
-        return [job for job in jobs if job not in self._running]
+        count = len(keys.partitions())
+        taken: list[tuple[int, str]] = []
+        for step in range(count):
+            if len(taken) >= limit:
+                break
+            partition = (self._next + step) % count
+            due = keys.due(partition)
+            jobs: list[str] = await self._claim([due], [now_ms, lease_ms, limit - len(taken)])
+            taken += [(partition, job) for job in jobs if (partition, job) not in self._running]
+        self._next = (self._next + 1) % count
+        return taken
 
     async def next_due(self) -> float | None:
         """Seconds until the earliest job is due (0 if now), None when there is none."""
-        first: list[tuple[str, float]] = await self._redis.zrange(  # type: ignore[assignment]
-            keys.DUE, 0, 0, withscores=True
-        )
-        if not first:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for partition in keys.partitions():
+                pipe.zrange(keys.due(partition), 0, 0, withscores=True)
+            firsts: list[list[tuple[str, float]]] = await pipe.execute()
+        scores = [first[0][1] for first in firsts if first]
+        if not scores:
             return None
-        return max(0.0, first[0][1] / 1000 - self._clock().timestamp())
+        return max(0.0, min(scores) / 1000 - self._clock().timestamp())
 
-    async def run(self, job: str) -> None:
-        """Attempt one job; every outcome is recorded, none raises."""
+    async def run(self, job: tuple[int, str]) -> None:
+        """Attempt one job (of one partition); every outcome is recorded, none raises."""
         self._running.add(job)
         try:
-            await self._run(job)
+            await self._run(*job)
         except Exception:
             # Left in the set with its lease: it is attempted again when the lease ends.
-            log.exception("delivery_job_crashed", job=job)
+            log.exception("delivery_job_crashed", job=job[1])
         finally:
             self._running.discard(job)
 
-    async def _run(self, job: str) -> None:
+    async def _run(self, partition: int, job: str) -> None:
         if job.startswith(keys.DIGEST_JOB):
-            sent = await self._digests.close(job.removeprefix(keys.DIGEST_JOB), self._clock())
+            digest_id = job.removeprefix(keys.DIGEST_JOB)
+            sent = await self._digests.close(digest_id, self._clock(), partition)
             if sent:
                 log.info("digest_closed", digest=job, events=sent)
             return
@@ -159,20 +178,20 @@ class Deliverer:
             return
         notification_id, _, name = job.rpartition("|")
         channel = Medium(name)
-        loaded = await self._statuses.job(notification_id, channel)
+        loaded = await self._statuses.job(notification_id, channel, partition)
         if loaded is None or loaded[1].status in TERMINAL_STATES:
-            await self._redis.zrem(keys.DUE, job)
+            await self._redis.zrem(keys.due(partition), job)
             return
         meta, delivery, work = loaded
         unless = work.get("unless") and delivery.attempts == 0
-        if unless and await self._steps.stopped(job, meta, channel, work):
+        if unless and await self._steps.stopped(partition, job, meta, channel, work):
             return
         started = time.perf_counter()
         outcome = await self._send(channel, meta, work)
         self._metrics.send_seconds.labels(channel.value).observe(time.perf_counter() - started)
         for endpoint in outcome.gone:
             await self._preferences.remove_push_subscription(meta["user_id"], endpoint)
-        await self._record(job, meta, channel, delivery.attempts + 1, work, outcome)
+        await self._record(partition, job, meta, channel, delivery.attempts + 1, work, outcome)
 
     async def _send(self, channel: Medium, meta: dict[str, Any], work: dict[str, Any]) -> _Outcome:
         outcome = _Outcome(remaining=list(work["targets"]))
@@ -235,6 +254,7 @@ class Deliverer:
 
     async def _record(
         self,
+        partition: int,
         job: str,
         meta: dict[str, Any],
         channel: Medium,
@@ -266,7 +286,7 @@ class Deliverer:
             next_attempt_at=next_at,
         )
         work = {**work, "targets": outcome.remaining}
-        if not await self._write(job, meta, channel, delivery, work, now):
+        if not await self._write(partition, job, meta, channel, delivery, work, now):
             log.info("delivery_cancelled_in_flight", notification=meta["id"], channel=channel.value)
             return
         self._metrics.deliveries.labels(channel.value, state.value).inc()
@@ -285,6 +305,7 @@ class Deliverer:
 
     async def _write(
         self,
+        partition: int,
         job: str,
         meta: dict[str, Any],
         channel: Medium,
@@ -297,7 +318,8 @@ class Deliverer:
         is not tried again, and its job (addresses, content), which an erasure deleted, is not
         written back. One that went out anyway is recorded as `sent` (true), without its job.
         WATCH makes the check and the write one step against those scripts."""
-        key = keys.notification(meta["id"])
+        key = keys.notification(meta["id"], partition)
+        due = keys.due(partition)
         field_name = f"ch:{channel.value}"
         async with self._redis.pipeline(transaction=True) as pipe:
             while True:
@@ -309,18 +331,27 @@ class Deliverer:
                     )
                     pipe.multi()  # type: ignore[no-untyped-call]
                     if cancelled and delivery.status is DeliveryState.SENT:
-                        status.stage_update(pipe, meta["id"], channel, delivery)
-                        analytics.count(pipe, now, meta["type"], channel.value, "sent")
+                        status.stage_update(
+                            pipe, meta["id"], channel, delivery, partition=partition
+                        )
+                        analytics.count(
+                            pipe, now, meta["type"], channel.value, "sent", partition=partition
+                        )
                     elif not cancelled:
-                        status.stage_update(pipe, meta["id"], channel, delivery, work)
+                        status.stage_update(pipe, meta["id"], channel, delivery, work, partition)
                         if delivery.next_attempt_at is not None:
                             at = int(delivery.next_attempt_at.timestamp() * 1000)
-                            pipe.zadd(keys.DUE, {job: at})
+                            pipe.zadd(due, {job: at})
                         analytics.count(
-                            pipe, now, meta["type"], channel.value, delivery.status.value
+                            pipe,
+                            now,
+                            meta["type"],
+                            channel.value,
+                            delivery.status.value,
+                            partition=partition,
                         )
                     if delivery.next_attempt_at is None or cancelled:
-                        pipe.zrem(keys.DUE, job)
+                        pipe.zrem(due, job)
                     await pipe.execute()
                     return not cancelled or delivery.status is DeliveryState.SENT
                 except WatchError:

@@ -84,6 +84,7 @@ def name_of(request: NotificationRequest) -> str:
 def open_spec(request: NotificationRequest, rule: DigestRule) -> dict[str, Any]:
     """What prepare.lua and commit.lua need to open the window if none is open: a fresh id,
     and the digest's own request without its `data` (the close adds `events` and `count`)."""
+    assert request.user_id is not None  # topic requests are fanned out before this
     digest_id = f"dg-{uuid.uuid4().hex}"
     skeleton = NotificationRequest(
         id=digest_id,
@@ -96,8 +97,8 @@ def open_spec(request: NotificationRequest, rule: DigestRule) -> dict[str, Any]:
         channels=sorted(rule.collected(request.channels)),
     )
     return {
-        "pointer": keys.digest_open(name_of(request)),
-        "window_prefix": keys.digest("")[0],
+        "pointer": keys.digest_open(name_of(request), request.user_id),
+        "window_prefix": keys.digest("", keys.of_user(request.user_id))[0],
         "job_prefix": keys.DIGEST_JOB,
         "id": digest_id,
         "skeleton": skeleton.model_dump_json(exclude={"data"}, exclude_none=True),
@@ -137,18 +138,18 @@ class DigestCloser:
     def __init__(self, redis: aioredis.Redis) -> None:
         self._close = redis.register_script(lua("notifier.scripts", "digest_close.lua"))
 
-    async def close(self, digest_id: str, now: datetime) -> int:
+    async def close(self, digest_id: str, now: datetime, partition: int = 0) -> int:
         """Events sent in the digest (0: nothing, or not due yet)."""
-        window, events, data = keys.digest(digest_id)
+        window, events, data = keys.digest(digest_id, partition)
         payload = {
-            "due": keys.DUE,
+            "due": keys.due(partition),
             "member": f"{keys.DIGEST_JOB}{digest_id}",
             "window": window,
             "events": events,
             "data": data,
             "now": int(now.timestamp() * 1000),
-            "stream": keys.REQUESTS,
+            "stream": keys.requests(partition),
             "field": REQUEST_FIELD,
             "marker": keys.DIGEST_FIELD,
         }
-        return int(await self._close(args=[orjson.dumps(payload)]))
+        return int(await self._close(keys=[window], args=[orjson.dumps(payload)]))

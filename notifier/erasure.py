@@ -8,7 +8,9 @@ owns, every delivery still to come (held, pending, retrying, waiting to escalate
 out of `nt:due`), and the user's throttle logs and open digest windows.
 Kept: delivery statuses until they expire, without the user id, addresses or
 rendered content, and the hourly analytics counts (type, medium, status: no user in them).
-One script, so a delivery claimed meanwhile finds its job gone instead of half an erasure."""
+One script, so a delivery claimed meanwhile finds its job gone instead of half an erasure.
+Partitioned (notifier/keys.py), the user's channel history and the workflow sessions live in
+other slots: they go right after that script, the sessions one shard at a time."""
 
 from __future__ import annotations
 
@@ -31,35 +33,43 @@ class Erasure:
         self._clock = clock
         self._redis = redis
         self._erase = redis.register_script(lua("notifier.scripts", "erase.lua"))
+        self._forget = redis.register_script(lua("notifier.scripts", "forget_sessions.lua"))
 
     async def erase(self, user_id: str) -> int:
         """Idempotent; the number of deliveries it cancelled (0 the second time)."""
         await self._leave_topics(user_id)
-        payload = {
+        partition = keys.of_user(user_id)
+        body = {
             "user": user_id,
             "prefs": keys.preferences(user_id),
             "index": keys.user_notifications(user_id),
-            "due": keys.DUE,
-            "prefix": keys.notification(""),
-            "timeline": keys.timeline(""),
-            "sessions": keys.SESSIONS,
+            "due": keys.due(partition),
+            "prefix": keys.notification("", partition),
+            "timeline": keys.timeline("", partition),
+            "sessions": keys.sessions(0) if not keys.layout().tagged else "",
             "media": [medium.value for medium in Medium],
-            "delete": [*keys.user_keys(user_id), *_channel_keys(user_id)],
+            "delete": keys.user_keys(user_id)
+            + ([] if keys.layout().tagged else _channel_keys(user_id)),
             "now": self._clock().isoformat(),
             "reason": REASON,
             "digest_job": keys.DIGEST_JOB,
         }
-        return int(await self._erase(args=[orjson.dumps(payload)]))
+        payload = orjson.dumps(body)
+        cancelled = int(await self._erase(keys=[keys.due(partition)], args=[payload]))
+        if keys.layout().tagged:  # the user's channel and sessions are in other slots
+            await self._redis.delete(*_channel_keys(user_id))
+            for shard in keys.partitions():
+                await self._forget(keys=[keys.sessions(shard)], args=[user_id])
+        return cancelled
 
     async def _leave_topics(self, user_id: str) -> None:
-        """Out of every topic's subscribers (each topic is its own key, in its own slot)."""
-        topics = await self._redis.smembers(keys.user_topics(user_id))
-        if not topics:
-            return
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for topic in topics:
-                pipe.zrem(keys.topic_subscribers(str(topic)), user_id)
-            await pipe.execute()
+        """Out of every topic's subscribers, then the user's own set of topics (each topic is
+        its own key, in its own slot; the set is removed last, so a retry finds them all)."""
+        mine = keys.user_topics(user_id)
+        topics = await self._redis.smembers(mine)
+        for topic in topics:
+            await self._redis.zrem(keys.topic_subscribers(str(topic)), user_id)
+        await self._redis.delete(mine)
 
 
 def _channel_keys(user_id: str) -> list[str]:

@@ -34,11 +34,13 @@ async def marks(redis: aioredis.Redis, user_id: str, item_id: str) -> Marks:
     """Whether the user has seen and read the in-app item (neither, if it is not there).
     The inbox's own `Inbox.marks` reads the same keys (its item id is the notification id)."""
     box = keys.inbox(user_id)
+    # Commands whose replies are counts and lists: redis-py's Cluster transactions fail on
+    # the boolean reply callbacks (HEXISTS, SISMEMBER).
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.hexists(box.items, item_id)
-        pipe.sismember(box.unread, item_id)
-        pipe.sismember(box.unseen, item_id)
-        exists, is_unread, is_unseen = await pipe.execute()
+        pipe.hstrlen(box.items, item_id)
+        pipe.smismember(box.unread, [item_id])
+        pipe.smismember(box.unseen, [item_id])
+        exists, [is_unread], [is_unseen] = await pipe.execute()
     if not exists:
         return Marks(seen=False, read=False)
     read = not is_unread
@@ -62,37 +64,40 @@ class StepGate:
         self._clock = clock
 
     async def stopped(
-        self, job: str, meta: dict[str, Any], channel: Medium, work: dict[str, Any]
+        self, partition: int, job: str, meta: dict[str, Any], channel: Medium, work: dict[str, Any]
     ) -> bool:
         """True when the step does not go now (cancelled, suppressed or held: recorded)."""
         now = self._clock()
         nid, user = meta["id"], meta["user_id"]
         found = await marks(self._redis, user, nid)
         if found.read:
-            await self._canceller.steps(nid, "read in the app before this step", now)
+            await self._canceller.steps(nid, "read in the app before this step", now, partition)
             return True
         if work.get("unless") == "seen" and found.seen:
-            await self._canceller.steps(nid, "seen in the app before this step", now, channel)
+            reason = "seen in the app before this step"
+            await self._canceller.steps(nid, reason, now, partition, channel)
             return True
         if meta["type"] in self._critical:
             return False
         prefs = await self._preferences.get(user) or Preferences()
         if not prefs.enabled(meta["type"], channel):
             reason = "disabled in the user's preferences"
-            await self._record(job, meta, channel, now, DeliveryState.SUPPRESSED, reason)
+            await self._record(partition, job, meta, channel, now, DeliveryState.SUPPRESSED, reason)
             return True
         until = None if Priority(meta["priority"]) in OVERRIDING else quiet_until(prefs, now)
         if until is None:
             return False
         if prefs.held == "drop":
             reason = "quiet hours (preference: drop)"
-            await self._record(job, meta, channel, now, DeliveryState.SUPPRESSED, reason)
+            await self._record(partition, job, meta, channel, now, DeliveryState.SUPPRESSED, reason)
         else:
-            await self._record(job, meta, channel, now, DeliveryState.HELD, "quiet hours", until)
+            held = DeliveryState.HELD
+            await self._record(partition, job, meta, channel, now, held, "quiet hours", until)
         return True
 
     async def _record(
         self,
+        partition: int,
         job: str,
         meta: dict[str, Any],
         channel: Medium,
@@ -105,10 +110,13 @@ class StepGate:
             status=state, updated_at=now, last_error=reason, next_attempt_at=until
         )
         async with self._redis.pipeline(transaction=True) as pipe:
-            status.stage_update(pipe, meta["id"], channel, delivery)
+            status.stage_update(pipe, meta["id"], channel, delivery, partition=partition)
+            due = keys.due(partition)
             if until is not None:
-                pipe.zadd(keys.DUE, {job: int(until.timestamp() * 1000)})
+                pipe.zadd(due, {job: int(until.timestamp() * 1000)})
             else:
-                pipe.zrem(keys.DUE, job)
-                analytics.count(pipe, now, meta["type"], channel.value, state.value)
+                pipe.zrem(due, job)
+                analytics.count(
+                    pipe, now, meta["type"], channel.value, state.value, partition=partition
+                )
             await pipe.execute()

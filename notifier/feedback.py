@@ -1,9 +1,11 @@
 """Providers' feedback in Redis: reports on deliveries, the email suppression list, the map
 from Twilio's message sids to notifications, and what makes each provider event count once.
 
-Each event is applied in one WATCHed MULTI that also marks it applied (`keys.provider_event`),
-so a provider that sends an event twice, or two notifiers taking it at once, change the status
-and the analytics once. The suppression list holds the SHA-256 of an address, never the
+Each event is applied in one WATCHed MULTI that also marks it applied (`keys.provider_event`,
+in the notification's partition, so the MULTI stays in one Cluster slot), so a provider that
+sends an event twice, or two notifiers taking it at once, change the status and the analytics
+once. A suppression (a key of its own, by address) is set just before: a repeat sets it again,
+harmlessly. The suppression list holds the SHA-256 of an address, never the
 address: it tells whether an address bounced, and nothing else."""
 
 from __future__ import annotations
@@ -107,11 +109,25 @@ class ProviderFeedback:
         return None if raw is None else str(raw).rpartition("|")[0]
 
     async def meta(self, notification_id: str) -> dict[str, Any] | None:
-        raw = await self._redis.hget(keys.notification(notification_id), "meta")
+        found = await self._find(notification_id)
+        if found is None:
+            return None
+        raw = await self._redis.hget(keys.notification(notification_id, found), "meta")
         return None if raw is None else dict(orjson.loads(raw))
 
+    async def _find(self, notification_id: str) -> int | None:
+        """The partition holding the notification's status (its id does not say)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for partition in keys.partitions():
+                pipe.exists(keys.notification(notification_id, partition))
+            found = await pipe.execute()
+        return next((p for p, hit in zip(keys.partitions(), found, strict=True) if hit), None)
+
     async def applied(self, event: str) -> bool:
-        return bool(await self._redis.exists(keys.provider_event(event)))
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for partition in keys.partitions():
+                pipe.exists(keys.provider_event(event, partition))
+            return any(await pipe.execute())
 
     async def take_signature(self, signature: str, seconds: float) -> bool:
         """False if this signed request was taken already (a replay)."""
@@ -132,26 +148,35 @@ class ProviderFeedback:
     ) -> Applied:
         """Record `report` on the delivery (if it outranks what is kept) and, with `suppress`
         (an address), add it to the suppression list; at most once per `event`."""
-        marker = keys.provider_event(event)
-        key = keys.notification(notification_id) if notification_id else None
+        partition = (await self._find(notification_id) if notification_id else None) or 0
+        marker = keys.provider_event(event, partition)  # beside the status: one slot
+        key = keys.notification(notification_id, partition) if notification_id else None
+        if suppress is not None:  # its own key (by address, in no partition): set first, and
+            # again by a repeat, which is harmless, so a crash in between loses nothing
+            entry = {"reason": report.reason or "", "at": report.at.isoformat()}
+            await self._redis.set(
+                keys.suppressed_email(address_hash(suppress)), orjson.dumps(entry)
+            )
         while True:
             async with self._redis.pipeline(transaction=True) as pipe:
                 try:
                     await pipe.watch(marker, *([key] if key else []))
-                    if await pipe.exists(marker):
+                    # GET, not EXISTS: redis-py's Cluster pipeline does not run a multi-key
+                    # command such as EXISTS at once after WATCH (it hands back the pipeline).
+                    if await pipe.get(marker) is not None:
                         return Applied.DUPLICATE
                     kind, old = await _delivery(pipe, key, medium)
                     change = kind is not None and supersedes(report, old)
                     pipe.multi()  # type: ignore[no-untyped-call]
                     pipe.set(marker, "1", ex=self._retention)
-                    if suppress is not None:
-                        entry = {"reason": report.reason or "", "at": report.at.isoformat()}
-                        pipe.set(keys.suppressed_email(address_hash(suppress)), orjson.dumps(entry))
                     if change and key is not None and kind is not None:
                         pipe.hset(key, field_of(medium), report.model_dump_json())
                         if report.status is not None:
                             now = self._clock()
-                            analytics.count(pipe, now, kind, medium.value, report.status.value)
+                            status = report.status.value
+                            analytics.count(
+                                pipe, now, kind, medium.value, status, partition=partition
+                            )
                     await pipe.execute()
                 except WatchError:
                     continue

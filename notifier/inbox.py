@@ -77,10 +77,11 @@ class Inbox:
         box = keys.inbox(user_id)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.zscore(box.order, item_id)
-            pipe.sismember(box.unseen, item_id)
-            pipe.sismember(box.unread, item_id)
-            pipe.sismember(box.archived, item_id)
-            score, unseen, unread, archived = await pipe.execute()
+            # Lists, not SISMEMBER: redis-py's Cluster transactions fail on boolean replies.
+            pipe.smismember(box.unseen, [item_id])
+            pipe.smismember(box.unread, [item_id])
+            pipe.smismember(box.archived, [item_id])
+            score, [unseen], [unread], [archived] = await pipe.execute()
         if score is None:
             return None
         return ItemMarks(seen=not unseen, read=not unread, archived=bool(archived))

@@ -1,6 +1,18 @@
-"""The notifier's Redis key layout (documented in the README for other languages).
+"""The notifier's Redis key layout (documented in docs/notifier.md for other languages).
 
-Everything lives under `nt:`; the request stream and its dead letters are the public part."""
+Everything lives under `nt:`. The keys are split into partitions
+(`archmesh_client.request_stream.Partitioning`): a user belongs to one, and every key that
+serves one user's requests (stream, due jobs, statuses, locks, inbox, preferences, throttle
+logs, digest windows, cancel index, analytics counts, dead letters) starts with that
+partition's prefix `nt:{<tag>}:`, so every script touches one Cluster slot. One Redis with one
+partition keeps the untagged names (`nt:requests`, `nt:n:<id>`...), unchanged.
+
+A process runs one layout: `use()` sets it once at start (the notifier's settings decide it),
+and the per-user key functions below find the user's partition with it. Functions of keys that
+are not found by user (a notification by its id, a due set) take the partition: their default,
+0, is right only untagged, so code that works for one user passes `of_user(user_id)`, and code
+that works on everything walks `partitions()`. A script is called with a key of its partition
+as KEYS[1] (even one that reads its keys from ARGV): that routes it to the slot's master."""
 
 from __future__ import annotations
 
@@ -8,8 +20,9 @@ from typing import NamedTuple
 
 from archmesh_client import cancellation, topics
 from archmesh_client.notifications import REQUEST_STREAM
+from archmesh_client.request_stream import Partitioning
 
-REQUESTS = REQUEST_STREAM  # XADD nt:requests * request <NotificationRequest JSON>
+REQUESTS = REQUEST_STREAM  # untagged: XADD nt:requests * request <NotificationRequest JSON>
 DEAD_LETTERS = "nt:dead"  # entries: request, reason, entry, failed_at
 GROUP = "notifiers"
 DUE = cancellation.DUE  # zset "<id>|<channel>" (or "#dg:<digest id>") -> unix ms it is due
@@ -19,21 +32,96 @@ FANOUT_JOB = "#fo:"  # due member of a topic fan-out: "#fo:<topic>|<request id>"
 ATTEMPTS = "nt:attempts"  # hash entry id -> failed processing attempts
 SESSIONS = "nt:sessions"  # hash session id -> owner user id (workflow rules)
 
-
-def notification(notification_id: str) -> str:
-    return f"{cancellation.NOTIFICATION_PREFIX}{notification_id}"
+_layout = Partitioning()
 
 
-def lock(notification_id: str) -> str:
-    return f"nt:lock:{notification_id}"
+def use(layout: Partitioning) -> None:
+    """The layout of this process's keys (set once, before any key is built)."""
+    global _layout
+    _layout = layout
+
+
+def layout() -> Partitioning:
+    return _layout
+
+
+def partitions() -> range:
+    return range(_layout.partitions)
+
+
+def of_user(user_id: str) -> int:
+    return _layout.of_user(user_id)
+
+
+def prefix(partition: int) -> str:
+    return _layout.prefix(partition)
+
+
+def _at(partition: int, name: str) -> str:
+    """An untagged name (`nt:due`) in `partition`."""
+    return prefix(partition) + name.removeprefix("nt:")
+
+
+def _of(user_id: str, name: str) -> str:
+    return _at(of_user(user_id), name)
+
+
+def requests(partition: int = 0) -> str:
+    return _layout.stream(partition)
+
+
+def dead_letters(partition: int = 0) -> str:
+    return _at(partition, DEAD_LETTERS)
+
+
+def attempts(partition: int = 0) -> str:
+    return _at(partition, ATTEMPTS)
+
+
+def due(partition: int = 0) -> str:
+    return _at(partition, DUE)
+
+
+def sessions(shard: int = 0) -> str:
+    """Hash session id -> {owner, offset, epoch}: the sessions of one shard (a session's shard
+    is its id's partition; the replica holding that partition's lease watches them)."""
+    return _at(shard, SESSIONS)
+
+
+def shard_of_session(session_id: str) -> int:
+    return _layout.of_user(session_id)
+
+
+def lease(partition: int) -> str:
+    """The replica that holds `partition` (reads its stream, watches its sessions)."""
+    return _at(partition, "nt:lease")
+
+
+LAYOUT = "nt:{nt}:partitions"  # the partition count the data was written with (partitioned)
+REPLICAS = "nt:{nt}:replicas"  # zset replica -> unix ms its heartbeat ends (partitioned only)
+
+
+def notification(notification_id: str, partition: int = 0) -> str:
+    return _at(partition, f"{cancellation.NOTIFICATION_PREFIX}{notification_id}")
+
+
+def lock(notification_id: str, partition: int = 0) -> str:
+    return _at(partition, f"nt:lock:{notification_id}")
 
 
 def preferences(user_id: str) -> str:
-    return f"nt:prefs:{user_id}"
+    return preferences_prefix(of_user(user_id)) + user_id
+
+
+def preferences_prefix(partition: int) -> str:
+    """What the preferences keys of `partition`'s users start with (a batch's script adds the
+    user id)."""
+    return _at(partition, "nt:prefs:")
 
 
 def template(name: str) -> str:
-    return f"nt:tpl:{name}"
+    """Templates are not per user: one slot of their own when tagged."""
+    return f"nt:{{nt}}:tpl:{name}" if _layout.tagged else f"nt:tpl:{name}"
 
 
 class InboxKeys(NamedTuple):
@@ -48,39 +136,43 @@ class InboxKeys(NamedTuple):
 
 
 def inbox(user_id: str) -> InboxKeys:
-    base = f"nt:inbox:{user_id}"
+    base = _of(user_id, f"nt:inbox:{user_id}")
     return InboxKeys(base, f"{base}:items", f"{base}:unread", f"{base}:unseen", f"{base}:archived")
 
 
-def cancel_index(cancel_key: str) -> str:
-    """Set of the notification ids that carried `cancel_key`."""
-    return cancellation.index_key(cancel_key)
+def cancel_index(cancel_key: str, partition: int = 0) -> str:
+    """Set of the notification ids of `partition` that carried `cancel_key`."""
+    return cancellation.index_key(cancel_key, prefix(partition))
 
 
-def throttle(name: str) -> str:
-    """Zset notification id -> ms admitted, of one user's type (and key): a sliding log."""
-    return f"nt:th:{name}"
+def throttle(name: str, user_id: str = "") -> str:
+    """Zset notification id -> ms admitted, of one user's type (and key): a sliding log; in
+    `user_id`'s partition (the user is needed when partitioned)."""
+    return _of(user_id, f"nt:th:{name}")
 
 
-def digest_open(name: str) -> str:
-    """The id of the digest window open for `name` (user|type|digest_key), if one is."""
-    return f"nt:dg:{name}"
+def digest_open(name: str, user_id: str = "") -> str:
+    """The id of the digest window open for `name` (user|type|digest_key), if one is; in
+    `user_id`'s partition (the user is needed when partitioned)."""
+    return _of(user_id, f"nt:dg:{name}")
 
 
-def digest(digest_id: str) -> tuple[str, str, str]:
+def digest(digest_id: str, partition: int = 0) -> tuple[str, str, str]:
     """A digest window: its hash (id, skeleton, opened, closes, max, show, opener), its
     events (zset id -> arrival) and their content (hash id -> event JSON)."""
-    base = f"nt:dgw:{digest_id}"
+    base = _at(partition, f"nt:dgw:{digest_id}")
     return base, f"{base}:ev", f"{base}:data"
 
 
-def stats(hour: str) -> str:
-    return f"nt:stats:{hour}"
+def stats(hour: str, partition: int = 0) -> str:
+    """Counts of one hour of the notifications of `partition` (analytics sums partitions)."""
+    return _at(partition, f"nt:stats:{hour}")
 
 
-def workflow_request(request_id: str) -> str:
-    """Marks a workflow event's request as enqueued (one replica enqueues it, once)."""
-    return f"nt:wf:{request_id}"
+def workflow_request(request_id: str, user_id: str) -> str:
+    """Marks a workflow event's request as enqueued (one replica enqueues it, once); in the
+    partition of the user it goes to, beside that partition's stream."""
+    return _of(user_id, f"nt:wf:{request_id}")
 
 
 def due_member(notification_id: str, channel: str) -> str:
@@ -90,7 +182,7 @@ def due_member(notification_id: str, channel: str) -> str:
 def user_notifications(user_id: str) -> str:
     """zset: the user's notification ids (scored by creation, ms) while their statuses live,
     so an erasure finds the user's statuses and pending jobs without scanning `nt:n:*`."""
-    return f"nt:user:{user_id}:notifications"
+    return _of(user_id, f"nt:user:{user_id}:notifications")
 
 
 def topic_subscribers(topic: str) -> str:
@@ -109,27 +201,32 @@ def fanout(topic: str, request_id: str) -> str:
 
 
 def fanout_job(topic: str, request_id: str) -> str:
-    """Its member of `DUE` (claimed with a lease like a delivery)."""
+    """Its member of the due set of `fanout_partition(topic)` (claimed with a lease like a
+    delivery)."""
     return f"{FANOUT_JOB}{topic}|{request_id}"
+
+
+def fanout_partition(topic: str) -> int:
+    """The partition a topic request is queued on (archmesh_client.request_stream.enqueue), and
+    whose due set holds its fan-out job."""
+    return of_user(f"topic:{topic}")
 
 
 def user_keys(user_id: str) -> list[str]:
     """Every key that belongs to one user alone: an erasure deletes them whole.
 
-    A new per-user key goes here too. (The user's entries in the topics' subscriber sets are
-    not theirs alone: notifier/erasure.py removes them first, found through `user_topics`.)"""
-    return [
-        preferences(user_id),
-        *inbox(user_id),
-        user_notifications(user_id),
-        user_topics(user_id),
-    ]
+    A new per-user key goes here too, in the user's partition (the erase script runs there).
+    The user's topics are not here: their set (`user_topics`, written by the client package
+    too) and their entries in each topic's subscribers live in other slots, so
+    notifier/erasure.py removes them one key at a time first."""
+    return [preferences(user_id), *inbox(user_id), user_notifications(user_id)]
 
 
-def timeline(notification_id: str) -> str:
+def timeline(notification_id: str, partition: int = 0) -> str:
     """List: every status change of the notification's media, oldest first (the console's
-    timeline), written with the status itself and expiring with it."""
-    return f"{cancellation.TIMELINE_PREFIX}{notification_id}"
+    timeline), written with the status itself (beside it, in its partition) and expiring
+    with it."""
+    return _at(partition, f"{cancellation.TIMELINE_PREFIX}{notification_id}")
 
 
 # -- what providers report after accepting a message (notifier/feedback.py) ---------------------
@@ -141,10 +238,11 @@ def suppressed_email(address_hash: str) -> str:
     return f"nt:suppressed:email:{address_hash}"
 
 
-def provider_event(event_hash: str) -> str:
+def provider_event(event_hash: str, partition: int = 0) -> str:
     """Marks one provider event (an email event id, a Twilio sid and status) as applied, so
-    each is applied once; kept for the status retention."""
-    return f"nt:fb:event:{event_hash}"
+    each is applied once; kept for the status retention, beside the notification's status (in
+    its partition: the two are changed in one transaction)."""
+    return _at(partition, f"nt:fb:event:{event_hash}")
 
 
 def webhook_signature(signature: str) -> str:

@@ -45,8 +45,9 @@ class Asked:
 
 @dataclass(slots=True)
 class Outcome:
-    """What one commit records."""
+    """What one commit records: entries of one partition, whose keys it touches."""
 
+    partition: int = 0
     items: list[dict[str, Any]] = field(default_factory=list)
     acks: list[str] = field(default_factory=list)
     dead_letters: list[list[str]] = field(default_factory=list)
@@ -69,16 +70,16 @@ class Outcome:
         """`owner`: the user and creation time, indexed for an erasure; `collect`: the event
         joins its digest window (see commit.lua)."""
         item: dict[str, Any] = {
-            "key": keys.notification(notification_id),
+            "key": keys.notification(notification_id, self.partition),
             "id": notification_id,
             "fields": [x for pair in fields.items() for x in pair],
             "due": [x for member, score in due.items() for x in (score, member)],
             "entry": entry.id,
-            "lock": keys.lock(notification_id),
-            "timeline": keys.timeline(notification_id),
+            "lock": keys.lock(notification_id, self.partition),
+            "timeline": keys.timeline(notification_id, self.partition),
         }
         if cancel_key is not None:
-            item["cancel"] = keys.cancel_index(cancel_key)
+            item["cancel"] = keys.cancel_index(cancel_key, self.partition)
         if collect is not None:
             item["collect"] = collect
         if owner is not None:
@@ -110,7 +111,10 @@ class Outcome:
         self, moment: datetime, kind: str, channel: str, status: str, reason: str | None = None
     ) -> None:
         self.stats[
-            (keys.stats(analytics.hour_of(moment)), analytics.field(kind, channel, status, reason))
+            (
+                keys.stats(analytics.hour_of(moment), self.partition),
+                analytics.field(kind, channel, status, reason),
+            )
         ] += 1
 
     def __bool__(self) -> bool:
@@ -131,6 +135,7 @@ class Ledger:
     ) -> None:
         """With `live`, the commit also publishes each new in-app item on its user's channel
         (notifier/live.py); without, the caller publishes them after."""
+        self._redis = redis
         self._retention = int(retention)
         self._inbox_size = inbox_size
         self.live = live
@@ -157,17 +162,20 @@ class Ledger:
         requests: list[Asked],
         templates: list[str],
         now: datetime,
+        partition: int = 0,
     ) -> tuple[list[Found], dict[str, str | None]]:
         """Per request: recorded already? locked by us? the user's preferences JSON; admitted
-        by its throttle? the first of its digest window?"""
+        by its throttle? the first of its digest window? Every request is of `partition`.
+        Templates are in the script's slot only untagged; tagged, one MGET reads them."""
+        tagged = keys.layout().tagged
         payload = {
             "owner": owner,
             "px": int(lock_seconds * 1000),
             "now": int(now.timestamp() * 1000),
-            "due": keys.DUE,
-            "n": keys.notification(""),
-            "lock": keys.lock(""),
-            "prefs": keys.preferences(""),
+            "due": keys.due(partition),
+            "n": keys.notification("", partition),
+            "lock": keys.lock("", partition),
+            "prefs": keys.preferences_prefix(partition),
             "tpl": keys.template(""),
             "requests": [
                 {
@@ -178,9 +186,11 @@ class Ledger:
                 }
                 for r in requests
             ],
-            "templates": templates,
+            "templates": [] if tagged else templates,
         }
-        reply = await self._prepare(args=[orjson.dumps(payload)])
+        reply = await self._prepare(keys=[keys.due(partition)], args=[orjson.dumps(payload)])
+        if tagged and templates:
+            reply = [*reply, *await self._redis.mget([keys.template(t) for t in templates])]
         n = len(requests)
         found = [
             Found(
@@ -196,12 +206,13 @@ class Ledger:
 
     async def commit(self, outcome: Outcome) -> list[InboxCounts]:
         """Record `outcome` atomically; the inbox counts after each of its inbox entries."""
+        part = outcome.partition
         payload = {
-            "stream": keys.REQUESTS,
+            "stream": keys.requests(part),
             "group": keys.GROUP,
-            "attempts": keys.ATTEMPTS,
-            "dead": keys.DEAD_LETTERS,
-            "due": keys.DUE,
+            "attempts": keys.attempts(part),
+            "dead": keys.dead_letters(part),
+            "due": keys.due(part),
             "retention": self._retention,
             "inbox_size": self._inbox_size,
             "stats_ttl": analytics.RETENTION_SECONDS,
@@ -210,5 +221,5 @@ class Ledger:
             "dead_letters": outcome.dead_letters,
             "stats": [[key, name, n] for (key, name), n in outcome.stats.items()],
         }
-        reply = await self._commit(args=[orjson.dumps(payload)])
+        reply = await self._commit(keys=[keys.due(part)], args=[orjson.dumps(payload)])
         return [InboxCounts(unseen=unseen, unread=unread) for unseen, unread in reply]

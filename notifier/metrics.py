@@ -53,6 +53,11 @@ class NotifierMetrics:
         self.queue_pending = Gauge(
             "archmesh_notifier_queue_pending", "Requests read but not yet finished", registry=r
         )
+        self.partitions_held = Gauge(
+            "archmesh_notifier_partitions_held",
+            "Intake partitions this replica holds (every one, when not partitioned)",
+            registry=r,
+        )
         self.due = Gauge(
             "archmesh_notifier_deliveries_scheduled",
             "External deliveries waiting (due now, retrying or held)",

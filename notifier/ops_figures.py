@@ -32,8 +32,12 @@ class NotifierFigures:
             except ResponseError:  # no request stream yet: nothing queued
                 lag, pending = 0, 0
             gauges["queue_lag"], gauges["pending"] = lag, pending
-            gauges["dead_letters"] = await self._redis.xlen(keys.DEAD_LETTERS)
-            gauges["scheduled"] = await self._redis.zcard(keys.DUE)
+            async with self._redis.pipeline(transaction=False) as pipe:  # one key per call
+                for partition in keys.partitions():
+                    pipe.xlen(keys.dead_letters(partition))
+                    pipe.zcard(keys.due(partition))
+                sizes = await pipe.execute()
+            gauges["dead_letters"], gauges["scheduled"] = sum(sizes[0::2]), sum(sizes[1::2])
             gauges["redis"] = "connected"
         except Exception:  # the stream may not exist yet, or Redis is away: say so, go on
             gauges["redis"] = "unreachable"

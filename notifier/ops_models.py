@@ -24,9 +24,10 @@ class PendingEntry(BaseModel):
 
 
 class Partition(BaseModel):
-    """One request stream and its consumer group: `lag` entries not yet read, `pending` read
-    and not acknowledged."""
+    """One partition's request stream and its consumer group: `lag` entries not yet read,
+    `pending` read and not acknowledged."""
 
+    partition: int
     stream: str
     group: str
     length: int
@@ -44,6 +45,7 @@ class Queue(BaseModel):
 
 class DeadLetter(BaseModel):
     id: str
+    partition: int  # its stream's (requeue and discard name it)
     request: Any  # the request's JSON (or its text, when it was not JSON)
     reason: str
     entry: str | None  # the intake entry it came from

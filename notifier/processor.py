@@ -5,6 +5,7 @@ records every outcome and acknowledges every entry atomically, one pipeline push
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -92,6 +93,7 @@ class Processor:
         self._on_scheduled = on_scheduled
 
     async def process(self, entries: list[Entry]) -> None:
+        """`entries`: of one partition, each of a user of that partition (worker.py)."""
         work: list[_Work] = []
         dead: list[tuple[Entry, str]] = []
         for entry in entries:
@@ -135,6 +137,7 @@ class Processor:
             [self._asked(w) for w in work],
             names,
             start,
+            work[0].entry.partition,
         )
         templates = {
             name: None if raw is None else Template.model_validate_json(raw)
@@ -199,7 +202,14 @@ class Processor:
         dead: list[tuple[Entry, str]],
         fanned: list[Entry],
     ) -> None:
-        outcome = Outcome(acks=[entry.id for entry in [*duplicates, *fanned]])
+        entries = [
+            *duplicates,
+            *fanned,
+            *(entry for entry, _ in dead),
+            *(item.entry for item in work),
+        ]
+        partition = entries[0].partition if entries else 0
+        outcome = Outcome(partition=partition, acks=[entry.id for entry in [*duplicates, *fanned]])
         now = self._clock()
         for item in work:
             self._stage(outcome, item, now)
@@ -292,8 +302,19 @@ class Processor:
         if not items:
             return
         encoded = [(channel, orjson.dumps(event).decode()) for channel, event in items]
+        if not getattr(self._broker, "sharded", False):
+            await self._publish(encoded)
+            return
+        # A Cluster publishes one item per round trip: the users' channels at once, each
+        # user's events in their order.
+        per_user: dict[str, list[tuple[str, str]]] = {}
+        for channel, data in encoded:
+            per_user.setdefault(channel, []).append((channel, data))
+        await asyncio.gather(*(self._publish(chunk) for chunk in per_user.values()))
+
+    async def _publish(self, encoded: list[tuple[str, str]]) -> None:
         try:
             await self._broker.publish_many(encoded)
         except BrokerError as exc:
-            self._metrics.push_failures.inc(len(items))
-            log.warning("live_push_failed", count=len(items), error=str(exc))
+            self._metrics.push_failures.inc(len(encoded))
+            log.warning("live_push_failed", count=len(encoded), error=str(exc))

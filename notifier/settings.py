@@ -6,6 +6,8 @@ import re
 from typing import Annotated, Literal
 
 from archmesh_client.notifications import TYPE_PATTERN
+from archmesh_client.redis_url import CLUSTER_SCHEMES
+from archmesh_client.request_stream import Partitioning
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
@@ -24,6 +26,12 @@ class NotifierSettings(Settings):
     notifier_retry_max: float = Field(300.0, gt=0, description="Cap on one retry delay.")
     notifier_intake_attempts: int = Field(5, ge=1, description="Tries of a request, then DLQ.")
     notifier_claim_idle: float = Field(30.0, gt=0, description="Reclaim after idle seconds.")
+    notifier_partitions: int = Field(
+        0,
+        ge=0,
+        le=1024,
+        description="Intake partitions; 0: 1 on one Redis, 8 on a Cluster. Fixed for good.",
+    )
     notifier_inbox_size: int = Field(500, ge=1, description="Inbox items kept per user.")
     notifier_retention: float = Field(7 * 86400.0, gt=0, description="Status/idempotency TTL.")
     notifier_workflow_rules: str = Field(
@@ -121,6 +129,11 @@ class NotifierSettings(Settings):
     def _rules(self) -> NotifierSettings:
         self.rules()  # a typo in a rule stops the notifier at start, with the reason
         return self
+
+    def partitioning(self) -> Partitioning:
+        """The key layout: tagged per partition on a Cluster or with more than one partition."""
+        cluster = self.redis_url.partition("://")[0] in CLUSTER_SCHEMES
+        return Partitioning.of(self.notifier_partitions, cluster=cluster)
 
     def rules(self) -> Rules:
         return Rules.parse(self.notifier_escalation, self.notifier_digests, self.notifier_throttles)

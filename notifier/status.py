@@ -38,12 +38,13 @@ def stage_update(
     channel: Medium,
     delivery: ChannelDelivery,
     job: dict[str, Any] | None = None,
+    partition: int = 0,
 ) -> None:
-    key = keys.notification(notification_id)
+    key = keys.notification(notification_id, partition)
     pipe.hset(key, f"ch:{channel.value}", delivery.model_dump_json())
     # The timeline, in the same MULTI: created with the hash by commit.lua (same EXPIRE), so an
     # append keeps the expiry both share.
-    pipe.rpush(keys.timeline(notification_id), timeline_entry(channel.value, delivery))
+    pipe.rpush(keys.timeline(notification_id, partition), timeline_entry(channel.value, delivery))
     if job is not None:
         pipe.hset(key, f"job:{channel.value}", orjson.dumps(job))
 
@@ -58,9 +59,12 @@ class StatusStore:
         self._redis = redis
 
     async def get(self, notification_id: str) -> DeliveryStatus | None:
-        fields: dict[str, str] = await self._redis.hgetall(  # type: ignore[assignment]
-            keys.notification(notification_id)
-        )
+        """The id does not say its partition: every partition is asked, in one pipeline."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for partition in keys.partitions():
+                pipe.hgetall(keys.notification(notification_id, partition))
+            found: list[dict[str, str]] = await pipe.execute()
+        fields = next((f for f in found if "meta" in f), {})
         if "meta" not in fields:
             return None
         meta = orjson.loads(fields["meta"])
@@ -71,8 +75,8 @@ class StatusStore:
         }
         for medium, delivery in deliveries.items():  # a provider's later word, if any
             if report := fields.get(feedback_report.field_of(medium)):
-                found = feedback_report.Report.model_validate_json(report)
-                deliveries[medium] = feedback_report.shown(delivery, found)
+                said = feedback_report.Report.model_validate_json(report)
+                deliveries[medium] = feedback_report.shown(delivery, said)
         return DeliveryStatus(
             id=meta["id"],
             user_id=meta["user_id"],
@@ -83,11 +87,11 @@ class StatusStore:
         )
 
     async def job(
-        self, notification_id: str, channel: Medium
+        self, notification_id: str, channel: Medium, partition: int = 0
     ) -> tuple[dict[str, Any], ChannelDelivery, dict[str, Any]] | None:
         """Meta, current delivery and the pending job of one channel (None if expired)."""
         meta, delivery, job = await self._redis.hmget(
-            keys.notification(notification_id),
+            keys.notification(notification_id, partition),
             ["meta", f"ch:{channel.value}", f"job:{channel.value}"],
         )
         if meta is None or delivery is None or job is None:

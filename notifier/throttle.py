@@ -35,5 +35,10 @@ def parse_rule(text: str) -> ThrottleRule:
 
 def spec(request: NotificationRequest, rule: ThrottleRule) -> dict[str, Any]:
     """What prepare.lua needs to admit `request` or not."""
+    assert request.user_id is not None  # topic requests are fanned out before this
     name = f"{request.user_id}|{request.type}|{request.throttle_key or ''}"
-    return {"key": keys.throttle(name), "limit": rule.limit, "window": int(rule.window * 1000)}
+    return {
+        "key": keys.throttle(name, request.user_id),
+        "limit": rule.limit,
+        "window": int(rule.window * 1000),
+    }

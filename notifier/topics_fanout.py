@@ -97,22 +97,20 @@ class TopicFanout:
             replies = await pipe.execute()
         states = replies[1::2]
         now_ms = int(self._clock().timestamp() * 1000)
-        due = {
-            keys.fanout_job(r.topic, r.id): now_ms
-            for r, state in zip(asked, states, strict=True)
-            if r.topic is not None and state != DONE
-        }
-        if due:
-            await self._redis.zadd(keys.DUE, due, nx=True)
+        for r, state in zip(asked, states, strict=True):
+            if r.topic is not None and state != DONE:
+                due = keys.due(keys.fanout_partition(r.topic))
+                await self._redis.zadd(due, {keys.fanout_job(r.topic, r.id): now_ms}, nx=True)
         return refused
 
     async def run(self, job: str) -> int:
         """Walk the topic from the job's cursor to its end; the requests it enqueued."""
         topic, _, request_id = job.removeprefix(keys.FANOUT_JOB).partition("|")
         key = keys.fanout(topic, request_id)
+        due = keys.due(keys.fanout_partition(topic))
         raw, saved, state = await self._redis.hmget(key, ["request", "cursor", "state"])
         if raw is None or state == DONE:
-            await self._redis.zrem(keys.DUE, job)
+            await self._redis.zrem(due, job)
             return 0
         request = NotificationRequest.model_validate_json(raw)
         excluded = frozenset(request.exclude)
@@ -131,10 +129,10 @@ class TopicFanout:
                 break
         # Kept (done) as long as statuses are: the same request read again is not fanned out
         # again (and if it were, its members' ids would make it harmless).
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with self._redis.pipeline(transaction=False) as pipe:  # two slots on a Cluster
             pipe.hset(key, "state", DONE)
             pipe.expire(key, self._retention)
-            pipe.zrem(keys.DUE, job)
+            pipe.zrem(due, job)
             await pipe.execute()
         log.info("topic_fanned_out", topic=topic, request=request_id, enqueued=enqueued)
         return enqueued

@@ -11,10 +11,12 @@ import contextlib
 from archmesh_client.backoff import Backoff
 from redis.exceptions import RedisError
 
+from notifier import keys
 from notifier.deliveries import Deliverer
-from notifier.intake import Entry, Intake
+from notifier.intake import LEGACY, Entry, Intake
 from notifier.ledger import Ledger, Outcome
 from notifier.metrics import NotifierMetrics
+from notifier.ownership import Everything, Ownership
 from notifier.processor import Processor
 from shared.logging import get_logger
 
@@ -36,7 +38,10 @@ class Worker:
         intake_attempts: int,
         claim_every: float,
         batch_size: int = 200,
+        ownership: Ownership | None = None,
     ) -> None:
+        """`ownership`: which partitions this replica reads (notifier/ownership.py)."""
+        self.ownership: Ownership = ownership or Everything()
         self._intake = intake
         self._processor = processor
         self._deliverer = deliverer
@@ -50,6 +55,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._sends: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
+        self._readers: dict[int, asyncio.Task[None]] = {}
 
     def wake(self) -> None:
         """New jobs are due now: don't wait for the next poll."""
@@ -71,34 +77,91 @@ class Worker:
         for task in [*self._loops, *self._sends]:
             task.cancel()
         await asyncio.gather(*self._loops, *self._sends, return_exceptions=True)
+        with contextlib.suppress(*_NETWORK):
+            await self.ownership.release_all()  # the others take them over at once
         log.info("notifier_worker_stopped")
 
     # -- intake ------------------------------------------------------------------------------
 
+    def _wanted(self) -> set[int]:
+        """The partitions to read now; partitioned, the holder of partition 0 also drains the
+        untagged `nt:requests` of before (or of producers that do not know the layout)."""
+        owned = set(self.ownership.owned())
+        if self.ownership.partitioned and 0 in owned:
+            owned.add(LEGACY)
+        return owned
+
     async def _intake_loop(self) -> None:
+        """One reader per partition held, started and stopped as the leases come and go."""
+        tick = min(1.0, max(0.1, self._claim_every / 4))
+        try:
+            while not self._stopping.is_set():
+                try:
+                    await self.ownership.tick(self._reading)
+                except _NETWORK as exc:
+                    log.warning("partition_leases_failed", error=str(exc))
+                except Exception:  # the held partitions are still read; try again next tick
+                    log.exception("partition_leases_crashed")
+                wanted = self._wanted()
+                for partition in wanted - set(self._readers):
+                    self._readers[partition] = asyncio.create_task(
+                        self._reader(partition), name=f"notifier-intake-{partition}"
+                    )
+                for partition, task in list(self._readers.items()):
+                    if task.done():
+                        del self._readers[partition]
+                await self._pause_stop(tick if self.ownership.partitioned else 0.5)
+        finally:
+            await asyncio.gather(*self._readers.values(), return_exceptions=True)
+
+    def _reading(self, partition: int) -> bool:
+        task = self._readers.get(partition)
+        return task is not None and not task.done()
+
+    async def _pause_stop(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _reader(self, partition: int) -> None:
         backoff = Backoff(base=0.1, cap=5.0)
         loop = asyncio.get_running_loop()
         next_claim = 0.0
         group_ready = False
-        while not self._stopping.is_set():
+        # Taken over from another replica: what it left pending is ours now, whatever its age.
+        takeover = self.ownership.partitioned
+        while not self._stopping.is_set() and partition in self._wanted():
             try:
                 if not group_ready:  # again after any Redis error: it may have lost the group
-                    await self._intake.ensure_group()
+                    await self._intake.ensure_group(partition)
                     group_ready = True
                 entries: list[Entry] = []
                 if loop.time() >= next_claim:
-                    entries = await self._intake.reclaim(self._batch)
+                    entries = await self._intake.reclaim(self._batch, partition, idle=not takeover)
+                    takeover = False
                     next_claim = loop.time() + (0 if entries else self._claim_every)
                 if not entries:
-                    entries = await self._intake.read(self._batch, block_ms=500)
+                    entries = await self._intake.read(self._batch, 500, partition)
                 if entries:
-                    await self._process(entries)
+                    await self._process(await self._settle(entries))
                 backoff.reset()
             except _NETWORK as exc:
                 group_ready = False
                 await self._unreachable(backoff, exc)
 
+    async def _settle(self, entries: list[Entry]) -> list[Entry]:
+        """Move the entries of other partitions' users home; the rest are processed here."""
+        if keys.layout().partitions == 1 and not keys.layout().tagged:
+            return entries
+        stray = [e for e in entries if e.partition == LEGACY or e.home() not in (None, e.partition)]
+        if not stray:
+            return entries
+        await self._intake.forward(stray)
+        moved = {e.id for e in stray}
+        return [e for e in entries if e.id not in moved]
+
     async def _process(self, entries: list[Entry]) -> None:
+        if not entries:
+            return
         try:
             await self._processor.process(entries)
         except _NETWORK:
@@ -117,7 +180,7 @@ class Worker:
         attempts = await self._intake.note_failure(entry)
         if attempts < self._intake_attempts:
             return
-        outcome = Outcome()
+        outcome = Outcome(partition=entry.partition)
         outcome.dead_letter(entry, f"processing failed {attempts} times (see logs)")
         await self._ledger.commit(outcome)
         self._metrics.dead_letters.inc()

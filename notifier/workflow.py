@@ -3,12 +3,21 @@
 Sessions to watch are registered with their owner (`PUT /api/sessions/{id}`). The watcher reads
 each session channel's history from the last offset it handled, so nothing published while
 every notifier was down is missed, and it works on every broker. Each event becomes a request
-with a deterministic id (`wf.<session>.<epoch>.<offset>`), enqueued once across replicas."""
+with a deterministic id (`wf.<session>.<epoch>.<offset>`), enqueued once across replicas.
+
+Partitioned, the sessions are sharded like the users (`keys.sessions(shard)`), and the replica
+holding a partition's lease (notifier/ownership.py) follows the sessions of its shard: each
+session by one replica at a time. The position (offset, epoch) is saved after the events up
+to it are enqueued, so a replica taking a shard over starts where the last one stopped; an
+event both handled around a handover is enqueued once, by its marker (`keys.workflow_request`),
+and a position written back late by the old holder only makes the new one read a few events
+again, each enqueued once by its marker. So a handover misses no event and doubles none."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import orjson
@@ -53,7 +62,10 @@ class WorkflowWatcher:
         rules: dict[str, Rule],
         retention: float,
         interval: float = 1.0,
+        shards: Callable[[], Iterable[int]] | None = None,
     ) -> None:
+        """`shards`: the session shards this replica follows now (default: every shard)."""
+        self._shards = shards or keys.partitions
         self._redis = redis
         self._broker = broker
         self._rules = rules
@@ -67,11 +79,11 @@ class WorkflowWatcher:
         # Start from the channel's current position: earlier events are not this owner's news.
         position = await self._broker.position(session_channel(session_id))
         state = {"owner": owner_id, "offset": position.offset, "epoch": position.epoch}
-        await self._redis.hset(keys.SESSIONS, session_id, orjson.dumps(state))
+        await self._redis.hset(_sessions(session_id), session_id, orjson.dumps(state))
         self._poke.set()
 
     async def forget(self, session_id: str) -> None:
-        await self._redis.hdel(keys.SESSIONS, session_id)
+        await self._redis.hdel(_sessions(session_id), session_id)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="notifier-workflows")
@@ -93,9 +105,13 @@ class WorkflowWatcher:
                 await asyncio.wait_for(self._poke.wait(), self._interval)
 
     async def scan(self) -> None:
-        sessions: dict[str, str] = await self._redis.hgetall(keys.SESSIONS)  # type: ignore[assignment]
-        for session_id, raw in sessions.items():
-            await self._follow(session_id, orjson.loads(raw))
+        for shard in sorted(self._shards()):
+            key = keys.sessions(shard)
+            sessions: dict[str, str] = await self._redis.hgetall(key)  # type: ignore[assignment]
+            for session_id, raw in sessions.items():
+                if shard not in self._shards():
+                    break  # handed over meanwhile: the new holder goes on from the position
+                await self._follow(session_id, orjson.loads(raw))
 
     async def _follow(self, session_id: str, state: dict[str, object]) -> None:
         channel = session_channel(session_id)
@@ -109,12 +125,12 @@ class WorkflowWatcher:
         for publication in history.publications:
             done = await self._handle(session_id, str(state["owner"]), publication) or done
         if done:
-            await self._redis.hdel(keys.SESSIONS, session_id)
+            await self._redis.hdel(_sessions(session_id), session_id)
             return
         last = history.publications[-1].offset if history.publications else since
         if last != offset or history.position.epoch != state.get("epoch"):
             state.update(offset=last, epoch=history.position.epoch)
-            await self._redis.hset(keys.SESSIONS, session_id, orjson.dumps(state))
+            await self._redis.hset(_sessions(session_id), session_id, orjson.dumps(state))
 
     async def _handle(self, session_id: str, owner: str, publication: BrokerPublication) -> bool:
         """Enqueue a notification if a rule matches; True when the workflow has ended."""
@@ -149,9 +165,14 @@ class WorkflowWatcher:
             priority=rule.priority,
             data={"session_id": session_id, "stage": stage, "status": status},
         )
+        stream = keys.requests(keys.of_user(owner))
         added = await self._enqueue(
-            [keys.workflow_request(request.id), keys.REQUESTS],
+            [keys.workflow_request(request.id, owner), stream],
             [request.model_dump_json(), self._retention, REQUEST_FIELD],
         )
         if added:
             log.info("workflow_notification", session=session_id, status=status, id=request.id)
+
+
+def _sessions(session_id: str) -> str:
+    return keys.sessions(keys.shard_of_session(session_id))

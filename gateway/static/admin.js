@@ -362,19 +362,20 @@ async function refreshNotifier() {
         el(
           "div",
           { className: "actions" },
-          el("button", { type: "button", className: "requeue", onclick: () => deadLetter(d.id, "requeue") }, "Requeue…"),
-          el("button", { type: "button", className: "discard", onclick: () => deadLetter(d.id, "discard") }, "Discard…"),
+          el("button", { type: "button", className: "requeue", onclick: () => deadLetter(d, "requeue") }, "Requeue…"),
+          el("button", { type: "button", className: "discard", onclick: () => deadLetter(d, "discard") }, "Discard…"),
         ),
       ),
     ),
   );
 }
 
-async function deadLetter(id, action) {
+async function deadLetter({ id, partition }, action) {
   if (!(await confirmThen(`${action} dead letter ${id}?`))) return;
+  const where = `partition=${encodeURIComponent(partition ?? 0)}`;
   try {
-    if (action === "requeue") await api("POST", `/api/ops/dead-letters/${id}/requeue`);
-    else await api("DELETE", `/api/ops/dead-letters/${id}`);
+    if (action === "requeue") await api("POST", `/api/ops/dead-letters/${id}/requeue?${where}`);
+    else await api("DELETE", `/api/ops/dead-letters/${id}?${where}`);
   } catch (error) {
     show(error.message, "#dead-count");
   }

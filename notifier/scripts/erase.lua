@@ -1,7 +1,7 @@
 -- ArchMesh notifier: erase one user (DELETE /api/users/{user}), atomically.
 -- ARGV[1]: JSON {user, prefs, index, due, prefix, timeline (the prefix of a notification's
---   timeline), sessions, media: [...], delete: [keys], now (ISO time), reason, digest_job
---   (the prefix of a digest window's due job)}
+--   timeline), sessions ('' when partitioned), media: [...], delete: [keys], now (ISO time),
+--   reason, digest_job (the prefix of a digest window's due job)}
 -- A notification's timeline (the console's list of its status changes) and its providers'
 -- reports (`fb:<medium>`) are deleted: they quote error texts as they were, addresses included.
 -- Statuses of the user's notifications stay (a service may still ask how one went) without
@@ -107,11 +107,13 @@ for _, id in ipairs(ids) do
   redis.call('HDEL', key, 'th', 'dg')
 end
 
-local sessions = redis.call('HGETALL', p.sessions)
-for i = 1, #sessions, 2 do
-  local ok, state = pcall(cjson.decode, sessions[i + 1])
-  if ok and type(state) == 'table' and state.owner == p.user then
-    redis.call('HDEL', p.sessions, sessions[i])
+if p.sessions ~= '' then -- partitioned: forget_sessions.lua, per shard
+  local sessions = redis.call('HGETALL', p.sessions)
+  for i = 1, #sessions, 2 do
+    local ok, state = pcall(cjson.decode, sessions[i + 1])
+    if ok and type(state) == 'table' and state.owner == p.user then
+      redis.call('HDEL', p.sessions, sessions[i])
+    end
   end
 end
 

@@ -2,8 +2,9 @@
 copy of both. The notifier's API and `NotifierClient.cancel` both run it, so a backend may
 cancel through either; the notifiers' delivery jobs find cancelled steps and skip them.
 
-The notifier keeps, per cancel key, the set of notification ids that carried it (for as long as
-their statuses are kept); cancelling walks that set in one atomic step."""
+The notifier keeps, per cancel key and partition, the set of notification ids that carried it
+(for as long as their statuses are kept); cancelling walks that set in one atomic step per
+partition (`request_stream.Partitioning`: each partition's keys share one Cluster slot)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel
 
 from archmesh_client.notifications import Medium
+from archmesh_client.request_stream import UNPARTITIONED, UNTAGGED_PREFIX, Partitioning
 
 SOURCE = resources.files(__package__).joinpath("cancel.lua").read_text()
 
-# The notifier's key layout this script touches (notifier/keys.py uses the same names).
+# The notifier's key layout this script touches (notifier/keys.py uses the same names), after
+# a partition's prefix (`nt:` untagged, `nt:{<tag>}:` partitioned).
 NOTIFICATION_PREFIX = "nt:n:"
 DUE = "nt:due"
 CANCEL_PREFIX = "nt:cancel:"
@@ -28,18 +31,27 @@ STATS_PREFIX = "nt:stats:"
 STATS_TTL = 90 * 86400
 
 
+def _in(prefix: str, name: str) -> str:
+    """An untagged name (`nt:due`) in the partition whose keys start with `prefix`."""
+    return prefix + name.removeprefix(UNTAGGED_PREFIX)
+
+
 class CancelResult(BaseModel):
     cancel_key: str | None = None
     cancelled: int  # steps (one medium of one notification) that will now never be sent
     notifications: int  # notifications that had at least one such step
 
 
-def index_key(cancel_key: str) -> str:
-    return f"{CANCEL_PREFIX}{cancel_key}"
+def index_key(cancel_key: str, prefix: str = UNTAGGED_PREFIX) -> str:
+    return _in(prefix, f"{CANCEL_PREFIX}{cancel_key}")
 
 
-def stats_key(moment: datetime) -> str:
-    return f"{STATS_PREFIX}{moment.astimezone(UTC).strftime('%Y%m%d%H')}"
+def stats_key(moment: datetime, prefix: str = UNTAGGED_PREFIX) -> str:
+    return _in(prefix, f"{STATS_PREFIX}{moment.astimezone(UTC).strftime('%Y%m%d%H')}")
+
+
+def due_key(prefix: str = UNTAGGED_PREFIX) -> str:
+    return _in(prefix, DUE)
 
 
 def payload(
@@ -50,22 +62,24 @@ def payload(
     ids: list[str] | None = None,
     only: Medium | None = None,
     states: list[str] | None = None,
+    prefix: str = UNTAGGED_PREFIX,
 ) -> bytes:
-    """The script's argument: cancel what `cancel_key` names, or the notifications `ids`;
-    `states` narrows which steps count as not yet sent (default: every such state)."""
+    """The script's argument: cancel what `cancel_key` names, or the notifications `ids` (all
+    in the partition whose keys start with `prefix`); `states` narrows which steps count as
+    not yet sent (default: every such state)."""
     body: dict[str, Any] = {
-        "prefix": NOTIFICATION_PREFIX,
-        "due": DUE,
+        "prefix": _in(prefix, NOTIFICATION_PREFIX),
+        "due": due_key(prefix),
         "media": [m.value for m in Medium],
         "reason": reason,
         "now": now.isoformat(),
-        "stats": stats_key(now),
+        "stats": stats_key(now, prefix),
         "stats_ttl": STATS_TTL,
         "ids": ids or [],
-        "timeline": TIMELINE_PREFIX,
+        "timeline": _in(prefix, TIMELINE_PREFIX),
     }
     if cancel_key is not None:
-        body["index"] = index_key(cancel_key)
+        body["index"] = index_key(cancel_key, prefix)
     if only is not None:
         body["only"] = only.value
     if states is not None:
@@ -74,10 +88,20 @@ def payload(
 
 
 async def cancel(
-    redis: aioredis.Redis, cancel_key: str, now: datetime | None = None
+    redis: aioredis.Redis,
+    cancel_key: str,
+    now: datetime | None = None,
+    layout: Partitioning = UNPARTITIONED,
 ) -> CancelResult:
-    """Cancel every step not yet sent of the notifications that carried `cancel_key`."""
+    """Cancel every step not yet sent of the notifications that carried `cancel_key`, one
+    partition after the other (each partition atomically)."""
     moment = now or datetime.now(UTC)
     script = redis.register_script(SOURCE)
-    reply = await script(args=[payload(moment, "cancelled by request", cancel_key=cancel_key)])
-    return CancelResult(cancel_key=cancel_key, cancelled=int(reply[0]), notifications=int(reply[1]))
+    steps = touched = 0
+    for partition in range(layout.partitions):
+        prefix = layout.prefix(partition)
+        body = payload(moment, "cancelled by request", cancel_key=cancel_key, prefix=prefix)
+        # The routing key: a Cluster runs the script on the partition's node.
+        reply = await script(keys=[due_key(prefix)], args=[body])
+        steps, touched = steps + int(reply[0]), touched + int(reply[1])
+    return CancelResult(cancel_key=cancel_key, cancelled=steps, notifications=touched)

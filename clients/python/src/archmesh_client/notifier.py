@@ -15,6 +15,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from pydantic import ValidationError
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from archmesh_client.cancellation import CancelResult, cancel
 from archmesh_client.notifications import (
@@ -23,7 +24,8 @@ from archmesh_client.notifications import (
     NotificationRequest,
     validation_error,
 )
-from archmesh_client.request_stream import enqueue
+from archmesh_client.redis_url import ClusterAddress
+from archmesh_client.request_stream import Partitioning, enqueue, is_cluster_url
 from archmesh_client.topics import Page, page, subscribe, topics_of, unsubscribe
 
 Item = NotificationRequest | Mapping[str, Any]
@@ -36,13 +38,26 @@ def _request(item: Item) -> NotificationRequest:
 
 
 class NotifierClient:
-    def __init__(self, redis_url: str) -> None:
-        self._redis = aioredis.Redis.from_url(redis_url, socket_connect_timeout=5)
+    def __init__(self, redis_url: str, partitions: int = 0) -> None:
+        """`redis_url`: the notifiers' Redis (`redis+cluster://...` for a Cluster);
+        `partitions`: the notifiers' `ARCHMESH_NOTIFIER_PARTITIONS` (0, the default, means the
+        same as there: 1 on one Redis, 8 on a Cluster)."""
+        self._redis: Any
+        cluster = is_cluster_url(redis_url)
+        if cluster:
+            address = ClusterAddress.parse(redis_url)
+            startup = [ClusterNode(host, port) for host, port in address.nodes]
+            self._redis = RedisCluster(
+                startup_nodes=startup, socket_connect_timeout=5, **address.credentials()
+            )
+        else:
+            self._redis = aioredis.Redis.from_url(redis_url, socket_connect_timeout=5)
+        self._layout = Partitioning.of(partitions, cluster=cluster)
 
     async def send(self, item: Item) -> str:
         """Queue one notification; returns its id. Raises pydantic's ValidationError."""
         request = _request(item)
-        await enqueue(self._redis, [request])
+        await enqueue(self._redis, [request], self._layout)
         return request.id
 
     async def send_batch(self, items: Sequence[Item]) -> BatchResult:
@@ -58,13 +73,13 @@ class NotifierClient:
                 valid.append(request)
                 results.append(ItemResult(index=index, ok=True, id=request.id))
         if valid:
-            await enqueue(self._redis, valid)
+            await enqueue(self._redis, valid, self._layout)
         return BatchResult.of(results)
 
     async def cancel(self, cancel_key: str) -> CancelResult:
         """Cancel every step not yet sent (held in quiet hours, waiting to escalate, collected
         in an open digest) of the notifications that carried `cancel_key`."""
-        return await cancel(self._redis, cancel_key)
+        return await cancel(self._redis, cancel_key, layout=self._layout)
 
     async def subscribe(self, user_id: str, topic: str) -> bool:
         """Subscribe the user to `topic` (a request to the topic reaches them); True if new."""
