@@ -51,6 +51,8 @@ SCENARIOS = ("fanout", "latency", "unicast", "idle", "notifier")
 # Run once per system after the rounds, ArchMesh and the reference only.
 ONCE = ("capacity", "storm")
 ONCE_SYSTEMS = ("archmesh", "socketio")
+# ArchMesh alone, once, on its own cluster (three gateways behind nginx, a private Redis).
+STORM3 = "storm3"
 # Not a peer: a bare Node fan-out server that shows how much the load generator can take.
 CEILING = "blast"
 LABELS = {
@@ -181,6 +183,8 @@ def run_scenario(
         return run_notifier(redis_url, redis_pid, extra)
     if scenario == "storm":
         return run_storm(system, redis_url, redis_pid, extra)
+    if scenario == STORM3:
+        return run_storm3(extra)
     port = free_port()
     env = environment(redis_url, port)
     cwd = REPO
@@ -247,6 +251,40 @@ def run_storm(system: str, redis_url: str, redis_pid: int, extra: list[str]) -> 
         stop(server)
 
 
+def run_storm3(extra: list[str]) -> dict[str, object]:
+    """Issue 16's storm: three gateways behind nginx (bench/storm_cluster.py, the cluster and
+    the load generator's Redis its own), the node holding the storm's clients SIGKILLed by the
+    load generator; the two others stay. The cluster is on core 0, the load generator on 1."""
+    venv_python = REPO / ".venv" / "bin" / "python"
+    env = environment("", 0)
+    cmd = ["taskset", "-c", SERVER_CORE, str(venv_python), str(BENCH / "storm_cluster.py")]
+    cmd += ["--jwt-secret", JWT_SECRET, "--api-key", API_KEY]
+    with server_log("archmesh", STORM3) as out:
+        cluster = subprocess.Popen(
+            cmd, env=env, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=out
+        )
+    assert cluster.stdin is not None
+    assert cluster.stdout is not None
+    try:
+        line = cluster.stdout.readline()
+        if not line:
+            return {"error": f"the cluster did not start (exit {cluster.wait()}); see .bench/logs"}
+        ready = json.loads(line)
+        gateways = ",".join(f"{g['node']}:{g['port']}:{g['pid']}" for g in ready["gateways"])
+        args = ["--system", "archmesh", "--scenario", STORM3, "--port", str(ready["port"])]
+        args += ["--redis", ready["redis"], "--redis-pid", str(ready["redis_pid"])]
+        args += ["--pid", str(ready["gateways"][0]["pid"]), "--gateways", gateways]
+        args += ["--nginx-pid", str(ready["nginx_pid"])]
+        return load(args + extra, env, timeout=420)
+    finally:
+        cluster.stdin.close()  # the driver stops every part, nginx included
+        try:
+            cluster.wait(90)
+        except subprocess.TimeoutExpired:
+            cluster.kill()  # its children get SIGTERM from the kernel (PDEATHSIG)
+            cluster.wait()
+
+
 def run_notifier(redis_url: str, redis_pid: int, extra: list[str]) -> dict[str, object]:
     """The notifier process under test on core 0; the gateway that delivers its in-app
     notifications on core 1 with the load generator (it has little to do here)."""
@@ -290,10 +328,12 @@ def server_log(system: str, scenario: str) -> Iterator[IO[bytes]]:
         yield out
 
 
-def load(args: list[str], env: dict[str, str]) -> dict[str, object]:
+def load(args: list[str], env: dict[str, str], timeout: float = 240) -> dict[str, object]:
     """Run the load generator on its core; its last line is the result."""
     cmd = ["taskset", "-c", LOAD_CORE, "node", str(BENCH / "loadgen.mjs"), *args]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, check=False)
+    done = subprocess.run(
+        cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
     lines = done.stdout.strip().splitlines()
     if not lines:
         return {"error": f"load generator printed nothing: {done.stderr.strip()[-500:]}"}
@@ -602,9 +642,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--systems", default=",".join(SYSTEMS))
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS + ONCE))
+    parser.add_argument("--scenarios", default=",".join((*SCENARIOS, *ONCE, STORM3)))
     parser.add_argument("--capacity", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--storm", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--storm3", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--no-write", action="store_true", help="print, leave the doc alone")
     parser.add_argument(
         "--archmesh-tree",
@@ -624,7 +665,8 @@ def main() -> int:
         ARCHMESH_TREE = opts.archmesh_tree.resolve()
         opts.no_write = True
     systems = [s for s in opts.systems.split(",") if s]
-    scenarios = [s for s in opts.scenarios.split(",") if s and s not in ONCE]
+    scenarios = [s for s in opts.scenarios.split(",") if s and s not in (*ONCE, STORM3)]
+    storm3 = STORM3 in opts.scenarios.split(",") and opts.storm3 and "archmesh" in systems
     once = [s for s in opts.scenarios.split(",") if s in ONCE and getattr(opts, s)]
     if os.cpu_count() is None or os.cpu_count() < 2:  # type: ignore[operator]
         raise SystemExit("needs 2 cores: the server on one, the load generator on the other")
@@ -651,6 +693,10 @@ def main() -> int:
                 result = run_scenario(system, scenario, redis_url, redis_pid, opts.extra)
                 results.add(system, scenario, result)
                 log(f"{system} {scenario}: {json.dumps(result)}")
+    if storm3:  # its own Redis, in its cluster
+        result = run_scenario("archmesh", STORM3, "", 0, opts.extra)
+        results.add("archmesh", STORM3, result)
+        log(f"archmesh {STORM3}: {json.dumps(result)}")
     minutes = (time.monotonic() - started) / 60
     meta = {
         "systems": systems,
