@@ -45,7 +45,7 @@ const SCENARIOS = {
   storm: { clients: 5000, broadcast_rate: 10, unicast_rate: 500, before: 2, after: 1, backoff_base: 500, backoff_cap: 5000 },
   // Three gateways behind nginx: `clients` on the first (10 `session:` channels each), `live`
   // clients on the two others; the first is SIGKILLed. The JS SDK's backoff (500 ms, 20 s).
-  storm3: { clients: 10000, live: 1000, sessions: 10, session_rate: 10, unicast_rate: 200, live_rate: 20, before: 5, after: 2, backoff_base: 500, backoff_cap: 20000 },
+  storm3: { clients: 10000, live: 1000, sessions: 10, session_rate: 10, unicast_rate: 200, live_rate: 20, before: 10, after: 2, backoff_base: 500, backoff_cap: 20000 },
   notifier: { clients: 1000, messages: 20000, batch: 100, window: 5000, cap: 20 },
 };
 const conf = { ...SCENARIOS[SCENARIO] };

@@ -11,6 +11,9 @@ rounds, as ratios to Node's Socket.IO, go to docs/benchmarks.md.
 
 `capacity` and `storm` run once per system, after the rounds, for ArchMesh and Node's
 Socket.IO only (the reference): they are long, and their ratios are what the targets name.
+`storm3` runs once, ArchMesh only, last: three gateways behind nginx on their own Redis
+(bench/storm_cluster.py), the one holding 10,000 clients SIGKILLed.
+    python3 bench/run.py --systems archmesh --scenarios storm3 --no-write -- --live 200
     python3 bench/run.py --report .bench/results.json   # rewrite the doc from a saved run
 
 Standard library only: it runs before any venv exists.
@@ -517,6 +520,64 @@ def storm_table(results: Results) -> str:
     return once_table(results, "storm", rows)
 
 
+STORM3_ROWS = [
+    ("clients on the node that is killed (each on its own `user:` channel)", "clients"),
+    ("channels per client (own + shared `session:` channels)", "channels_per_client"),
+    ("live clients on the two other nodes (through nginx)", "live_clients"),
+    ("storm clients back, resubscribed and recovered", "reconnected"),
+    ("SIGKILL to every client back and recovered, s", "seconds_to_all"),
+    ("SIGKILL to the first client back, s", "seconds_to_first_back"),
+    ("refused or failed connection attempts", "refused_attempts"),
+    ("subscriptions not recovered", "not_recovered"),
+    ("history reads asked (recoveries, positions)", "history_reads.asked"),
+    ("history reads issued to Redis", "history_reads.issued"),
+    ("history reads merged (same channel and position, same turn)", "history_reads.merged"),
+    ("subscribes recovered with `since`", "history_reads.recoveries"),
+    (
+        "Redis EVALSHA calls meanwhile (history, presence, publications)",
+        "history_reads.redis_evalsha",
+    ),
+    ("surviving gateways' CPU during the storm (of a core, both)", "cpu_during_storm.gateways"),
+    ("nginx CPU during the storm (of a core)", "cpu_during_storm.nginx"),
+    ("Redis CPU during the storm (of a core)", "cpu_during_storm.redis"),
+    ("storm clients: deliveries expected", "expected"),
+    ("storm clients: not delivered", "lost"),
+    ("storm clients: duplicates", "duplicates"),
+    ("live clients: delivery p50 ms without the storm", "live.calm.p50_ms"),
+    ("live clients: delivery p99 ms without the storm", "live.calm.p99_ms"),
+    ("live clients: delivery p50 ms during the storm", "live.storm.p50_ms"),
+    ("live clients: delivery p99 ms during the storm", "live.storm.p99_ms"),
+    ("live clients: delivery max ms during the storm", "live.storm.max_ms"),
+    ("live clients: p99 during / without the storm", "live.p99_ratio"),
+    ("live clients: not delivered / duplicates", "live.lost"),
+]
+
+
+def storm3_table(results: Results) -> str:
+    """ArchMesh alone: one column, the figures of its last run."""
+    runs = results.runs.get("archmesh", {}).get(STORM3, [])
+    if not runs:
+        return "(not run)"
+    run = runs[-1]
+    if "error" in run:
+        return f"failed: `{run['error']}`"
+    lines = ["| | ArchMesh, 3 gateways behind nginx |", "| --- | --- |"]
+    for label, path in STORM3_ROWS:
+        value: Any = run
+        for key in path.split("."):
+            value = value.get(key) if isinstance(value, dict) else None
+        if path == "live.lost":
+            value = f"{value} / {run.get('live', {}).get('duplicates')}"
+        elif isinstance(value, bool) or value is None:
+            value = "n/a" if value is None else ("yes" if value else "no")
+        elif isinstance(value, int):
+            value = f"{value:,}"
+        elif isinstance(value, float):
+            value = fmt(value)
+        lines.append(f"| {label} | {value} |")
+    return "\n".join(lines)
+
+
 def targets(results: Results) -> str:
     def ratio(scenario: str, key: str) -> float | None:
         ours = results.median("archmesh", scenario, key)
@@ -549,6 +610,19 @@ def targets(results: Results) -> str:
         gone, dup = storm[-1].get("lost"), storm[-1].get("duplicates")
         met = "yes" if gone == 0 and dup == 0 else "no"
         lines.append(f"| storm: lost / duplicated | {gone} / {dup} | 0 / 0 | {met} |")
+    storm3 = results.runs.get("archmesh", {}).get(STORM3, [])
+    if storm3 and "error" not in storm3[-1]:
+        run = storm3[-1]
+        gone, dup = run.get("lost"), run.get("duplicates")
+        met = "yes" if gone == 0 and dup == 0 and run.get("not_recovered") == 0 else "no"
+        lines.append(
+            f"| storm3 (3 nodes, one killed): lost / duplicated | {gone} / {dup} | 0 / 0 | {met} |"
+        )
+        ratio = once(results, "archmesh", STORM3, "live.p99_ratio")
+        if ratio is not None:
+            met = "yes" if ratio <= 3 else "no"
+            label = "storm3: live clients' p99 during / without the storm"
+            lines.append(f"| {label} | {ratio:.2f}x | <= 3x | {met} |")
     notifier = results.median("archmesh", "notifier", "rate")
     if notifier is not None:
         met = "yes" if notifier >= 5000 else "no"
@@ -631,6 +705,7 @@ def write_doc(results: Results, meta: dict[str, Any]) -> None:
         ceiling_cpu=fmt(ceiling_cpu),
         capacity=capacity_table(results),
         storm=storm_table(results),
+        storm3=storm3_table(results),
         history=(BENCH / "history.md").read_text().strip(),
         raw=json.dumps(results.runs, indent=1),
     )
@@ -711,6 +786,7 @@ def main() -> int:
     print(table(results, systems))
     print(capacity_table(results))
     print(storm_table(results))
+    print(storm3_table(results))
     print(targets(results))
     log(f"done in {minutes:.1f} min; raw results in .bench/results.json")
     if not opts.no_write:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from deploy.local_cluster import LocalCluster  # noqa: E402 (after the path)
+from deploy.local_cluster import LocalCluster
 
 GATEWAY_ENV = {
     "ARCHMESH_LOG_LEVEL": "warning",
