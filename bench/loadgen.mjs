@@ -45,7 +45,7 @@ const SCENARIOS = {
   storm: { clients: 5000, broadcast_rate: 10, unicast_rate: 500, before: 2, after: 1, backoff_base: 500, backoff_cap: 5000 },
   // Three gateways behind nginx: `clients` on the first (10 `session:` channels each), `live`
   // clients on the two others; the first is SIGKILLed. The JS SDK's backoff (500 ms, 20 s).
-  storm3: { clients: 10000, live: 1000, sessions: 10, session_rate: 10, unicast_rate: 200, live_rate: 20, before: 10, after: 2, backoff_base: 500, backoff_cap: 20000 },
+  storm3: { clients: 10000, live: 1000, sessions: 10, session_rate: 5, unicast_rate: 200, live_rate: 20, before: 10, after: 2, backoff_base: 500, backoff_cap: 20000 },
   notifier: { clients: 1000, messages: 20000, batch: 100, window: 5000, cap: 20 },
 };
 const conf = { ...SCENARIOS[SCENARIO] };
@@ -1030,9 +1030,9 @@ async function storm3Scenario() {
   await warmUp("session:s0", storm[0]);
   await warmUp("session:live", live[0]);
 
-  // At most 120 s of publications are tracked (the storm is over long before).
-  const maxSession = Math.ceil(conf.session_rate * 120);
-  const maxLive = Math.ceil(conf.live_rate * 120);
+  // At most 150 s of publications are tracked (the storm is over long before).
+  const maxSession = Math.ceil(conf.session_rate * 150);
+  const maxLive = Math.ceil(conf.live_rate * 150);
   const sessionTally = new Tally(n, maxSession, n);
   const liveTally = new Tally(live.length, maxLive, live.length);
   const liveAt = new Float64Array(maxLive * live.length); // receipt time of each live delivery
@@ -1087,6 +1087,7 @@ async function storm3Scenario() {
   const evalsha0 = await evalshaCalls();
   const published0 = { ...published };
   const nginxPids = [Number(args["nginx-pid"]), ...childPids(Number(args["nginx-pid"]))];
+  const own0 = process.cpuUsage();
   const cpu0 = { gateways: cpuOf(survivors.map((g) => g.pid)), nginx: cpuOf(nginxPids), redis: cpuSeconds(REDIS_PID) };
   const failures0 = storm.reduce((a, c) => a + c.failures, 0);
   readyCount = 0;
@@ -1099,8 +1100,11 @@ async function storm3Scenario() {
   }
   const allBack = now();
   const back = storm.filter((c) => c.ready && c.readyAt >= killedAt);
-  const firstBack = Math.min(...back.map((c) => c.readyAt));
+  const backAt = back.map((c) => c.readyAt).sort((a, b) => a - b);
+  const firstBack = backAt[0];
+  const backSeconds = (p) => (backAt.length ? round((percentile(backAt, p) - killedAt) / 1000, 2) : null);
   const stormSeconds = (allBack - killedAt) / 1000;
+  const own = process.cpuUsage(own0);
   const cpu1 = { gateways: cpuOf(survivors.map((g) => g.pid)), nginx: cpuOf(nginxPids), redis: cpuSeconds(REDIS_PID) };
   const reads1 = await Promise.all(survivors.map((g) => nodeMetrics(g.port)));
   const evalsha1 = await evalshaCalls();
@@ -1142,6 +1146,8 @@ async function storm3Scenario() {
     reconnected: back.length,
     seconds_to_all: round(stormSeconds, 2),
     seconds_to_first_back: back.length ? round((firstBack - killedAt) / 1000, 2) : null,
+    seconds_to_half_back: backSeconds(50),
+    seconds_to_90_back: backSeconds(90),
     refused_attempts: storm.reduce((a, c) => a + c.failures, 0) - failures0,
     not_recovered: storm.reduce((a, c) => a + c.notRecovered, 0),
     on_nodes: Object.fromEntries(survivors.map((g) => [g.node, storm.filter((c) => c.node === g.node).length])),
@@ -1153,7 +1159,12 @@ async function storm3Scenario() {
       redis_evalsha: evalsha1 - evalsha0,
       published_meanwhile: publishedDuring.session + publishedDuring.unicast + publishedDuring.live,
     },
-    cpu_during_storm: { gateways: cpu("gateways"), nginx: cpu("nginx"), redis: cpu("redis") },
+    cpu_during_storm: {
+      gateways: cpu("gateways"),
+      nginx: cpu("nginx"),
+      redis: cpu("redis"),
+      loadgen: round((own.user + own.system) / 1e6 / stormSeconds, 2),
+    },
     published: { ...published },
     published_during: publishedDuring,
     expected: expectedStorm,
