@@ -5,7 +5,7 @@
 //   node bench/loadgen.mjs --system S --scenario X --port P --redis URL --pid SERVER_PID
 //
 // Systems: archmesh, socketio (Node), pysocketio (python-socketio), broadcaster.
-// Scenarios: fanout, latency, unicast, idle, capacity, storm.
+// Scenarios: fanout, latency, unicast, idle, capacity, storm, storm3 (three gateways, nginx).
 import { createRequire } from "node:module";
 import { createHmac } from "node:crypto";
 import { readFileSync } from "node:fs";
@@ -43,6 +43,9 @@ const SCENARIOS = {
   // less `margin` (both processes need a few descriptors of their own).
   capacity: { clients: 0, margin: 1000, messages: 20, rate: 4, unicast_rate: 5000, unicast_seconds: 5, probes: 10, ping_ms: 50 },
   storm: { clients: 5000, broadcast_rate: 10, unicast_rate: 500, before: 2, after: 1, backoff_base: 500, backoff_cap: 5000 },
+  // Three gateways behind nginx: `clients` on the first (10 `session:` channels each), `live`
+  // clients on the two others; the first is SIGKILLed. The JS SDK's backoff (500 ms, 20 s).
+  storm3: { clients: 10000, live: 1000, sessions: 10, session_rate: 5, unicast_rate: 200, live_rate: 20, before: 10, after: 2, backoff_base: 500, backoff_cap: 20000 },
   notifier: { clients: 1000, messages: 20000, batch: 100, window: 5000, cap: 20 },
 };
 const conf = { ...SCENARIOS[SCENARIO] };
@@ -57,9 +60,11 @@ const fanoutChannel = () => FANOUT[SYSTEM] ?? "bench";
 // -- tokens (HS256, what the gateway verifies) -------------------------------------------------
 
 const b64url = (value) => Buffer.from(value).toString("base64url");
-function token(user) {
+function token(user, sessions) {
   const head = b64url(JSON.stringify({ alg: "HS256", typ: "JWT" }));
-  const body = b64url(JSON.stringify({ sub: user, exp: Math.floor(Date.now() / 1000) + 3600 }));
+  const claims = { sub: user, exp: Math.floor(Date.now() / 1000) + 3600 };
+  if (sessions) claims.sessions = sessions;
+  const body = b64url(JSON.stringify(claims));
   const sig = createHmac("sha256", JWT_SECRET).update(`${head}.${body}`).digest("base64url");
   return `${head}.${body}.${sig}`;
 }
@@ -532,6 +537,7 @@ async function scenario() {
   }
   if (SCENARIO === "capacity") return capacityScenario();
   if (SCENARIO === "storm") return stormScenario();
+  if (SCENARIO === "storm3") return storm3Scenario();
   if (SCENARIO === "notifier") return notifierScenario();
   throw new Error(`unknown scenario ${SCENARIO}`);
 }
@@ -672,10 +678,14 @@ class StormClient {
     this.notRecovered = 0;
     this.pending = 0;
     this.stopped = false;
+    this.steered = 0;
   }
 
   open() {
-    const ws = new WebSocket(system.url(this), { perMessageDeflate: false, skipUTF8Validation: true });
+    const options = { perMessageDeflate: false, skipUTF8Validation: true };
+    // storm3: one source address per client (nginx limits handshakes and sockets per address).
+    if (this.localAddress) options.localAddress = this.localAddress;
+    const ws = new WebSocket(this.url ? this.url() : system.url(this), options);
     this.ws = ws;
     let opened = false;
     ws.on("open", () => {
@@ -703,7 +713,7 @@ class StormClient {
     const since = (channel) => this.positions.get(channel);
     const own = this.channels[0];
     const extra = this.channels.slice(1).map((channel) => (since(channel) ? { channel, since: since(channel) } : channel));
-    const frame = { type: "connect", token: token(`u${this.index}`), subscribe: extra };
+    const frame = { type: "connect", token: token(this.user ?? `u${this.index}`, this.sessions), subscribe: extra };
     if (since(own)) frame.since = since(own);
     this.pending = this.channels.length;
     this.ws.send(JSON.stringify(frame));
@@ -728,6 +738,13 @@ class StormClient {
       onDelivery(this, frame.data.seq, frame.data.ts);
       return;
     }
+    if (frame.type === "connected" && this.avoid !== undefined && frame.node === this.avoid) {
+      this.steered += 1; // storm3: a live client placed on the node to be killed tries again
+      this.attempt = 0;
+      this.ws.close();
+      return;
+    }
+    if (frame.type === "connected") this.node = frame.node;
     if (frame.type === "connected" || frame.type === "subscribed") {
       const channel = frame.type === "connected" ? this.channels[0] : frame.channel;
       if (frame.recovered === false) this.notRecovered += 1;
@@ -900,6 +917,270 @@ async function stormScenario() {
     lost: expected - received,
     duplicates: fanTally.duplicates + uniDuplicates,
     stray: uniStray,
+    errors: stormErrors.slice(0, 5),
+  };
+}
+
+// -- storm3: three gateways behind nginx, the one holding the storm's clients SIGKILLed --------
+// `clients` SDK-like clients connect straight to the first gateway (where a balancer would
+// have placed them over time), each on its own `user:` channel and on `sessions` shared
+// `session:` channels; `live` clients connect through nginx and stay on the two others (a
+// client nginx placed on the first reconnects). Publications go on throughout: the session
+// channels in turn, unicasts to the storm's users, and the live clients' own channel. The first
+// gateway is SIGKILLed; its clients reconnect through nginx with `since` on every channel.
+// Each client has its own source address (127.x.y.z), as real users have: nginx limits
+// handshakes and sockets per address.
+
+const BASE_LIVE = 5000000;
+
+function sourceAddress(k) {
+  return `127.${10 + (k >> 16)}.${(k >> 8) & 255}.${k & 255}`;
+}
+
+function gatewaysArg() {
+  return String(args.gateways).split(",").map((item) => {
+    const [node, port, pid] = item.split(":");
+    return { node, port: Number(port), pid: Number(pid) };
+  });
+}
+
+async function nodeMetrics(port) {
+  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  const value = (pattern) => {
+    const match = new RegExp(`^${pattern} (\\S+)$`, "m").exec(text);
+    return match ? Number(match[1]) : 0;
+  };
+  return {
+    issued: value('archmesh_history_reads_total\\{outcome="issued"\\}'),
+    merged: value('archmesh_history_reads_total\\{outcome="merged"\\}'),
+    recovered: value('archmesh_recoveries_total\\{outcome="recovered"\\}'),
+  };
+}
+
+async function evalshaCalls() {
+  const info = await redis.info("commandstats");
+  const match = /cmdstat_evalsha:calls=(\d+)/.exec(info);
+  return match ? Number(match[1]) : 0;
+}
+
+function childPids(pid) {
+  try {
+    return readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim().split(/\s+/).filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
+}
+
+function cpuOf(pids) {
+  return pids.reduce((sum, pid) => {
+    try {
+      return sum + cpuSeconds(pid);
+    } catch {
+      return sum; // gone (the killed node)
+    }
+  }, 0);
+}
+
+async function waitReady(list, goal, seconds, what) {
+  const deadline = now() + seconds * 1000;
+  while (list.filter((c) => c.ready).length < goal) {
+    if (now() > deadline) throw new Error(`storm3: ${list.filter((c) => c.ready).length} of ${goal} ${what} ready after ${seconds} s`);
+    await sleep(10);
+  }
+}
+
+async function storm3Scenario() {
+  const n = conf.clients;
+  const nodes = gatewaysArg();
+  const [victim, ...survivors] = nodes;
+  const sessions = Array.from({ length: conf.sessions }, (_, s) => `s${s}`);
+  const balancer = `ws://127.0.0.1:${PORT}/ws`;
+  let readyCount = 0;
+  let allowed = false; // the victim is still up: storm clients go straight to it
+  const onReady = () => (readyCount += 1);
+  const storm = Array.from({ length: n }, (_, i) => {
+    const c = new StormClient(i, [userChannel(i), ...sessions.map((s) => `session:${s}`)], onReady);
+    c.sessions = sessions;
+    c.localAddress = sourceAddress(i);
+    c.url = () => (allowed ? balancer : `ws://127.0.0.1:${victim.port}/ws`);
+    return c;
+  });
+  const live = Array.from({ length: conf.live }, (_, i) => {
+    const c = new StormClient(i, [`user:l${i}`, "session:live"], () => {});
+    c.user = `l${i}`;
+    c.sessions = ["live"];
+    c.kind = "live";
+    c.avoid = victim.node;
+    c.localAddress = sourceAddress(n + i);
+    c.url = () => balancer;
+    return c;
+  });
+  const t0 = now();
+  for (let i = 0; i < n; i += 200) {
+    storm.slice(i, Math.min(n, i + 200)).forEach((c) => c.open());
+    await waitReady(storm, Math.min(n, i + 200), 60, "storm clients");
+  }
+  const connectSeconds = (now() - t0) / 1000;
+  allowed = true;
+  for (let i = 0; i < live.length; i += 100) {
+    live.slice(i, i + 100).forEach((c) => c.open());
+    await waitReady(live, Math.min(live.length, i + 100), 60, "live clients");
+  }
+  clients.push(...storm, ...live); // closed at exit like the others
+  await warmUp("session:s0", storm[0]);
+  await warmUp("session:live", live[0]);
+
+  // At most 150 s of publications are tracked (the storm is over long before).
+  const maxSession = Math.ceil(conf.session_rate * 150);
+  const maxLive = Math.ceil(conf.live_rate * 150);
+  const sessionTally = new Tally(n, maxSession, n);
+  const liveTally = new Tally(live.length, maxLive, live.length);
+  const liveAt = new Float64Array(maxLive * live.length); // receipt time of each live delivery
+  const liveLatency = new Float64Array(maxLive * live.length);
+  let liveCount = 0;
+  const uniTo = targets(n, 1000000);
+  const uniSeen = new Uint8Array(1000000);
+  let uniDeliveries = 0;
+  let uniDuplicates = 0;
+  let uniStray = 0;
+  onDelivery = (client, seq, ts) => {
+    if (client.kind === "live") {
+      if (seq >= BASE_LIVE && liveTally.record(client, seq - BASE_LIVE, ts)) {
+        liveAt[liveCount] = now();
+        liveLatency[liveCount] = now() - ts / 1000;
+        liveCount += 1;
+      }
+    } else if (seq >= BASE_UNICAST) {
+      const j = seq - BASE_UNICAST;
+      if (uniTo[j] !== client.index) uniStray += 1;
+      else if (uniSeen[j]) uniDuplicates += 1;
+      else {
+        uniSeen[j] = 1;
+        uniDeliveries += 1;
+      }
+    } else if (seq >= 0) sessionTally.record(client, seq, ts);
+  };
+  let publishing = true;
+  const published = { session: 0, unicast: 0, live: 0 };
+  const pubStart = now();
+  const publisher = (async () => {
+    while (publishing) {
+      const elapsed = (now() - pubStart) / 1000;
+      while (published.session < Math.min(maxSession, Math.floor(elapsed * conf.session_rate) + 1)) {
+        const b = published.session++;
+        send(prepared(`session:${sessions[b % sessions.length]}`, b));
+      }
+      while (published.unicast < Math.floor(elapsed * conf.unicast_rate) + 1) {
+        const u = published.unicast++;
+        send(prepared(userChannel(uniTo[u]), BASE_UNICAST + u));
+      }
+      while (published.live < Math.min(maxLive, Math.floor(elapsed * conf.live_rate) + 1)) {
+        send(prepared("session:live", BASE_LIVE + published.live++));
+      }
+      await sleep(5);
+    }
+  })();
+  await sleep(conf.before * 1000);
+
+  // The storm: SIGKILL the node of the storm's clients; they reconnect through nginx.
+  const reads0 = await Promise.all(survivors.map((g) => nodeMetrics(g.port)));
+  const evalsha0 = await evalshaCalls();
+  const published0 = { ...published };
+  const nginxPids = [Number(args["nginx-pid"]), ...childPids(Number(args["nginx-pid"]))];
+  const own0 = process.cpuUsage();
+  const cpu0 = { gateways: cpuOf(survivors.map((g) => g.pid)), nginx: cpuOf(nginxPids), redis: cpuSeconds(REDIS_PID) };
+  const failures0 = storm.reduce((a, c) => a + c.failures, 0);
+  readyCount = 0;
+  const killedAt = now();
+  process.kill(victim.pid, "SIGKILL");
+  const deadline = now() + 180000;
+  while (storm.some((c) => !c.ready || c.readyAt < killedAt)) {
+    if (now() > deadline) break;
+    await sleep(5);
+  }
+  const allBack = now();
+  const back = storm.filter((c) => c.ready && c.readyAt >= killedAt);
+  const backAt = back.map((c) => c.readyAt).sort((a, b) => a - b);
+  const firstBack = backAt[0];
+  const backSeconds = (p) => (backAt.length ? round((percentile(backAt, p) - killedAt) / 1000, 2) : null);
+  const stormSeconds = (allBack - killedAt) / 1000;
+  const own = process.cpuUsage(own0);
+  const cpu1 = { gateways: cpuOf(survivors.map((g) => g.pid)), nginx: cpuOf(nginxPids), redis: cpuSeconds(REDIS_PID) };
+  const reads1 = await Promise.all(survivors.map((g) => nodeMetrics(g.port)));
+  const evalsha1 = await evalshaCalls();
+  const publishedDuring = Object.fromEntries(Object.keys(published).map((k) => [k, published[k] - published0[k]]));
+  await sleep(conf.after * 1000);
+  publishing = false;
+  await publisher;
+  const wait = now() + 5000;
+  const expectedStorm = published.session * n + published.unicast;
+  while (
+    (sessionTally.deliveries + uniDeliveries < expectedStorm || liveTally.deliveries < published.live * live.length) &&
+    now() < wait
+  ) await sleep(20);
+  for (const c of [...storm, ...live]) c.stopped = true;
+
+  // Live delivery p99 before the kill (from 1 s after publishing began) and from the kill until
+  // every storm client was back.
+  const window = (from, to) => {
+    const values = [];
+    for (let k = 0; k < liveCount; k += 1) if (liveAt[k] >= from && liveAt[k] < to) values.push(liveLatency[k]);
+    values.sort((a, b) => a - b);
+    return { deliveries: values.length, p50_ms: round(percentile(values, 50), 2), p99_ms: round(percentile(values, 99), 2), max_ms: round(values.length ? values[values.length - 1] : null, 2) };
+  };
+  const calm = window(pubStart + 1000, killedAt);
+  const during = window(killedAt, allBack);
+  const sum = (list, key) => list.reduce((a, r) => a + r[key], 0);
+  const issued = sum(reads1, "issued") - sum(reads0, "issued");
+  const merged = sum(reads1, "merged") - sum(reads0, "merged");
+  const cpu = (key) => round((cpu1[key] - cpu0[key]) / stormSeconds, 2);
+  const received = sessionTally.deliveries + uniDeliveries;
+  const p99Ratio = calm.p99_ms && during.p99_ms ? round(during.p99_ms / calm.p99_ms, 2) : null;
+  return {
+    clients: n,
+    live_clients: live.length,
+    channels_per_client: 1 + sessions.length,
+    nodes: nodes.length,
+    connect_seconds: round(connectSeconds, 2),
+    live_steered: live.reduce((a, c) => a + c.steered, 0),
+    reconnected: back.length,
+    seconds_to_all: round(stormSeconds, 2),
+    seconds_to_first_back: back.length ? round((firstBack - killedAt) / 1000, 2) : null,
+    seconds_to_half_back: backSeconds(50),
+    seconds_to_90_back: backSeconds(90),
+    refused_attempts: storm.reduce((a, c) => a + c.failures, 0) - failures0,
+    not_recovered: storm.reduce((a, c) => a + c.notRecovered, 0),
+    on_nodes: Object.fromEntries(survivors.map((g) => [g.node, storm.filter((c) => c.node === g.node).length])),
+    history_reads: {
+      asked: issued + merged,
+      issued,
+      merged,
+      recoveries: sum(reads1, "recovered") - sum(reads0, "recovered"),
+      redis_evalsha: evalsha1 - evalsha0,
+      published_meanwhile: publishedDuring.session + publishedDuring.unicast + publishedDuring.live,
+    },
+    cpu_during_storm: {
+      gateways: cpu("gateways"),
+      nginx: cpu("nginx"),
+      redis: cpu("redis"),
+      loadgen: round((own.user + own.system) / 1e6 / stormSeconds, 2),
+    },
+    published: { ...published },
+    published_during: publishedDuring,
+    expected: expectedStorm,
+    deliveries: received,
+    lost: expectedStorm - received,
+    duplicates: sessionTally.duplicates + uniDuplicates,
+    stray: uniStray,
+    live: {
+      expected: published.live * live.length,
+      lost: published.live * live.length - liveTally.deliveries,
+      duplicates: liveTally.duplicates,
+      calm,
+      storm: during,
+      p99_ratio: p99Ratio,
+      ok: p99Ratio !== null && p99Ratio <= 3,
+    },
     errors: stormErrors.slice(0, 5),
   };
 }

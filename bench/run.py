@@ -11,6 +11,9 @@ rounds, as ratios to Node's Socket.IO, go to docs/benchmarks.md.
 
 `capacity` and `storm` run once per system, after the rounds, for ArchMesh and Node's
 Socket.IO only (the reference): they are long, and their ratios are what the targets name.
+`storm3` runs once, ArchMesh only, last: three gateways behind nginx on their own Redis
+(bench/storm_cluster.py), the one holding 10,000 clients SIGKILLed.
+    python3 bench/run.py --systems archmesh --scenarios storm3 --no-write -- --live 200
     python3 bench/run.py --report .bench/results.json   # rewrite the doc from a saved run
 
 Standard library only: it runs before any venv exists.
@@ -51,6 +54,8 @@ SCENARIOS = ("fanout", "latency", "unicast", "idle", "notifier")
 # Run once per system after the rounds, ArchMesh and the reference only.
 ONCE = ("capacity", "storm")
 ONCE_SYSTEMS = ("archmesh", "socketio")
+# ArchMesh alone, once, on its own cluster (three gateways behind nginx, a private Redis).
+STORM3 = "storm3"
 # Not a peer: a bare Node fan-out server that shows how much the load generator can take.
 CEILING = "blast"
 LABELS = {
@@ -181,6 +186,8 @@ def run_scenario(
         return run_notifier(redis_url, redis_pid, extra)
     if scenario == "storm":
         return run_storm(system, redis_url, redis_pid, extra)
+    if scenario == STORM3:
+        return run_storm3(extra)
     port = free_port()
     env = environment(redis_url, port)
     cwd = REPO
@@ -247,6 +254,40 @@ def run_storm(system: str, redis_url: str, redis_pid: int, extra: list[str]) -> 
         stop(server)
 
 
+def run_storm3(extra: list[str]) -> dict[str, object]:
+    """Issue 16's storm: three gateways behind nginx (bench/storm_cluster.py, the cluster and
+    the load generator's Redis its own), the node holding the storm's clients SIGKILLed by the
+    load generator; the two others stay. The cluster is on core 0, the load generator on 1."""
+    venv_python = REPO / ".venv" / "bin" / "python"
+    env = environment("", 0)
+    cmd = ["taskset", "-c", SERVER_CORE, str(venv_python), str(BENCH / "storm_cluster.py")]
+    cmd += ["--jwt-secret", JWT_SECRET, "--api-key", API_KEY]
+    with server_log("archmesh", STORM3) as out:
+        cluster = subprocess.Popen(
+            cmd, env=env, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=out
+        )
+    assert cluster.stdin is not None
+    assert cluster.stdout is not None
+    try:
+        line = cluster.stdout.readline()
+        if not line:
+            return {"error": f"the cluster did not start (exit {cluster.wait()}); see .bench/logs"}
+        ready = json.loads(line)
+        gateways = ",".join(f"{g['node']}:{g['port']}:{g['pid']}" for g in ready["gateways"])
+        args = ["--system", "archmesh", "--scenario", STORM3, "--port", str(ready["port"])]
+        args += ["--redis", ready["redis"], "--redis-pid", str(ready["redis_pid"])]
+        args += ["--pid", str(ready["gateways"][0]["pid"]), "--gateways", gateways]
+        args += ["--nginx-pid", str(ready["nginx_pid"])]
+        return load(args + extra, env, timeout=420)
+    finally:
+        cluster.stdin.close()  # the driver stops every part, nginx included
+        try:
+            cluster.wait(90)
+        except subprocess.TimeoutExpired:
+            cluster.kill()  # its children get SIGTERM from the kernel (PDEATHSIG)
+            cluster.wait()
+
+
 def run_notifier(redis_url: str, redis_pid: int, extra: list[str]) -> dict[str, object]:
     """The notifier process under test on core 0; the gateway that delivers its in-app
     notifications on core 1 with the load generator (it has little to do here)."""
@@ -290,10 +331,12 @@ def server_log(system: str, scenario: str) -> Iterator[IO[bytes]]:
         yield out
 
 
-def load(args: list[str], env: dict[str, str]) -> dict[str, object]:
+def load(args: list[str], env: dict[str, str], timeout: float = 240) -> dict[str, object]:
     """Run the load generator on its core; its last line is the result."""
     cmd = ["taskset", "-c", LOAD_CORE, "node", str(BENCH / "loadgen.mjs"), *args]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, check=False)
+    done = subprocess.run(
+        cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
     lines = done.stdout.strip().splitlines()
     if not lines:
         return {"error": f"load generator printed nothing: {done.stderr.strip()[-500:]}"}
@@ -477,6 +520,67 @@ def storm_table(results: Results) -> str:
     return once_table(results, "storm", rows)
 
 
+STORM3_ROWS = [
+    ("clients on the node that is killed (each on its own `user:` channel)", "clients"),
+    ("channels per client (own + shared `session:` channels)", "channels_per_client"),
+    ("live clients on the two other nodes (through nginx)", "live_clients"),
+    ("storm clients back, resubscribed and recovered", "reconnected"),
+    ("SIGKILL to every client back and recovered, s", "seconds_to_all"),
+    ("SIGKILL to the first client back, s", "seconds_to_first_back"),
+    ("SIGKILL to half of the clients back, s", "seconds_to_half_back"),
+    ("SIGKILL to 90% of the clients back, s", "seconds_to_90_back"),
+    ("refused or failed connection attempts", "refused_attempts"),
+    ("subscriptions not recovered", "not_recovered"),
+    ("history reads asked (recoveries, positions)", "history_reads.asked"),
+    ("history reads issued to Redis", "history_reads.issued"),
+    ("history reads merged (same channel and position, same turn)", "history_reads.merged"),
+    ("subscribes recovered with `since`", "history_reads.recoveries"),
+    (
+        "Redis EVALSHA calls meanwhile (history, presence, publications)",
+        "history_reads.redis_evalsha",
+    ),
+    ("surviving gateways' CPU during the storm (of a core, both)", "cpu_during_storm.gateways"),
+    ("nginx CPU during the storm (of a core)", "cpu_during_storm.nginx"),
+    ("Redis CPU during the storm (of a core)", "cpu_during_storm.redis"),
+    ("load generator CPU during the storm (of its core)", "cpu_during_storm.loadgen"),
+    ("storm clients: deliveries expected", "expected"),
+    ("storm clients: not delivered", "lost"),
+    ("storm clients: duplicates", "duplicates"),
+    ("live clients: delivery p50 ms without the storm", "live.calm.p50_ms"),
+    ("live clients: delivery p99 ms without the storm", "live.calm.p99_ms"),
+    ("live clients: delivery p50 ms during the storm", "live.storm.p50_ms"),
+    ("live clients: delivery p99 ms during the storm", "live.storm.p99_ms"),
+    ("live clients: delivery max ms during the storm", "live.storm.max_ms"),
+    ("live clients: p99 during / without the storm", "live.p99_ratio"),
+    ("live clients: not delivered / duplicates", "live.lost"),
+]
+
+
+def storm3_table(results: Results) -> str:
+    """ArchMesh alone: one column, the figures of its last run."""
+    runs = results.runs.get("archmesh", {}).get(STORM3, [])
+    if not runs:
+        return "(not run)"
+    run = runs[-1]
+    if "error" in run:
+        return f"failed: `{run['error']}`"
+    lines = ["| | ArchMesh, 3 gateways behind nginx |", "| --- | --- |"]
+    for label, path in STORM3_ROWS:
+        value: Any = run
+        for key in path.split("."):
+            value = value.get(key) if isinstance(value, dict) else None
+        if path == "live.lost":
+            value = f"{value} / {run.get('live', {}).get('duplicates')}"
+        elif isinstance(value, bool) or value is None:
+            value = "n/a" if value is None else ("yes" if value else "no")
+        elif isinstance(value, int):
+            value = f"{value:,}"
+        elif isinstance(value, float):
+            value = fmt(value)
+        lines.append(f"| {label} | {value} |")
+    return "\n".join(lines)
+
+
 def targets(results: Results) -> str:
     def ratio(scenario: str, key: str) -> float | None:
         ours = results.median("archmesh", scenario, key)
@@ -509,6 +613,19 @@ def targets(results: Results) -> str:
         gone, dup = storm[-1].get("lost"), storm[-1].get("duplicates")
         met = "yes" if gone == 0 and dup == 0 else "no"
         lines.append(f"| storm: lost / duplicated | {gone} / {dup} | 0 / 0 | {met} |")
+    storm3 = results.runs.get("archmesh", {}).get(STORM3, [])
+    if storm3 and "error" not in storm3[-1]:
+        run = storm3[-1]
+        gone, dup = run.get("lost"), run.get("duplicates")
+        met = "yes" if gone == 0 and dup == 0 and run.get("not_recovered") == 0 else "no"
+        lines.append(
+            f"| storm3 (3 nodes, one killed): lost / duplicated | {gone} / {dup} | 0 / 0 | {met} |"
+        )
+        ratio = once(results, "archmesh", STORM3, "live.p99_ratio")
+        if ratio is not None:
+            met = "yes" if ratio <= 3 else "no"
+            label = "storm3: live clients' p99 during / without the storm"
+            lines.append(f"| {label} | {ratio:.2f}x | <= 3x | {met} |")
     notifier = results.median("archmesh", "notifier", "rate")
     if notifier is not None:
         met = "yes" if notifier >= 5000 else "no"
@@ -591,6 +708,7 @@ def write_doc(results: Results, meta: dict[str, Any]) -> None:
         ceiling_cpu=fmt(ceiling_cpu),
         capacity=capacity_table(results),
         storm=storm_table(results),
+        storm3=storm3_table(results),
         history=(BENCH / "history.md").read_text().strip(),
         raw=json.dumps(results.runs, indent=1),
     )
@@ -602,9 +720,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--systems", default=",".join(SYSTEMS))
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS + ONCE))
+    parser.add_argument("--scenarios", default=",".join((*SCENARIOS, *ONCE, STORM3)))
     parser.add_argument("--capacity", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--storm", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--storm3", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--no-write", action="store_true", help="print, leave the doc alone")
     parser.add_argument(
         "--archmesh-tree",
@@ -624,7 +743,8 @@ def main() -> int:
         ARCHMESH_TREE = opts.archmesh_tree.resolve()
         opts.no_write = True
     systems = [s for s in opts.systems.split(",") if s]
-    scenarios = [s for s in opts.scenarios.split(",") if s and s not in ONCE]
+    scenarios = [s for s in opts.scenarios.split(",") if s and s not in (*ONCE, STORM3)]
+    storm3 = STORM3 in opts.scenarios.split(",") and opts.storm3 and "archmesh" in systems
     once = [s for s in opts.scenarios.split(",") if s in ONCE and getattr(opts, s)]
     if os.cpu_count() is None or os.cpu_count() < 2:  # type: ignore[operator]
         raise SystemExit("needs 2 cores: the server on one, the load generator on the other")
@@ -651,6 +771,10 @@ def main() -> int:
                 result = run_scenario(system, scenario, redis_url, redis_pid, opts.extra)
                 results.add(system, scenario, result)
                 log(f"{system} {scenario}: {json.dumps(result)}")
+    if storm3:  # its own Redis, in its cluster
+        result = run_scenario("archmesh", STORM3, "", 0, opts.extra)
+        results.add("archmesh", STORM3, result)
+        log(f"archmesh {STORM3}: {json.dumps(result)}")
     minutes = (time.monotonic() - started) / 60
     meta = {
         "systems": systems,
@@ -665,6 +789,7 @@ def main() -> int:
     print(table(results, systems))
     print(capacity_table(results))
     print(storm_table(results))
+    print(storm3_table(results))
     print(targets(results))
     log(f"done in {minutes:.1f} min; raw results in .bench/results.json")
     if not opts.no_write:

@@ -192,6 +192,7 @@ class LocalCluster:
         appendfsync: str = "everysec",
         die_with_parent: bool = False,
         keep_workdir: bool = False,
+        nginx_workers: int = 1,
     ) -> None:
         from shared.settings import DEV_API_KEY, DEV_JWT_SECRET
 
@@ -264,6 +265,7 @@ class LocalCluster:
                 },
             )
         self.port = port or free_port()
+        self._nginx_workers = nginx_workers
         self.nginx = self._nginx_service()
 
     # -- building the parts -------------------------------------------------------------
@@ -292,7 +294,11 @@ class LocalCluster:
         notifier_ports = [self.notifier.port] if self.notifier else []
         conf = self.workdir / "nginx.conf"
         gateway_ports = [g.port for g in self.gateways]
-        conf.write_text(nginx.render(self.port, gateway_ports, notifier_ports, self.workdir))
+        conf.write_text(
+            nginx.render(
+                self.port, gateway_ports, notifier_ports, self.workdir, workers=self._nginx_workers
+            )
+        )
         argv = nginx.command(conf, self.workdir)
         out = self.workdir / "nginx.out"
         return Service("nginx", argv, self.port, out, die_with_parent=self._die)

@@ -49,20 +49,28 @@ def render(
     notifier_ports: Sequence[int],
     directory: Path,
     source: str | None = None,
+    workers: int = 1,
 ) -> str:
     """nginx.conf for a local cluster: listen on 127.0.0.1:`listen_port`, proxy to the given
     loopback ports, keep pid, logs and temp files in `directory`. With no notifier, the
-    notifier routes go to the gateways (which answer 404)."""
+    notifier routes go to the gateways (which answer 404).
+
+    A worker holds at most `worker_connections` connections (two per proxied socket) and no
+    more than its process's open-files limit: more sockets need more `workers`, and then the
+    listening socket is `reuseport` so that the kernel spreads the connections evenly over
+    them (otherwise the worker that wakes first takes most of a burst)."""
+    if workers < 1:
+        raise ValueError("at least one nginx worker is needed")
     if not gateway_ports:
         raise ValueError("at least one gateway port is needed")
     text = NGINX_CONF.read_text() if source is None else source
     notifiers = notifier_ports or gateway_ports
     replacements: list[tuple[str, str | Callable[[re.Match[str]], str]]] = [
-        (r"worker_processes [^;]+;", "worker_processes 1;"),
+        (r"worker_processes [^;]+;", f"worker_processes {workers};"),
         (r"\npid [^;]+;", f"\npid {directory}/nginx.pid;"),
         (r"\nerror_log [^;]+;", f"\nerror_log {directory}/error.log warn;"),
         (r"access_log /dev/stdout ", f"access_log {directory}/access.log "),  # format kept
-        (r"listen \d+;", f"listen 127.0.0.1:{listen_port};"),
+        (r"listen \d+;", f"listen 127.0.0.1:{listen_port}{' reuseport' if workers > 1 else ''};"),
         _upstream("archmesh_gateways", gateway_ports),
         _upstream("archmesh_gateways_ws", gateway_ports),
         _upstream("archmesh_notifiers", notifiers),

@@ -105,6 +105,7 @@ class Gateway:
         liveness = settings.broker_liveness()
         broker = broker or create_broker(settings.redis_url, settings.history_policy(), liveness)
         self.broker = broker
+        self.metrics.count_reads(broker.history_reads)
         flusher = Flusher(self.metrics.fanout_seconds.observe)
         self.hub = Hub(broker, self.metrics, flusher)
         self.presence = PresenceTracker(

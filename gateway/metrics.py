@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, Metric
 
+from shared.broker.reads import ReadCounts
+
 # From well under a millisecond (a few sockets) to seconds (a node that is falling behind).
 FANOUT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -41,6 +43,29 @@ class _StatsCollector:
     def collect(self) -> Iterator[Metric]:
         for attr, name, documentation in self._FAMILIES:
             yield CounterMetricFamily(name, documentation, value=getattr(self._stats, attr))
+
+    def describe(self) -> Iterator[Metric]:
+        return self.collect()
+
+
+class _ReadsCollector:
+    """The broker's history reads: those sent to the store, and those merged into an identical
+    read of the same event-loop turn (shared/broker/reads.py)."""
+
+    def __init__(self, counts: ReadCounts) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "archmesh_history_reads",
+            "History reads by outcome: issued (sent to the store), merged (answered by an "
+            "identical read of the same event-loop turn)",
+            labels=["outcome"],
+        )
+        issued = self._counts.issued
+        family.add_metric(["issued"], issued)
+        family.add_metric(["merged"], max(0, self._counts.asked - issued))
+        yield family
 
     def describe(self) -> Iterator[Metric]:
         return self.collect()
@@ -107,3 +132,7 @@ class GatewayMetrics:
             "Times live delivery (re)started, the first start included",
             registry=r,
         )
+
+    def count_reads(self, counts: ReadCounts) -> None:
+        """Export the broker's history read counts (issued, merged) from now on."""
+        self.registry.register(_ReadsCollector(counts))

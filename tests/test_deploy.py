@@ -321,6 +321,12 @@ def test_nginx_accepts_the_config(tmp_path: Path) -> None:
     conf = tmp_path / "nginx.conf"
     conf.write_text(nginx.render(free_port(), [free_port(), free_port()], [free_port()], tmp_path))
     assert "test is successful" in nginx.check(conf, tmp_path)
+    # More workers for more sockets than one worker's connections: the kernel spreads them.
+    two = nginx.render(free_port(), [free_port()], [], tmp_path, workers=2)
+    assert "worker_processes 2;" in two
+    assert "reuseport;" in two
+    (tmp_path / "two.conf").write_text(two)
+    assert "test is successful" in nginx.check(tmp_path / "two.conf", tmp_path)
     broken = conf.read_text().replace("proxy_read_timeout 75s;", "proxy_read_timeout;", 1)
     conf.write_text(broken)
     with pytest.raises(nginx.NginxError, match="invalid number of arguments"):

@@ -10,6 +10,7 @@ import time
 import orjson
 import pytest
 
+from gateway.metrics import GatewayMetrics
 from shared.broker import BrokerError, Liveness
 from shared.broker.redis import RedisBroker
 from shared.revocations import RedisRevocationStore
@@ -30,15 +31,24 @@ async def test_identical_reads_are_made_once_and_others_share_a_pipeline(
     redis_server: RedisServer,
 ) -> None:
     broker = RedisBroker(redis_server.url)
+    metrics = GatewayMetrics()
+    metrics.count_reads(broker.history_reads)
+
+    def reads_of(outcome: str) -> float | None:
+        labels = {"outcome": outcome}
+        return metrics.registry.get_sample_value("archmesh_history_reads_total", labels)
+
     try:
         await published(broker, "session:reads-a", 3)
         await published(broker, "session:reads-b", 2)
         await broker.history("session:reads-a", 0, 0)  # the script is loaded
         before = evalsha_calls(redis_server)
+        assert (reads_of("issued"), reads_of("merged")) == (1, 0)
         reads = [broker.history("session:reads-a", 0, 10) for _ in range(10)]
         reads += [broker.history("session:reads-a", 2, 10), broker.history("session:reads-b", 0, 1)]
         answers = await asyncio.gather(*reads)
         assert evalsha_calls(redis_server) - before == 3  # three distinct reads
+        assert (reads_of("issued"), reads_of("merged")) == (4, 9)  # what the node exports
         for answer in answers[:10]:
             assert [orjson.loads(p.data)["n"] for p in answer.publications] == [0, 1, 2]
             assert answer.position.offset == 3

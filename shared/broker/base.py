@@ -9,6 +9,8 @@ from typing import Protocol
 from archmesh_client.idempotency import Idempotency
 from archmesh_client.stream import StreamPosition
 
+from shared.broker.reads import ReadCounts
+
 
 @dataclass(frozen=True, slots=True)
 class BrokerPublication:
@@ -56,6 +58,11 @@ class Broker(Protocol):
     @property
     def connected(self) -> bool:
         """Whether the node currently receives live messages."""
+        ...
+
+    @property
+    def history_reads(self) -> ReadCounts:
+        """History reads asked for and sent to the store (the node's metrics export them)."""
         ...
 
     async def start(self, on_message: Handler, on_state: StateHandler | None = None) -> None:

@@ -13,6 +13,7 @@ from archmesh_client.retention import HistoryPolicy
 from archmesh_client.stream import StreamPosition
 
 from shared.broker.base import BrokerPublication, Handler, History, StateHandler
+from shared.broker.reads import ReadCounts
 
 
 def new_epoch() -> str:
@@ -72,10 +73,15 @@ class MemoryBroker:
         self._seen = _SeenKeys(idempotency_keys)
         self._subscribed: set[str] = set()
         self._on_message: Handler | None = None
+        self._read_counts = ReadCounts()
 
     @property
     def connected(self) -> bool:
         return True
+
+    @property
+    def history_reads(self) -> ReadCounts:
+        return self._read_counts
 
     async def start(self, on_message: Handler, on_state: StateHandler | None = None) -> None:
         self._on_message = on_message
@@ -141,6 +147,8 @@ class MemoryBroker:
         self._subscribed.discard(channel)
 
     async def history(self, channel: str, since: int, limit: int) -> History:
+        self._read_counts.asked += 1
+        self._read_counts.issued += 1
         stream = self._stream(channel)
         position = StreamPosition(stream.offset, stream.epoch)
         first = stream.entries[0].offset if stream.entries else None

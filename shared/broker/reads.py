@@ -7,7 +7,9 @@ reconnect from the same position share one read.
 
 A read is issued no earlier than it was asked for (at the end of the turn that asked), so
 whatever a caller did before asking (joined a channel, subscribed) precedes it, as with a
-direct call. A waiter that is cancelled leaves the shared read to the others.
+direct call. A waiter that is cancelled leaves the shared read to the others. For the same
+reason a read is shared only with the reads asked in the same turn, never with one already
+issued: joining it would hand a caller an answer read before whatever it did just before asking.
 """
 
 from __future__ import annotations
@@ -22,6 +24,17 @@ V = TypeVar("V")
 ReadKey = tuple[str, int, int]  # a history read: (channel, since, limit)
 
 
+class ReadCounts:
+    """Reads asked for and reads sent to Redis: `asked - issued` were merged into an identical
+    read of the same turn. Plain integers (no lock), read when metrics are scraped."""
+
+    __slots__ = ("asked", "issued")
+
+    def __init__(self) -> None:
+        self.asked = 0
+        self.issued = 0
+
+
 class TurnBatch(Generic[K, V]):
     """`one(key)` reads a batch of one; `many(keys)` a batch of two or more, with an answer
     (or the exception) per key, in order."""
@@ -30,13 +43,16 @@ class TurnBatch(Generic[K, V]):
         self,
         one: Callable[[K], Awaitable[V]],
         many: Callable[[list[K]], Awaitable[list[V | BaseException]]],
+        counts: ReadCounts | None = None,
     ) -> None:
         self._one = one
         self._many = many
+        self.counts = counts or ReadCounts()
         self._pending: dict[K, asyncio.Future[V]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def read(self, key: K) -> V:
+        self.counts.asked += 1
         future = self._pending.get(key)
         if future is None:
             loop = asyncio.get_running_loop()
@@ -53,6 +69,7 @@ class TurnBatch(Generic[K, V]):
 
     async def _run(self, batch: dict[K, asyncio.Future[V]]) -> None:
         keys = list(batch)
+        self.counts.issued += len(keys)
         try:
             if len(keys) == 1:
                 answers: list[V | BaseException] = [await self._one(keys[0])]

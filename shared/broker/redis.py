@@ -28,7 +28,7 @@ from shared.broker.base import (
     StateHandler,
 )
 from shared.broker.link import LinkDead, LinkSilent, Liveness, PubSubLink
-from shared.broker.reads import ReadKey, TurnBatch
+from shared.broker.reads import ReadCounts, ReadKey, TurnBatch
 from shared.logging import get_logger
 from shared.redis_calls import NETWORK_ERRORS, as_broker_error, client_options, redis_client
 
@@ -52,8 +52,9 @@ class RedisBroker:
         self._redis = self._command_client()
         self._publish = self._redis.register_script(publish_script.SOURCE)
         self._history = self._redis.register_script(history_script.SOURCE)
+        self._read_counts = ReadCounts()
         self._reads = (
-            TurnBatch[ReadKey, History](self._read_key, self._history_many)
+            TurnBatch[ReadKey, History](self._read_key, self._history_many, self._read_counts)
             if self.batched_reads
             else None
         )
@@ -93,6 +94,10 @@ class RedisBroker:
     @property
     def connected(self) -> bool:
         return self._connected
+
+    @property
+    def history_reads(self) -> ReadCounts:
+        return self._read_counts
 
     async def start(self, on_message: Handler, on_state: StateHandler | None = None) -> None:
         self._on_message, self._on_state = on_message, on_state
@@ -303,6 +308,8 @@ class RedisBroker:
 
     async def history(self, channel: str, since: int, limit: int) -> History:
         if self._reads is None:
+            self._read_counts.asked += 1
+            self._read_counts.issued += 1
             return await self._history_one(channel, since, limit)
         return await self._reads.read((channel, since, limit))
 

@@ -1,0 +1,70 @@
+"""The cluster of `make bench`'s `storm3`: three gateways behind a real nginx on a private Redis
+(deploy/local_cluster.py), run by bench/run.py with the project's venv (run.py itself is
+standard library only).
+
+Prints one JSON line (nginx's port, each gateway's port, pid and node id, the Redis URL and pid)
+once everything is ready, then keeps the cluster up until its stdin closes, and stops it all
+(nginx included) on the way out, also when it is killed (the children die with it).
+
+nginx runs two workers: each proxied socket holds two of a worker's connections
+(worker_connections 16384 in deploy/nginx.conf) and a descriptor each, under the open-files
+limit of the worker's process (20,000 on the bench machine), so one worker holds at most about
+8,000 sockets and the scenario's 11,000 need two.
+
+    .venv/bin/python bench/storm_cluster.py --jwt-secret S --api-key K
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from deploy.local_cluster import LocalCluster
+
+GATEWAY_ENV = {
+    "ARCHMESH_LOG_LEVEL": "warning",
+    "ARCHMESH_DRAIN_SECONDS": "0",
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jwt-secret", required=True)
+    parser.add_argument("--api-key", required=True)
+    parser.add_argument("--gateways", type=int, default=3)
+    parser.add_argument("--nginx-workers", type=int, default=2)
+    opts = parser.parse_args()
+    cluster = LocalCluster(
+        opts.gateways,
+        notifier=False,
+        jwt_secret=opts.jwt_secret,
+        api_key=opts.api_key,
+        env=GATEWAY_ENV,
+        appendfsync="no",
+        die_with_parent=True,
+        nginx_workers=opts.nginx_workers,
+    )
+    with cluster:
+        ready = {
+            "port": cluster.port,
+            "nginx_pid": cluster.nginx.pid,
+            "redis": cluster.redis_url,
+            "redis_pid": cluster.redis.pid,
+            "gateways": [
+                {"port": g.port, "pid": g.pid, "node": g.env["ARCHMESH_NODE_ID"]}
+                for g in cluster.gateways
+            ],
+        }
+        print(json.dumps(ready), flush=True)
+        sys.stdin.read()  # until run.py closes it (or dies)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
