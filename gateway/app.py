@@ -139,6 +139,7 @@ class Gateway:
             history=broker.history,
             admission=self.admission,
             live_passed=self.hub.passed,
+            handshakes=asyncio.Semaphore(settings.handshake_concurrency),
         )
         self.draining = False
         self._sse = SseEndpoint(self._context, self.hub, lambda: self.draining)

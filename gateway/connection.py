@@ -260,7 +260,11 @@ class Connection:
         if self.user_id is None:
             raise FrameError(ErrorCode.NOT_CONNECTED, "send a connect frame first")
         if isinstance(frame, SubscribeFrame):
-            await self._on_subscribe(frame)
+            if frame.since is None:
+                await self._on_subscribe(frame)
+            else:  # a recovery: history reads and a backlog to write, in turn in a storm
+                async with self._ctx.handshakes:
+                    await self._on_subscribe(frame)
         elif isinstance(frame, UnsubscribeFrame):
             await self._on_unsubscribe(frame)
         elif isinstance(frame, PingFrame):
@@ -293,7 +297,8 @@ class Connection:
         # was missed) leave in one write at its end: one system call per handshake, not many.
         self._outbox.cork()
         try:
-            await self._connect(frame, claims, own)
+            async with self._ctx.handshakes:  # a reconnect storm takes its turn (context.py)
+                await self._connect(frame, claims, own)
         finally:
             self._outbox.uncork()
         self._outbox.settled()

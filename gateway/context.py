@@ -5,6 +5,7 @@ hub or the broker: the hub registers it and fans publications out to it, that is
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -39,6 +40,9 @@ class ConnectionContext:
     history: HistoryRead
     admission: Admission  # revocations and the per-user limit, at connect, refresh, subscribe
     live_passed: Callable[[str, StreamPosition], bool]  # the hub's fan-out is past a position
+    # Connects and recovering subscribes in progress at once: in a reconnect storm the rest
+    # wait their turn, so the event loop's turns stay short and live delivery keeps its pace.
+    handshakes: asyncio.Semaphore
 
     def open_outbox(self, send: Send) -> Outbox:
         return open_outbox(send, self.settings.client_queue_bytes, self.flusher)

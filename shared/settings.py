@@ -54,6 +54,11 @@ class Settings(BaseSettings):
     allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     connect_timeout: float = Field(10.0, gt=0, description="Seconds to send `connect`.")
+    handshake_concurrency: int = Field(
+        64,
+        ge=1,
+        description="Connects and recovering subscribes a node works on at once (the rest wait).",
+    )
     max_frame_bytes: int = Field(65536, ge=1024)
     ws_max_bytes: int = Field(1048576, ge=1024, description="Hard WebSocket limit (close 1009).")
     max_subscriptions: int = Field(100, ge=1)
