@@ -149,9 +149,7 @@ class Ledger:
             return outcome.items
         items = list(outcome.items)
         for index, (user_id, prefix) in outcome.published.items():
-            size, ttl = self.live.retention(user_id)
-            meta, history = self.live.keys(user_id)
-            publish = {"meta": meta, "history": history, "size": size, "ttl": ttl, "prefix": prefix}
+            publish = {**self.live.publication(user_id), "prefix": prefix}
             items[index] = {**items[index], "inbox": {**items[index]["inbox"], "publish": publish}}
         return items
 
