@@ -54,6 +54,8 @@ class Outcome:
     stats: Counter[tuple[str, str]] = field(default_factory=Counter)
     # item index -> (user id, its in-app event without the counts)
     published: dict[int, tuple[str, str]] = field(default_factory=dict)
+    # a batch counts many outcomes at one moment: its analytics bucket key, found once
+    _buckets: dict[datetime, str] = field(default_factory=dict, repr=False)
 
     def record(
         self,
@@ -110,12 +112,10 @@ class Outcome:
     def count(
         self, moment: datetime, kind: str, channel: str, status: str, reason: str | None = None
     ) -> None:
-        self.stats[
-            (
-                keys.stats(analytics.hour_of(moment), self.partition),
-                analytics.field(kind, channel, status, reason),
-            )
-        ] += 1
+        bucket = self._buckets.get(moment)
+        if bucket is None:
+            bucket = self._buckets[moment] = keys.stats(analytics.hour_of(moment), self.partition)
+        self.stats[(bucket, analytics.field(kind, channel, status, reason))] += 1
 
     def __bool__(self) -> bool:
         return bool(self.items or self.acks or self.dead_letters)
@@ -149,9 +149,7 @@ class Ledger:
             return outcome.items
         items = list(outcome.items)
         for index, (user_id, prefix) in outcome.published.items():
-            size, ttl = self.live.retention(user_id)
-            meta, history = self.live.keys(user_id)
-            publish = {"meta": meta, "history": history, "size": size, "ttl": ttl, "prefix": prefix}
+            publish = {**self.live.publication(user_id), "prefix": prefix}
             items[index] = {**items[index], "inbox": {**items[index]["inbox"], "publish": publish}}
         return items
 

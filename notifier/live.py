@@ -39,6 +39,17 @@ class LiveChannels:
         channel = user_channel(user_id)
         return [meta_key(channel), history_key(channel)]
 
+    def publication(self, user_id: str) -> dict[str, str | int]:
+        """Where a commit publishes the user's event: {meta, history, size, ttl (ms)}."""
+        channel = user_channel(user_id)
+        kept = self.policy.for_channel(channel)
+        return {
+            "meta": meta_key(channel),
+            "history": history_key(channel),
+            "size": kept.size,
+            "ttl": int(kept.ttl * 1000),
+        }
+
     def retention(self, user_id: str) -> tuple[int, int]:
         """History size and lifetime (ms) of the user's channel."""
         kept = self.policy.for_channel(user_channel(user_id))

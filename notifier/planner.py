@@ -42,7 +42,7 @@ def plan(
     """`critical`: a type the user's switches and quiet hours do not apply to."""
     result = Plan()
     loud = critical or request.priority in OVERRIDING
-    quiet_end = None if loud else quiet_until(preferences, now)
+    quiet: list[datetime | None] = []  # when quiet hours end: computed only if a job needs it
     locale = request.locale or preferences.locale
     steps = {s.medium: s for s in route.steps} if route.steps else None
     for channel in list(steps or request.channels or Medium):
@@ -61,8 +61,11 @@ def plan(
                 state, reason = _schedule(result, request, preferences, channel, content, now)
                 if step is not None and step.unless is not None:
                     state, reason = _later(result, channel, step, now)
-                elif state is DeliveryState.PENDING and quiet_end is not None:
-                    state, reason = _quiet(result, channel, quiet_end, preferences.held)
+                elif state is DeliveryState.PENDING and not loud:
+                    if not quiet:  # in_app alone (most requests) never needs the time zone
+                        quiet.append(quiet_until(preferences, now))
+                    if (quiet_end := quiet[0]) is not None:
+                        state, reason = _quiet(result, channel, quiet_end, preferences.held)
         delivery = ChannelDelivery(status=state, updated_at=now, last_error=reason)
         if state in (DeliveryState.HELD, DeliveryState.WAITING):
             delivery.next_attempt_at = result.due[channel]

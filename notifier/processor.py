@@ -6,6 +6,7 @@ records every outcome and acknowledges every entry atomically, one pipeline push
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -38,6 +39,10 @@ _UNFINISHED = frozenset({DeliveryState.PENDING, DeliveryState.WAITING})
 _CANCELLABLE = frozenset(
     {DeliveryState.PENDING, DeliveryState.WAITING, DeliveryState.HELD, DeliveryState.DIGESTED}
 )
+
+
+_DEFAULTS = Preferences()
+_PARSED_MAX = 10_000
 
 
 def _open(result: Plan) -> bool:
@@ -91,6 +96,9 @@ class Processor:
         self._options = options
         self._clock = clock
         self._on_scheduled = on_scheduled
+        # Saved preferences by their JSON text: many users save the same, and parsing one is
+        # most of a request's planning. The planner only reads them; bounded, cleared whole.
+        self._parsed: dict[str, Preferences] = {}
 
     async def process(self, entries: list[Entry]) -> None:
         """`entries`: of one partition, each of a user of that partition (worker.py)."""
@@ -155,8 +163,7 @@ class Processor:
             elif reason := self._refusal(item.request, facts.preferences, templates):
                 dead.append((item.entry, reason))
             else:
-                raw = facts.preferences
-                prefs = Preferences() if raw is None else Preferences.model_validate_json(raw)
+                prefs = self._preferences(facts.preferences)
                 template = templates.get(item.request.template or "")
                 item.at = now
                 if item.is_digest:
@@ -172,6 +179,16 @@ class Processor:
                 )
                 planned.append(item)
         return duplicates, planned
+
+    def _preferences(self, raw: str | None) -> Preferences:
+        if raw is None:
+            return _DEFAULTS
+        parsed = self._parsed.get(raw)
+        if parsed is None:
+            if len(self._parsed) >= _PARSED_MAX:
+                self._parsed.clear()
+            parsed = self._parsed[raw] = Preferences.model_validate_json(raw)
+        return parsed
 
     def _asked(self, item: _Work) -> Asked:
         """The request and, when its type has them, its throttle and digest specs."""
@@ -280,11 +297,14 @@ class Processor:
         m.processed.labels("duplicate").inc(len(duplicates))
         m.processed.labels("dead_letter").inc(len(dead))
         m.dead_letters.inc(len(dead))
+        ended: Counter[tuple[str, str]] = Counter()  # one metric update per label pair
         for item in work:
             assert item.plan is not None
             for channel, delivery in item.plan.deliveries.items():
                 if delivery.status not in _UNFINISHED:
-                    m.deliveries.labels(channel.value, delivery.status.value).inc()
+                    ended[(channel.value, delivery.status.value)] += 1
+        for (channel_name, state), n in ended.items():
+            m.deliveries.labels(channel_name, state).inc(n)
 
     async def _push(self, work: list[_Work]) -> None:
         """Live delivery of what is already in the inboxes, unless the commit published it

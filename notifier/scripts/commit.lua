@@ -14,10 +14,18 @@
 -- notifier/live.py): the counts it carries are the store's, in the same atomic step.
 local p = cjson.decode(ARGV[1])
 
+-- Entries and locks are let go of at the end, a few commands for the whole batch (each takes
+-- many arguments) instead of four per entry: the same atomic step, far less script time.
+local acked, locks = {}, {}
+
 local function ack(entry)
-  redis.call('XACK', p.stream, p.group, entry)
-  redis.call('XDEL', p.stream, entry)
-  redis.call('HDEL', p.attempts, entry)
+  acked[#acked + 1] = entry
+end
+
+local function each_chunk(list, fn)
+  for i = 1, #list, 1000 do
+    fn(unpack(list, i, math.min(i + 999, #list)))
+  end
 end
 
 -- The digest window open for the event's name (opened now if the last one closed since the
@@ -106,7 +114,7 @@ for _, it in ipairs(p.items) do
     end
   end
   ack(it.entry)
-  redis.call('DEL', it.lock)
+  locks[#locks + 1] = it.lock
 end
 for _, entry in ipairs(p.acks) do
   ack(entry)
@@ -116,6 +124,12 @@ for _, d in ipairs(p.dead_letters) do
     'request', d[2], 'reason', d[3], 'entry', d[1], 'failed_at', d[4])
   ack(d[1])
 end
+each_chunk(acked, function(...)
+  redis.call('XACK', p.stream, p.group, ...)
+  redis.call('XDEL', p.stream, ...)
+  redis.call('HDEL', p.attempts, ...)
+end)
+each_chunk(locks, function(...) redis.call('DEL', ...) end)
 for _, s in ipairs(p.stats) do
   redis.call('HINCRBY', s[1], s[2], s[3])
   redis.call('EXPIRE', s[1], p.stats_ttl)
