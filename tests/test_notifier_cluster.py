@@ -378,21 +378,25 @@ async def test_replicas_that_join_and_die_hand_partitions_and_sessions_over(
 
     await until(arrived, 30, "an email for every workflow event")
     await until(lambda: settled(raw), 15, "every partition settled")
-    subjects = collections.Counter(
-        str(m.message["Subject"])
-        for m in smtp.messages
-        if "review required" in str(m.message["Subject"])
-    )
+    reviews = [m for m in smtp.messages if "review required" in str(m.message["Subject"])]
+    subjects = collections.Counter(str(m.message["Subject"]) for m in reviews)
+    # A replica SIGKILLed after the mail server took a message and before it recorded that
+    # leaves the job to the next holder, which sends it again: the one window no store can
+    # close (docs/notifier.md). The resend carries the same Message-ID, so it is that window,
+    # never a second notification: every distinct message is one event's, once.
+    by_id = collections.Counter(str(m.message["Message-ID"]) for m in reviews)
+    resent = sum(by_id.values()) - len(by_id)
     survivor = notifiers[1]
     missing = [nid for nid in published if not delivered(survivor, nid, in_app="sent")]
     print(
         f"workflow events {len(published)}, emails {sum(subjects.values())},"
-        f" duplicates {sum(subjects.values()) - len(subjects)}, missing {len(missing)};"
+        f" duplicates {sum(subjects.values()) - len(subjects)} (resent by the kill {resent}),"
+        f" missing {len(missing)};"
         f" partitions taken over {takeover:.2f} s after the SIGKILL (lease {CLAIM_IDLE} s)"
     )
     assert missing == []
-    assert len(subjects) == len(published)  # one email per event...
-    assert set(subjects.values()) == {1}  # ...and none twice
+    assert len(subjects) == len(published) == len(by_id)  # one message per event...
+    assert sum(subjects.values()) - len(subjects) == resent <= 1  # ...resent only by the kill
     for owner in sessions.values():  # and each inbox holds its events once
         inbox = call(survivor, "GET", f"/api/users/{owner}/inbox?limit=1")
         expected = sum(1 for nid in published if nid.startswith(f"wf.s{owner[1:]}."))
