@@ -7,6 +7,7 @@ same job with a later score."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import redis.asyncio as aioredis
 from archmesh_client.backoff import backoff_delay
 from archmesh_client.notifications import Medium, Priority
-from redis.exceptions import WatchError
+from redis.exceptions import RedisError, WatchError
 
 from notifier import analytics, keys, status
 from notifier.digests import DigestCloser
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
     from notifier.feedback import ProviderFeedback
 
 log = get_logger(__name__)
+
+RECORD_PATIENCE = 60.0  # seconds: how long a sent attempt's record is retried (see below)
 
 _URGENCY = {
     Priority.LOW: "low",
@@ -286,7 +289,7 @@ class Deliverer:
             next_attempt_at=next_at,
         )
         work = {**work, "targets": outcome.remaining}
-        if not await self._write(partition, job, meta, channel, delivery, work, now):
+        if not await self._write_after_send(partition, job, meta, channel, delivery, work, now):
             log.info("delivery_cancelled_in_flight", notification=meta["id"], channel=channel.value)
             return
         self._metrics.deliveries.labels(channel.value, state.value).inc()
@@ -302,6 +305,34 @@ class Deliverer:
             attempts=attempts,
             error=reason,
         )
+
+    async def _write_after_send(
+        self,
+        partition: int,
+        job: str,
+        meta: dict[str, Any],
+        channel: Medium,
+        delivery: ChannelDelivery,
+        work: dict[str, Any],
+        now: datetime,
+    ) -> bool:
+        """`_write`, retried: the attempt went out, so a Redis error now (a master restarting,
+        the partition's slot migrating to another master: redis-py's cluster transaction then
+        raises RuntimeError while its client refreshes the slot map) must not leave the job to
+        its lease, whose end would send the message again. The lease is renewed while the job
+        runs (`renew`), so retrying keeps other replicas off it; after `RECORD_PATIENCE` the
+        error is raised as before."""
+        deadline = time.monotonic() + RECORD_PATIENCE
+        delay = 0.05
+        while True:
+            try:
+                return await self._write(partition, job, meta, channel, delivery, work, now)
+            except (RedisError, RuntimeError) as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("delivery_record_retrying", job=job, error=str(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
 
     async def _write(
         self,
