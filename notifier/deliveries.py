@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import redis.asyncio as aioredis
 from archmesh_client.backoff import backoff_delay
 from archmesh_client.notifications import Medium, Priority
-from redis.exceptions import RedisError, WatchError
+from redis.exceptions import WatchError
 
 from notifier import analytics, keys, status
 from notifier.digests import DigestCloser
@@ -316,18 +316,20 @@ class Deliverer:
         work: dict[str, Any],
         now: datetime,
     ) -> bool:
-        """`_write`, retried: the attempt went out, so a Redis error now (a master restarting,
-        the partition's slot migrating to another master: redis-py's cluster transaction then
-        raises RuntimeError while its client refreshes the slot map) must not leave the job to
-        its lease, whose end would send the message again. The lease is renewed while the job
-        runs (`renew`), so retrying keeps other replicas off it; after `RECORD_PATIENCE` the
-        error is raised as before."""
+        """`_write`, retried: the attempt went out, so an error now (a master restarting, the
+        partition's slot migrating to another master) must not leave the job to its lease,
+        whose end would send the message again. Any exception: redis-py 8's cluster
+        transaction runs WATCH in a thread of its own loop, and while its client refreshes the
+        slot map it raises not only RedisError but RuntimeError ("bound to a different event
+        loop") and AttributeError (a connection closed by the other loop). The lease is
+        renewed while the job runs (`renew`), so retrying keeps other replicas off it; after
+        `RECORD_PATIENCE` the error is raised as before."""
         deadline = time.monotonic() + RECORD_PATIENCE
         delay = 0.05
         while True:
             try:
                 return await self._write(partition, job, meta, channel, delivery, work, now)
-            except (RedisError, RuntimeError) as exc:
+            except Exception as exc:
                 if time.monotonic() + delay > deadline:
                     raise
                 log.warning("delivery_record_retrying", job=job, error=str(exc))
