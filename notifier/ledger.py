@@ -125,6 +125,41 @@ def _ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
 
 
+# Both scripts name their keys in ARGV, but declare them in KEYS too (the scripts do not read
+# KEYS): while a partition's slot migrates between Cluster masters, Redis runs a script only
+# on the node that holds every declared key (elsewhere it answers ASK or TRYAGAIN, which the
+# cluster client follows and retries), so a script never writes half a user's keys on the old
+# master and half on the new one (a split inbox, a status the other node cannot see). Keys
+# whose names the script reads from Redis (an open digest window's) cannot be declared.
+
+
+def _unique(names: list[str | None]) -> list[str]:
+    return list(dict.fromkeys(name for name in names if name))
+
+
+def prepared_keys(payload: dict[str, Any]) -> list[str]:
+    names: list[str | None] = [payload["due"]]
+    for r in payload["requests"]:
+        names += [payload["n"] + r["id"], payload["lock"] + r["id"], payload["prefs"] + r["user"]]
+        if throttle := r.get("throttle"):
+            names.append(throttle["key"])
+        if digest := r.get("digest"):
+            names += [digest["pointer"], digest["window_prefix"] + digest["id"]]
+    return _unique(names)
+
+
+def committed_keys(payload: dict[str, Any]) -> list[str]:
+    names: list[str | None] = [payload[k] for k in ("due", "stream", "attempts", "dead")]
+    for it in payload["items"]:
+        names += [it["key"], it.get("lock"), it.get("timeline"), it.get("cancel")]
+        names.append((it.get("owner") or {}).get("key"))
+        box = it.get("inbox") or {}
+        names += [box.get(k) for k in ("order", "items", "unread", "unseen", "archived")]
+        names.append(((it.get("collect") or {}).get("digest") or {}).get("pointer"))
+    names += [key for key, _, _ in payload["stats"]]
+    return _unique(names)
+
+
 class Ledger:
     def __init__(
         self,
@@ -186,7 +221,7 @@ class Ledger:
             ],
             "templates": [] if tagged else templates,
         }
-        reply = await self._prepare(keys=[keys.due(partition)], args=[orjson.dumps(payload)])
+        reply = await self._prepare(keys=prepared_keys(payload), args=[orjson.dumps(payload)])
         if tagged and templates:
             reply = [*reply, *await self._redis.mget([keys.template(t) for t in templates])]
         n = len(requests)
@@ -219,5 +254,5 @@ class Ledger:
             "dead_letters": outcome.dead_letters,
             "stats": [[key, name, n] for (key, name), n in outcome.stats.items()],
         }
-        reply = await self._commit(keys=[keys.due(part)], args=[orjson.dumps(payload)])
+        reply = await self._commit(keys=committed_keys(payload), args=[orjson.dumps(payload)])
         return [InboxCounts(unseen=unseen, unread=unread) for unseen, unread in reply]

@@ -1,0 +1,307 @@
+"""The notifier on a 3-master Redis Cluster whose topology changes under load: a partition's
+slot migrated to another master, and a master SIGKILLed and restarted from its AOF, while a
+producer keeps queueing and two notifier processes consume. Each request is counted where
+users see it (its status, its user's inbox, the mail server), so a loss or a duplicate fails.
+
+The cluster is this module's own (`RedisCluster(appendonly=True)`): the session's shared one is
+never resharded or killed."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import orjson
+import pytest
+import redis
+from archmesh_client.notifier import NotifierClient
+from archmesh_client.request_stream import Partitioning
+
+from tests.fakes.smtp import SmtpServer
+from tests.servers import NotifierProcess, RedisCluster, redis_server_version
+
+pytestmark = pytest.mark.slow
+
+LAYOUT = Partitioning.of(0, cluster=True)  # the notifiers' default on a Cluster: 8
+USERS = [f"c{n}" for n in range(48)]  # every partition, six users each on average
+MAILED = USERS[::4]  # these users also get every request by email
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisCluster]:
+    version = redis_server_version()
+    if version and version < (7,):
+        pytest.skip(f"Redis Cluster sharded pub/sub needs redis-server >= 7, found {version}")
+    instance = RedisCluster(3, appendonly=True)
+    try:
+        instance.start()
+        yield instance
+    finally:
+        instance.cleanup()
+
+
+@pytest.fixture
+def notifiers(cluster: RedisCluster, smtp: SmtpServer) -> Iterator[list[NotifierProcess]]:
+    cluster.flushall()
+    smtp.clear()
+    env = {
+        "ARCHMESH_SMTP_HOST": smtp.host,
+        "ARCHMESH_SMTP_PORT": str(smtp.port),
+        "ARCHMESH_SMTP_SECURITY": "none",
+        "ARCHMESH_EMAIL_FROM": "ArchMesh <notify@archmesh.test>",
+        # Longer than the master's outage (~5 s): a job's lease must outlast it, or a sent
+        # email whose record waits for the master is claimed and sent again (see the report).
+        "ARCHMESH_NOTIFIER_CLAIM_IDLE": "8",
+    }
+    started = [NotifierProcess(cluster.url, **env).start() for _ in range(2)]
+    for user in MAILED:
+        reply = started[0].request(
+            "PUT", f"/api/users/{user}/preferences", json={"contacts": {"email": f"{user}@x.test"}}
+        )
+        assert reply.status_code < 300, reply.text
+    yield started
+    for notifier in started:
+        notifier.stop(signal.SIGKILL)
+
+
+@dataclasses.dataclass
+class Producer:
+    """Queues one request at a time through the Python client, round robin over the users,
+    until stopped; counts what it got an id for and what failed (and how)."""
+
+    client: NotifierClient
+    prefix: str
+    sent: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (id, user)
+    failed: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    errors: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    stop: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    longest: float = 0.0  # seconds: the longest one call to `send` took (reported)
+
+    async def run(self) -> None:
+        n = 0
+        while not self.stop.is_set():
+            user = USERS[n % len(USERS)]
+            nid = f"{self.prefix}{n}"
+            channels = ["in_app", "email"] if user in MAILED else ["in_app"]
+            item = {"id": nid, "user_id": user, "type": "load", "title": nid, "channels": channels}
+            began = time.monotonic()
+            try:
+                await self.client.send(item)
+            except (redis.RedisError, OSError) as exc:
+                self.failed.append((nid, user))
+                self.errors[type(exc).__name__] += 1
+                await asyncio.sleep(0.02)  # pacing a producer that is refused, not a wait
+            else:
+                self.sent.append((nid, user))
+            finally:
+                self.longest = max(self.longest, time.monotonic() - began)
+            n += 1
+            await asyncio.sleep(0.002)  # a steady load, not a flood the 2 cores cannot serve
+
+    async def until_sent(self, count: int, timeout: float) -> None:
+        await until(lambda: len(self.sent) >= count, timeout, f"{count} requests queued")
+
+
+async def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := await asyncio.to_thread(check):
+            return value
+        await asyncio.sleep(0.05)
+    raise TimeoutError(what)
+
+
+def inbox_ids(notifier: NotifierProcess, user: str) -> list[str]:
+    ids: list[str] = []
+    cursor = ""
+    while True:
+        query = f"?limit=500&cursor={cursor}" if cursor else "?limit=500"
+        reply = notifier.request("GET", f"/api/users/{user}/inbox{query}")
+        assert reply.status_code == 200, reply.text
+        page = reply.json()
+        ids += [item["id"] for item in page["items"]]
+        if not page.get("next_cursor"):
+            return ids
+        cursor = page["next_cursor"]
+
+
+def settled(raw: redis.RedisCluster) -> bool:
+    """Nothing queued, pending or due in any partition."""
+    for partition in range(LAYOUT.partitions):
+        prefix = LAYOUT.prefix(partition)
+        if raw.zcard(prefix + "due") or raw.xlen(prefix + "requests"):
+            return False
+    return True
+
+
+def in_app_statuses(cluster: RedisCluster, sent: list[tuple[str, str]]) -> dict[str, int]:
+    """How many of the notifications' in-app deliveries are in each state (read from their
+    status hashes, in each user's partition)."""
+    raw = cluster.client()
+    try:
+        pipe = raw.pipeline()
+        for nid, user in sent:
+            pipe.hget(LAYOUT.prefix(LAYOUT.of_user(user)) + "n:" + nid, "ch:in_app")
+        states = [
+            orjson.loads(raw_status)["status"] if raw_status else None
+            for raw_status in pipe.execute()
+        ]
+    finally:
+        raw.close()
+    return dict(collections.Counter(str(state) for state in states))
+
+
+def mailed_ids(smtp: SmtpServer) -> list[str]:
+    return [str(m.message["Subject"]) for m in smtp.messages]
+
+
+async def check_exactly_once(
+    producer: Producer, notifiers: list[NotifierProcess], cluster: RedisCluster, smtp: SmtpServer
+) -> dict[str, int]:
+    """Every request the producer got an id for processed once; a request whose queueing
+    failed may or may not have been queued (the reply can be lost), but never twice."""
+    a, b = notifiers
+    raw = cluster.client()
+    try:
+        await until(lambda: settled(raw), 60, "every partition drained")
+    finally:
+        raw.close()
+    sent = {nid for nid, _ in producer.sent}
+    unsure = {nid for nid, _ in producer.failed}
+    expected_mail = {nid for nid, user in producer.sent if user in MAILED}
+    await until(lambda: expected_mail <= set(mailed_ids(smtp)), 30, "every email")
+
+    inboxes: dict[str, list[str]] = {}
+    for n, user in enumerate(USERS):  # any replica answers for any partition
+        inboxes[user] = await asyncio.to_thread(inbox_ids, notifiers[n % 2], user)
+    duplicates = lost = stray = 0
+    for user, ids in inboxes.items():
+        duplicates += len(ids) - len(set(ids))
+        mine = {nid for nid, u in producer.sent if u == user}
+        maybe = {nid for nid, u in producer.failed if u == user}
+        lost += len(mine - set(ids))
+        stray += len(set(ids) - mine - maybe)
+    mails = collections.Counter(mailed_ids(smtp))
+    mail_duplicates = sum(count - 1 for count in mails.values())
+    assert (duplicates, lost, stray, mail_duplicates) == (0, 0, 0, 0)
+    assert set(mails) <= expected_mail | unsure
+    assert await asyncio.to_thread(in_app_statuses, cluster, producer.sent) == {"sent": len(sent)}
+    for nid in list(sent)[:: max(1, len(sent) // 20)]:  # and through the API, sampled
+        reply = await asyncio.to_thread(b.request, "GET", f"/api/notifications/{nid}")
+        assert reply.status_code == 200, (nid, reply.text)
+        assert reply.json()["deliveries"]["in_app"]["status"] == "sent", reply.json()
+    dead = await asyncio.to_thread(a.request, "GET", "/api/ops/dead-letters")
+    assert dead.json()["items"] == []
+    return {
+        "sent": len(sent),
+        "failed": len(unsure),
+        "mails": len(mails),
+        "processed": sum(len(ids) for ids in inboxes.values()),
+    }
+
+
+def keys_in_slot(cluster: RedisCluster, key: str) -> int:
+    raw = cluster.client()
+    try:
+        node = raw.get_node_from_key(key)
+        slot = raw.keyslot(key)
+        return int(raw.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot, target_nodes=node))
+    finally:
+        raw.close()
+
+
+def migrate_slot(cluster: RedisCluster, key: str, batch: int = 5) -> tuple[int, int, int]:
+    """Move `key`'s slot to another master the way `redis-cli --cluster reshard` does:
+    IMPORTING on the target, MIGRATING on the source, MIGRATE the keys in batches, then
+    SETSLOT NODE on every master. Returns (slot, keys moved, target's index)."""
+    nodes = [cluster.node(i) for i in range(len(cluster.ports))]
+    try:
+        slot = int(nodes[0].execute_command("CLUSTER", "KEYSLOT", key))
+        ids = [n.execute_command("CLUSTER", "MYID").decode() for n in nodes]
+        src = next(
+            i
+            for i, n in enumerate(nodes)
+            if any(
+                s[0] <= slot <= s[1] and s[2][1] == cluster.ports[i]
+                for s in n.execute_command("CLUSTER", "SLOTS")
+            )
+        )
+        dst = (src + 1) % len(nodes)
+        nodes[dst].execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[src])
+        nodes[src].execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[dst])
+        moved = 0
+        while names := nodes[src].execute_command("CLUSTER", "GETKEYSINSLOT", slot, batch):
+            nodes[src].execute_command(
+                "MIGRATE", "127.0.0.1", cluster.ports[dst], "", 0, 5000, "KEYS", *names
+            )
+            moved += len(names)
+            time.sleep(0.01)  # batches spread over the load, as a reshard of a busy slot is
+        for i in [dst, src, *(i for i in range(len(nodes)) if i not in (src, dst))]:
+            nodes[i].execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[dst])
+        return slot, moved, dst
+    finally:
+        for n in nodes:
+            n.close()
+
+
+async def test_a_slot_migration_under_load_loses_nothing(
+    notifiers: list[NotifierProcess], cluster: RedisCluster, smtp: SmtpServer
+) -> None:
+    busiest = collections.Counter(LAYOUT.of_user(u) for u in USERS).most_common(1)[0][0]
+    async with NotifierClient(cluster.url) as client:
+        producer = Producer(client, "m")
+        task = asyncio.create_task(producer.run())
+        try:
+            await producer.until_sent(150, 20)
+            await until(lambda: keys_in_slot(cluster, LAYOUT.stream(busiest)) >= 40, 20, "keys")
+            began = time.monotonic()
+            slot, moved, target = await asyncio.to_thread(
+                migrate_slot, cluster, LAYOUT.stream(busiest)
+            )
+            took = time.monotonic() - began
+            after = len(producer.sent)
+            await producer.until_sent(after + 150, 20)  # and more on the slot's new master
+        finally:
+            producer.stop.set()
+            await task
+    raw = cluster.client()
+    try:
+        assert raw.get_node_from_key(LAYOUT.stream(busiest)).port == cluster.ports[target]
+    finally:
+        raw.close()
+    figures = await check_exactly_once(producer, notifiers, cluster, smtp)
+    assert moved >= 40  # the partition's keys moved, its users' inboxes among them
+    assert figures["failed"] == 0, (producer.errors, figures)  # the client follows ASK/MOVED
+    print(f"\nmigration: slot {slot}, {moved} keys in {took:.2f}s; longest send ", end="")
+    print(f"{producer.longest:.2f}s; {figures}")
+
+
+async def test_a_master_restart_with_aof_under_load_loses_nothing(
+    notifiers: list[NotifierProcess], cluster: RedisCluster, smtp: SmtpServer
+) -> None:
+    victim = 1
+    async with NotifierClient(cluster.url) as client:
+        producer = Producer(client, "r")
+        task = asyncio.create_task(producer.run())
+        try:
+            await producer.until_sent(150, 20)
+            began = time.monotonic()
+            before = len(producer.sent)
+            cluster.stop(victim, signal.SIGKILL)
+            await until(lambda: producer.failed, 20, "the producer refused while a master is down")
+            await asyncio.to_thread(cluster.start, victim)  # rejoins with its slots and its AOF
+            took = time.monotonic() - began
+            after = len(producer.sent)  # `after - before` were queued while it was down
+            await producer.until_sent(after + 150, 30)
+        finally:
+            producer.stop.set()
+            await task
+    figures = await check_exactly_once(producer, notifiers, cluster, smtp)
+    assert all(n.proc is not None and n.proc.poll() is None for n in notifiers)  # both carried on
+    print(f"\nrestart: master down/up in {took:.2f}s, {after - before} queued meanwhile; ", end="")
+    print(f"producer saw {dict(producer.errors)}, longest send {producer.longest:.2f}s; {figures}")
