@@ -18,70 +18,19 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
-import signal
-import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import redis.asyncio as aioredis
 from archmesh_client.notifier import NotifierClient
+from run import REPO, SERVER_CORE, free_port, redis_server, stop, wait_port  # bench/run.py
 
 from notifier import keys
 
-REPO = Path(__file__).resolve().parent.parent
-
 TOPIC = "bench:topic"
 TYPE = "bench_topic"
-SERVER_CORE, LOAD_CORE = "0", "1"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before listening")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@contextlib.contextmanager
-def redis_server() -> Iterator[str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is needed")
-    port = free_port()
-    workdir = tempfile.mkdtemp(prefix="archmesh-bench-topics-")
-    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    args += ["--dir", workdir, "--logfile", os.path.join(workdir, "redis.log")]
-    proc = subprocess.Popen(["taskset", "-c", LOAD_CORE, binary, *args])
-    try:
-        wait_port(port, proc)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        stop(proc)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -140,7 +89,7 @@ async def until_delivered(redis: aioredis.Redis, count: int, within: float = 600
 
 
 async def measure(count: int, batch: int) -> dict[str, float | int]:
-    with redis_server() as url:
+    with redis_server() as (url, _):
         redis = aioredis.Redis.from_url(url, decode_responses=True)
         await seed(redis, count)
         with notifier(url, batch) as proc:

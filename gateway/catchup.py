@@ -11,8 +11,11 @@ two Redis connections). They are held, and once history through a position has b
 
 from __future__ import annotations
 
+from typing import Any
+
+from gateway.metrics import GatewayMetrics
 from gateway.protocol import Outgoing, Since
-from shared.broker import BrokerPublication, StreamPosition
+from shared.broker import BrokerPublication, History, StreamPosition
 
 Held = tuple[BrokerPublication, Outgoing]
 # A client recovering with `since` gets at most this many missed publications from one read.
@@ -67,3 +70,22 @@ def recovery_outcome(since: Since, complete: bool, position: StreamPosition) -> 
     if not complete:
         return False, "history_trimmed"
     return True, ""
+
+
+def recover(
+    reply: dict[str, Any], since: Since | None, history: History, metrics: GatewayMetrics
+) -> tuple[bool, list[BrokerPublication]]:
+    """Tell `reply` (`subscribed`, or `connected` for the own channel) the channel's position
+    and, with `since`, whether what was missed is recovered (or the `reason` it is not), and
+    count the outcome: whether it was recovered, and what was missed (to send after `reply`)."""
+    position = history.position
+    reply["offset"], reply["epoch"] = position.offset, position.epoch
+    if since is None:
+        return False, []
+    recovered, reason = recovery_outcome(since, history.complete, position)
+    metrics.recoveries.labels(outcome=reason or "recovered").inc()
+    reply["recovered"] = recovered
+    if not recovered:
+        reply["reason"] = reason
+        return False, []
+    return True, history.publications

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from starlette.types import Message, Receive, Send
 
 from gateway.authorization import claims_allow, subscription_grant
-from gateway.catchup import RECOVERY_LIMIT, Catchup, recovery_outcome
+from gateway.catchup import Catchup, recover
 from gateway.context import ConnectionContext
 from gateway.expiry import Expiry
 from gateway.grants import SubscriptionGrants
@@ -415,21 +415,9 @@ class Connection:
         """Send `reply` (`subscribed`, or `connected` for the own channel) with the channel's
         position, then what was missed since `since` (or, with `latest`, the latest
         publication), then what arrived meanwhile; in offset order, each once."""
-        history = await self._ctx.history(
-            channel, since.offset if since else 0, RECOVERY_LIMIT if since else 0
-        )
+        history = await self._ctx.history_since(channel, since)
         position = history.position
-        reply["offset"], reply["epoch"] = position.offset, position.epoch
-        missed: list[BrokerPublication] = []
-        recovered = False
-        if since is not None:
-            recovered, reason = recovery_outcome(since, history.complete, position)
-            self._ctx.metrics.recoveries.labels(outcome=reason or "recovered").inc()
-            reply["recovered"] = recovered
-            if recovered:
-                missed = history.publications
-            else:
-                reply["reason"] = reason
+        recovered, missed = recover(reply, since, history, self._ctx.metrics)
         if not recovered and latest:
             # A recovered client has the latest already (it was missed, or it was its `since`).
             missed = await self._latest(channel, position)

@@ -12,12 +12,14 @@ from dataclasses import dataclass
 from starlette.types import Send
 
 from gateway.admission import Admission
+from gateway.catchup import RECOVERY_LIMIT
 from gateway.expiry import Expiries
 from gateway.join_leave import JoinLeave
 from gateway.membership import Member, Membership
 from gateway.metrics import FanoutStats, GatewayMetrics
 from gateway.outbox import Flusher, Outbox, open_outbox
 from gateway.presence import PresenceTracker
+from gateway.protocol import Since
 from shared.broker import History, StreamPosition
 from shared.settings import Settings
 from shared.tokens import TokenVerifier
@@ -46,6 +48,13 @@ class ConnectionContext:
 
     def open_outbox(self, send: Send) -> Outbox:
         return open_outbox(send, self.settings.client_queue_bytes, self.flusher)
+
+    async def history_since(self, channel: str, since: Since | None) -> History:
+        """The channel's position and, with `since`, what was published after it (at most
+        RECOVERY_LIMIT): what a subscribe or a connect recovers from."""
+        return await self.history(
+            channel, since.offset if since else 0, RECOVERY_LIMIT if since else 0
+        )
 
     async def join(self, member: Member, channel: str) -> None:
         """A WebSocket or SSE client joins a channel: the hub's membership, then presence and

@@ -38,7 +38,7 @@ from archmesh_client.channels import InvalidChannel, user_channel, validate_chan
 from starlette.types import Receive, Scope, Send
 
 from gateway.authorization import claims_allow, subscription_grant
-from gateway.catchup import RECOVERY_LIMIT, Catchup, recovery_outcome
+from gateway.catchup import Catchup, recover
 from gateway.context import ConnectionContext
 from gateway.expiry import Expiry
 from gateway.grants import SubscriptionGrants
@@ -253,29 +253,14 @@ class SseStream:
         catchup.hold()
         try:
             await self._join(channel)
-            history = await self._ctx.history(
-                channel, since.offset if since else 0, RECOVERY_LIMIT if since else 0
-            )
+            history = await self._ctx.history_since(channel, since)
         except BrokerError:
             self._catchups.pop(channel, None)
             await self._leave(channel)
             raise
         position = history.position
-        reply: dict[str, Any] = {
-            "type": "subscribed",
-            "channel": channel,
-            "offset": position.offset,
-            "epoch": position.epoch,
-        }
-        missed: list[BrokerPublication] = []
-        if since is not None:
-            recovered, reason = recovery_outcome(since, history.complete, position)
-            self._ctx.metrics.recoveries.labels(outcome=reason or "recovered").inc()
-            reply["recovered"] = recovered
-            if recovered:
-                missed = history.publications
-            else:
-                reply["reason"] = reason
+        reply: dict[str, Any] = {"type": "subscribed", "channel": channel}
+        _, missed = recover(reply, since, history, self._ctx.metrics)
         if missed:
             self._event(encode(reply), None)  # each missed publication moves the position
             for pub in missed:

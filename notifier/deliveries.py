@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
@@ -289,7 +290,8 @@ class Deliverer:
             next_attempt_at=next_at,
         )
         work = {**work, "targets": outcome.remaining}
-        if not await self._write_after_send(partition, job, meta, channel, delivery, work, now):
+        record = partial(self._write, partition, job, meta, channel, delivery, work, now)
+        if not await _until_recorded(record, job):
             log.info("delivery_cancelled_in_flight", notification=meta["id"], channel=channel.value)
             return
         self._metrics.deliveries.labels(channel.value, state.value).inc()
@@ -305,36 +307,6 @@ class Deliverer:
             attempts=attempts,
             error=reason,
         )
-
-    async def _write_after_send(
-        self,
-        partition: int,
-        job: str,
-        meta: dict[str, Any],
-        channel: Medium,
-        delivery: ChannelDelivery,
-        work: dict[str, Any],
-        now: datetime,
-    ) -> bool:
-        """`_write`, retried: the attempt went out, so an error now (a master restarting, the
-        partition's slot migrating to another master) must not leave the job to its lease,
-        whose end would send the message again. Any exception: redis-py 8's cluster
-        transaction runs WATCH in a thread of its own loop, and while its client refreshes the
-        slot map it raises not only RedisError but RuntimeError ("bound to a different event
-        loop") and AttributeError (a connection closed by the other loop). The lease is
-        renewed while the job runs (`renew`), so retrying keeps other replicas off it; after
-        `RECORD_PATIENCE` the error is raised as before."""
-        deadline = time.monotonic() + RECORD_PATIENCE
-        delay = 0.05
-        while True:
-            try:
-                return await self._write(partition, job, meta, channel, delivery, work, now)
-            except Exception as exc:
-                if time.monotonic() + delay > deadline:
-                    raise
-                log.warning("delivery_record_retrying", job=job, error=str(exc))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
 
     async def _write(
         self,
@@ -389,3 +361,25 @@ class Deliverer:
                     return not cancelled or delivery.status is DeliveryState.SENT
                 except WatchError:
                     continue
+
+
+async def _until_recorded(record: Callable[[], Awaitable[bool]], job: str) -> bool:
+    """`record()`, retried: the attempt went out, so an error now (a master restarting, the
+    partition's slot migrating to another master) must not leave the job to its lease, whose
+    end would send the message again. Any exception: redis-py 8's cluster transaction runs
+    WATCH in a thread of its own loop, and while its client refreshes the slot map it raises
+    not only RedisError but RuntimeError ("bound to a different event loop") and
+    AttributeError (a connection closed by the other loop). The lease is renewed while the job
+    runs (`renew`), so retrying keeps other replicas off it; after `RECORD_PATIENCE` the error
+    is raised as before."""
+    deadline = time.monotonic() + RECORD_PATIENCE
+    delay = 0.05
+    while True:
+        try:
+            return await record()
+        except Exception as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("delivery_record_retrying", job=job, error=str(exc))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import signal
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -8,7 +9,13 @@ from tests import wsclient
 from tests.fakes.push_endpoint import PushEndpoint
 from tests.fakes.smtp import SmtpServer
 from tests.fakes.twilio_api import TwilioApi
-from tests.servers import GatewayProcess, RedisCluster, RedisServer, redis_server_version
+from tests.servers import (
+    GatewayProcess,
+    NotifierProcess,
+    RedisCluster,
+    RedisServer,
+    redis_server_version,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -70,6 +77,15 @@ def gateways() -> Iterator[list[GatewayProcess]]:
     yield started
     for gateway in started:
         gateway.stop()
+
+
+@pytest.fixture
+def notifiers() -> Iterator[list[NotifierProcess]]:
+    """Notifier processes a test starts, SIGKILLed after it."""
+    started: list[NotifierProcess] = []
+    yield started
+    for notifier in started:
+        notifier.stop(signal.SIGKILL)
 
 
 @pytest.fixture(params=["memory", "redis", "cluster"])

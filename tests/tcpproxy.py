@@ -15,20 +15,22 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, Self
 
 
-class TcpProxy:
-    def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1") -> None:
-        self.upstream = (upstream_host, upstream_port)
+class LoopbackServer:
+    """A server on a loopback port that runs its own event loop in a thread, so a test may
+    block meanwhile; a subclass answers each connection in `_accept` and keeps the tasks it
+    starts in `_tasks`, which stopping cancels."""
+
+    def __init__(self, name: str) -> None:
         self.port = 0
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="tcpproxy")
-        self._flowing = asyncio.Event()
+        self._thread = threading.Thread(target=self._loop.run_forever, name=name)
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def __enter__(self) -> TcpProxy:
+    def __enter__(self) -> Self:
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=5)
         return self
@@ -39,14 +41,7 @@ class TcpProxy:
         self._thread.join(timeout=5)
         self._loop.close()
 
-    def blackhole(self) -> None:
-        self._loop.call_soon_threadsafe(self._flowing.clear)
-
-    def resume(self) -> None:
-        self._loop.call_soon_threadsafe(self._flowing.set)
-
     async def _start(self) -> None:
-        self._flowing.set()
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
 
@@ -57,6 +52,26 @@ class TcpProxy:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._server.wait_closed()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+
+class TcpProxy(LoopbackServer):
+    def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1") -> None:
+        super().__init__("tcpproxy")
+        self.upstream = (upstream_host, upstream_port)
+        self._flowing = asyncio.Event()
+
+    def blackhole(self) -> None:
+        self._loop.call_soon_threadsafe(self._flowing.clear)
+
+    def resume(self) -> None:
+        self._loop.call_soon_threadsafe(self._flowing.set)
+
+    async def _start(self) -> None:
+        self._flowing.set()
+        await super()._start()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)

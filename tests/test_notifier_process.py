@@ -24,14 +24,6 @@ pytestmark = pytest.mark.redis
 
 
 @pytest.fixture
-def notifiers() -> Iterator[list[NotifierProcess]]:
-    started: list[NotifierProcess] = []
-    yield started
-    for notifier in started:
-        notifier.stop(signal.SIGKILL)
-
-
-@pytest.fixture
 def smtp() -> Iterator[SmtpServer]:
     with SmtpServer() as server:
         yield server

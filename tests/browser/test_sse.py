@@ -12,13 +12,13 @@ import contextlib
 import itertools
 import json
 import signal
-import threading
 from collections.abc import Iterator
 
 import pytest
 
 from tests.browser.cdp import Page
 from tests.servers import GatewayProcess, RedisServer, wait_until
+from tests.tcpproxy import LoopbackServer
 from tests.wsclient import token
 
 pytestmark = pytest.mark.slow
@@ -85,34 +85,19 @@ def test_event_source_reconnects_across_a_restart_without_gap_or_duplicate(
     page.evaluate("window.source.close()")
 
 
-class UpgradeGate:
+class UpgradeGate(LoopbackServer):
     """A loopback proxy in front of a gateway, like one that blocks WebSockets: while
     `refusing`, a WebSocket upgrade is answered 403; every other connection (and an upgrade
-    once allowed) is tunnelled as is. Runs its own loop in a thread, so that the test may
-    block on the browser meanwhile."""
+    once allowed) is tunnelled as is. Runs its own loop in a thread (LoopbackServer), so
+    that the test may block on the browser meanwhile."""
 
     def __init__(self, upstream_port: int) -> None:
+        super().__init__("upgrade-gate")
         self.upstream_port = upstream_port
-        self.port = 0
         self.refusing = True
         self.refused = 0
         self.passed = 0
         self._upgraded: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="upgrade-gate")
-        self._server: asyncio.Server | None = None
-
-    def __enter__(self) -> UpgradeGate:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=5)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(timeout=5)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=5)
-        self._loop.close()
 
     def refuse(self) -> None:
         """Refuse upgrades again, and drop the WebSockets that went through."""
@@ -123,17 +108,6 @@ class UpgradeGate:
                 writer.transport.abort()
 
         self._loop.call_soon_threadsafe(drop)
-
-    async def _start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def _stop(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
