@@ -2,8 +2,8 @@
 
 A job is `<id>|<channel>` scored by when it is due. Claiming moves its score a lease ahead, so
 a replica that dies mid-send leaves it to be claimed again when the lease runs out; finishing
-removes it in the same MULTI that records the outcome. Retries and quiet-hours holds are the
-same job with a later score."""
+removes it in the same script that records the outcome (record_delivery.lua). Retries and
+quiet-hours holds are the same job with a later score."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import redis.asyncio as aioredis
 from archmesh_client.backoff import backoff_delay
 from archmesh_client.notifications import Medium, Priority
-from redis.exceptions import WatchError
 
 from notifier import analytics, keys, status
 from notifier.digests import DigestCloser
@@ -34,6 +34,7 @@ from notifier.status import StatusStore
 from notifier.topics_fanout import TopicFanout
 from shared.logging import get_logger
 from shared.lua import lua
+from shared.redis_calls import NETWORK_ERRORS
 
 if TYPE_CHECKING:
     from notifier.feedback import ProviderFeedback
@@ -116,6 +117,7 @@ class Deliverer:
         self._metrics = metrics
         self._clock = clock
         self._claim = redis.register_script(lua("notifier.scripts", "claim.lua"))
+        self._record_script = redis.register_script(lua("notifier.scripts", "record_delivery.lua"))
         self._running: set[tuple[int, str]] = set()
         self._next = 0  # the partition claimed from first, in turn
 
@@ -322,64 +324,50 @@ class Deliverer:
         read, or the user's erasure) while the attempt ran: then the step stays `cancelled`,
         is not tried again, and its job (addresses, content), which an erasure deleted, is not
         written back. One that went out anyway is recorded as `sent` (true), without its job.
-        WATCH makes the check and the write one step against those scripts."""
-        key = keys.notification(meta["id"], partition)
-        due = keys.due(partition)
-        field_name = f"ch:{channel.value}"
-        async with self._redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(key)
-                    raw = await pipe.hget(key, field_name)
-                    cancelled = raw is not None and (
-                        ChannelDelivery.model_validate_json(raw).status is DeliveryState.CANCELLED
-                    )
-                    pipe.multi()  # type: ignore[no-untyped-call]
-                    if cancelled and delivery.status is DeliveryState.SENT:
-                        status.stage_update(
-                            pipe, meta["id"], channel, delivery, partition=partition
-                        )
-                        analytics.count(
-                            pipe, now, meta["type"], channel.value, "sent", partition=partition
-                        )
-                    elif not cancelled:
-                        status.stage_update(pipe, meta["id"], channel, delivery, work, partition)
-                        if delivery.next_attempt_at is not None:
-                            at = int(delivery.next_attempt_at.timestamp() * 1000)
-                            pipe.zadd(due, {job: at})
-                        analytics.count(
-                            pipe,
-                            now,
-                            meta["type"],
-                            channel.value,
-                            delivery.status.value,
-                            partition=partition,
-                        )
-                    if delivery.next_attempt_at is None or cancelled:
-                        pipe.zrem(due, job)
-                    await pipe.execute()
-                    return not cancelled or delivery.status is DeliveryState.SENT
-                except WatchError:
-                    continue
+        One script (record_delivery.lua), so the check and the write are one step against
+        those scripts, in the notification's slot; it ran or it did not."""
+        again = delivery.next_attempt_at
+        kind = meta["type"]
+        recorded = await self._record_script(
+            keys=[
+                keys.notification(meta["id"], partition),
+                keys.timeline(meta["id"], partition),
+                keys.due(partition),
+                keys.stats(analytics.hour_of(now), partition),
+            ],
+            args=[
+                channel.value,
+                delivery.model_dump_json(),
+                status.timeline_entry(channel.value, delivery),
+                orjson.dumps(work),
+                job,
+                "" if again is None else int(again.timestamp() * 1000),
+                analytics.field(kind, channel.value, delivery.status.value),
+                analytics.field(kind, channel.value, DeliveryState.SENT.value),
+                analytics.RETENTION_SECONDS,
+            ],
+        )
+        return bool(recorded)
 
 
 async def _until_recorded(record: Callable[[], Awaitable[bool]], job: str) -> bool:
     """`record()`, retried: the attempt went out, so an error now (a master restarting, the
     partition's slot migrating to another master) must not leave the job to its lease, whose
-    end would send the message again. Any exception: redis-py 8's cluster transaction runs
-    WATCH in a thread of its own loop, and while its client refreshes the slot map it raises
-    not only RedisError but RuntimeError ("bound to a different event loop") and
-    AttributeError (a connection closed by the other loop). The lease is renewed while the job
-    runs (`renew`), so retrying keeps other replicas off it; after `RECORD_PATIENCE` the error
-    is raised as before."""
+    end would send the message again. The record is one script, which ran or did not, and
+    finds its own record when it ran before (its reply lost), so a retry is harmless.
+    Retried: Redis's and the connection's errors, and the two redis-py 8's Cluster client
+    raises from a connection it closed while it (re)learns the slot map (AttributeError,
+    RuntimeError: seen on plain calls too, not only on WATCH); anything else is a bug, raised
+    at once. The lease is renewed while the job runs (`renew`), so retrying keeps other
+    replicas off it; after `RECORD_PATIENCE` the error is raised as before."""
     deadline = time.monotonic() + RECORD_PATIENCE
     delay = 0.05
     while True:
         try:
             return await record()
-        except Exception as exc:
+        except (*NETWORK_ERRORS, AttributeError, RuntimeError) as exc:
             if time.monotonic() + delay > deadline:
                 raise
-            log.warning("delivery_record_retrying", job=job, error=str(exc))
+            log.warning("delivery_record_retrying", job=job, error=type(exc).__name__)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)

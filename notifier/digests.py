@@ -136,20 +136,28 @@ class DigestCloser:
     """Runs a due `#dg:<id>` job: closes the window if its time has come (or re-schedules it)."""
 
     def __init__(self, redis: aioredis.Redis) -> None:
+        self._redis = redis
         self._close = redis.register_script(lua("notifier.scripts", "digest_close.lua"))
 
     async def close(self, digest_id: str, now: datetime, partition: int = 0) -> int:
-        """Events sent in the digest (0: nothing, or not due yet)."""
+        """Events sent in the digest (0: nothing, or not due yet). The window names its
+        pointer (`keys.digest_open`, in the same partition): read first, so that the script
+        declares every key it touches (on a Cluster an undeclared key is not checked against
+        the slot's migration before the script starts)."""
         window, events, data = keys.digest(digest_id, partition)
-        payload = {
-            "due": keys.due(partition),
-            "member": f"{keys.DIGEST_JOB}{digest_id}",
-            "window": window,
-            "events": events,
-            "data": data,
-            "now": int(now.timestamp() * 1000),
-            "stream": keys.requests(partition),
-            "field": REQUEST_FIELD,
-            "marker": keys.DIGEST_FIELD,
-        }
-        return int(await self._close(keys=[window], args=[orjson.dumps(payload)]))
+        payload = orjson.dumps(
+            {
+                "member": f"{keys.DIGEST_JOB}{digest_id}",
+                "now": int(now.timestamp() * 1000),
+                "field": REQUEST_FIELD,
+                "marker": keys.DIGEST_FIELD,
+            }
+        )
+        while True:
+            pointer = await self._redis.hget(window, "pointer")
+            declared = [window, events, data, keys.due(partition), keys.requests(partition)]
+            sent = int(
+                await self._close(keys=declared + ([pointer] if pointer else []), args=[payload])
+            )
+            if sent >= 0:
+                return sent

@@ -8,7 +8,8 @@ owns, every delivery still to come (held, pending, retrying, waiting to escalate
 out of `nt:due`), and the user's throttle logs and open digest windows.
 Kept: delivery statuses until they expire, without the user id, addresses or
 rendered content, and the hourly analytics counts (type, medium, status: no user in them).
-One script, so a delivery claimed meanwhile finds its job gone instead of half an erasure.
+One script, so a delivery claimed meanwhile finds its job gone instead of half an erasure; it
+is given every key it touches (read first, again if they changed), as a Cluster needs.
 Partitioned (notifier/keys.py), the user's channel history and the workflow sessions live in
 other slots: they go right after that script, the sessions one shard at a time."""
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -55,12 +57,47 @@ class Erasure:
             "digest_job": keys.DIGEST_JOB,
         }
         payload = orjson.dumps(body)
-        cancelled = int(await self._erase(keys=[keys.due(partition)], args=[payload]))
+        while True:  # again if the user's keys changed between the reads and the script
+            declared = await self._keys_of(body)
+            cancelled = int(await self._erase(keys=declared, args=[payload]))
+            if cancelled >= 0:
+                break
         if keys.layout().tagged:  # the user's channel and sessions are in other slots
             await self._redis.delete(*_channel_keys(user_id))
             for shard in keys.partitions():
                 await self._forget(keys=[keys.sessions(shard)], args=[user_id])
         return cancelled
+
+    async def _keys_of(self, body: dict[str, Any]) -> list[str]:
+        """Every key erase.lua touches, found the way it finds them (its partition's due set
+        first: it routes the script), so that all are declared."""
+        found = [body["due"], body["prefs"], body["index"], *body["delete"]]
+        if body["sessions"]:
+            found.append(body["sessions"])
+        ids = [str(i) for i in await self._redis.zrange(body["index"], 0, -1)]
+        if not ids:
+            return found
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for notification_id in ids:
+                pipe.hmget(body["prefix"] + notification_id, ["th", "dg"])
+            fields: list[list[str | None]] = await pipe.execute()
+        windows = []
+        for notification_id, (throttle, digest) in zip(ids, fields, strict=True):
+            found += [body["prefix"] + notification_id, body["timeline"] + notification_id]
+            if throttle:
+                found.append(throttle)
+            if digest:
+                where = orjson.loads(digest)
+                window = where["events"].removesuffix(":ev")
+                found += [window, where["events"], where["data"]]
+                windows.append(window)
+        if windows:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for window in windows:
+                    pipe.hget(window, "pointer")
+                pointers: list[str | None] = await pipe.execute()
+            found += [pointer for pointer in pointers if pointer]
+        return list(dict.fromkeys(found))
 
     async def _leave_topics(self, user_id: str) -> None:
         """Out of every topic's subscribers, then the user's own set of topics (each topic is

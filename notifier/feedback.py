@@ -1,10 +1,12 @@
 """Providers' feedback in Redis: reports on deliveries, the email suppression list, the map
 from Twilio's message sids to notifications, and what makes each provider event count once.
 
-Each event is applied in one WATCHed MULTI that also marks it applied (`keys.provider_event`,
-in the notification's partition, so the MULTI stays in one Cluster slot), so a provider that
-sends an event twice, or two notifiers taking it at once, change the status and the analytics
-once. A suppression (a key of its own, by address) is set just before: a repeat sets it again,
+Each event is applied by one script that also marks it applied (feedback_apply.lua;
+`keys.provider_event` is in the notification's partition, so the script stays in one Cluster
+slot), so a provider that sends an event twice, or two notifiers taking it at once, change the
+status and the analytics once. Which report wins is decided here (notifier/feedback_report.py)
+on what was read; the script writes only if that is still what is kept, else it is read again.
+A suppression (a key of its own, by address) is set just before: a repeat sets it again,
 harmlessly. The suppression list holds the SHA-256 of an address, never the
 address: it tells whether an address bounced, and nothing else."""
 
@@ -19,13 +21,14 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 from archmesh_client.notifications import Medium
-from redis.exceptions import RedisError, WatchError
+from redis.exceptions import RedisError
 
 from notifier import analytics, keys
 from notifier.feedback_report import Report, field_of, supersedes
 from notifier.metrics import NotifierMetrics
 from notifier.settings import NotifierSettings
 from shared.logging import get_logger
+from shared.lua import lua
 
 log = get_logger(__name__)
 
@@ -64,6 +67,7 @@ class ProviderFeedback:
         self._metrics = metrics
         self._clock = clock
         self._track_sms = track_sms
+        self._apply = redis.register_script(lua("notifier.scripts", "feedback_apply.lua"))
 
     @classmethod
     def from_settings(
@@ -157,42 +161,44 @@ class ProviderFeedback:
             await self._redis.set(
                 keys.suppressed_email(address_hash(suppress)), orjson.dumps(entry)
             )
+        now = self._clock()
         while True:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                try:
-                    await pipe.watch(marker, *([key] if key else []))
-                    # GET, not EXISTS: redis-py's Cluster pipeline does not run a multi-key
-                    # command such as EXISTS at once after WATCH (it hands back the pipeline).
-                    if await pipe.get(marker) is not None:
-                        return Applied.DUPLICATE
-                    kind, old = await _delivery(pipe, key, medium)
-                    change = kind is not None and supersedes(report, old)
-                    pipe.multi()  # type: ignore[no-untyped-call]
-                    pipe.set(marker, "1", ex=self._retention)
-                    if change and key is not None and kind is not None:
-                        pipe.hset(key, field_of(medium), report.model_dump_json())
-                        if report.status is not None:
-                            now = self._clock()
-                            status = report.status.value
-                            analytics.count(
-                                pipe, now, kind, medium.value, status, partition=partition
-                            )
-                    await pipe.execute()
-                except WatchError:
-                    continue
-            break
-        if change and report.status is not None:
-            self._metrics.deliveries.labels(medium.value, report.status.value).inc()
+            kind, kept = await self._delivery(key, medium)
+            old = None if kept is None else Report.model_validate_json(kept)
+            change = kind is not None and supersedes(report, old)
+            counted = report.status.value if change and report.status is not None else None
+            written = [marker]
+            if key is not None:
+                written += [key, keys.stats(analytics.hour_of(now), partition)]
+            done = await self._apply(
+                keys=written,
+                args=[
+                    self._retention,
+                    f"ch:{medium.value}",
+                    field_of(medium),
+                    "0" if kind is None else "1" + (kept or ""),
+                    report.model_dump_json() if change else "",
+                    analytics.field(kind, medium.value, counted) if kind and counted else "",
+                    analytics.RETENTION_SECONDS,
+                ],
+            )
+            if int(done) >= 0:
+                break
+        if int(done) == 0:
+            return Applied.DUPLICATE
+        if counted is not None:
+            self._metrics.deliveries.labels(medium.value, counted).inc()
         if kind is None:
             return Applied.UNMATCHED
         return Applied.RECORDED if change else Applied.UNCHANGED
 
-
-async def _delivery(pipe: Any, key: str | None, medium: Medium) -> tuple[str | None, Report | None]:
-    """The notification's type (None: no such delivery) and the report kept on it."""
-    if key is None:
-        return None, None
-    meta, delivery, kept = await pipe.hmget(key, ["meta", f"ch:{medium.value}", field_of(medium)])
-    if meta is None or delivery is None:
-        return None, None
-    return orjson.loads(meta)["type"], None if kept is None else Report.model_validate_json(kept)
+    async def _delivery(self, key: str | None, medium: Medium) -> tuple[str | None, str | None]:
+        """The notification's type (None: no such delivery) and the report kept on it (raw)."""
+        if key is None:
+            return None, None
+        meta, delivery, kept = await self._redis.hmget(
+            key, ["meta", f"ch:{medium.value}", field_of(medium)]
+        )
+        if meta is None or delivery is None:
+            return None, None
+        return str(orjson.loads(meta)["type"]), None if kept is None else str(kept)

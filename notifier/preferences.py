@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import WatchError
 
 from notifier import keys
 from notifier.schemas import ChannelSwitches, Preferences, PreferencesPatch
+from shared.lua import lua
 
 
 def critical_switched_off(
@@ -37,6 +37,7 @@ def critical_switched_off(
 class PreferenceStore:
     def __init__(self, redis: aioredis.Redis) -> None:
         self._redis = redis
+        self._save = redis.register_script(lua("notifier.scripts", "preferences_save.lua"))
 
     async def get(self, user_id: str) -> Preferences | None:
         """None when the user never saved any (callers use `Preferences()` then)."""
@@ -74,17 +75,13 @@ class PreferenceStore:
         await self._update(user_id, prune)
 
     async def _update(self, user_id: str, change: Any) -> Preferences:
+        """Read, change, and save only if nothing was saved in between (else again): one
+        compare-and-set script on the user's one key, no WATCH."""
         key = keys.preferences(user_id)
         while True:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                try:
-                    await pipe.watch(key)
-                    raw = await pipe.get(key)
-                    current = Preferences() if raw is None else Preferences.model_validate_json(raw)
-                    updated: Preferences = change(current)
-                    pipe.multi()  # type: ignore[no-untyped-call]
-                    pipe.set(key, updated.model_dump_json())
-                    await pipe.execute()
-                    return updated
-                except WatchError:
-                    continue
+            raw = await self._redis.get(key)
+            current = Preferences() if raw is None else Preferences.model_validate_json(raw)
+            updated: Preferences = change(current)
+            seen = "0" if raw is None else "1" + str(raw)
+            if await self._save(keys=[key], args=[seen, updated.model_dump_json()]):
+                return updated

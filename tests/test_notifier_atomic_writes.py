@@ -1,0 +1,245 @@
+"""The notifier's read-decide-write steps, each one Lua script in one slot, raced on a real
+Redis and on the real 3-master Cluster: a delivery's record against the user's erasure (the
+erasure's cancel wins, a message that went out is still recorded `sent`, an erased address is
+never written back), a record retried after its reply was lost, two providers' reports on one
+delivery, concurrent preference saves; and an erasure's keys, all declared to its script.
+Each race runs many times at once, in both orders, so a lost update fails it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+from archmesh_client.notifications import Medium
+from archmesh_client.request_stream import Partitioning
+
+from notifier import analytics, keys, status
+from notifier.app import connect_store
+from notifier.cancellation import Canceller
+from notifier.deliveries import Deliverer, RetryPolicy, Senders
+from notifier.digests import DigestCloser
+from notifier.erasure import Erasure
+from notifier.escalation import StepGate
+from notifier.feedback import Applied, ProviderFeedback, event_hash
+from notifier.feedback_report import Report, field_of
+from notifier.metrics import NotifierMetrics
+from notifier.preferences import PreferenceStore
+from notifier.schemas import ChannelDelivery, DeliveryState, Preferences, PreferencesPatch
+from notifier.status import StatusStore
+from tests.servers import RedisCluster, RedisServer
+
+pytestmark = pytest.mark.redis
+
+NOW = datetime(2026, 1, 15, 12, tzinfo=UTC)
+RACES = 24
+
+
+@pytest.fixture(params=["redis", "cluster"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[aioredis.Redis]:
+    """The notifier's client and key layout on one Redis (untagged) or the Cluster (tagged
+    partitions, as the notifier runs there)."""
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        url, layout = server.url, Partitioning()
+    else:
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        url, layout = cluster.url, Partitioning.of(0, cluster=True)
+    before = keys.layout()
+    keys.use(layout)
+    redis = connect_store(url)
+    # One call first, as the notifier's start makes: redis-py 8.1's Cluster client, fresh,
+    # fails a few of many first calls at once (AttributeError while it learns the slots).
+    await redis.get("nt:warm")
+    try:
+        yield redis
+    finally:
+        await redis.aclose()
+        keys.use(before)
+
+
+def clock() -> datetime:
+    return NOW
+
+
+def deliverer(redis: aioredis.Redis) -> Deliverer:
+    preferences = PreferenceStore(redis)
+    steps = StepGate(redis, preferences, Canceller(redis), clock)
+    policy = RetryPolicy(max_attempts=3, base=0.05, cap=0.2, lease=30.0, push_ttl=60)
+    return Deliverer(
+        redis,
+        StatusStore(redis),
+        preferences,
+        Senders(),
+        policy,
+        NotifierMetrics(),
+        clock,
+        steps,
+        DigestCloser(redis),
+    )
+
+
+async def seed(
+    redis: aioredis.Redis, user: str, address: str, medium: Medium = Medium.EMAIL
+) -> tuple[int, dict[str, Any], dict[str, Any]]:
+    """One notification of `user`'s with its `medium` step pending and due, as commit.lua
+    leaves it, and the user's saved address: (partition, meta, job)."""
+    partition = keys.of_user(user)
+    nid = f"n-{user}"
+    meta = {"id": nid, "user_id": user, "type": "mention", "created_at": NOW.isoformat()}
+    pending = ChannelDelivery(status=DeliveryState.PENDING, updated_at=NOW)
+    job = {"targets": [address], "content": {"subject": "s", "text": "t"}}
+    fields = status.fields_of(meta, {medium: pending}, {medium: job})
+    await redis.hset(keys.notification(nid, partition), mapping=fields)
+    ms = int(NOW.timestamp() * 1000)
+    await redis.zadd(keys.user_notifications(user), {nid: ms})
+    await redis.zadd(keys.due(partition), {f"{nid}|{medium.value}": ms})
+    contacts = {"email": address} if medium is Medium.EMAIL else {"phone": address}
+    prefs = Preferences.model_validate({"contacts": contacts})
+    await redis.set(keys.preferences(user), prefs.model_dump_json())
+    return partition, meta, job
+
+
+async def in_both_orders(steps: list[tuple[Any, Any]]) -> list[list[Any]]:
+    """Run each pair at once, every other one started in the other order."""
+    pairs = [list(pair) if i % 2 else list(reversed(pair)) for i, pair in enumerate(steps)]
+    return [list(r) for r in await asyncio.gather(*(asyncio.gather(*p) for p in pairs))]
+
+
+@pytest.mark.parametrize(("outcome", "left"), [("retrying", "cancelled"), ("sent", "sent")])
+async def test_an_erasure_racing_a_deliverys_record_wins_and_the_address_never_comes_back(
+    store: aioredis.Redis, outcome: str, left: str
+) -> None:
+    deliver, erasure = deliverer(store), Erasure(store, clock)
+    users = [f"er-{outcome}-{i}" for i in range(RACES)]
+    seeded = {user: await seed(store, user, f"{user}@example.com") for user in users}
+
+    async def record(user: str) -> bool:
+        partition, meta, job = seeded[user]
+        retrying = outcome == "retrying"
+        delivery = ChannelDelivery(
+            status=DeliveryState(outcome),
+            attempts=1,
+            updated_at=NOW,
+            last_error="timed out" if retrying else None,
+            next_attempt_at=NOW + timedelta(seconds=30) if retrying else None,
+        )
+        work = {**job, "targets": job["targets"] if retrying else []}
+        member = f"{meta['id']}|email"
+        return await deliver._write(partition, member, meta, Medium.EMAIL, delivery, work, NOW)
+
+    await in_both_orders([(record(user), erasure.erase(user)) for user in users])
+    for user in users:
+        partition, meta, _ = seeded[user]
+        stored = await store.hgetall(keys.notification(meta["id"], partition))
+        assert "job:email" not in stored, stored
+        assert all(f"{user}@example.com" not in value for value in stored.values()), stored
+        assert await store.zscore(keys.due(partition), f"{meta['id']}|email") is None
+        assert ChannelDelivery.model_validate_json(stored["ch:email"]).status == left
+
+
+async def test_a_record_retried_after_its_reply_was_lost_is_written_once(
+    store: aioredis.Redis,
+) -> None:
+    deliver = deliverer(store)
+    partition, meta, job = await seed(store, "again", "again@example.com")
+    delivery = ChannelDelivery(status=DeliveryState.SENT, attempts=1, updated_at=NOW)
+    work = {**job, "targets": []}
+    for _ in range(2):  # the first reply lost: the same record again
+        assert await deliver._write(
+            partition, f"{meta['id']}|email", meta, Medium.EMAIL, delivery, work, NOW
+        )
+    assert await store.llen(keys.timeline(meta["id"], partition)) == 1
+    counts = await store.hgetall(keys.stats(analytics.hour_of(NOW), partition))
+    assert counts == {analytics.field("mention", "email", "sent"): "1"}
+    assert await store.zscore(keys.due(partition), f"{meta['id']}|email") is None
+
+
+async def test_two_reports_racing_on_one_delivery_keep_the_higher_and_count_each_once(
+    store: aioredis.Redis,
+) -> None:
+    """`delivered` and `failed` for the same email at once: `failed` (the higher rank) is kept
+    whatever the order, and each is counted only if it was recorded."""
+    metrics = NotifierMetrics()
+    feedback = ProviderFeedback(store, 3600, metrics, clock, track_sms=False)
+    seeded = [await seed(store, f"fb-{i}", f"fb-{i}@example.com") for i in range(RACES)]
+
+    async def report(nid: str, state: DeliveryState) -> Applied:
+        said = Report(status=state, provider_status=state.value, at=NOW)
+        return await feedback.apply(event_hash("t", nid, state), nid, Medium.EMAIL, said)
+
+    results = await in_both_orders(
+        [
+            (report(m["id"], DeliveryState.DELIVERED), report(m["id"], DeliveryState.FAILED))
+            for _, m, _ in seeded
+        ]
+    )
+    delivered = 0
+    for (partition, meta, _), pair in zip(seeded, results, strict=True):
+        # Started in either order; `failed` is recorded in every one.
+        assert Applied.RECORDED in pair
+        delivered += sum(1 for r in pair if r is Applied.RECORDED) - 1
+        kept = await store.hget(keys.notification(meta["id"], partition), field_of(Medium.EMAIL))
+        assert kept is not None
+        assert Report.model_validate_json(kept).status is DeliveryState.FAILED
+    counts: dict[str, int] = {}
+    for partition in {p for p, _, _ in seeded}:
+        stats = await store.hgetall(keys.stats(analytics.hour_of(NOW), partition))
+        for name, value in stats.items():
+            counts[name] = counts.get(name, 0) + int(value)
+    assert counts.get(analytics.field("mention", "email", "failed")) == RACES
+    assert counts.get(analytics.field("mention", "email", "delivered"), 0) == delivered
+
+    def sample(state: str) -> float:
+        value = metrics.registry.get_sample_value(
+            "archmesh_notifier_deliveries_total", {"channel": "email", "status": state}
+        )
+        return value or 0.0
+
+    assert (sample("failed"), sample("delivered")) == (RACES, delivered)
+    # Each event once: again, every one is a duplicate.
+    again = [await report(m["id"], DeliveryState.FAILED) for _, m, _ in seeded]
+    assert set(again) == {Applied.DUPLICATE}
+
+
+async def test_concurrent_preference_changes_are_all_kept(store: aioredis.Redis) -> None:
+    preferences = PreferenceStore(store)
+    patches = [
+        PreferencesPatch.model_validate({"channels": {f"type{i}": {"email": False}}})
+        for i in range(RACES)
+    ]
+    await asyncio.gather(*(preferences.patch("many", patch) for patch in patches))
+    saved = await preferences.get("many")
+    assert saved is not None
+    assert {f"type{i}" for i in range(RACES)} <= set(saved.channels)
+
+
+async def test_an_erasure_declares_and_removes_the_users_digest_window_and_throttle_log(
+    store: aioredis.Redis,
+) -> None:
+    """What erase.lua finds through a notification's hash (its throttle log, its open digest
+    window and the window's pointer) is declared to it, so it runs on a Cluster, and goes."""
+    partition, meta, _ = await seed(store, "dg-user", "dg@example.com")
+    window, events, data = keys.digest("dg-1", partition)
+    pointer = keys.digest_open("dg-user|mention|", "dg-user")
+    throttle = keys.throttle("dg-user|mention", "dg-user")
+    await store.hset(
+        keys.notification(meta["id"], partition),
+        mapping={"th": throttle, "dg": orjson.dumps({"events": events, "data": data}).decode()},
+    )
+    await store.hset(window, mapping={"id": "dg-1", "pointer": pointer, "closes": 1})
+    await store.zadd(events, {meta["id"]: 1})
+    await store.hset(data, meta["id"], '{"title": "dg@example.com"}')
+    await store.set(pointer, "dg-1")
+    await store.zadd(throttle, {meta["id"]: 1})
+    await store.zadd(keys.due(partition), {f"{keys.DIGEST_JOB}dg-1": 1})
+    assert await Erasure(store, clock).erase("dg-user") == 1
+    for key in (window, events, data, pointer, throttle, keys.preferences("dg-user")):
+        assert not await store.exists(key), key
+    assert await store.zrange(keys.due(partition), 0, -1) == []
+    stored = await store.hgetall(keys.notification(meta["id"], partition))
+    assert {"th", "dg", "job:email"}.isdisjoint(stored)
