@@ -1,5 +1,6 @@
 """Providers' feedback in Redis: reports on deliveries, the email suppression list, the map
-from Twilio's message sids to notifications, and what makes each provider event count once.
+from Twilio's message sids to notifications (holding a status callback that comes before its
+sid is stored), and what makes each provider event count once.
 
 Each event is applied by one script that also marks it applied (feedback_apply.lua;
 `keys.provider_event` is in the notification's partition, so the script stays in one Cluster
@@ -21,7 +22,6 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 from archmesh_client.notifications import Medium
-from redis.exceptions import RedisError
 
 from notifier import analytics, keys
 from notifier.feedback_report import Report, field_of, supersedes
@@ -29,6 +29,7 @@ from notifier.metrics import NotifierMetrics
 from notifier.settings import NotifierSettings
 from shared.logging import get_logger
 from shared.lua import lua
+from shared.redis_calls import NETWORK_ERRORS
 
 log = get_logger(__name__)
 
@@ -40,6 +41,11 @@ class Applied(StrEnum):
     UNCHANGED = "unchanged"  # taken, but a report of equal or higher rank is kept already
     UNMATCHED = "unmatched"  # no such delivery (unknown, or its status expired)
     DUPLICATE = "duplicate"  # this event was applied before
+    HELD = "held"  # an SMS whose sid is not stored yet: applied when it is (or expires)
+
+
+SMS_EARLY_HOLD = 3600  # seconds a status callback that came before its SMS's sid is kept
+SMS_EARLY_MAX = 10  # callbacks kept per sid (Twilio sends a few final ones at most)
 
 
 def address_hash(address: str) -> str:
@@ -68,6 +74,8 @@ class ProviderFeedback:
         self._clock = clock
         self._track_sms = track_sms
         self._apply = redis.register_script(lua("notifier.scripts", "feedback_apply.lua"))
+        self._sms_sent = redis.register_script(lua("notifier.scripts", "sms_sent.lua"))
+        self._sms_callback = redis.register_script(lua("notifier.scripts", "sms_callback.lua"))
 
     @classmethod
     def from_settings(
@@ -92,25 +100,48 @@ class ProviderFeedback:
         return f"address suppressed since {found['at']}: {found['reason']}"
 
     async def sms_sent(self, sid: str, notification_id: str) -> None:
-        """Remember which notification an accepted SMS belongs to. Never raises: the SMS is
-        out, and a failure here must not make the deliverer send it again (its callbacks are
-        then `unmatched`)."""
+        """Remember which notification an accepted SMS belongs to, and apply the status
+        callbacks that came before this (held by `sms_status`). Never raises: the SMS is out,
+        and a failure here must not make the deliverer send it again (its callbacks are then
+        held until they expire)."""
         if not self._track_sms:
             return
         value = f"{notification_id}|{Medium.SMS.value}"
+        mapped, early = keys.sms_message(sid), keys.sms_early(sid)
         try:
-            await self._redis.set(keys.sms_message(sid), value, ex=self._retention)
-        except RedisError as exc:
+            held = await self._sms_sent(keys=[mapped, early], args=[value, self._retention])
+            for raw in held:
+                callback = orjson.loads(raw)
+                report = Report.model_validate_json(callback["report"])
+                applied = await self.apply(callback["event"], notification_id, Medium.SMS, report)
+                log.info("sms_status", status=report.provider_status, outcome=applied.value)
+            if held:  # each applied once (by its event), so deleting them last loses none
+                await self._redis.delete(early)
+        except NETWORK_ERRORS as exc:
             log.warning(
                 "sms_sid_not_stored", notification=notification_id, error=type(exc).__name__
             )
 
     # -- what webhooks ask ---------------------------------------------------------------------
 
-    async def sms_delivery(self, sid: str) -> str | None:
-        """The notification an SMS sid was sent for, while its status lives."""
-        raw = await self._redis.get(keys.sms_message(sid))
-        return None if raw is None else str(raw).rpartition("|")[0]
+    async def sms_status(self, sid: str, event: str, report: Report) -> Applied:
+        """Apply a status callback to the SMS sent as `sid`, or hold it (`HELD`) until the
+        deliverer stores the sid (`sms_sent`): Twilio may call back before its reply to the
+        send has reached us. Held callbacks expire after `SMS_EARLY_HOLD`."""
+        held = orjson.dumps({"event": event, "report": report.model_dump_json()})
+        found = await self._sms_callback(
+            keys=[keys.sms_message(sid), keys.sms_early(sid)],
+            args=[held, SMS_EARLY_HOLD, SMS_EARLY_MAX],
+        )
+        if found is None:  # an SMS sent by a notifier before the map was tagged
+            found = await self._redis.get(keys.sms_message_untagged(sid))
+        if found is None:
+            return Applied.HELD
+        return await self.apply(event, str(found).rpartition("|")[0], Medium.SMS, report)
+
+    def refused(self, provider: str, reason: str) -> None:
+        """Count a webhook request refused (see `NotifierMetrics.webhooks_refused`)."""
+        self._metrics.webhooks_refused.labels(provider, reason).inc()
 
     async def meta(self, notification_id: str) -> dict[str, Any] | None:
         found = await self._find(notification_id)

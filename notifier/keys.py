@@ -253,5 +253,18 @@ def webhook_signature(signature: str) -> str:
 
 def sms_message(sid: str) -> str:
     """Twilio's MessageSid -> `<notification id>|sms`, kept for the status retention, so a
-    status callback finds its delivery."""
+    status callback finds its delivery. Tagged by the sid, to share a slot with
+    `sms_early(sid)` (the two are changed in one script)."""
+    return f"nt:sms:{{{sid}}}"
+
+
+def sms_early(sid: str) -> str:
+    """List: the status callbacks of an SMS that came before its sid was stored (Twilio can
+    call back before its reply to the send has reached us), applied when it is."""
+    return f"{sms_message(sid)}:early"
+
+
+def sms_message_untagged(sid: str) -> str:
+    """Where `sms_message` was before it was tagged: still read, for the SMS sent by an
+    older notifier (kept for the status retention; nothing writes it any more)."""
     return f"nt:sms:{sid}"

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+# Why each provider's webhook refuses a request (Twilio's signature carries no timestamp).
+WEBHOOK_REFUSALS = {
+    "email": ("signature", "stale", "replayed", "malformed"),
+    "twilio": ("signature", "malformed"),
+}
+
 
 class NotifierMetrics:
     def __init__(self) -> None:
@@ -63,6 +69,16 @@ class NotifierMetrics:
             "External deliveries waiting (due now, retrying or held)",
             registry=r,
         )
+        self.webhooks_refused = Counter(
+            "archmesh_notifier_webhooks_refused",
+            "Providers' webhook requests refused, by provider (email, twilio) and reason "
+            "(signature, stale, replayed, malformed)",
+            ["provider", "reason"],
+            registry=r,
+        )
+        for provider, reasons in WEBHOOK_REFUSALS.items():  # zero until one is refused
+            for reason in reasons:
+                self.webhooks_refused.labels(provider, reason)
         self.send_seconds = Histogram(
             "archmesh_notifier_send_seconds",
             "Time to hand one message to an external channel",

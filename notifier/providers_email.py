@@ -5,7 +5,8 @@ posts signed batches of events (notifier/feedback_signature.py). A hard bounce m
 delivery `bounced` and suppresses the address; a soft bounce is noted on the delivery; a
 complaint switches that type's email off for that user, as a one-click unsubscribe does; a
 delivery receipt marks it `delivered`. Each event is applied once (by its `id`), however often
-it is sent."""
+it is sent. A refused request is counted by reason (`archmesh_notifier_webhooks_refused_total`:
+signature, stale, replayed, malformed)."""
 
 from __future__ import annotations
 
@@ -97,6 +98,16 @@ class EventsApplied(BaseModel):
     results: list[EventOutcome]
 
 
+class Refused(Exception):
+    """A request refused before any event was applied: why (the metric's `reason`) and the
+    answer."""
+
+    def __init__(self, reason: str, error: ApiError) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.error = error
+
+
 class EmailEventsApi:
     def __init__(
         self,
@@ -127,22 +138,34 @@ class EmailEventsApi:
         tag="providers",
     )
     async def events(self, request: Request) -> Response:
-        body = await _read(request)
+        try:
+            return await self._events(request)
+        except Refused as refused:
+            log.warning("email_events_refused", reason=refused.reason)
+            self._feedback.refused("email", refused.reason)
+            raise refused.error from None
+
+    async def _events(self, request: Request) -> Response:
+        try:
+            body = await _read(request)
+        except ApiError as exc:
+            raise Refused("malformed", exc) from None
         try:
             signed = verify(
                 self._secret, request.headers.get(HEADER, ""), body, time.time(), self._tolerance
             )
         except SignatureError as exc:
-            log.warning("email_events_refused", reason="signature")
-            raise ApiError(401, "invalid_signature", str(exc)) from None
+            raise Refused("signature", ApiError(401, "invalid_signature", str(exc))) from None
         except StaleSignature as exc:
-            log.warning("email_events_refused", reason="stale")
-            raise ApiError(400, "stale_signature", str(exc)) from None
-        batch = _parse(body)
+            raise Refused("stale", ApiError(400, "stale_signature", str(exc))) from None
+        try:
+            batch = _parse(body)
+        except ApiError as exc:
+            raise Refused("malformed", exc) from None
         # Remembered past the tolerance on both sides of now: until no clock can take it.
         if not await self._feedback.take_signature(signed.signature, 2 * self._tolerance + 1):
-            log.warning("email_events_refused", reason="replayed")
-            raise ApiError(409, "replayed", "this signed request was taken already")
+            error = ApiError(409, "replayed", "this signed request was taken already")
+            raise Refused("replayed", error)
         try:
             results = [EventOutcome(id=e.id, outcome=await self._apply(e)) for e in batch.events]
         except Exception:

@@ -6,7 +6,10 @@ the exact URL it called and the sorted form parameters, base64); the twilio libr
 `RequestValidator` checks it against the public URL, never the URL the request arrived at
 (behind a proxy the two differ, and the client controls the Host). Only final statuses are
 recorded: `delivered`, and `undelivered` or `failed` (as `failed`, with Twilio's ErrorCode);
-`queued`, `sending` and `sent` change nothing, so a late `sent` never undoes `delivered`."""
+`queued`, `sending` and `sent` change nothing, so a late `sent` never undoes `delivered`.
+A callback for a sid not stored yet is held and applied when the deliverer stores it
+(notifier/feedback.py), not lost. Refused requests are counted by reason
+(`archmesh_notifier_webhooks_refused_total`)."""
 
 from __future__ import annotations
 
@@ -14,7 +17,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
-from archmesh_client.notifications import Medium
 from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -47,8 +49,9 @@ _FINAL = {
 
 class StatusTaken(BaseModel):
     """`outcome`: `recorded`, `unchanged` (not a final status, or one is kept already),
-    `unmatched` (a message this notifier does not know, or whose status expired) or
-    `duplicate` (this very callback came before)."""
+    `unmatched` (a message whose status expired), `duplicate` (this very callback came
+    before) or `held` (a message whose sid the notifier has not stored yet: applied when it
+    is, as Twilio can call back before its answer to the send reaches the notifier)."""
 
     outcome: Applied
 
@@ -89,18 +92,22 @@ class TwilioStatusApi:
         tag="providers",
     )
     async def status(self, request: Request) -> Response:
-        form = await _form(request)
+        try:
+            form = await _form(request)
+        except ApiError:
+            self._feedback.refused("twilio", "malformed")
+            raise
         url = self._url + (f"?{request.url.query}" if request.url.query else "")
         signature = request.headers.get(SIGNATURE_HEADER, "")
         # The auth token's HMAC-SHA1, pinned: the library's settings header is not read.
         if not signature or not self._validator.validate(url, form, signature):
             log.warning("twilio_callback_refused", reason="signature")
+            self._feedback.refused("twilio", "signature")
             raise ApiError(403, "invalid_signature", f"{SIGNATURE_HEADER} does not match")
         sid, state = form.first("MessageSid"), form.first("MessageStatus")
         final = _FINAL.get(state)
         if not sid or final is None:
             return _taken(Applied.UNCHANGED)
-        notification = await self._feedback.sms_delivery(sid)
         code = form.first("ErrorCode") or None
         reason = None
         if final is DeliveryState.FAILED:
@@ -108,9 +115,7 @@ class TwilioStatusApi:
         report = Report(
             status=final, provider_status=state, code=code, reason=reason, at=self._clock()
         )
-        applied = await self._feedback.apply(
-            event_hash("twilio", sid, state), notification, Medium.SMS, report
-        )
+        applied = await self._feedback.sms_status(sid, event_hash("twilio", sid, state), report)
         log.info("sms_status", status=state, code=code, outcome=applied.value)
         return _taken(applied)
 

@@ -2,8 +2,8 @@
 Redis and on the real 3-master Cluster: a delivery's record against the user's erasure (the
 erasure's cancel wins, a message that went out is still recorded `sent`, an erased address is
 never written back), a record retried after its reply was lost, two providers' reports on one
-delivery, concurrent preference saves; and an erasure's keys, all declared to its script.
-Each race runs many times at once, in both orders, so a lost update fails it."""
+delivery, concurrent preference saves, and Twilio's status callback against the storing of the
+SMS's sid. Each race runs many times at once, in both orders, so a lost update fails it."""
 
 from __future__ import annotations
 
@@ -216,6 +216,45 @@ async def test_concurrent_preference_changes_are_all_kept(store: aioredis.Redis)
     saved = await preferences.get("many")
     assert saved is not None
     assert {f"type{i}" for i in range(RACES)} <= set(saved.channels)
+
+
+async def test_an_sms_status_callback_is_applied_whether_it_comes_before_or_after_its_sid(
+    store: aioredis.Redis,
+) -> None:
+    feedback = ProviderFeedback(store, 3600, NotifierMetrics(), clock, track_sms=True)
+    delivered = Report(status=DeliveryState.DELIVERED, provider_status="delivered", at=NOW)
+
+    def callback(sid: str) -> Any:
+        return feedback.sms_status(sid, event_hash("twilio", sid, "delivered"), delivered)
+
+    # Before: held, then applied when the sid is stored; Twilio's repeat is a duplicate.
+    partition, meta, _ = await seed(store, "sms-first", "+15005550100", Medium.SMS)
+    sid = "SM" + "0" * 32
+    assert await callback(sid) is Applied.HELD
+    assert await callback(sid) is Applied.HELD  # Twilio retrying: held twice, applied once
+    await feedback.sms_sent(sid, meta["id"])
+    kept = await store.hget(keys.notification(meta["id"], partition), field_of(Medium.SMS))
+    assert kept is not None
+    assert Report.model_validate_json(kept).status is DeliveryState.DELIVERED
+    assert not await store.exists(keys.sms_early(sid))
+    assert await callback(sid) is Applied.DUPLICATE
+
+    # At once, in both orders: never lost.
+    seeded = [await seed(store, f"sms-{i}", f"+1500555{i:04d}", Medium.SMS) for i in range(RACES)]
+    sids = [f"SM{i:032x}" for i in range(1, RACES + 1)]
+    results = await in_both_orders(
+        [
+            (feedback.sms_sent(sid, m["id"]), callback(sid))
+            for sid, (_, m, _) in zip(sids, seeded, strict=True)
+        ]
+    )
+    outcomes = {r for pair in results for r in pair if r is not None}
+    assert outcomes <= {Applied.HELD, Applied.RECORDED}
+    for sid, (partition, meta, _) in zip(sids, seeded, strict=True):
+        kept = await store.hget(keys.notification(meta["id"], partition), field_of(Medium.SMS))
+        assert kept is not None, sid
+        assert Report.model_validate_json(kept).status is DeliveryState.DELIVERED
+        assert not await store.exists(keys.sms_early(sid))
 
 
 async def test_an_erasure_declares_and_removes_the_users_digest_window_and_throttle_log(

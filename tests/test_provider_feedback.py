@@ -217,6 +217,19 @@ async def test_unsigned_forged_stale_replayed_and_malformed_requests_are_refused
     assert first.json()["results"][0]["outcome"] == "recorded"
     assert await post(body, headers) == (409, "replayed")
     assert await counts(stack, "bounced") == 1
+    assert await post(b"{" * (512 * 1024 + 1), signed(b"{")) == (413, "too_large")
+
+    def refused(reason: str) -> float | None:
+        return stack.notifier.metrics.registry.get_sample_value(
+            "archmesh_notifier_webhooks_refused_total", {"provider": "email", "reason": reason}
+        )
+
+    assert {r: refused(r) for r in ("signature", "stale", "replayed", "malformed")} == {
+        "signature": 3,
+        "stale": 1,
+        "replayed": 1,
+        "malformed": 3,
+    }
 
 
 # -- Twilio status callbacks -----------------------------------------------------------------
@@ -308,6 +321,7 @@ def test_a_forged_callback_is_refused_and_changes_nothing(
     sms_notifier: NotifierProcess, twilio: TwilioApi
 ) -> None:
     nid, sms = texted(sms_notifier, twilio, "+15005550103")
+    before = refused_callbacks(sms_notifier)
     forged = twilio.report(sms, "failed", error_code=30008, token="0" * 32)
     assert forged.status_code == 403
     assert forged.json()["error"]["code"] == "invalid_signature"
@@ -316,6 +330,44 @@ def test_a_forged_callback_is_refused_and_changes_nothing(
     assert twilio.report(inside, "failed").status_code == 403
     assert sms_state(sms_notifier, nid)["status"] == "sent"
     assert outcome(twilio.report(sms, "delivered")) == "recorded"  # the real one still counts
+    assert refused_callbacks(sms_notifier) == before + 2
+
+
+def refused_callbacks(notifier: NotifierProcess) -> float:
+    """`archmesh_notifier_webhooks_refused_total{provider="twilio",reason="signature"}`."""
+    name = 'archmesh_notifier_webhooks_refused_total{provider="twilio",reason="signature"}'
+    for line in httpx.get(f"{notifier.http}/metrics", timeout=5).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} is not in the scrape")
+
+
+def test_a_callback_that_comes_before_twilios_answer_is_held_and_applied_with_the_sid(
+    sms_notifier: NotifierProcess, twilio: TwilioApi
+) -> None:
+    """Twilio takes the message and calls back `delivered` before its answer to the send
+    (which carries the sid) reaches the notifier: the callback is held, not lost, and the
+    delivery ends `delivered` once the answer comes."""
+    phone = "+15005550104"
+    twilio.answer_late(phone, 1.5)
+    prefs = {"contacts": {"phone": phone}, "channels": {"default": {"sms": True}}}
+    reply = sms_notifier.request("PUT", "/api/users/late/preferences", json=prefs)
+    assert reply.status_code == 200
+    body = {"user_id": "late", "type": "build_done", "title": "Built", "channels": ["sms"]}
+    nid = sms_notifier.request("POST", "/api/notifications", json=body).json()["id"]
+    wait_until(lambda: any(m.to == phone for m in twilio.messages), timeout=10, what="taken")
+    [sms] = [m for m in twilio.messages if m.to == phone]
+    assert outcome(twilio.report(sms, "delivered")) == "held"  # the answer is still on its way
+    assert outcome(twilio.report(sms, "delivered")) == "held"  # Twilio retrying it
+    wait_until(
+        lambda: sms_state(sms_notifier, nid).get("status") == "delivered",
+        timeout=10,
+        what="the held callback applied",
+    )
+    state = sms_state(sms_notifier, nid)
+    assert (state["provider_status"], state["attempts"]) == ("delivered", 1)
+    assert outcome(twilio.report(sms, "delivered")) == "duplicate"
+    assert len([m for m in twilio.messages if m.to == phone]) == 1
 
 
 async def test_the_same_callback_sent_twice_at_once_is_applied_once(

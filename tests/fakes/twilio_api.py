@@ -65,6 +65,7 @@ class TwilioApi(LoopbackHttpServer):
         self._lock = threading.Condition()
         self._failures: dict[str, tuple[int, int | None, str]] = {}
         self._delays: dict[str, float] = {}
+        self._late: dict[str, float] = {}
         self._messages: list[ReceivedSms] = []
         self._rejected: list[tuple[int, str]] = []
         self._via: str | None = None
@@ -90,6 +91,12 @@ class TwilioApi(LoopbackHttpServer):
     def delay(self, to: str, seconds: float) -> None:
         with self._lock:
             self._delays[to] = seconds
+
+    def answer_late(self, to: str, seconds: float) -> None:
+        """Take messages to `to` at once (they are in `messages`, callbacks can be sent) but
+        answer the send only `seconds` later: Twilio calling back before its reply arrives."""
+        with self._lock:
+            self._late[to] = seconds
 
     def callbacks_via(self, origin: str) -> None:
         """Connect to `origin` (e.g. http://127.0.0.1:8100) for every callback, whatever host
@@ -175,6 +182,9 @@ class TwilioApi(LoopbackHttpServer):
         with self._lock:
             self._messages.append(sms)
             self._lock.notify_all()
+            late = self._late.get(to, 0.0)
+        if late:
+            self.pause(late)
         return self._json(201, _resource(sms))
 
     def _authorized(self, request: Request, sid: str) -> bool:
