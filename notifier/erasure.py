@@ -101,7 +101,10 @@ class Erasure:
 
     async def _leave_topics(self, user_id: str) -> None:
         """Out of every topic's subscribers, then the user's own set of topics (each topic is
-        its own key, in its own slot; the set is removed last, so a retry finds them all)."""
+        its own key, in its own slot; the set is removed last, so a retry finds them all).
+        The user is marked `erasing` first: a subscribe racing this undoes itself
+        (notifier/topics.py says why that covers every order)."""
+        await self._redis.set(keys.user_erasing(user_id), "1", ex=keys.ERASING_SECONDS)
         mine = keys.user_topics(user_id)
         topics = await self._redis.smembers(mine)
         for topic in topics:

@@ -16,6 +16,7 @@ as KEYS[1] (even one that reads its keys from ARGV): that routes it to the slot'
 
 from __future__ import annotations
 
+import hashlib
 from typing import NamedTuple
 
 from archmesh_client import cancellation, topics
@@ -193,6 +194,16 @@ def topic_subscribers(topic: str) -> str:
 def user_topics(user_id: str) -> str:
     """set: the user's topics, so an erasure finds their subscriptions without a scan."""
     return topics.user_topics_key(user_id)
+
+
+def user_erasing(user_id: str) -> str:
+    """Set while a user's erasure runs, and `ERASING_SECONDS` after it (longer than a
+    subscribe in flight takes): a subscribe that finds it undoes itself (notifier/topics.py).
+    Named by the SHA-256 of the user id: what is left after an erasure does not name the user."""
+    return _of(user_id, f"nt:erasing:{hashlib.sha256(user_id.encode()).hexdigest()}")
+
+
+ERASING_SECONDS = 300
 
 
 def fanout(topic: str, request_id: str) -> str:

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from notifier.topics import TooManyTopics
+from notifier.topics import TooManyTopics, UserErased
 from shared.http_errors import ApiError
 from shared.openapi import API_KEY, USER_TOKEN, Param, method_route, operation
 
@@ -96,8 +96,9 @@ class TopicsApi:
 
     @operation(
         "Subscribe a user to a topic (idempotent): requests to the topic reach them",
+        description="409 `user_erased` while the user is being erased (and minutes after).",
         response=Subscription,
-        **_ONE,
+        **{**_ONE, "errors": (403, 409, 422)},
     )
     async def subscribe(self, request: Request) -> Response:
         user_id = self._user(request)
@@ -114,6 +115,8 @@ class TopicsApi:
             )
         except TooManyTopics as exc:
             raise ApiError(422, "too_many_topics", str(exc)) from None
+        except UserErased as exc:
+            raise ApiError(409, "user_erased", str(exc)) from None
         return _json(Subscription(user_id=user_id, topic=topic, subscribed=True, changed=new))
 
     @operation("Unsubscribe a user from a topic (idempotent)", response=Subscription, **_ONE)

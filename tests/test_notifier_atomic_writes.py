@@ -2,8 +2,9 @@
 Redis and on the real 3-master Cluster: a delivery's record against the user's erasure (the
 erasure's cancel wins, a message that went out is still recorded `sent`, an erased address is
 never written back), a record retried after its reply was lost, two providers' reports on one
-delivery, concurrent preference saves, and Twilio's status callback against the storing of the
-SMS's sid. Each race runs many times at once, in both orders, so a lost update fails it."""
+delivery, concurrent preference saves, subscribes against the topic limit and against the
+user's erasure, and Twilio's status callback against the storing of the SMS's sid. Each race
+runs many times at once, in both orders, so a lost update fails it."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from notifier.metrics import NotifierMetrics
 from notifier.preferences import PreferenceStore
 from notifier.schemas import ChannelDelivery, DeliveryState, Preferences, PreferencesPatch
 from notifier.status import StatusStore
+from notifier.topics import TooManyTopics, TopicStore, UserErased
 from tests.servers import RedisCluster, RedisServer
 
 pytestmark = pytest.mark.redis
@@ -104,10 +106,12 @@ async def seed(
     return partition, meta, job
 
 
-async def in_both_orders(steps: list[tuple[Any, Any]]) -> list[list[Any]]:
-    """Run each pair at once, every other one started in the other order."""
+async def in_both_orders(steps: list[tuple[Any, Any]], *, errors: bool = False) -> list[list[Any]]:
+    """Run each pair at once, every other one started in the other order; each pair's results
+    in the order given (`errors`: exceptions among them instead of raised)."""
     pairs = [list(pair) if i % 2 else list(reversed(pair)) for i, pair in enumerate(steps)]
-    return [list(r) for r in await asyncio.gather(*(asyncio.gather(*p) for p in pairs))]
+    done = await asyncio.gather(*(asyncio.gather(*p, return_exceptions=errors) for p in pairs))
+    return [list(r) if i % 2 else list(reversed(r)) for i, r in enumerate(done)]
 
 
 @pytest.mark.parametrize(("outcome", "left"), [("retrying", "cancelled"), ("sent", "sent")])
@@ -282,3 +286,42 @@ async def test_an_erasure_declares_and_removes_the_users_digest_window_and_throt
     assert await store.zrange(keys.due(partition), 0, -1) == []
     stored = await store.hgetall(keys.notification(meta["id"], partition))
     assert {"th", "dg", "job:email"}.isdisjoint(stored)
+
+
+async def test_subscribes_at_once_never_pass_the_users_topic_limit(store: aioredis.Redis) -> None:
+    topic_store = TopicStore(store)
+    replies = await asyncio.gather(
+        *(topic_store.subscribe("busy", f"project:{i}", 5) for i in range(RACES)),
+        return_exceptions=True,
+    )
+    taken = [f"project:{i}" for i, r in enumerate(replies) if r is True]
+    assert len(taken) == 5
+    assert all(isinstance(r, TooManyTopics) for r in replies if r is not True), replies
+    assert sorted(await topic_store.of_user("busy")) == sorted(taken)
+    for topic in taken:
+        assert await store.zscore(keys.topic_subscribers(topic), "busy") == 0
+    # At the limit, a topic followed already is still taken (idempotent).
+    assert await topic_store.subscribe("busy", taken[0], 5) is False
+
+
+async def test_a_subscribe_racing_the_users_erasure_leaves_no_subscription(
+    store: aioredis.Redis,
+) -> None:
+    topic_store, erasure = TopicStore(store), Erasure(store, clock)
+    users = [f"gone-{i}" for i in range(RACES)]
+    results = await in_both_orders(
+        [
+            (topic_store.subscribe(user, "release-train", 100), erasure.erase(user))
+            for user in users
+        ],
+        errors=True,
+    )
+    for user, pair in zip(users, results, strict=True):
+        subscribed, cancelled = pair
+        assert cancelled == 0, pair
+        assert subscribed is True or isinstance(subscribed, UserErased), pair
+        assert await store.zscore(keys.topic_subscribers("release-train"), user) is None
+        assert not await store.exists(keys.user_topics(user))
+    # Until the mark expires, a new subscribe of the erased user is refused.
+    with pytest.raises(UserErased):
+        await topic_store.subscribe(users[0], "release-train", 100)
