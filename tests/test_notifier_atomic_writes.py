@@ -325,3 +325,50 @@ async def test_a_subscribe_racing_the_users_erasure_leaves_no_subscription(
     # Until the mark expires, a new subscribe of the erased user is refused.
     with pytest.raises(UserErased):
         await topic_store.subscribe(users[0], "release-train", 100)
+
+
+async def test_an_erasure_whose_keys_changed_after_it_read_them_reads_them_again(
+    store: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A notification (with its digest window) committed between the erasure's reads of the
+    user's keys and its script: the script, finding a key it was not given, writes nothing
+    and the erasure reads again; the late notification is erased with the rest."""
+    erasure = Erasure(store, clock)
+    await seed(store, "late", "late@example.com")
+    read = erasure._keys_of
+    calls = []
+
+    async def then_commit(body: dict[str, Any]) -> list[str]:
+        found = await read(body)
+        calls.append(found)
+        if len(calls) == 1:  # one more notification, after the reads
+            partition = keys.of_user("late")
+            nid = "n-late-2"
+            window, events, data = keys.digest("dg-late", partition)
+            pending = ChannelDelivery(status=DeliveryState.PENDING, updated_at=NOW)
+            fields = status.fields_of(
+                {"id": nid, "user_id": "late", "type": "mention"},
+                {Medium.EMAIL: pending},
+                {Medium.EMAIL: {"targets": ["late@example.com"], "content": {}}},
+            )
+            fields["dg"] = orjson.dumps({"events": events, "data": data}).decode()
+            await store.hset(keys.notification(nid, partition), mapping=fields)
+            await store.zadd(keys.user_notifications("late"), {nid: 2})
+            pointer = keys.digest_open("late|mention|", "late")
+            await store.hset(window, mapping={"id": "dg-late", "pointer": pointer, "closes": 1})
+            await store.set(pointer, "dg-late")
+        return found
+
+    monkeypatch.setattr(erasure, "_keys_of", then_commit)
+    assert await erasure.erase("late") == 2
+    assert len(calls) == 2
+    partition = keys.of_user("late")
+    window, _, _ = keys.digest("dg-late", partition)
+    assert window not in calls[0]
+    assert window in calls[1]
+    assert not await store.exists(window)
+    assert not await store.exists(keys.digest_open("late|mention|", "late"))
+    for nid in ("n-late", "n-late-2"):
+        stored = await store.hgetall(keys.notification(nid, partition))
+        assert "job:email" not in stored
+        assert ChannelDelivery.model_validate_json(stored["ch:email"]).status == "cancelled"
