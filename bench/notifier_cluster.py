@@ -73,6 +73,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+def waited_seconds(pid: int) -> float:
+    """Time the process's main thread was runnable but waited for its core (schedstat): on
+    a shared machine, what others took from it."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+
+
 @dataclass
 class Process:
     node: str  # its ARCHMESH_NODE_ID, the name its partitions' leases hold
@@ -254,6 +260,7 @@ async def drain(
                     raise RuntimeError(f"requests refused: {result.results}")
             queued = time.perf_counter() - queued
         cpu0 = [cpu_seconds(p.proc.pid) for p in procs]
+        wait0 = [waited_seconds(p.proc.pid) for p in procs]
         redis0 = drive.redis_cpu()
         started = time.perf_counter()
         for p in procs:
@@ -265,6 +272,7 @@ async def drain(
         await until(drained, 300, f"{count} notifications were never all sent")
         seconds = time.perf_counter() - started
         cpu = [cpu_seconds(p.proc.pid) - c for p, c in zip(procs, cpu0, strict=True)]
+        waited = [waited_seconds(p.proc.pid) - w for p, w in zip(procs, wait0, strict=True)]
         redis_cpu = [b - a for a, b in zip(redis0, drive.redis_cpu(), strict=True)]
         held = await drive.holders()
         await asyncio.sleep(1)  # a duplicate would be recorded by now
@@ -278,6 +286,7 @@ async def drain(
         "queue_seconds": round(queued, 2),
         "notifier_cpu": [round(c / seconds, 2) for c in cpu],
         "notifier_cpu_per_1000": round(sum(cpu) / count * 1000, 3),
+        "notifier_waited": [round(w / seconds, 2) for w in waited],
         "redis_cpu": [round(c / seconds, 2) for c in redis_cpu],
         "redis_cpu_per_1000": round(sum(redis_cpu) / count * 1000, 3),
         "sent": recorded,
