@@ -474,6 +474,21 @@ def ratio_of(results: Results, scenario: str, path: str) -> float | None:
     return ours / ref if ours is not None and ref else None
 
 
+def cell(value: Any) -> str:
+    """A figure as the tables show it."""
+    if isinstance(value, bool) or value is None:
+        return "n/a" if value is None else ("yes" if value else "no")
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return fmt(value)
+    if isinstance(value, list):
+        return ", ".join(cell(v) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {cell(v)}" for k, v in value.items())
+    return str(value)
+
+
 def once_table(results: Results, scenario: str, rows: list[tuple[str, str]]) -> str:
     """ArchMesh and the reference side by side, with the ratio; text cells as they are."""
     if not any(results.runs.get(s, {}).get(scenario) for s in ONCE_SYSTEMS):
@@ -487,14 +502,7 @@ def once_table(results: Results, scenario: str, rows: list[tuple[str, str]]) -> 
             value: Any = runs[-1] if runs else None
             for key in path.split("."):
                 value = value.get(key) if isinstance(value, dict) else None
-            if isinstance(value, bool):
-                cells.append("yes" if value else "no")
-            elif isinstance(value, int):
-                cells.append(f"{value:,}")
-            elif isinstance(value, float):
-                cells.append(fmt(value))
-            else:
-                cells.append("n/a" if value is None else str(value))
+            cells.append(cell(value))
         ratio = ratio_of(results, scenario, path)
         shown = f"{ratio:.2f}x" if ratio is not None else ""
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {shown} |")
@@ -616,28 +624,8 @@ def storm3_table(results: Results) -> str:
             value = value.get(key) if isinstance(value, dict) else None
         if path == "live.lost":
             value = f"{value} / {run.get('live', {}).get('duplicates')}"
-        elif isinstance(value, bool) or value is None:
-            value = "n/a" if value is None else ("yes" if value else "no")
-        elif isinstance(value, int):
-            value = f"{value:,}"
-        elif isinstance(value, float):
-            value = fmt(value)
-        lines.append(f"| {label} | {value} |")
+        lines.append(f"| {label} | {cell(value)} |")
     return "\n".join(lines)
-
-
-def cell(value: Any) -> str:
-    if isinstance(value, bool) or value is None:
-        return "n/a" if value is None else ("yes" if value else "no")
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        return fmt(value)
-    if isinstance(value, list):
-        return ", ".join(cell(v) for v in value)
-    if isinstance(value, dict):
-        return ", ".join(f"{k}: {cell(v)}" for k, v in value.items())
-    return str(value)
 
 
 def last_run(results: Results, scenario: str) -> dict[str, Any] | str:
