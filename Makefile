@@ -54,11 +54,14 @@ screenshots: $(STAMP)
 	ARCHMESH_SCREENSHOT_CONSOLE=$(CURDIR)/docs/console.png $(BIN)/pytest -q tests/browser/test_console.py
 
 # Side by side with Node's Socket.IO, python-socketio and broadcaster; installs them into .bench/
-# (ignored by git), needs node, npm and redis-server; writes docs/benchmarks.md (~15 min).
+# (ignored by git), needs node, npm and redis-server; then the notifier alone: one and two
+# notifiers on a 3-master Redis Cluster, a topic of 100,000 subscribers (its time and peak RSS);
+# writes docs/benchmarks.md (~17 min; BENCH_ARGS=--no-notifier-cluster --no-topics skips those).
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
-# One notifier fans a topic of 10,000 then 100,000 subscribers out: the time and its peak RSS.
+# One notifier fans a topic of 10,000 then 100,000 subscribers out: the time and its peak RSS
+# (`make bench` runs the 100,000 alone).
 bench-topics: $(STAMP)
 	$(BIN)/python bench/topic_fanout.py $(BENCH_TOPICS_ARGS)
 

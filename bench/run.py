@@ -14,6 +14,11 @@ Socket.IO only (the reference): they are long, and their ratios are what the tar
 `storm3` runs once, ArchMesh only, last: three gateways behind nginx on their own Redis
 (bench/storm_cluster.py), the one holding 10,000 clients SIGKILLed.
     python3 bench/run.py --systems archmesh --scenarios storm3 --no-write -- --live 200
+`notifier-cluster` and `topics` run once each, ArchMesh only, on their own Redis (issue 15):
+one then two notifier processes draining in-app notifications on a 3-master Redis Cluster
+(bench/notifier_cluster.py), and one notifier fanning a topic of 100,000 subscribers out
+(bench/topic_fanout.py, its time and peak RSS).
+    python3 bench/run.py --systems archmesh --scenarios notifier-cluster,topics --no-write
     python3 bench/run.py --report .bench/results.json   # rewrite the doc from a saved run
 
 Standard library only: it runs before any venv exists.
@@ -56,6 +61,10 @@ ONCE = ("capacity", "storm")
 ONCE_SYSTEMS = ("archmesh", "socketio")
 # ArchMesh alone, once, on its own cluster (three gateways behind nginx, a private Redis).
 STORM3 = "storm3"
+# ArchMesh's notifier alone, once each, on their own Redis (issue 15); no load generator.
+NOTIFIER_CLUSTER = "notifier-cluster"
+TOPICS = "topics"
+NOTIFIER_ONCE = (NOTIFIER_CLUSTER, TOPICS)
 # Not a peer: a bare Node fan-out server that shows how much the load generator can take.
 CEILING = "blast"
 LABELS = {
@@ -288,6 +297,42 @@ def run_storm3(extra: list[str]) -> dict[str, object]:
             cluster.wait()
 
 
+def run_script(name: str, scenario: str, args: list[str], timeout: float) -> dict[str, object]:
+    """A bench/ script run with the project's venv (it imports the notifier), on the load
+    core (it pins what it measures itself); its last line of output is the result. Past
+    `timeout` it gets SIGTERM, on which it stops the servers it started."""
+    venv_python = REPO / ".venv" / "bin" / "python"
+    cmd = ["taskset", "-c", LOAD_CORE, str(venv_python), str(BENCH / name), *args]
+    started = time.monotonic()
+    log_name = f".bench/logs/archmesh-{scenario}.log"
+    with server_log("archmesh", scenario) as err:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=err)
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            stop(proc)
+            proc.communicate()
+            return {"error": f"{name} took more than {timeout:.0f}s; see {log_name}"}
+    lines = out.decode().strip().splitlines()
+    if proc.returncode or not lines:
+        return {"error": f"{name} exited {proc.returncode}; see {log_name}"}
+    result: dict[str, object] = json.loads(lines[-1])
+    result["scenario_seconds"] = round(time.monotonic() - started, 1)
+    return result
+
+
+def run_notifier_cluster(count: int) -> dict[str, object]:
+    """Issue 15: one, then two `archmesh-rt notifier` processes draining `count` in-app
+    notifications on a private 3-master Redis Cluster (bench/notifier_cluster.py)."""
+    return run_script("notifier_cluster.py", NOTIFIER_CLUSTER, ["--count", str(count)], 420)
+
+
+def run_topics(subscribers: int) -> dict[str, object]:
+    """Issue 15: one notifier fans a topic of `subscribers` out (bench/topic_fanout.py)."""
+    args = ["--sizes", str(subscribers), "--json-line"]
+    return run_script("topic_fanout.py", TOPICS, args, 600)
+
+
 def run_notifier(redis_url: str, redis_pid: int, extra: list[str]) -> dict[str, object]:
     """The notifier process under test on core 0; the gateway that delivers its in-app
     notifications on core 1 with the load generator (it has little to do here)."""
@@ -429,6 +474,21 @@ def ratio_of(results: Results, scenario: str, path: str) -> float | None:
     return ours / ref if ours is not None and ref else None
 
 
+def cell(value: Any) -> str:
+    """A figure as the tables show it."""
+    if isinstance(value, bool) or value is None:
+        return "n/a" if value is None else ("yes" if value else "no")
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return fmt(value)
+    if isinstance(value, list):
+        return ", ".join(cell(v) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {cell(v)}" for k, v in value.items())
+    return str(value)
+
+
 def once_table(results: Results, scenario: str, rows: list[tuple[str, str]]) -> str:
     """ArchMesh and the reference side by side, with the ratio; text cells as they are."""
     if not any(results.runs.get(s, {}).get(scenario) for s in ONCE_SYSTEMS):
@@ -442,14 +502,7 @@ def once_table(results: Results, scenario: str, rows: list[tuple[str, str]]) -> 
             value: Any = runs[-1] if runs else None
             for key in path.split("."):
                 value = value.get(key) if isinstance(value, dict) else None
-            if isinstance(value, bool):
-                cells.append("yes" if value else "no")
-            elif isinstance(value, int):
-                cells.append(f"{value:,}")
-            elif isinstance(value, float):
-                cells.append(fmt(value))
-            else:
-                cells.append("n/a" if value is None else str(value))
+            cells.append(cell(value))
         ratio = ratio_of(results, scenario, path)
         shown = f"{ratio:.2f}x" if ratio is not None else ""
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {shown} |")
@@ -571,14 +624,85 @@ def storm3_table(results: Results) -> str:
             value = value.get(key) if isinstance(value, dict) else None
         if path == "live.lost":
             value = f"{value} / {run.get('live', {}).get('duplicates')}"
-        elif isinstance(value, bool) or value is None:
-            value = "n/a" if value is None else ("yes" if value else "no")
-        elif isinstance(value, int):
-            value = f"{value:,}"
-        elif isinstance(value, float):
-            value = fmt(value)
-        lines.append(f"| {label} | {value} |")
+        lines.append(f"| {label} | {cell(value)} |")
     return "\n".join(lines)
+
+
+def last_run(results: Results, scenario: str) -> dict[str, Any] | str:
+    """ArchMesh's last run of a run-once scenario, or what to show instead of its table."""
+    runs = results.runs.get("archmesh", {}).get(scenario, [])
+    if not runs:
+        return "(not run)"
+    if "error" in runs[-1]:
+        return f"failed: `{runs[-1]['error']}`"
+    return runs[-1]
+
+
+NOTIFIER_CLUSTER_ROWS = [
+    ("notifier processes: core of each", "cores"),
+    ("partitions held (of 8, by lease)", "partitions_held"),
+    ("time to drain, s", "seconds"),
+    ("in-app notifications/s", "rate"),
+    ("each notifier's CPU (of a core)", "notifier_cpu"),
+    ("notifiers' CPU-seconds per 1,000 notifications", "notifier_cpu_per_1000"),
+    ("share of the time each notifier waited for its core (others ran)", "notifier_waited"),
+    ("each Redis node's CPU (of a core; core 1)", "redis_cpu"),
+    ("Redis nodes' CPU-seconds per 1,000 notifications", "redis_cpu_per_1000"),
+    ("queueing the notifications (not timed), s", "queue_seconds"),
+    ("sends recorded", "sent"),
+    ("not delivered (missing from their user's inbox)", "not_delivered"),
+    ("duplicates (sends recorded beyond one per notification)", "duplicates"),
+    ("dead letters", "dead_letters"),
+]
+
+
+def notifier_cluster_table(results: Results) -> str:
+    """One notifier and two side by side, and the ratio of their rates."""
+    run = last_run(results, NOTIFIER_CLUSTER)
+    if isinstance(run, str):
+        return run
+    lines = ["| | one notifier | two notifiers |", "| --- | --- | --- |"]
+    rates = run["rates"]
+    lines.append(f"| notifications/s of each drain | {cell(rates['one'])} | {cell(rates['two'])} |")
+    lines.append("| **the best drain of each:** | | |")
+    for label, key in NOTIFIER_CLUSTER_ROWS:
+        lines.append(f"| {label} | {cell(run['one'].get(key))} | {cell(run['two'].get(key))} |")
+    lines.append(f"| **two / one, notifications/s (best drains)** | | **{run['ratio']:.2f}x** |")
+    head = (
+        f"{run['count']:,} in-app notifications to {run['users']:,} users in each drain, "
+        f"{run['partitions']} partitions on {run['masters']} masters; drains in the order "
+        f"{', '.join(run['order'])}; the whole scenario took "
+        f"{cell(run.get('scenario_seconds'))} s."
+    )
+    return head + "\n\n" + "\n".join(lines)
+
+
+TOPICS_ROWS = [
+    ("subscribers of the topic", "subscribers"),
+    ("subscribers per batch (`ARCHMESH_NOTIFIER_TOPIC_BATCH`)", "batch"),
+    ("request to every subscriber queued (fan-out job done), s", "fanned_out_s"),
+    ("request to every in-app notification sent, s", "all_delivered_s"),
+    ("in-app notifications/s", "per_second"),
+    ("notifier RSS before the fan-out, MB", "rss_before_fanout_mb"),
+    ("notifier peak RSS (VmHWM), MB", "peak_rss_mb"),
+    ("sends recorded", "sent"),
+    ("duplicates", "duplicates"),
+    ("the whole scenario (seeding the topic included), s", "scenario_seconds"),
+]
+
+
+def topics_table(results: Results) -> str:
+    run = last_run(results, TOPICS)
+    if isinstance(run, str):
+        return run
+    lines = ["| | ArchMesh, one notifier |", "| --- | --- |"]
+    lines += [f"| {label} | {cell(run.get(key))} |" for label, key in TOPICS_ROWS]
+    return "\n".join(lines)
+
+
+# A notifier that held a topic's subscribers' requests at once would need 1 KiB or more each
+# (100 MB for 100,000); one batch at a time needs a few MB whatever the topic's size.
+TOPIC_RSS_GROWTH_MB = 16
 
 
 def targets(results: Results) -> str:
@@ -630,6 +754,23 @@ def targets(results: Results) -> str:
     if notifier is not None:
         met = "yes" if notifier >= 5000 else "no"
         lines.append(f"| notifier in-app notifications/s | {notifier:,.0f} | >= 5,000 | {met} |")
+    cluster = last_run(results, NOTIFIER_CLUSTER)
+    if not isinstance(cluster, str):
+        ratio = float(cluster["ratio"])
+        met = "yes" if ratio > 1.0 else "no"
+        label = "notifier-cluster: two notifiers / one (notifications/s, 3 masters)"
+        lines.append(f"| {label} | {ratio:.2f}x | > 1.0x | {met} |")
+        gone, dup = cluster["not_delivered"], cluster["duplicates"]
+        met = "yes" if gone == 0 and dup == 0 else "no"
+        label = "notifier-cluster: not delivered / duplicated"
+        lines.append(f"| {label} | {gone} / {dup} | 0 / 0 | {met} |")
+    topic = last_run(results, TOPICS)
+    if not isinstance(topic, str):
+        growth = float(topic["peak_rss_mb"]) - float(topic["rss_before_fanout_mb"])
+        met = "yes" if growth <= TOPIC_RSS_GROWTH_MB and topic.get("duplicates") == 0 else "no"
+        label = f"topics: notifier peak RSS growth, {topic['subscribers']:,} subscribers"
+        goal = f"<= {TOPIC_RSS_GROWTH_MB} MB"
+        lines.append(f"| {label} | {growth:.1f} MB | {goal} | {met} |")
     return "\n".join(lines)
 
 
@@ -662,7 +803,7 @@ def versions() -> dict[str, str]:
     }
     pip = out([str(VENV_PY), "-m", "pip", "list", "--format=json"])
     wanted = {"python-socketio", "python-engineio", "broadcaster", "uvicorn", "redis", "uvloop"}
-    for item in json.loads(pip or "[]"):
+    for item in json.loads(pip if pip.startswith("[") else "[]"):  # "?": no peers installed
         if item["name"].lower() in wanted:
             found[item["name"]] = item["version"]
     for name in ("socket.io", "@socket.io/redis-adapter", "@socket.io/redis-emitter", "ws"):
@@ -709,6 +850,8 @@ def write_doc(results: Results, meta: dict[str, Any]) -> None:
         capacity=capacity_table(results),
         storm=storm_table(results),
         storm3=storm3_table(results),
+        notifier_cluster=notifier_cluster_table(results),
+        topics=topics_table(results),
         history=(BENCH / "history.md").read_text().strip(),
         raw=json.dumps(results.runs, indent=1),
     )
@@ -720,10 +863,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--systems", default=",".join(SYSTEMS))
-    parser.add_argument("--scenarios", default=",".join((*SCENARIOS, *ONCE, STORM3)))
+    alone = (STORM3, *NOTIFIER_ONCE)
+    parser.add_argument("--scenarios", default=",".join((*SCENARIOS, *ONCE, *alone)))
     parser.add_argument("--capacity", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--storm", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--storm3", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--notifier-cluster", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--notifier-count", type=int, default=20000, help="notifier-cluster")
+    parser.add_argument("--topics", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--topic-subscribers", type=int, default=100_000, help="topics")
     parser.add_argument("--no-write", action="store_true", help="print, leave the doc alone")
     parser.add_argument(
         "--archmesh-tree",
@@ -743,13 +891,20 @@ def main() -> int:
         ARCHMESH_TREE = opts.archmesh_tree.resolve()
         opts.no_write = True
     systems = [s for s in opts.systems.split(",") if s]
-    scenarios = [s for s in opts.scenarios.split(",") if s and s not in (*ONCE, STORM3)]
-    storm3 = STORM3 in opts.scenarios.split(",") and opts.storm3 and "archmesh" in systems
-    once = [s for s in opts.scenarios.split(",") if s in ONCE and getattr(opts, s)]
+    asked = opts.scenarios.split(",")
+    scenarios = [s for s in asked if s and s not in (*ONCE, *alone)]
+    storm3 = STORM3 in asked and opts.storm3 and "archmesh" in systems
+    once = [s for s in asked if s in ONCE and getattr(opts, s)]
+    notifier_once = [
+        s
+        for s in NOTIFIER_ONCE
+        if s in asked and getattr(opts, s.replace("-", "_")) and "archmesh" in systems
+    ]
     if os.cpu_count() is None or os.cpu_count() < 2:  # type: ignore[operator]
         raise SystemExit("needs 2 cores: the server on one, the load generator on the other")
     started = time.monotonic()
-    install_peers()
+    if scenarios or once or storm3:  # the notifier's own scenarios need no peer
+        install_peers()
     found = versions()  # before the run: the commit that was measured
     results = Results()
     with redis_server() as (redis_url, redis_pid):
@@ -775,6 +930,13 @@ def main() -> int:
         result = run_scenario("archmesh", STORM3, "", 0, opts.extra)
         results.add("archmesh", STORM3, result)
         log(f"archmesh {STORM3}: {json.dumps(result)}")
+    for scenario in notifier_once:  # each on its own Redis
+        if scenario == NOTIFIER_CLUSTER:
+            result = run_notifier_cluster(opts.notifier_count)
+        else:
+            result = run_topics(opts.topic_subscribers)
+        results.add("archmesh", scenario, result)
+        log(f"archmesh {scenario}: {json.dumps(result)}")
     minutes = (time.monotonic() - started) / 60
     meta = {
         "systems": systems,
@@ -790,6 +952,8 @@ def main() -> int:
     print(capacity_table(results))
     print(storm_table(results))
     print(storm3_table(results))
+    print(notifier_cluster_table(results))
+    print(topics_table(results))
     print(targets(results))
     log(f"done in {minutes:.1f} min; raw results in .bench/results.json")
     if not opts.no_write:

@@ -8,7 +8,9 @@ clock runs until every subscriber's in-app notification is recorded sent. Peak R
 not grow with the topic is the point: the fan-out walks the subscribers in batches
 (`ARCHMESH_NOTIFIER_TOPIC_BATCH`) and never holds the topic.
 
-    .venv/bin/python bench/topic_fanout.py [--sizes 10000,100000] [--batch 500]
+    .venv/bin/python bench/topic_fanout.py [--sizes 10000,100000] [--batch 500] [--json-line]
+
+`make bench` runs it for 100,000 subscribers (bench/run.py's `topics` scenario).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -72,23 +75,37 @@ async def seed(redis: aioredis.Redis, count: int) -> None:
             await pipe.execute()
 
 
-async def delivered(redis: aioredis.Redis) -> int:
-    total = 0
-    async for key in redis.scan_iter("nt:stats:*"):
-        total += int(await redis.hget(key, f"{TYPE}|in_app|sent") or 0)
-    return total
+def hours_since(start: float) -> list[str]:
+    """The analytics hours (`keys.stats`) from `start` (unix seconds) to now, UTC."""
+    hour = int(start) // 3600 * 3600
+    found = []
+    while hour <= time.time():
+        found.append(time.strftime("%Y%m%d%H", time.gmtime(hour)))
+        hour += 3600
+    return found
 
 
-async def until_delivered(redis: aioredis.Redis, count: int, within: float = 600) -> None:
+async def delivered(redis: aioredis.Redis, since: float) -> int:
+    """The in-app sends recorded in the hourly counts: read by their names (a SCAN for them
+    would walk every key of the 100,000 users on each poll, and slow Redis down with it)."""
+    field = f"{TYPE}|in_app|sent"
+    counts = [await redis.hget(keys.stats(hour), field) for hour in hours_since(since)]
+    return sum(int(count or 0) for count in counts)
+
+
+async def until_delivered(
+    redis: aioredis.Redis, count: int, since: float, within: float = 600
+) -> None:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        if await delivered(redis) >= count:
+        if await delivered(redis, since) >= count:
             return
         await asyncio.sleep(0.05)
     raise TimeoutError(f"{count} in-app deliveries never recorded")
 
 
 async def measure(count: int, batch: int) -> dict[str, float | int]:
+    since = time.time()
     with redis_server() as (url, _):
         redis = aioredis.Redis.from_url(url, decode_responses=True)
         await seed(redis, count)
@@ -96,7 +113,7 @@ async def measure(count: int, batch: int) -> dict[str, float | int]:
             async with NotifierClient(url) as client:
                 # Warm up (imports, scripts, connections) on a one-user request first.
                 await client.send({"user_id": "warm", "type": TYPE, "title": "warm up"})
-                await until_delivered(redis, 1)
+                await until_delivered(redis, 1, since)
                 rss_before = status_kb(proc.pid, "VmRSS")
                 started = time.perf_counter()
                 await client.send(
@@ -107,11 +124,13 @@ async def measure(count: int, batch: int) -> dict[str, float | int]:
             while True:
                 if fanned is None and await redis.hget(job, "state") == "done":
                     fanned = time.perf_counter() - started
-                if fanned is not None and await delivered(redis) >= count + 1:
+                if fanned is not None and await delivered(redis, since) >= count + 1:
                     break
                 await asyncio.sleep(0.05)
             finished = time.perf_counter() - started
             hwm = status_kb(proc.pid, "VmHWM")
+            await asyncio.sleep(1)  # a subscriber notified twice would be recorded by now
+            recorded = await delivered(redis, since) - 1  # less the warm-up
         await redis.aclose()
     return {
         "subscribers": count,
@@ -121,16 +140,27 @@ async def measure(count: int, batch: int) -> dict[str, float | int]:
         "per_second": round(count / finished),
         "rss_before_fanout_mb": round(rss_before / 1024, 1),
         "peak_rss_mb": round(hwm / 1024, 1),
+        "sent": recorded,
+        "duplicates": max(0, recorded - count),
     }
+
+
+def terminated(signum: int, frame: object) -> None:
+    """run.py's timeout: unwind, so the notifier and its Redis are stopped."""
+    raise SystemExit(f"signal {signum}")
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument(
+        "--json-line", action="store_true", help="the last size's result on one line (run.py)"
+    )
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, terminated)
     results = [await measure(int(size), args.batch) for size in args.sizes.split(",")]
-    print(json.dumps(results, indent=2))
+    print(json.dumps(results[-1]) if args.json_line else json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":
