@@ -16,7 +16,6 @@ as KEYS[1] (even one that reads its keys from ARGV): that routes it to the slot'
 
 from __future__ import annotations
 
-import hashlib
 from typing import NamedTuple
 
 from archmesh_client import cancellation, topics
@@ -197,13 +196,12 @@ def user_topics(user_id: str) -> str:
 
 
 def user_erasing(user_id: str) -> str:
-    """Set while a user's erasure runs, and `ERASING_SECONDS` after it (longer than a
-    subscribe in flight takes): a subscribe that finds it undoes itself (notifier/topics.py).
-    Named by the SHA-256 of the user id: what is left after an erasure does not name the user."""
-    return _of(user_id, f"nt:erasing:{hashlib.sha256(user_id.encode()).hexdigest()}")
+    """Set while a user's erasure runs (archmesh_client/topics.py: a subscribe that finds it
+    undoes itself)."""
+    return topics.erasing_key(user_id)
 
 
-ERASING_SECONDS = 300
+ERASING_SECONDS = topics.ERASING_SECONDS
 
 
 def fanout(topic: str, request_id: str) -> str:

@@ -9,13 +9,14 @@ runs many times at once, in both orders, so a lost update fails it."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 import pytest
 import redis.asyncio as aioredis
+from archmesh_client import topics
 from archmesh_client.notifications import Medium
 from archmesh_client.request_stream import Partitioning
 
@@ -304,16 +305,22 @@ async def test_subscribes_at_once_never_pass_the_users_topic_limit(store: aiored
     assert await topic_store.subscribe("busy", taken[0], 5) is False
 
 
+@pytest.mark.parametrize("path", ["api", "backend"])
 async def test_a_subscribe_racing_the_users_erasure_leaves_no_subscription(
-    store: aioredis.Redis,
+    store: aioredis.Redis, path: str
 ) -> None:
+    """Through the notifier's API (with its limit) and straight from a backend's
+    NotifierClient (archmesh_client.topics.subscribe, no limit): the same guard."""
     topic_store, erasure = TopicStore(store), Erasure(store, clock)
-    users = [f"gone-{i}" for i in range(RACES)]
+    users = [f"gone-{path}-{i}" for i in range(RACES)]
+
+    def subscribe(user: str) -> Awaitable[bool]:
+        if path == "api":
+            return topic_store.subscribe(user, "release-train", 100)
+        return topics.subscribe(store, user, "release-train")
+
     results = await in_both_orders(
-        [
-            (topic_store.subscribe(user, "release-train", 100), erasure.erase(user))
-            for user in users
-        ],
+        [(subscribe(user), erasure.erase(user)) for user in users],
         errors=True,
     )
     for user, pair in zip(users, results, strict=True):
@@ -324,7 +331,7 @@ async def test_a_subscribe_racing_the_users_erasure_leaves_no_subscription(
         assert not await store.exists(keys.user_topics(user))
     # Until the mark expires, a new subscribe of the erased user is refused.
     with pytest.raises(UserErased):
-        await topic_store.subscribe(users[0], "release-train", 100)
+        await subscribe(users[0])
 
 
 async def test_an_erasure_whose_keys_changed_after_it_read_them_reads_them_again(
