@@ -8,8 +8,16 @@ reconnect from the same position share one read.
 A read is issued no earlier than it was asked for (at the end of the turn that asked), so
 whatever a caller did before asking (joined a channel, subscribed) precedes it, as with a
 direct call. A waiter that is cancelled leaves the shared read to the others. For the same
-reason a read is shared only with the reads asked in the same turn, never with one already
+reason a read is shared only with the reads asked before it is issued, never with one already
 issued: joining it would hand a caller an answer read before whatever it did just before asking.
+
+While a batch is in flight, the next one gathers what is asked meanwhile (over several turns)
+and leaves when the batch before it came back: one round trip per batch, never more than one
+batch on its way. A connect arrives in its own turn; under a burst of them the node is busy
+and a round trip long, so batches grow with the load (a few reads each at a hundred connects
+in progress), and each connect costs its share of one pipeline, not a round trip of its own
+per read (redis-py's Python per call is most of what a read costs the node). An idle node
+sends a read at the end of the turn that asked, as before.
 """
 
 from __future__ import annotations
@@ -50,22 +58,39 @@ class TurnBatch(Generic[K, V]):
         self.counts = counts or ReadCounts()
         self._pending: dict[K, asyncio.Future[V]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._flushing = False  # a flush is scheduled for the end of this turn
+        self._in_flight = False  # a batch is on its way: the pending ones wait for it
+        self._closed = False
 
     async def read(self, key: K) -> V:
         self.counts.asked += 1
         future = self._pending.get(key)
         if future is None:
             loop = asyncio.get_running_loop()
-            if not self._pending:
-                loop.call_soon(self._flush)
             future = self._pending[key] = loop.create_future()
+            if not self._flushing and not self._in_flight:
+                self._flushing = True
+                loop.call_soon(self._flush)
         return await asyncio.shield(future)
 
     def _flush(self) -> None:
+        self._flushing = False
+        if self._in_flight or not self._pending or self._closed:
+            return
         batch, self._pending = self._pending, {}
+        self._in_flight = True
         task = asyncio.create_task(self._run(batch), name="batched reads")
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        """The batch came back (or failed, or was cancelled): what gathered meanwhile leaves
+        at the end of this turn."""
+        self._tasks.discard(task)
+        self._in_flight = False
+        if self._pending and not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
     async def _run(self, batch: dict[K, asyncio.Future[V]]) -> None:
         keys = list(batch)
@@ -84,9 +109,13 @@ class TurnBatch(Generic[K, V]):
         _settle(batch, answers)
 
     async def close(self) -> None:
+        self._closed = True
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        pending, self._pending = self._pending, {}
+        for future in pending.values():  # gathered behind the cancelled batch
+            future.cancel()
 
 
 def _settle(batch: dict[K, asyncio.Future[V]], answers: list[V | BaseException]) -> None:
