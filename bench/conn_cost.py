@@ -162,7 +162,10 @@ async def measure(
     cpu = time.process_time() - cpu0
     if profile is not None:
         out = io.StringIO()
-        pstats.Stats(profile, stream=out).sort_stats(opts.profile).print_stats(opts.top)
+        stats = pstats.Stats(profile, stream=out).sort_stats(opts.profile)
+        stats.print_stats(opts.top)
+        if opts.callees:
+            stats.print_callees(opts.callees)
         print(out.getvalue(), file=sys.stderr)
     writes = WRITES[0] - writes0
     calls1 = await redis_calls(url)
@@ -291,6 +294,7 @@ def main() -> None:
         "--profile-clock", choices=("cpu", "wall"), default="cpu", help="what --profile times"
     )
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--callees", default="", help="with --profile: what these call")
     gateway_main(parser.parse_args())
 
 
