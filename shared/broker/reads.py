@@ -56,7 +56,9 @@ class TurnBatch(Generic[K, V]):
         self._one = one
         self._many = many
         self.counts = counts or ReadCounts()
-        self._pending: dict[K, asyncio.Future[V]] = {}
+        # key -> a future per waiter (cancelling one leaves the others theirs; no shield, which
+        # costs two more futures and callbacks per read)
+        self._pending: dict[K, list[asyncio.Future[V]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._flushing = False  # a flush is scheduled for the end of this turn
         self._in_flight = False  # a batch is on its way: the pending ones wait for it
@@ -64,14 +66,17 @@ class TurnBatch(Generic[K, V]):
 
     async def read(self, key: K) -> V:
         self.counts.asked += 1
-        future = self._pending.get(key)
-        if future is None:
-            loop = asyncio.get_running_loop()
-            future = self._pending[key] = loop.create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[V] = loop.create_future()
+        waiters = self._pending.get(key)
+        if waiters is None:
+            self._pending[key] = [future]
             if not self._flushing and not self._in_flight:
                 self._flushing = True
                 loop.call_soon(self._flush)
-        return await asyncio.shield(future)
+        else:
+            waiters.append(future)
+        return await future
 
     def _flush(self) -> None:
         self._flushing = False
@@ -92,7 +97,7 @@ class TurnBatch(Generic[K, V]):
             self._flushing = True
             asyncio.get_running_loop().call_soon(self._flush)
 
-    async def _run(self, batch: dict[K, asyncio.Future[V]]) -> None:
+    async def _run(self, batch: dict[K, list[asyncio.Future[V]]]) -> None:
         keys = list(batch)
         self.counts.issued += len(keys)
         try:
@@ -103,8 +108,9 @@ class TurnBatch(Generic[K, V]):
         except Exception as exc:  # every waiter of the batch gets it
             answers = [exc] * len(keys)
         except BaseException:  # cancelled (the broker closes): so are its waiters
-            for future in batch.values():
-                future.cancel()
+            for waiters in batch.values():
+                for future in waiters:
+                    future.cancel()
             raise
         _settle(batch, answers)
 
@@ -114,15 +120,17 @@ class TurnBatch(Generic[K, V]):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         pending, self._pending = self._pending, {}
-        for future in pending.values():  # gathered behind the cancelled batch
-            future.cancel()
+        for waiters in pending.values():  # gathered behind the cancelled batch
+            for future in waiters:
+                future.cancel()
 
 
-def _settle(batch: dict[K, asyncio.Future[V]], answers: list[V | BaseException]) -> None:
-    for future, answer in zip(batch.values(), answers, strict=True):
-        if future.done():
-            continue
-        if isinstance(answer, BaseException):
-            future.set_exception(answer)
-        else:
-            future.set_result(answer)
+def _settle(batch: dict[K, list[asyncio.Future[V]]], answers: list[V | BaseException]) -> None:
+    for waiters, answer in zip(batch.values(), answers, strict=True):
+        for future in waiters:
+            if future.done():  # its waiter was cancelled
+                continue
+            if isinstance(answer, BaseException):
+                future.set_exception(answer)
+            else:
+                future.set_result(answer)

@@ -264,7 +264,7 @@ class RedisBroker:
         self._changes.append((channel, subscribe, done))
         if self._changing is None:
             self._changing = asyncio.create_task(self._apply_changes(), name="redis-subscribe")
-        await asyncio.shield(done)
+        await done  # cancelled, it still leaves: the change stays in the list
 
     async def _apply_changes(self) -> None:
         try:
