@@ -55,6 +55,9 @@ from shared.logging import get_logger
 from shared.tokens import Claims, InvalidToken
 
 log = get_logger(__name__)
+# The stdlib logger structlog writes this module's lines to (shared/logging.py): its level says
+# whether an info line would be written at all.
+_LEVEL = logging.getLogger(__name__)
 
 # How long a close frame may wait for a socket that does not drain before it is aborted.
 CLOSE_GRACE = 2.0
@@ -113,7 +116,7 @@ class Connection:
     def _info(self, event: str, **fields: Any) -> None:
         """An info line of every connect and disconnect: nothing bound or processed (structlog
         runs its processors before the level is checked) where info is not logged."""
-        if log.isEnabledFor(logging.INFO):
+        if _LEVEL.isEnabledFor(logging.INFO):
             self._log.info(event, **fields)
 
     # -- outbound -----------------------------------------------------------------------

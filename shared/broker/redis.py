@@ -273,6 +273,8 @@ class RedisBroker:
                     changes, self._changes = self._changes, []
                     try:
                         await self._send(changes)
+                    except Exception:  # a bug: the rest must still be sent
+                        log.exception("redis_subscribe_crashed", channels=len(changes))
                     finally:
                         for _, _, done in changes:
                             if not done.done():
