@@ -4,6 +4,7 @@ writer task. A client that cannot keep up is closed; it never delays anyone else
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from typing import Any
@@ -54,6 +55,9 @@ from shared.logging import get_logger
 from shared.tokens import Claims, InvalidToken
 
 log = get_logger(__name__)
+# The stdlib logger structlog writes this module's lines to (shared/logging.py): its level says
+# whether an info line would be written at all.
+_LEVEL = logging.getLogger(__name__)
 
 # How long a close frame may wait for a socket that does not drain before it is aborted.
 CLOSE_GRACE = 2.0
@@ -108,6 +112,12 @@ class Connection:
         """Bound when something is logged (connect, disconnect, failures), not kept per socket."""
         bound = log.bind(client_id=self.client_id, node=self._ctx.node)
         return bound if self.user_id is None else bound.bind(user_id=self.user_id)
+
+    def _info(self, event: str, **fields: Any) -> None:
+        """An info line of every connect and disconnect: nothing bound or processed (structlog
+        runs its processors before the level is checked) where info is not logged."""
+        if _LEVEL.isEnabledFor(logging.INFO):
+            self._log.info(event, **fields)
 
     # -- outbound -----------------------------------------------------------------------
 
@@ -193,7 +203,7 @@ class Connection:
             for channel in list(self._ctx.membership.channels(self)):
                 await self._leave(channel)
             code = int(self._close_code) if self._close_code is not None else self._peer_code
-            self._log.info("client_disconnected", user_id=self.user_id, code=code)
+            self._info("client_disconnected", user_id=self.user_id, code=code)
 
     async def _received(self, message: Message) -> bool:
         """Handle one ASGI message; False once the socket is gone."""
@@ -289,7 +299,7 @@ class Connection:
             claims = self._ctx.verifier.verify(frame.token)
             own = user_channel(claims.user_id)
         except (InvalidToken, InvalidChannel) as exc:
-            self._log.info("connect_refused", reason=str(exc))
+            self._info("connect_refused", reason=str(exc))
             self.close(CloseCode.INVALID_TOKEN)
             return
         self.claims, self.user_id = claims, claims.user_id
@@ -306,7 +316,7 @@ class Connection:
     async def _connect(self, frame: ConnectFrame, claims: Claims, own: str) -> None:
         refusal = await self._ctx.admission.admit(self, claims)  # revoked, or over the limit
         if refusal is not None:
-            self._log.info("connect_refused", reason=CLOSE_REASONS[refusal])
+            self._info("connect_refused", reason=CLOSE_REASONS[refusal])
             self.close(refusal)
             return
         self._schedule_expiry(claims.expires_at)
@@ -336,7 +346,7 @@ class Connection:
         finally:
             if catchup.held is not None:  # the history read never finished
                 self._catchups.pop(own, None)
-        self._log.info("client_connected")
+        self._info("client_connected")
         for item in frame.subscribe:
             sub = SubscribeFrame(type="subscribe", channel=item) if isinstance(item, str) else item
             try:

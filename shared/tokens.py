@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import hmac
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jwt
+import orjson
 
 from shared.settings import Settings
+
+_HMAC: dict[str, Callable[..., Any]] = {
+    "HS256": hashlib.sha256,
+    "HS384": hashlib.sha384,
+    "HS512": hashlib.sha512,
+}
+_PLAIN_HEADER = frozenset({"alg", "typ", "kid"})
 
 
 class InvalidToken(ValueError):
@@ -51,10 +64,26 @@ class TokenVerifier:
         self._key = (
             (self._secret if symmetric == {True} else self._public) if len(symmetric) == 1 else None
         )
+        # The common case (a shared secret, no audience or issuer to match) is checked without
+        # PyJWT when the token is plain: PyJWT's parsing costs about 40 µs of a connect's CPU,
+        # most of it per character in Python. Anything else, and every token this check does
+        # not accept, goes to PyJWT, whose answer stands (and whose errors the client gets).
+        self._hmac_key = (
+            self._secret.encode()
+            if self._secret is not None
+            and symmetric == {True}
+            and self._audience is None
+            and self._issuer is None
+            else None
+        )
 
     def verify(self, token: object) -> Claims:
         if not isinstance(token, str) or not token or len(token) > 8192:
             raise InvalidToken("token must be a non-empty string")
+        if self._hmac_key is not None:
+            plain = self._plain_claims(token, self._hmac_key)
+            if plain is not None:
+                return _claims(plain)
         key, algorithms = self._key, self._algorithms
         if key is None:  # both families configured: the header's algorithm picks the key
             try:
@@ -87,6 +116,72 @@ class TokenVerifier:
         except jwt.PyJWTError as exc:
             raise InvalidToken(str(exc)) from exc
         return _claims(claims)
+
+    def _plain_claims(self, token: str, key: bytes) -> dict[str, Any] | None:
+        """The claims of a plain HMAC token that PyJWT would accept too: canonical base64url
+        segments (no padding), a header of `alg` (allowed), `typ` and `kid` strings only, a
+        valid signature, and `exp`, `sub` and numeric time claims within the leeway. None for
+        anything else: PyJWT decides then."""
+        parts = token.split(".")
+        if len(parts) != 3 or "=" in token:
+            return None
+        header_b64, payload_b64, signature_b64 = parts
+        header = _json_segment(header_b64)
+        if not isinstance(header, dict) or not header.keys() <= _PLAIN_HEADER:
+            return None
+        algorithm = header.get("alg")
+        if algorithm not in self._algorithms or algorithm not in _HMAC:
+            return None
+        if any(not isinstance(value, str) for value in header.values()):
+            return None
+        signature = _segment(signature_b64)
+        if signature is None:
+            return None
+        signed = token[: len(header_b64) + 1 + len(payload_b64)].encode()
+        expected = hmac.digest(key, signed, _HMAC[algorithm])
+        if not hmac.compare_digest(expected, signature):
+            return None
+        claims = _json_segment(payload_b64)
+        if not isinstance(claims, dict) or claims.get("sub") is None:
+            return None
+        now, leeway = time.time(), self._leeway
+        times = [claims.get(name) for name in ("exp", "iat", "nbf")]
+        if any(value is not None and not _number(value) for value in times):
+            return None
+        exp, iat, nbf = times
+        if exp is None or int(exp) <= now - leeway:
+            return None
+        if (iat is not None and int(iat) > now + leeway) or (
+            nbf is not None and int(nbf) > now + leeway
+        ):
+            return None
+        return claims
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == value
+
+
+def _segment(text: str) -> bytes | None:
+    """A base64url segment without padding, decoded; None unless it is canonical (what it
+    decodes to encodes back to it), as PyJWT requires."""
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        return None
+    if base64.urlsafe_b64encode(raw).rstrip(b"=") != text.encode():
+        return None
+    return raw
+
+
+def _json_segment(text: str) -> object:
+    raw = _segment(text)
+    if raw is None:
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
 
 
 _NO_SESSIONS: frozenset[str] = frozenset()

@@ -405,3 +405,31 @@ async def test_the_python_sdk_adopts_a_server_side_subscription(nodes) -> None:
             published["offset"],
             7,
         )
+
+
+async def test_of_concurrent_connects_only_the_revoked_token_is_refused(nodes) -> None:
+    """The revocation checks of a burst of connects leave together (shared/broker/reads.py):
+    each connect still gets its own answer."""
+    a, _ = nodes
+    users = [user() for _ in range(40)]
+    tokens = [make_token(u, jti="burst-" + uuid.uuid4().hex) for u in users]
+    doomed = 17
+    jti = jwt.decode(tokens[doomed], options={"verify_signature": False})["jti"]
+    ok(control(a, "revoke", {"jti": jti, "exp": time.time() + 3600}), "revoke_token")
+    sockets = [await open_ws(a.ws) for _ in tokens]
+    try:
+        await asyncio.gather(
+            *(
+                send(ws, {"type": "connect", "token": tok, "id": 1})
+                for ws, tok in zip(sockets, tokens, strict=True)
+            )
+        )
+        for index, ws in enumerate(sockets):
+            if index == doomed:
+                await closed_with(ws, 4503, "token_revoked")
+            else:
+                frame = await recv_type(ws, "connected")
+                assert frame["user_id"] == users[index]
+    finally:
+        for ws in sockets:
+            await ws.close()

@@ -92,18 +92,22 @@ class PubSubLink:
                 await self._pubsub.subscribe(*names[start : start + 500])
         await self._pubsub.ping()
 
-    async def subscribe(self, name: str) -> None:
+    async def subscribe(self, *names: str) -> None:
+        """One command for all `names` (one per name where sharded: a command may not span
+        slots)."""
         if self._sharded:
-            await self._pubsub.ssubscribe(name)
+            for name in names:
+                await self._pubsub.ssubscribe(name)
         else:
-            await self._pubsub.subscribe(name)
+            await self._pubsub.subscribe(*names)
 
-    async def unsubscribe(self, name: str) -> None:
+    async def unsubscribe(self, *names: str) -> None:
         if self._sharded:
-            self._unsubscribing[name] += 1  # so that its confirmation is not taken as a move
-            await self._pubsub.sunsubscribe(name)
+            for name in names:
+                self._unsubscribing[name] += 1  # so its confirmation is not taken as a move
+                await self._pubsub.sunsubscribe(name)
         else:
-            await self._pubsub.unsubscribe(name)
+            await self._pubsub.unsubscribe(*names)
 
     async def run(self) -> None:
         """Deliver messages until the link fails; never returns normally."""

@@ -59,6 +59,9 @@ class RedisBroker:
             else None
         )
         self._channels: set[str] = set()
+        # Subscribes and unsubscribes asked while none is being sent, in order: sent together.
+        self._changes: list[tuple[str, bool, asyncio.Future[None]]] = []
+        self._changing: asyncio.Task[None] | None = None
         self._links: dict[str, PubSubLink] = {}
         self._kick = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -104,6 +107,12 @@ class RedisBroker:
         self._reader = asyncio.create_task(self._read_forever(), name="redis-broker-reader")
 
     async def close(self) -> None:
+        if self._changing is not None:
+            self._changing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._changing
+        for _, _, done in self._changes:
+            done.cancel()
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -240,31 +249,69 @@ class RedisBroker:
             self._on_state(connected)
 
     async def subscribe(self, channel: str) -> None:
-        async with self._lock:
-            self._channels.add(channel)
-            await self._send(channel, subscribe=True)
+        await self._change(channel, subscribe=True)
 
     async def unsubscribe(self, channel: str) -> None:
-        async with self._lock:
-            self._channels.discard(channel)
-            await self._send(channel, subscribe=False)
+        await self._change(channel, subscribe=False)
 
-    async def _send(self, channel: str, *, subscribe: bool) -> None:
+    async def _change(self, channel: str, *, subscribe: bool) -> None:
+        """Returns once the command is written (as a direct call would). The changes asked
+        while others are being written leave together after them, in the order asked: under a
+        burst of connects (each joining its own channel) one SUBSCRIBE names many channels,
+        one write instead of one per connect. A caller that is cancelled does not undo its
+        change: membership counted it already."""
+        done = asyncio.get_running_loop().create_future()
+        self._changes.append((channel, subscribe, done))
+        if self._changing is None:
+            self._changing = asyncio.create_task(self._apply_changes(), name="redis-subscribe")
+        await done  # cancelled, it still leaves: the change stays in the list
+
+    async def _apply_changes(self) -> None:
+        try:
+            while self._changes:
+                async with self._lock:  # not while a new session subscribes the whole set
+                    changes, self._changes = self._changes, []
+                    try:
+                        await self._send(changes)
+                    except Exception:  # a bug: the rest must still be sent
+                        log.exception("redis_subscribe_crashed", channels=len(changes))
+                    finally:
+                        for _, _, done in changes:
+                            if not done.done():
+                                done.set_result(None)
+        finally:
+            self._changing = None
+
+    async def _send(self, changes: list[tuple[str, bool, asyncio.Future[None]]]) -> None:
+        """Runs of the same kind to the same server go in one command (one per channel where
+        sharded: a command may not span slots)."""
+        runs: list[tuple[bool, str, list[str]]] = []  # (subscribe, server, pub/sub names)
+        for channel, subscribe, _ in changes:
+            if subscribe:
+                self._channels.add(channel)
+            else:
+                self._channels.discard(channel)
+            name = pubsub_name(channel)
+            server = self._route(name) if self._links else ""
+            if runs and runs[-1][0] == subscribe and runs[-1][1] == server:
+                runs[-1][2].append(name)
+            else:
+                runs.append((subscribe, server, [name]))
         # Between links (reconnecting), the next session subscribes the whole set.
         if not self._links:
             return
-        name = pubsub_name(channel)
-        try:
-            link = self._links.get(self._route(name))
-            if link is None:
-                self._kick.set()  # the channel's server has no link yet: reconnect
-            elif subscribe:
-                await link.subscribe(name)
-            else:
-                await link.unsubscribe(name)
-        except NETWORK_ERRORS as exc:
-            # The link's reader fails too and the next session resubscribes everything.
-            log.warning("redis_subscribe_failed", channel=channel, error=str(exc))
+        for subscribe, server, names in runs:
+            try:
+                link = self._links.get(server)
+                if link is None:
+                    self._kick.set()  # the channel's server has no link yet: reconnect
+                elif subscribe:
+                    await link.subscribe(*names)
+                else:
+                    await link.unsubscribe(*names)
+            except NETWORK_ERRORS as exc:
+                # The link's reader fails too and the next session resubscribes everything.
+                log.warning("redis_subscribe_failed", channels=len(names), error=str(exc))
 
     # -- commands -------------------------------------------------------------------------
 
