@@ -1,5 +1,6 @@
 """Reads made in the same event-loop turn leave together, and identical ones are made once:
-history reads (the broker) and revocation checks (the revocation store). Under a burst of
+history reads (the broker) and revocation checks (the revocation store); presence joins
+(gateway/presence.py) leave together the same way. Under a burst of
 connects (a reconnect storm, a node's start) every client checks its token, reads its own
 channel's position and recovers its subscriptions: one pipeline per turn instead of one round
 trip per read costs Redis and the node far less per read, and the clients of one channel that
