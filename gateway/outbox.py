@@ -208,7 +208,7 @@ class TransportOutbox:
             elif len(frames) == 1:
                 transport.write(frames[0])
             else:
-                transport.writelines(frames)  # takes the items now, not the list
+                transport.write(b"".join(frames))  # one buffer: uvloop copies item by item
             self._buffered = transport.get_write_buffer_size()
         except (OSError, RuntimeError):
             pass  # it died under us (the reader hears of it): never stop the other sockets

@@ -1,9 +1,10 @@
 """Reads made in the same event-loop turn leave together, and identical ones are made once:
-history reads (the broker) and revocation checks (the revocation store). Under a burst of
-connects (a reconnect storm, a node's start) every client checks its token, reads its own
-channel's position and recovers its subscriptions: one pipeline per turn instead of one round
-trip per read costs Redis and the node far less per read, and the clients of one channel that
-reconnect from the same position share one read.
+history reads (the broker) and revocation checks (the revocation store); presence joins
+(gateway/presence.py) leave together the same way. Under a burst of connects (a reconnect
+storm, a node's start) every client checks its token, reads its own channel's position and
+recovers its subscriptions: one pipeline per turn instead of one round trip per read costs
+Redis and the node far less per read, and the clients of one channel that reconnect from the
+same position share one read.
 
 A read is issued no earlier than it was asked for (at the end of the turn that asked), so
 whatever a caller did before asking (joined a channel, subscribed) precedes it, as with a
