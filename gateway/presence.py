@@ -4,9 +4,9 @@ when they leave. A node that dies stops refreshing, and its entries expire.
 
 The refresh covers every tracked (channel, connection) of the node in one store call, so it
 costs one round trip per interval (per Redis server), however many subscriptions there are.
-Joins asked in the same event-loop turn leave together the same way (`TurnBatch`): a reconnect
-storm's clients, each entering ten channels, cost a pipeline per turn, not a round trip (and a
-pooled connection) per entry."""
+Joins and leaves asked in the same event-loop turn go together the same way (`TurnBatch`): a
+reconnect storm's clients, each entering ten channels, or a burst of disconnects, cost a
+pipeline per turn, not a round trip (and a pooled connection) per entry."""
 
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ class PresenceTracker:
         self._ttl = ttl
         self._refresher: asyncio.Task[None] | None = None
         self._joins = TurnBatch[tuple[str, PresenceEntry], None](self._join_one, self._join_many)
+        self._leaves = TurnBatch[tuple[str, str], None](self._leave_one, self._leave_many)
 
     def start(self) -> None:
         self._refresher = asyncio.create_task(self._refresh(), name="presence")
@@ -48,6 +49,7 @@ class PresenceTracker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresher
         await self._joins.close()
+        await self._leaves.close()
         await self._store.close()
 
     def tracks(self, channel: str) -> bool:
@@ -59,6 +61,11 @@ class PresenceTracker:
             await self._joins.read((channel, self._entry(conn)))
         except BrokerError as exc:
             log.warning("presence_join_failed", channel=channel, error=str(exc))
+            return
+        if conn not in self._membership.local.get(channel, ()):
+            # It left while its entry was on the way; its leave, batched apart, may have gone
+            # first: leave again, after the entry.
+            await self.leave(channel, conn)
 
     async def _join_one(self, join: tuple[str, PresenceEntry]) -> None:
         await self._store.join(*join, self._ttl)
@@ -72,10 +79,17 @@ class PresenceTracker:
         await self._store.refresh(channels, self._ttl)  # raises for all: TurnBatch hands it out
         return [None] * len(joins)
 
+    async def _leave_one(self, leave: tuple[str, str]) -> None:
+        await self._store.leave(*leave)
+
+    async def _leave_many(self, leaves: list[tuple[str, str]]) -> list[BaseException | None]:
+        await self._store.leave_many(leaves)
+        return [None] * len(leaves)
+
     async def leave(self, channel: str, conn: Member) -> None:
         """A failure leaves the entry to expire."""
         with contextlib.suppress(BrokerError):
-            await self._store.leave(channel, conn.client_id)
+            await self._leaves.read((channel, conn.client_id))
 
     async def members(self, channel: str) -> list[PresenceEntry]:
         """Raises BrokerError when the store cannot answer."""

@@ -50,6 +50,20 @@ async def test_channels_are_independent(store: PresenceStore) -> None:
     assert [e.client_id for e in await store.members("session:p2")] == ["c2"]
 
 
+async def test_leave_many_across_channels_in_one_call(store: PresenceStore) -> None:
+    # On the cluster these channels' keys live in different slots (one pipeline per node).
+    channels = [f"session:m{i}" for i in range(6)]
+    for channel in channels:
+        await store.refresh(
+            {channel: [PresenceEntry("c1", "u1", "n1"), PresenceEntry("c2", "u2", "n1")]}, 30
+        )
+    await store.leave_many([(c, "c1") for c in channels] + [("session:m0", "c-never")])
+    for channel in channels:
+        assert await store.members(channel) == [PresenceEntry("c2", "u2", "n1")]
+        assert await store.stats(channel) == PresenceStats(1, 1)
+    await store.leave_many([])
+
+
 async def test_unreachable_redis_is_a_broker_error(redis_server: RedisServer) -> None:
     # A port nothing listens on: refused at once, reported as the broker's outage.
     unreachable = redis_server.url.replace(f":{redis_server.port}", ":1")

@@ -170,3 +170,28 @@ async def test_no_join_or_leave_events_by_default(
     assert (await subscribe(gus, "session:team"))["type"] == "subscribed"
     await gus.close()
     await assert_silent(fay)
+
+
+async def test_a_burst_of_disconnects_leaves_presence_at_once(
+    redis_server: RedisServer, gateways: list[GatewayProcess]
+) -> None:
+    """Leaves of one turn go in one pipeline (gateway/presence.py): 30 clients in 3 channels
+    each, closed at once, are gone from presence well before their entries could expire."""
+    node = GatewayProcess(redis_server.url, ARCHMESH_PRESENCE_TTL="60").start()
+    gateways.append(node)
+    channels = ["session:b1", "session:b2", "session:b3"]
+    clients = []
+    for i in range(30):
+        ws = await connect(node.ws, f"burst{i}", sessions=["b1", "b2", "b3"])
+        for channel in channels:
+            assert (await subscribe(ws, channel))["type"] == "subscribed"
+        clients.append(ws)
+    watcher = await connect(node.ws, "watcher", sessions=["b1", "b2", "b3"])
+    assert await counts(watcher, "session:b2") == (30, 30)
+    await asyncio.gather(*(ws.close() for ws in clients))
+    deadline = time.monotonic() + 10  # the entries' TTL is 60 s: only the leaves remove them
+    left = [await counts(watcher, channel) for channel in channels]
+    while left != [(0, 0)] * 3:
+        assert time.monotonic() < deadline, left
+        await asyncio.sleep(0.05)
+        left = [await counts(watcher, channel) for channel in channels]

@@ -41,6 +41,11 @@ class PresenceStore(Protocol):
 
     async def leave(self, channel: str, client_id: str) -> None: ...
 
+    async def leave_many(self, leaves: Sequence[tuple[str, str]]) -> None:
+        """`leave` for every (channel, client id) at once: a burst of disconnects (a deploy,
+        a storm's failed attempts) in one round trip to each backend server."""
+        ...
+
     async def members(self, channel: str) -> list[PresenceEntry]:
         """The entries of `channel` whose time has not run out."""
         ...

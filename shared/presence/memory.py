@@ -28,6 +28,10 @@ class MemoryPresence:
         if not members:
             self._channels.pop(channel, None)
 
+    async def leave_many(self, leaves: Sequence[tuple[str, str]]) -> None:
+        for channel, client_id in leaves:
+            await self.leave(channel, client_id)
+
     async def members(self, channel: str) -> list[PresenceEntry]:
         now = time.monotonic()
         members = self._channels.get(channel, {})

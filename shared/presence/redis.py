@@ -35,6 +35,10 @@ class RedisPresence:
 
     async def refresh(self, channels: Mapping[str, Sequence[PresenceEntry]], ttl: float) -> None:
         calls = [(channel, _join_args(entries, ttl)) for channel, entries in channels.items()]
+        await self._pipelined(self._join, calls)
+
+    async def _pipelined(self, script: Any, calls: list[tuple[str, list[str | int]]]) -> None:
+        """One call of `script` per (channel, args), in one pipeline."""
         if not calls:
             return
         with as_broker_error("presence"):
@@ -42,18 +46,21 @@ class RedisPresence:
             for channel, args in calls:
                 # execute_command: the cluster pipeline blocks its evalsha method (not the
                 # command); each call names its keys, all in its channel's slot.
-                pipe.execute_command("EVALSHA", self._join.sha, 3, *_keys(channel), *args)
+                pipe.execute_command("EVALSHA", script.sha, 3, *_keys(channel), *args)
             results = await pipe.execute(raise_on_error=False)
         for (channel, args), result in zip(calls, results, strict=True):
             if isinstance(result, NoScriptError):
                 # The script cache was flushed (restart, failover): the script object loads it.
-                await self._run(self._join, channel, args)
+                await self._run(script, channel, args)
             elif isinstance(result, Exception):
                 with as_broker_error("presence"):
                     raise result
 
     async def leave(self, channel: str, client_id: str) -> None:
         await self._run(self._leave, channel, [client_id])
+
+    async def leave_many(self, leaves: Sequence[tuple[str, str]]) -> None:
+        await self._pipelined(self._leave, [(channel, [client]) for channel, client in leaves])
 
     async def members(self, channel: str) -> list[PresenceEntry]:
         flat = await self._run(self._present, channel, ["list"])
