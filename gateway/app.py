@@ -33,6 +33,7 @@ from gateway.context import ConnectionContext
 from gateway.control import ControlFollower
 from gateway.control_api import ControlApi, NodeControlTransport
 from gateway.expiry import Expiries
+from gateway.handshake_gate import HandshakeGate
 from gateway.history_api import HistoryApi
 from gateway.hub import Hub
 from gateway.join_leave import JoinLeave
@@ -125,6 +126,10 @@ class Gateway:
         control = ControlClient(
             NodeControlTransport(broker, self.revocations), settings.max_token_lifetime
         )
+        self.handshakes = HandshakeGate(
+            settings.handshake_concurrency, settings.handshake_max_lag_ms / 1000
+        )
+        self.metrics.watch_handshakes(self.handshakes)
         self._context = ConnectionContext(
             node=self.node,
             settings=settings,
@@ -139,7 +144,7 @@ class Gateway:
             history=broker.history,
             admission=self.admission,
             live_passed=self.hub.passed,
-            handshakes=asyncio.Semaphore(settings.handshake_concurrency),
+            handshakes=self.handshakes,
         )
         self.draining = False
         self._sse = SseEndpoint(self._context, self.hub, lambda: self.draining)
@@ -196,6 +201,7 @@ class Gateway:
             await self.control.stop()
             await self.admission.stop()
             await self.presence.stop()
+            await self.handshakes.stop()
             self.expiries.stop()
             await self.hub.stop()
             await self.revocations.close()

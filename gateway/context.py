@@ -5,7 +5,6 @@ hub or the broker: the hub registers it and fans publications out to it, that is
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -14,6 +13,7 @@ from starlette.types import Send
 from gateway.admission import Admission
 from gateway.catchup import RECOVERY_LIMIT
 from gateway.expiry import Expiries
+from gateway.handshake_gate import HandshakeGate
 from gateway.join_leave import JoinLeave
 from gateway.membership import Member, Membership
 from gateway.metrics import FanoutStats, GatewayMetrics
@@ -43,8 +43,8 @@ class ConnectionContext:
     admission: Admission  # revocations and the per-user limit, at connect, refresh, subscribe
     live_passed: Callable[[str, StreamPosition], bool]  # the hub's fan-out is past a position
     # Connects and recovering subscribes in progress at once: in a reconnect storm the rest
-    # wait their turn, so the event loop's turns stay short and live delivery keeps its pace.
-    handshakes: asyncio.Semaphore
+    # wait their turn, fewer while the loop runs late, so live delivery keeps its pace.
+    handshakes: HandshakeGate
 
     def open_outbox(self, send: Send) -> Outbox:
         return open_outbox(send, self.settings.client_queue_bytes, self.flusher)

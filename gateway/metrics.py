@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, Metric
 
+from gateway.handshake_gate import HandshakeGate
 from shared.broker.reads import ReadCounts
 
 # From well under a millisecond (a few sockets) to seconds (a node that is falling behind).
@@ -127,6 +128,22 @@ class GatewayMetrics:
             "works, the control stream is followed and the node is not draining",
             registry=r,
         )
+        self.handshake_limit = Gauge(
+            "archmesh_handshake_limit",
+            "Connects and recovering subscribes admitted at once now: "
+            "ARCHMESH_HANDSHAKE_CONCURRENCY, less while the event loop runs late",
+            registry=r,
+        )
+        self.handshakes_waiting = Gauge(
+            "archmesh_handshakes_waiting",
+            "Connects and recovering subscribes waiting for their turn",
+            registry=r,
+        )
+        self.loop_lag = Gauge(
+            "archmesh_event_loop_lag_seconds",
+            "How late the handshake gate's timer last fired (0 when no handshake is under way)",
+            registry=r,
+        )
         self.broker_reconnects = Counter(
             "archmesh_broker_reconnects",
             "Times live delivery (re)started, the first start included",
@@ -136,3 +153,8 @@ class GatewayMetrics:
     def count_reads(self, counts: ReadCounts) -> None:
         """Export the broker's history read counts (issued, merged) from now on."""
         self.registry.register(_ReadsCollector(counts))
+
+    def watch_handshakes(self, gate: HandshakeGate) -> None:
+        self.handshake_limit.set_function(lambda: gate.limit)
+        self.handshakes_waiting.set_function(lambda: gate.waiting)
+        self.loop_lag.set_function(lambda: gate.lag)

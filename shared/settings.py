@@ -59,6 +59,11 @@ class Settings(BaseSettings):
         ge=1,
         description="Connects and recovering subscribes a node works on at once (the rest wait).",
     )
+    handshake_max_lag_ms: float = Field(
+        50.0,
+        gt=0,
+        description="Event-loop lag above which a node admits fewer handshakes at once.",
+    )
     max_frame_bytes: int = Field(65536, ge=1024)
     ws_max_bytes: int = Field(1048576, ge=1024, description="Hard WebSocket limit (close 1009).")
     max_subscriptions: int = Field(100, ge=1)
