@@ -53,6 +53,7 @@ class Worker:
         """`ownership`: which partitions this replica reads (notifier/ownership.py)."""
         self.ownership: Ownership = ownership or Everything()
         self._intake = intake
+        self.processor = processor  # what it runs each batch through
         self._processor = processor
         self._deliverer = deliverer
         self._ledger = ledger
