@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 from archmesh_client.notifications import REQUEST_FIELD
+from redis.asyncio.cluster import RedisCluster
 
 from notifier import analytics, keys
 from notifier.events import notification_prefix
@@ -125,12 +126,14 @@ def _ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
 
 
-# Both scripts name their keys in ARGV, but declare them in KEYS too (the scripts do not read
-# KEYS): while a partition's slot migrates between Cluster masters, Redis runs a script only
-# on the node that holds every declared key (elsewhere it answers ASK or TRYAGAIN, which the
-# cluster client follows and retries), so a script never writes half a user's keys on the old
-# master and half on the new one (a split inbox, a status the other node cannot see). Keys
-# whose names the script reads from Redis (an open digest window's) cannot be declared.
+# Both scripts name their keys in ARGV, but on a Cluster declare them in KEYS too (the scripts
+# do not read KEYS): while a partition's slot migrates between Cluster masters, Redis runs a
+# script only on the node that holds every declared key (elsewhere it answers ASK or TRYAGAIN,
+# which the cluster client follows and retries), so a script never writes half a user's keys
+# on the old master and half on the new one (a split inbox, a status the other node cannot
+# see). Keys whose names the script reads from Redis (an open digest window's) cannot be
+# declared. One Redis has no slots to migrate: there the scripts get one key, and the client
+# does not encode (nor Redis parse) a dozen names per notification.
 
 
 def _unique(names: list[str | None]) -> list[str]:
@@ -179,6 +182,7 @@ class Ledger:
         """With `live`, the commit also publishes each new in-app item on its user's channel
         (notifier/live.py); without, the caller publishes them after."""
         self._redis = redis
+        self._declare = isinstance(redis, RedisCluster)  # every key in KEYS (see above)
         self._retention = int(retention)
         self._inbox_size = inbox_size
         self.live = live
@@ -229,7 +233,8 @@ class Ledger:
             ],
             "templates": [] if tagged else templates,
         }
-        reply = await self._prepare(keys=prepared_keys(payload), args=[orjson.dumps(payload)])
+        declared = prepared_keys(payload) if self._declare else [keys.due(partition)]
+        reply = await self._prepare(keys=declared, args=[orjson.dumps(payload)])
         if tagged and templates:
             reply = [*reply, *await self._redis.mget([keys.template(t) for t in templates])]
         n = len(requests)
@@ -271,4 +276,5 @@ class Ledger:
             "dead_letters": outcome.dead_letters,
             "stats": [[key, name, n] for (key, name), n in outcome.stats.items()],
         }
-        return Staged(committed_keys(payload), orjson.dumps(payload))
+        declared = committed_keys(payload) if self._declare else [keys.requests(part)]
+        return Staged(declared, orjson.dumps(payload))
