@@ -273,7 +273,7 @@ class Ledger:
     async def send(self, staged: Staged) -> list[InboxCounts]:
         """Run a staged commit: the inbox counts after each of its inbox entries."""
         reply = await self._commit(keys=staged.keys, args=[staged.payload])
-        return [InboxCounts(unseen=unseen, unread=unread) for unseen, unread in reply]
+        return [InboxCounts.model_construct(unseen=n, unread=m) for n, m in reply]  # ints
 
     def stage(self, outcome: Outcome) -> Staged:
         """The commit of `outcome`, encoded (CPU only: done while another is in flight)."""
