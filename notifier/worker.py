@@ -165,7 +165,10 @@ class Worker:
                 group_ready = False
                 await self._unreachable(backoff, exc)
         try:
-            await self._flush(flow)
+            if partition in self._wanted():  # stopping: finish what was read
+                await self._flush(flow)
+            elif flow.staged is not None:  # no longer ours: the next holder reclaims the rest
+                await self._commit(flow.staged)
         except _NETWORK as exc:
             log.warning("notifier_batch_left_pending", error=str(exc))
 
