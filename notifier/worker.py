@@ -54,7 +54,6 @@ class Worker:
         self.ownership: Ownership = ownership or Everything()
         self._intake = intake
         self.processor = processor  # what it runs each batch through
-        self._processor = processor
         self._deliverer = deliverer
         self._ledger = ledger
         self._metrics = metrics
@@ -184,7 +183,7 @@ class Worker:
             await self._flush(flow)
             return
         try:
-            prepared, flow.later = await self._processor.read(entries, flow.staged)
+            prepared, flow.later = await self.processor.read(entries, flow.staged)
         except _NETWORK:
             raise
         except Exception:
@@ -196,7 +195,7 @@ class Worker:
         inflight = None if staged is None else asyncio.create_task(self._commit(staged))
         batch: Batch | None = None
         try:
-            batch = await self._processor.plan(prepared)
+            batch = await self.processor.plan(prepared)
         except Exception:  # isolated once the commit in flight is done
             log.exception("batch_failed", size=len(prepared.entries))
         finally:
@@ -216,7 +215,7 @@ class Worker:
 
     async def _commit(self, batch: Batch) -> None:
         try:
-            await self._processor.commit(batch)
+            await self.processor.commit(batch)
         except _NETWORK:
             raise
         except Exception:
@@ -238,7 +237,7 @@ class Worker:
         if not entries:
             return
         try:
-            await self._processor.process(entries)
+            await self.processor.process(entries)
         except _NETWORK:
             raise
         except Exception:
