@@ -87,7 +87,8 @@ class Intake:
             if fields is not None
         ]
 
-    async def read(self, count: int, block_ms: int, partition: int = 0) -> list[Entry]:
+    async def read(self, count: int, block_ms: int | None, partition: int = 0) -> list[Entry]:
+        """`block_ms`: how long to wait for an entry when there is none (None: not at all)."""
         reply: Any = await self._redis.xreadgroup(
             keys.GROUP, self.consumer, {stream_of(partition): ">"}, count=count, block=block_ms
         )

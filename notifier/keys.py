@@ -140,6 +140,12 @@ def inbox(user_id: str) -> InboxKeys:
     return InboxKeys(base, f"{base}:items", f"{base}:unread", f"{base}:unseen", f"{base}:archived")
 
 
+def inbox_prefix(partition: int) -> str:
+    """`inbox(user).order` of a user of `partition` without the user id (commit.lua builds a
+    batch's names from it and InboxKeys' suffixes)."""
+    return _at(partition, "nt:inbox:")
+
+
 def cancel_index(cancel_key: str, partition: int = 0) -> str:
     """Set of the notification ids of `partition` that carried `cancel_key`."""
     return cancellation.index_key(cancel_key, prefix(partition))
@@ -183,6 +189,12 @@ def user_notifications(user_id: str) -> str:
     """zset: the user's notification ids (scored by creation, ms) while their statuses live,
     so an erasure finds the user's statuses and pending jobs without scanning `nt:n:*`."""
     return _of(user_id, f"nt:user:{user_id}:notifications")
+
+
+def user_notifications_affixes(partition: int) -> tuple[str, str]:
+    """What `user_notifications` of a user of `partition` has before and after the user id
+    (commit.lua builds a batch's names from them)."""
+    return _at(partition, "nt:user:"), ":notifications"
 
 
 def topic_subscribers(topic: str) -> str:

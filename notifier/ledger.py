@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 from archmesh_client.notifications import REQUEST_FIELD
+from redis.asyncio.cluster import RedisCluster
 
 from notifier import analytics, keys
 from notifier.events import notification_prefix
@@ -70,34 +71,27 @@ class Outcome:
         collect: dict[str, Any] | None = None,
     ) -> None:
         """`owner`: the user and creation time, indexed for an erasure; `collect`: the event
-        joins its digest window (see commit.lua)."""
+        joins its digest window (see commit.lua). The script builds the notification's,
+        lock's, timeline's, owner index's and inbox's key names from the batch's prefixes and
+        the item's id and user (every user of the batch is of its partition)."""
         item: dict[str, Any] = {
-            "key": keys.notification(notification_id, self.partition),
             "id": notification_id,
             "fields": [x for pair in fields.items() for x in pair],
             "due": [x for member, score in due.items() for x in (score, member)],
             "entry": entry.id,
-            "lock": keys.lock(notification_id, self.partition),
-            "timeline": keys.timeline(notification_id, self.partition),
         }
         if cancel_key is not None:
             item["cancel"] = keys.cancel_index(cancel_key, self.partition)
         if collect is not None:
             item["collect"] = collect
         if owner is not None:
-            user, created = owner
-            index = keys.user_notifications(user)
-            item["owner"] = {"key": index, "id": notification_id, "ms": _ms(created)}
+            item["user"], created = owner
+            item["owner"] = _ms(created)
         if inbox is not None:
             user_id, box = inbox
-            box_keys = keys.inbox(user_id)
+            if item.setdefault("user", user_id) != user_id or box.id != notification_id:
+                raise ValueError("an inbox item is its notification's, for its owner")
             item["inbox"] = {
-                "order": box_keys.order,
-                "items": box_keys.items,
-                "unread": box_keys.unread,
-                "unseen": box_keys.unseen,
-                "archived": box_keys.archived,
-                "id": box.id,
                 "score": box.created_at.timestamp(),
                 "payload": box.model_dump_json(exclude={"seen", "read", "archived"}),
             }
@@ -125,12 +119,14 @@ def _ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
 
 
-# Both scripts name their keys in ARGV, but declare them in KEYS too (the scripts do not read
-# KEYS): while a partition's slot migrates between Cluster masters, Redis runs a script only
-# on the node that holds every declared key (elsewhere it answers ASK or TRYAGAIN, which the
-# cluster client follows and retries), so a script never writes half a user's keys on the old
-# master and half on the new one (a split inbox, a status the other node cannot see). Keys
-# whose names the script reads from Redis (an open digest window's) cannot be declared.
+# Both scripts name their keys in ARGV, but on a Cluster declare them in KEYS too (the scripts
+# do not read KEYS): while a partition's slot migrates between Cluster masters, Redis runs a
+# script only on the node that holds every declared key (elsewhere it answers ASK or TRYAGAIN,
+# which the cluster client follows and retries), so a script never writes half a user's keys
+# on the old master and half on the new one (a split inbox, a status the other node cannot
+# see). Keys whose names the script reads from Redis (an open digest window's) cannot be
+# declared. One Redis has no slots to migrate: there the scripts get one key, and the client
+# does not encode (nor Redis parse) a dozen names per notification.
 
 
 def _unique(names: list[str | None]) -> list[str]:
@@ -150,14 +146,33 @@ def prepared_keys(payload: dict[str, Any]) -> list[str]:
 
 def committed_keys(payload: dict[str, Any]) -> list[str]:
     names: list[str | None] = [payload[k] for k in ("due", "stream", "attempts", "dead")]
+    n, lock, timeline = payload["n"], payload["lock"], payload["tl"]
+    owners, ending = payload["owners"]
     for it in payload["items"]:
-        names += [it["key"], it.get("lock"), it.get("timeline"), it.get("cancel")]
-        names.append((it.get("owner") or {}).get("key"))
-        box = it.get("inbox") or {}
-        names += [box.get(k) for k in ("order", "items", "unread", "unseen", "archived")]
+        names += [n + it["id"], lock + it["id"], timeline + it["id"], it.get("cancel")]
+        if "owner" in it:
+            names.append(owners + it["user"] + ending)
+        if "inbox" in it:
+            box = payload["inbox"] + it["user"]
+            names += [box, *(box + suffix for suffix in _INBOX_SUFFIXES)]
         names.append(((it.get("collect") or {}).get("digest") or {}).get("pointer"))
     names += [key for key, _, _ in payload["stats"]]
     return _unique(names)
+
+
+# keys.InboxKeys after the order's name, as commit.lua builds them
+_INBOX_SUFFIXES = (":items", ":unread", ":unseen", ":archived")
+
+
+@dataclass(frozen=True, slots=True)
+class Staged:
+    """A commit ready to send: its declared keys and its argument."""
+
+    keys: list[str]
+    payload: bytes
+
+
+_PUBLICATIONS_MAX = 50_000
 
 
 class Ledger:
@@ -171,9 +186,11 @@ class Ledger:
         """With `live`, the commit also publishes each new in-app item on its user's channel
         (notifier/live.py); without, the caller publishes them after."""
         self._redis = redis
+        self._declare = isinstance(redis, RedisCluster)  # every key in KEYS (see above)
         self._retention = int(retention)
         self._inbox_size = inbox_size
         self.live = live
+        self._publications_of: dict[str, dict[str, str | int]] = {}
         self._prepare = redis.register_script(lua("notifier.scripts", "prepare.lua"))
         commit = lua("notifier.scripts", "commit.lua")
         self._commit = redis.register_script(with_publish(commit) if live else commit)
@@ -184,9 +201,20 @@ class Ledger:
             return outcome.items
         items = list(outcome.items)
         for index, (user_id, prefix) in outcome.published.items():
-            publish = {**self.live.publication(user_id), "prefix": prefix}
+            publish = {**self._publication(user_id), "prefix": prefix}
             items[index] = {**items[index], "inbox": {**items[index]["inbox"], "publish": publish}}
         return items
+
+    def _publication(self, user_id: str) -> dict[str, str | int]:
+        """The user's channel keys and history policy: a channel name check (a regex) and a
+        policy lookup each; a user's are the same every batch. Bounded, cleared whole."""
+        assert self.live is not None
+        found = self._publications_of.get(user_id)
+        if found is None:
+            if len(self._publications_of) >= _PUBLICATIONS_MAX:
+                self._publications_of.clear()
+            found = self._publications_of[user_id] = self.live.publication(user_id)
+        return found
 
     async def prepare(
         self,
@@ -221,7 +249,8 @@ class Ledger:
             ],
             "templates": [] if tagged else templates,
         }
-        reply = await self._prepare(keys=prepared_keys(payload), args=[orjson.dumps(payload)])
+        declared = prepared_keys(payload) if self._declare else [keys.due(partition)]
+        reply = await self._prepare(keys=declared, args=[orjson.dumps(payload)])
         if tagged and templates:
             reply = [*reply, *await self._redis.mget([keys.template(t) for t in templates])]
         n = len(requests)
@@ -239,10 +268,24 @@ class Ledger:
 
     async def commit(self, outcome: Outcome) -> list[InboxCounts]:
         """Record `outcome` atomically; the inbox counts after each of its inbox entries."""
+        return await self.send(self.stage(outcome))
+
+    async def send(self, staged: Staged) -> list[InboxCounts]:
+        """Run a staged commit: the inbox counts after each of its inbox entries."""
+        reply = await self._commit(keys=staged.keys, args=[staged.payload])
+        return [InboxCounts.model_construct(unseen=n, unread=m) for n, m in reply]  # ints
+
+    def stage(self, outcome: Outcome) -> Staged:
+        """The commit of `outcome`, encoded (CPU only: done while another is in flight)."""
         part = outcome.partition
         payload = {
             "stream": keys.requests(part),
             "group": keys.GROUP,
+            "n": keys.notification("", part),
+            "lock": keys.lock("", part),
+            "tl": keys.timeline("", part),
+            "owners": keys.user_notifications_affixes(part),
+            "inbox": keys.inbox_prefix(part),
             "attempts": keys.attempts(part),
             "dead": keys.dead_letters(part),
             "due": keys.due(part),
@@ -254,5 +297,5 @@ class Ledger:
             "dead_letters": outcome.dead_letters,
             "stats": [[key, name, n] for (key, name), n in outcome.stats.items()],
         }
-        reply = await self._commit(keys=committed_keys(payload), args=[orjson.dumps(payload)])
-        return [InboxCounts(unseen=unseen, unread=unread) for unseen, unread in reply]
+        declared = committed_keys(payload) if self._declare else [keys.requests(part)]
+        return Staged(declared, orjson.dumps(payload))

@@ -1,7 +1,10 @@
 """What happens on each channel for one request: preferences, contacts, quiet hours, content,
 and the request's route (throttled, escalation steps, collected into a digest).
 
-Pure: the same request, preferences, template, route and clock reading always plan the same."""
+Pure: the same request, preferences, template, route and clock reading always plan the same.
+Its results are built without validating them again (`model_construct`): every part comes
+from the validated request, the template's rendering (strings) or this module, typed alike,
+and validating two models per request was a fifth of the notifier's planning."""
 
 from __future__ import annotations
 
@@ -66,7 +69,7 @@ def plan(
                         quiet.append(quiet_until(preferences, now))
                     if (quiet_end := quiet[0]) is not None:
                         state, reason = _quiet(result, channel, quiet_end, preferences.held)
-        delivery = ChannelDelivery(status=state, updated_at=now, last_error=reason)
+        delivery = ChannelDelivery.model_construct(status=state, updated_at=now, last_error=reason)
         if state in (DeliveryState.HELD, DeliveryState.WAITING):
             delivery.next_attempt_at = result.due[channel]
         result.deliveries[channel] = delivery
@@ -128,7 +131,7 @@ def _schedule(
     now: datetime,
 ) -> tuple[DeliveryState, str | None]:
     if channel is Medium.IN_APP:
-        result.inbox = InboxItem(
+        result.inbox = InboxItem.model_construct(  # of parts already validated (see above)
             id=request.id,
             type=request.type,
             title=content["title"],

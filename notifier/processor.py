@@ -1,7 +1,15 @@
 """Turns a batch of intake entries into recorded plans, in-app deliveries and due jobs.
 
 A batch costs three Redis round trips whatever its size: one script reads (and locks), one
-records every outcome and acknowledges every entry atomically, one pipeline pushes live."""
+records every outcome and acknowledges every entry atomically, one pipeline pushes live.
+
+In three steps, so a partition's reader (notifier/worker.py) can plan one batch while Redis
+records the one before: `read` (validate, prepare.lua), `plan` (planning and staging the
+commit, no Redis) and `commit`. prepare.lua reads state the previous batch's commit writes
+(its notifications and locks, its users' digest windows), so `read` given the batch still
+in flight (`busy`) prepares only requests of other users and ids, and hands the rest back
+to be read again once that commit is done: every decision is the one a strictly sequential
+run would take, and one user's requests keep their order."""
 
 from __future__ import annotations
 
@@ -20,7 +28,7 @@ from pydantic import ValidationError
 from notifier import digests, keys, status, throttle
 from notifier.events import notification_event
 from notifier.intake import Entry
-from notifier.ledger import Asked, Ledger, Outcome
+from notifier.ledger import Asked, Found, Ledger, Outcome, Staged
 from notifier.metrics import NotifierMetrics
 from notifier.planner import Plan, plan
 from notifier.rules import Route, Rules
@@ -62,6 +70,50 @@ class Options:
 
 
 @dataclass(slots=True)
+class Prepared:
+    """A batch read and prepared (locked, its state read), not yet planned."""
+
+    work: list[_Work]
+    duplicates: list[Entry]
+    dead: list[tuple[Entry, str]]
+    fanned: list[Entry]
+
+    @property
+    def entries(self) -> list[Entry]:
+        return [
+            *self.duplicates,
+            *self.fanned,
+            *(entry for entry, _ in self.dead),
+            *(item.entry for item in self.work),
+        ]
+
+
+@dataclass(slots=True)
+class Batch:
+    """A batch planned and its outcome staged and encoded: only its commit is left."""
+
+    work: list[_Work]
+    duplicates: list[Entry]
+    dead: list[tuple[Entry, str]]
+    fanned: list[Entry]
+    commit: Staged | None  # None: nothing to record
+    users: frozenset[str]  # whose state its commit changes
+    ids: frozenset[str]  # the notifications it records (and whose locks it releases)
+
+    @property
+    def entries(self) -> list[Entry]:
+        return [
+            *self.duplicates,
+            *self.fanned,
+            *(entry for entry, _ in self.dead),
+            *(item.entry for item in self.work),
+        ]
+
+
+_YIELD_EVERY = 32  # planning lets the loop send the commit in flight this often
+
+
+@dataclass(slots=True)
 class _Work:
     entry: Entry
     request: NotificationRequest
@@ -71,6 +123,8 @@ class _Work:
     route: Route = field(default_factory=Route)
     at: datetime | None = None  # when it was planned (a batch's are a microsecond apart)
     throttle_key: str | None = None  # its type's throttle log
+    facts: Found | None = None  # what prepare.lua found
+    template: Template | None = None
 
     @property
     def is_digest(self) -> bool:
@@ -102,20 +156,72 @@ class Processor:
 
     async def process(self, entries: list[Entry]) -> None:
         """`entries`: of one partition, each of a user of that partition (worker.py)."""
+        prepared, _ = await self.read(entries)
+        await self.commit(await self.plan(prepared))
+
+    async def read(
+        self, entries: list[Entry], busy: Batch | None = None
+    ) -> tuple[Prepared, list[Entry]]:
+        """Validate and prepare `entries`, except those `busy` (a batch whose commit is not
+        done) could change the outcome of: its users' and ids', and every later entry of a
+        user with one held back. Those are returned, in their order, to be read again."""
         work: list[_Work] = []
         dead: list[tuple[Entry, str]] = []
+        later: list[Entry] = []
+        held: set[str] = set()
         for entry in entries:
             try:
                 request = NotificationRequest.model_validate_json(entry.request_json)
             except ValidationError as exc:
                 reason = orjson.dumps(validation_error(exc)["fields"]).decode()
                 dead.append((entry, f"invalid request: {reason}"))
-            else:
-                work.append(_Work(entry, request))
+                continue
+            user = request.user_id
+            if (
+                busy is not None
+                and user is not None
+                and (user in held or user in busy.users or request.id in busy.ids)
+            ):
+                held.add(user)
+                later.append(entry)
+                continue
+            work.append(_Work(entry, request))
         fanned, work = await self._fan_out(work, dead)
         duplicates, work = await self._prepare(work, dead)
-        await self._commit(work, duplicates, dead, fanned)
-        await self._push(work)
+        return Prepared(work, duplicates, dead, fanned), later
+
+    async def plan(self, prepared: Prepared) -> Batch:
+        """Plan each request and stage the batch's commit (CPU only: while a commit is in
+        flight the loop gets control back now and then, to send it)."""
+        planned = prepared.work
+        for index, item in enumerate(planned):
+            if index % _YIELD_EVERY == _YIELD_EVERY - 1:
+                await asyncio.sleep(0)
+            self._plan(item)
+        outcome = self._outcome(planned, prepared)
+        return Batch(
+            planned,
+            prepared.duplicates,
+            prepared.dead,
+            prepared.fanned,
+            self._ledger.stage(outcome) if outcome else None,
+            frozenset(item.request.recipient for item in planned),
+            frozenset(item.request.id for item in planned),
+        )
+
+    async def commit(self, batch: Batch) -> None:
+        """Record the batch (atomically, acknowledging its entries), then push live."""
+        if batch.commit is None:
+            return
+        counts = iter(await self._ledger.send(batch.commit))
+        for item in batch.work:
+            if item.plan is not None and item.plan.inbox is not None:
+                item.counts = next(counts)
+        self._count(batch.work, batch.duplicates, batch.dead)
+        self._metrics.processed.labels("topic").inc(len(batch.fanned))
+        if any(item.plan and (item.plan.due or item.route.collect) for item in batch.work):
+            self._on_scheduled()
+        await self._push(batch.work)
 
     async def _fan_out(
         self, work: list[_Work], dead: list[tuple[Entry, str]]
@@ -152,10 +258,8 @@ class Processor:
             for name, raw in raw_templates.items()
         }
         duplicates: list[Entry] = []
-        planned: list[_Work] = []
+        ready: list[_Work] = []
         for index, (item, facts) in enumerate(zip(work, found, strict=True)):
-            # A microsecond apart, so the inbox orders one batch as it arrived.
-            now = start + timedelta(microseconds=index)
             if facts.exists:
                 duplicates.append(item.entry)  # processed before: acknowledge, do nothing
             elif not facts.locked:
@@ -163,22 +267,27 @@ class Processor:
             elif reason := self._refusal(item.request, facts.preferences, templates):
                 dead.append((item.entry, reason))
             else:
-                prefs = self._preferences(facts.preferences)
-                template = templates.get(item.request.template or "")
-                item.at = now
-                if item.is_digest:
-                    item.route = Route(summary=True)
-                else:
-                    item.route = self._options.rules.route(
-                        item.request, facts.admitted, facts.opener
-                    )
-                critical = item.request.type in self._options.critical
-                configured = self._options.configured
-                item.plan = plan(
-                    item.request, prefs, template, now, configured, item.route, critical=critical
-                )
-                planned.append(item)
-        return duplicates, planned
+                # A microsecond apart, so the inbox orders one batch as it arrived.
+                item.at = start + timedelta(microseconds=index)
+                item.facts = facts
+                item.template = templates.get(item.request.template or "")
+                ready.append(item)
+        return duplicates, ready
+
+    def _plan(self, item: _Work) -> None:
+        facts, now = item.facts, item.at
+        assert facts is not None
+        assert now is not None
+        prefs = self._preferences(facts.preferences)
+        if item.is_digest:
+            item.route = Route(summary=True)
+        else:
+            item.route = self._options.rules.route(item.request, facts.admitted, facts.opener)
+        critical = item.request.type in self._options.critical
+        configured = self._options.configured
+        item.plan = plan(
+            item.request, prefs, item.template, now, configured, item.route, critical=critical
+        )
 
     def _preferences(self, raw: str | None) -> Preferences:
         if raw is None:
@@ -212,13 +321,8 @@ class Processor:
             return f"unknown user {request.user_id!r} (no preferences saved)"
         return None
 
-    async def _commit(
-        self,
-        work: list[_Work],
-        duplicates: list[Entry],
-        dead: list[tuple[Entry, str]],
-        fanned: list[Entry],
-    ) -> None:
+    def _outcome(self, work: list[_Work], prepared: Prepared) -> Outcome:
+        duplicates, dead, fanned = prepared.duplicates, prepared.dead, prepared.fanned
         entries = [
             *duplicates,
             *fanned,
@@ -233,16 +337,7 @@ class Processor:
         for entry, reason in dead:
             outcome.dead_letter(entry, reason)
             log.warning("request_dead_lettered", entry=entry.id, reason=reason[:300])
-        if not outcome:
-            return
-        counts = iter(await self._ledger.commit(outcome))
-        for item in work:
-            if item.plan is not None and item.plan.inbox is not None:
-                item.counts = next(counts)
-        self._count(work, duplicates, dead)
-        self._metrics.processed.labels("topic").inc(len(fanned))
-        if any(item.plan and (item.plan.due or item.route.collect) for item in work):
-            self._on_scheduled()
+        return outcome
 
     def _stage(self, outcome: Outcome, item: _Work, now: datetime) -> None:
         request, result = item.request, item.plan

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass, field
 
 from archmesh_client.backoff import Backoff
 from redis.exceptions import RedisError
@@ -17,12 +18,21 @@ from notifier.intake import LEGACY, Entry, Intake
 from notifier.ledger import Ledger, Outcome
 from notifier.metrics import NotifierMetrics
 from notifier.ownership import Everything, Ownership
-from notifier.processor import Processor
+from notifier.processor import Batch, Processor
 from shared.logging import get_logger
 
 log = get_logger(__name__)
 
 _NETWORK = (RedisError, OSError, asyncio.TimeoutError)
+
+
+@dataclass(slots=True)
+class _Flow:
+    """A partition reader's batches between rounds: the one planned whose commit is next, and
+    the entries held back until it is done (Processor.read)."""
+
+    staged: Batch | None = None
+    later: list[Entry] = field(default_factory=list)
 
 
 class Worker:
@@ -43,7 +53,7 @@ class Worker:
         """`ownership`: which partitions this replica reads (notifier/ownership.py)."""
         self.ownership: Ownership = ownership or Everything()
         self._intake = intake
-        self._processor = processor
+        self.processor = processor  # what it runs each batch through
         self._deliverer = deliverer
         self._ledger = ledger
         self._metrics = metrics
@@ -127,6 +137,7 @@ class Worker:
         loop = asyncio.get_running_loop()
         next_claim = 0.0
         group_ready = False
+        flow = _Flow()
         # Taken over from another replica: what it left pending is ours now, whatever its age.
         takeover = self.ownership.partitioned
         while not self._stopping.is_set() and partition in self._wanted():
@@ -136,17 +147,80 @@ class Worker:
                     group_ready = True
                 entries: list[Entry] = []
                 if loop.time() >= next_claim:
+                    await self._flush(flow)  # nothing of ours in flight while reclaiming
                     entries = await self._intake.reclaim(self._batch, partition, idle=not takeover)
                     takeover = False
                     next_claim = loop.time() + (0 if entries else self._claim_every)
                 if not entries:
-                    entries = await self._intake.read(self._batch, 500, partition)
-                if entries:
-                    await self._process(await self._settle(entries))
+                    # With a batch in flight or held back, don't wait for more: go on at once.
+                    block = None if flow.staged or flow.later else 500
+                    room = max(1, self._batch - len(flow.later))
+                    entries = await self._intake.read(room, block, partition)
+                await self._advance(flow, await self._settle(entries))
                 backoff.reset()
             except _NETWORK as exc:
+                # What it held stays pending (its locks expire): reclaimed, as after a crash.
+                flow = _Flow()
                 group_ready = False
                 await self._unreachable(backoff, exc)
+        try:
+            if partition in self._wanted():  # stopping: finish what was read
+                await self._flush(flow)
+            elif flow.staged is not None:  # no longer ours: the next holder reclaims the rest
+                await self._commit(flow.staged)
+        except _NETWORK as exc:
+            log.warning("notifier_batch_left_pending", error=str(exc))
+
+    async def _advance(self, flow: _Flow, entries: list[Entry]) -> None:
+        """Read and prepare the next batch, then plan it while the previous one's commit is in
+        flight: a partition's wall time nears the larger of the notifier's CPU and Redis's,
+        not their sum. The next batch is prepared before that commit is sent, so Redis (which
+        runs one command at a time) does not make the preparation wait for the commit; what
+        the commit could still change is held back (Processor.read) to the next round."""
+        entries = [*flow.later, *entries]
+        flow.later = []
+        if not entries:
+            await self._flush(flow)
+            return
+        try:
+            prepared, flow.later = await self.processor.read(entries, flow.staged)
+        except _NETWORK:
+            raise
+        except Exception:
+            log.exception("batch_failed", size=len(entries))
+            await self._flush(flow)
+            await self._broken(entries)
+            return
+        staged, flow.staged = flow.staged, None
+        inflight = None if staged is None else asyncio.create_task(self._commit(staged))
+        batch: Batch | None = None
+        try:
+            batch = await self.processor.plan(prepared)
+        except Exception:  # isolated once the commit in flight is done
+            log.exception("batch_failed", size=len(prepared.entries))
+        finally:
+            if inflight is not None:
+                await inflight
+        if batch is None:
+            await self._broken(prepared.entries)
+        flow.staged = batch
+
+    async def _flush(self, flow: _Flow) -> None:
+        """Commit the batch in flight, then process what was held back, one after the other."""
+        staged, flow.staged = flow.staged, None
+        if staged is not None:
+            await self._commit(staged)
+        later, flow.later = flow.later, []
+        await self._process(later)
+
+    async def _commit(self, batch: Batch) -> None:
+        try:
+            await self.processor.commit(batch)
+        except _NETWORK:
+            raise
+        except Exception:
+            log.exception("batch_failed", size=len(batch.entries))
+            await self._broken(batch.entries)
 
     async def _settle(self, entries: list[Entry]) -> list[Entry]:
         """Move the entries of other partitions' users home; the rest are processed here."""
@@ -163,17 +237,21 @@ class Worker:
         if not entries:
             return
         try:
-            await self._processor.process(entries)
+            await self.processor.process(entries)
         except _NETWORK:
             raise
         except Exception:
-            self._metrics.processing_errors.inc()
             log.exception("batch_failed", size=len(entries))
-            if len(entries) == 1:
-                await self._failed(entries[0])
-                return
-            for entry in entries:  # isolate the entry that breaks the batch
-                await self._process([entry])
+            await self._broken(entries)
+
+    async def _broken(self, entries: list[Entry]) -> None:
+        """A batch failed (not Redis): isolate the entry that breaks it."""
+        self._metrics.processing_errors.inc()
+        if len(entries) == 1:
+            await self._failed(entries[0])
+            return
+        for entry in entries:
+            await self._process([entry])
 
     async def _failed(self, entry: Entry) -> None:
         """Left pending to be reclaimed, or dead-lettered once it failed too often."""

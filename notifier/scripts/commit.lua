@@ -1,9 +1,13 @@
 -- ArchMesh notifier: record a batch's outcome and acknowledge its entries, atomically.
 -- ARGV[1]: JSON {stream, group, attempts, dead, due, retention, inbox_size, stats_ttl,
---   items: [{key, fields: [f, v, ...], due: [score, member, ...], entry, lock, timeline,
---            inbox: {order, items, unread, unseen, archived, id, score, payload,
+--   n, lock, tl (prefixes of a notification's status, lock and timeline: + its id),
+--   owners: [before, after] (the user's index of notifications: before .. user .. after),
+--   inbox (prefix of a user's inbox order: + user id; the other keys add :items, :unread,
+--          :unseen, :archived),
+--   items: [{id, fields: [f, v, ...], due: [score, member, ...], entry, user (if owner or inbox),
+--            inbox: {score, payload,
 --                    publish: {meta, history, size, ttl, prefix} or absent} or absent,
---            owner: {key, id, ms} (the user's index of notifications) or absent,
+--            owner: creation ms (indexed in the user's notifications) or absent,
 --            cancel: cancel index key or absent,
 --            collect: {digest (as in prepare.lua), id, event, score, now} or absent}],
 --   acks: [entry ids], dead_letters: [[entry, request, reason, failed_at]],
@@ -60,8 +64,9 @@ end
 
 local unread = {}
 for _, it in ipairs(p.items) do
-  redis.call('HSET', it.key, unpack(it.fields))
-  redis.call('EXPIRE', it.key, p.retention)
+  local key, timeline = p.n .. it.id, p.tl .. it.id
+  redis.call('HSET', key, unpack(it.fields))
+  redis.call('EXPIRE', key, p.retention)
   if #it.due > 0 then
     redis.call('ZADD', p.due, unpack(it.due))
   end
@@ -70,42 +75,42 @@ for _, it in ipairs(p.items) do
     redis.call('EXPIRE', it.cancel, p.retention)
   end
   if it.collect then
-    collect(it.collect, it.key)
+    collect(it.collect, key)
   end
-  local owner = it.owner
-  if owner then
-    redis.call('ZADD', owner.key, owner.ms, owner.id)
-    redis.call('ZREMRANGEBYSCORE', owner.key, '-inf', owner.ms - p.retention * 1000)
-    redis.call('EXPIRE', owner.key, p.retention)
+  if it.owner then
+    local index = p.owners[1] .. it.user .. p.owners[2]
+    redis.call('ZADD', index, it.owner, it.id)
+    redis.call('ZREMRANGEBYSCORE', index, '-inf', it.owner - p.retention * 1000)
+    redis.call('EXPIRE', index, p.retention)
   end
   -- The notification's timeline (ops console): each `ch:<medium>` field written is one entry
   -- {"medium", "delivery"}, as notifier/status.py's timeline_entry writes later changes.
-  if it.timeline then
-    for i = 1, #it.fields, 2 do
-      local name = it.fields[i]
-      if string.sub(name, 1, 3) == 'ch:' then
-        redis.call('RPUSH', it.timeline, '{"medium":' .. cjson.encode(string.sub(name, 4)) ..
-          ',"delivery":' .. it.fields[i + 1] .. '}')
-      end
+  for i = 1, #it.fields, 2 do
+    local name = it.fields[i]
+    if string.sub(name, 1, 3) == 'ch:' then
+      redis.call('RPUSH', timeline, '{"medium":' .. cjson.encode(string.sub(name, 4)) ..
+        ',"delivery":' .. it.fields[i + 1] .. '}')
     end
-    redis.call('EXPIRE', it.timeline, p.retention)
   end
+  redis.call('EXPIRE', timeline, p.retention)
   local box = it.inbox
   if box then
-    redis.call('ZADD', box.order, box.score, box.id)
-    redis.call('HSET', box.items, box.id, box.payload)
-    redis.call('SADD', box.unread, box.id)
-    redis.call('SADD', box.unseen, box.id)
-    local excess = redis.call('ZCARD', box.order) - p.inbox_size
+    local order = p.inbox .. it.user
+    local items, unread_ids, unseen = order .. ':items', order .. ':unread', order .. ':unseen'
+    redis.call('ZADD', order, box.score, it.id)
+    redis.call('HSET', items, it.id, box.payload)
+    redis.call('SADD', unread_ids, it.id)
+    redis.call('SADD', unseen, it.id)
+    local excess = redis.call('ZCARD', order) - p.inbox_size
     if excess > 0 then
-      local old = redis.call('ZRANGE', box.order, 0, excess - 1)
-      redis.call('ZREMRANGEBYRANK', box.order, 0, excess - 1)
-      redis.call('HDEL', box.items, unpack(old))
-      redis.call('SREM', box.unread, unpack(old))
-      redis.call('SREM', box.unseen, unpack(old))
-      redis.call('SREM', box.archived, unpack(old))
+      local old = redis.call('ZRANGE', order, 0, excess - 1)
+      redis.call('ZREMRANGEBYRANK', order, 0, excess - 1)
+      redis.call('HDEL', items, unpack(old))
+      redis.call('SREM', unread_ids, unpack(old))
+      redis.call('SREM', unseen, unpack(old))
+      redis.call('SREM', order .. ':archived', unpack(old))
     end
-    local counts = {redis.call('SCARD', box.unseen), redis.call('SCARD', box.unread)}
+    local counts = {redis.call('SCARD', unseen), redis.call('SCARD', unread_ids)}
     unread[#unread + 1] = counts
     local pub = box.publish
     if pub then
@@ -114,7 +119,7 @@ for _, it in ipairs(p.items) do
     end
   end
   ack(it.entry)
-  locks[#locks + 1] = it.lock
+  locks[#locks + 1] = p.lock .. it.id
 end
 for _, entry in ipairs(p.acks) do
   ack(entry)
