@@ -8,8 +8,6 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable
 
-from archmesh_client.channels import InvalidChannel, validate_channel
-
 from gateway.hub import Hub
 from gateway.metrics import GatewayMetrics
 from shared.announcements import Figures
@@ -32,21 +30,23 @@ class GatewayFigures:
         self._top = top
 
     async def __call__(self) -> Figures:
-        local = self._hub.membership.local
+        """Every `ARCHMESH_ANNOUNCE_INTERVAL`: O(channels), but a set lookup per channel (a
+        node of 19,000 `user:` channels once spent 100 ms a round validating their names)."""
+        membership = self._hub.membership
         stats = self._metrics.stats
         subscriptions = self._metrics.registry.get_sample_value("archmesh_subscriptions") or 0
-        busiest = heapq.nlargest(self._top, local.items(), key=lambda item: len(item[1]))
+        clients = (item for item in membership.local.items() if not membership.internal(item[0]))
+        busiest = heapq.nlargest(self._top, clients, key=lambda item: len(item[1]))
         return Figures(
             gauges={
                 "connections": len(self._hub.connections),
                 "subscriptions": int(subscriptions),
-                "channels": sum(1 for channel in local if _public(channel)),
+                "channels": membership.client_channels(),
                 "broker": "connected" if self._broker.connected else "reconnecting",
                 "draining": self._draining(),
                 "busiest": [
                     {"channel": channel, "subscribers": len(members)}
                     for channel, members in busiest
-                    if _public(channel)
                 ],
             },
             counters={
@@ -58,12 +58,3 @@ class GatewayFigures:
                 or 0,
             },
         )
-
-
-def _public(channel: str) -> bool:
-    """A client's channel, not one only the node itself follows (the control stream)."""
-    try:
-        validate_channel(channel)
-    except InvalidChannel:
-        return False
-    return True

@@ -91,8 +91,16 @@ class Membership:
         self.local.setdefault(channel, set()).add(member)
         await self._broker.subscribe(channel)
 
+    def internal(self, channel: str) -> bool:
+        """Followed by the node itself (`follow`), not by a client."""
+        return channel in self._internal
+
+    def client_channels(self) -> int:
+        """Channels with a local client subscriber."""
+        return len(self.local) - len(self._internal)
+
     def _count_channels(self) -> None:
-        self._metrics.channels.set(len(self.local) - len(self._internal))
+        self._metrics.channels.set(self.client_channels())
 
     async def leave(self, conn: Member, channel: str) -> bool:
         """Whether `conn` was a member of `channel` (and now is not)."""
