@@ -259,6 +259,11 @@ def gateway_main(opts: argparse.Namespace) -> None:
                 lifespan="on",
             )
         server = uvicorn.Server(config)
+        if not opts.default_gc:
+            with contextlib.suppress(ImportError):  # an older tree has none
+                from shared import collector
+
+                collector.tune_for_a_server()  # as `archmesh-rt gateway` (gateway/server.py)
 
         async def both() -> dict[str, Any]:
             serving = asyncio.ensure_future(server.serve())
@@ -294,6 +299,7 @@ def main() -> None:
         "--profile-clock", choices=("cpu", "wall"), default="cpu", help="what --profile times"
     )
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--default-gc", action="store_true", help="CPython's GC thresholds")
     parser.add_argument("--callees", default="", help="with --profile: what these call")
     gateway_main(parser.parse_args())
 

@@ -13,6 +13,7 @@ from types import FrameType
 import uvicorn
 
 from gateway.app import Gateway
+from shared.collector import tune_for_a_server
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -52,6 +53,7 @@ class _DrainingServer(uvicorn.Server):
 
 
 def serve(gateway: Gateway) -> None:
+    tune_for_a_server()
     _DrainingServer(uvicorn_config(gateway), gateway).run()
 
 

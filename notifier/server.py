@@ -6,6 +6,7 @@ from __future__ import annotations
 import uvicorn
 
 from notifier.app import Notifier
+from shared.collector import tune_for_a_server
 
 
 def serve(notifier: Notifier) -> None:
@@ -19,4 +20,5 @@ def serve(notifier: Notifier) -> None:
         lifespan="on",
         timeout_graceful_shutdown=10,
     )
+    tune_for_a_server()
     uvicorn.Server(config).run()
