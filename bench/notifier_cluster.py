@@ -18,9 +18,11 @@ Checked after each drain, where users see it: every notification of the drain is
 user's inbox (`not_delivered` counts those missing), the sends recorded are exactly the
 requests (`duplicates` counts any beyond), and no request went to the dead letters.
 
-Cores (2 on the bench machine): the Redis nodes and this driver on core 1; the first notifier
-on core 0; the second, when there are two, on core 1 with Redis (there is no
-third core): the figure is what a second process adds on this machine, not a scaling law.
+Cores (2 on the bench machine): the first notifier on core 0; the second, when there are two,
+on core 1; this driver (idle while a drain runs) on core 1; the Redis nodes on either core,
+placed by the kernel, so that two notifiers each get what Redis leaves of a core rather than
+one of them sharing its core with all three nodes (there is no third core): the figure is what
+a second process adds on this machine, not a scaling law.
 
 Prints one JSON line. Run by bench/run.py with the project's venv:
     .venv/bin/python bench/notifier_cluster.py [--count 20000] [--users 1000] [--repeat 2]
@@ -350,10 +352,11 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=2, help="drains of each, best one kept")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, terminated)
-    os.sched_setaffinity(0, {int(LOAD_CORE)})  # this driver, and the Redis nodes it starts
+    os.sched_setaffinity(0, {int(SERVER_CORE), int(LOAD_CORE)})  # the Redis nodes: either
     cluster = ClusterServers(3)
     try:
         cluster.start()
+        os.sched_setaffinity(0, {int(LOAD_CORE)})  # this driver
         result = asyncio.run(measure(args, cluster))
     finally:
         cluster.cleanup()

@@ -160,6 +160,12 @@ async def main() -> None:
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, terminated)
     results = [await measure(int(size), args.batch) for size in args.sizes.split(",")]
+    growth = {
+        str(r["subscribers"]): round(float(r["peak_rss_mb"]) - float(r["rss_before_fanout_mb"]), 1)
+        for r in results
+    }
+    for result in results:
+        result["rss_growth_mb_by_size"] = growth  # bounded: the same whatever the topic's size
     print(json.dumps(results[-1]) if args.json_line else json.dumps(results, indent=2))
 
 

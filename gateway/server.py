@@ -76,6 +76,9 @@ def uvicorn_config(gateway: Gateway, port: int | None = None) -> uvicorn.Config:
         # Nothing reads the client address or scheme; the middleware would stay on the call
         # stack of every socket for its whole life.
         proxy_headers=False,
+        # A reconnect storm arrives within the SDKs' first backoff step: queued by the kernel,
+        # not refused (uvicorn's default is 2048; the kernel caps it at net.core.somaxconn).
+        backlog=settings.listen_backlog,
         log_config=None,
         access_log=False,
         lifespan="on",

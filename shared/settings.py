@@ -59,8 +59,13 @@ class Settings(BaseSettings):
         ge=1,
         description="Connects and recovering subscribes a node works on at once (the rest wait).",
     )
+    listen_backlog: int = Field(
+        4096,
+        ge=1,
+        description="Connections the kernel queues before a node accepts them (<= somaxconn).",
+    )
     handshake_max_lag_ms: float = Field(
-        50.0,
+        200.0,
         gt=0,
         description="Event-loop lag above which a node admits fewer handshakes at once.",
     )
