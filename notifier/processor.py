@@ -50,7 +50,7 @@ _CANCELLABLE = frozenset(
 
 
 _DEFAULTS = Preferences()
-_PARSED_MAX = 10_000
+_PARSED_MAX = 4_096
 
 
 def _open(result: Plan) -> bool:
