@@ -647,7 +647,7 @@ NOTIFIER_CLUSTER_ROWS = [
     ("each notifier's CPU (of a core)", "notifier_cpu"),
     ("notifiers' CPU-seconds per 1,000 notifications", "notifier_cpu_per_1000"),
     ("share of the time each notifier waited for its core (others ran)", "notifier_waited"),
-    ("each Redis node's CPU (of a core; core 1)", "redis_cpu"),
+    ("each Redis node's CPU (of a core; on either core)", "redis_cpu"),
     ("Redis nodes' CPU-seconds per 1,000 notifications", "redis_cpu_per_1000"),
     ("queueing the notifications (not timed), s", "queue_seconds"),
     ("sends recorded", "sent"),

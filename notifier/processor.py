@@ -92,22 +92,14 @@ class Prepared:
 class Batch:
     """A batch planned and its outcome staged and encoded: only its commit is left."""
 
-    work: list[_Work]
-    duplicates: list[Entry]
-    dead: list[tuple[Entry, str]]
-    fanned: list[Entry]
+    prepared: Prepared
     commit: Staged | None  # None: nothing to record
     users: frozenset[str]  # whose state its commit changes
     ids: frozenset[str]  # the notifications it records (and whose locks it releases)
 
     @property
     def entries(self) -> list[Entry]:
-        return [
-            *self.duplicates,
-            *self.fanned,
-            *(entry for entry, _ in self.dead),
-            *(item.entry for item in self.work),
-        ]
+        return self.prepared.entries
 
 
 _YIELD_EVERY = 32  # planning lets the loop send the commit in flight this often
@@ -200,10 +192,7 @@ class Processor:
             self._plan(item)
         outcome = self._outcome(planned, prepared)
         return Batch(
-            planned,
-            prepared.duplicates,
-            prepared.dead,
-            prepared.fanned,
+            prepared,
             self._ledger.stage(outcome) if outcome else None,
             frozenset(item.request.recipient for item in planned),
             frozenset(item.request.id for item in planned),
@@ -214,14 +203,15 @@ class Processor:
         if batch.commit is None:
             return
         counts = iter(await self._ledger.send(batch.commit))
-        for item in batch.work:
+        done = batch.prepared
+        for item in done.work:
             if item.plan is not None and item.plan.inbox is not None:
                 item.counts = next(counts)
-        self._count(batch.work, batch.duplicates, batch.dead)
-        self._metrics.processed.labels("topic").inc(len(batch.fanned))
-        if any(item.plan and (item.plan.due or item.route.collect) for item in batch.work):
+        self._count(done.work, done.duplicates, done.dead)
+        self._metrics.processed.labels("topic").inc(len(done.fanned))
+        if any(item.plan and (item.plan.due or item.route.collect) for item in done.work):
             self._on_scheduled()
-        await self._push(batch.work)
+        await self._push(done.work)
 
     async def _fan_out(
         self, work: list[_Work], dead: list[tuple[Entry, str]]
