@@ -148,6 +148,7 @@ async def test_a_digest_window_the_commit_in_flight_fills_is_seen_by_the_next_ba
     assert await redis.llen(keys.timeline("N1")) == 1  # its retry acknowledged as a duplicate
     assert await redis.xlen(keys.requests()) == 0
     await redis.aclose()
+    await notifier.redis.aclose()  # driven step by step, without its lifespan (which closes it)
 
 
 async def test_a_replica_killed_with_batches_in_flight_loses_and_repeats_nothing(
