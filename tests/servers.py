@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 import shutil
@@ -10,9 +11,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import httpx
 import redis
@@ -34,6 +35,18 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, what: s
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+async def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    """`wait_until` for async tests: `check` (blocking calls allowed: it runs in a thread)
+    polled until it returns something truthy, which is returned; TimeoutError after
+    `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := await asyncio.to_thread(check):
+            return value
+        await asyncio.sleep(0.05)
+    raise TimeoutError(what)
 
 
 class RedisServer:

@@ -12,7 +12,7 @@ import hmac
 import json
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -22,7 +22,15 @@ from archmesh_client.request_stream import Partitioning
 
 from tests import wsclient
 from tests.fakes.smtp import SmtpServer
-from tests.servers import API_KEY, REPO, GatewayProcess, NotifierProcess, RedisCluster, RedisServer
+from tests.servers import (
+    API_KEY,
+    REPO,
+    GatewayProcess,
+    NotifierProcess,
+    RedisCluster,
+    RedisServer,
+    until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -57,15 +65,6 @@ def stack(
     for notifier in notifiers:
         notifier.stop(signal.SIGKILL)
     gateway.stop()
-
-
-async def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := await asyncio.to_thread(check):
-            return value
-        await asyncio.sleep(0.05)
-    raise TimeoutError(what)
 
 
 def call(notifier: NotifierProcess, method: str, path: str, **kwargs: Any) -> Any:

@@ -13,8 +13,7 @@ import collections
 import dataclasses
 import signal
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import orjson
 import pytest
@@ -23,7 +22,7 @@ from archmesh_client.notifier import NotifierClient
 from archmesh_client.request_stream import Partitioning
 
 from tests.fakes.smtp import SmtpServer
-from tests.servers import NotifierProcess, RedisCluster, redis_server_version
+from tests.servers import NotifierProcess, RedisCluster, redis_server_version, until
 
 pytestmark = pytest.mark.slow
 
@@ -105,15 +104,6 @@ class Producer:
 
     async def until_sent(self, count: int, timeout: float) -> None:
         await until(lambda: len(self.sent) >= count, timeout, f"{count} requests queued")
-
-
-async def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := await asyncio.to_thread(check):
-            return value
-        await asyncio.sleep(0.05)
-    raise TimeoutError(what)
 
 
 def inbox_ids(notifier: NotifierProcess, user: str) -> list[str]:
