@@ -75,6 +75,7 @@ class Worker:
         self._loops = [
             asyncio.create_task(self._intake_loop(), name="notifier-intake"),
             asyncio.create_task(self._delivery_loop(), name="notifier-deliveries"),
+            asyncio.create_task(self._renewal_loop(), name="notifier-lease-renewal"),
         ]
 
     async def stop(self, grace: float = 10.0) -> None:
@@ -163,6 +164,11 @@ class Worker:
                 flow = _Flow()
                 group_ready = False
                 await self._unreachable(backoff, exc)
+            except Exception:  # the same, logged whole (a client's bug, not a Redis outage)
+                log.exception("notifier_intake_crashed", partition=partition)
+                flow = _Flow()
+                group_ready = False
+                await self._pause_stop(backoff.next_delay())
         try:
             if partition in self._wanted():  # stopping: finish what was read
                 await self._flush(flow)
@@ -266,14 +272,12 @@ class Worker:
     # -- deliveries --------------------------------------------------------------------------
 
     async def _delivery_loop(self) -> None:
+        """Claim due jobs and start their sends. It outlives any error: a Cluster client that
+        re-learns its slot map mid-call has raised others than Redis's (see deliveries.py),
+        and a loop that died would leave every due job to wait for another replica."""
         backoff = Backoff(base=0.1, cap=5.0)
-        loop = asyncio.get_running_loop()
-        next_renewal = 0.0
         while not self._stopping.is_set():
             try:
-                if loop.time() >= next_renewal:
-                    await self._deliverer.renew()
-                    next_renewal = loop.time() + self._claim_every / 3
                 room = self._concurrency - len(self._sends)
                 jobs = await self._deliverer.claim(room) if room > 0 else []
                 for job in jobs:
@@ -288,6 +292,25 @@ class Worker:
                 backoff.reset()
             except _NETWORK as exc:
                 await self._unreachable(backoff, exc)
+            except Exception:
+                log.exception("notifier_deliveries_crashed")
+                await self._pause(backoff.next_delay())
+
+    async def _renewal_loop(self) -> None:
+        """Keep the leases of the jobs in flight a lease ahead, on its own: a claim or a poll
+        slowed by a master's outage or a slot migration must not let the lease of a job whose
+        message went out (and whose record waits for Redis) run out, or another replica
+        sends it again. Stopping, it goes on until the last send is done."""
+        every = self._claim_every / 3
+        while not self._stopping.is_set() or self._sends:
+            try:
+                await self._deliverer.renew()
+            except Exception as exc:  # renewed again at the next tick
+                log.warning("delivery_leases_not_renewed", error=f"{type(exc).__name__}: {exc}")
+            if not self._stopping.is_set():
+                await self._pause_stop(every)
+            elif sends := set(self._sends):
+                await asyncio.wait(sends, timeout=every)
 
     async def _unreachable(self, backoff: Backoff, exc: Exception) -> None:
         delay = backoff.next_delay()

@@ -272,6 +272,75 @@ async def test_gone_push_subscriptions_are_pruned(stack: Stack) -> None:
     assert saved["contacts"]["push_subscriptions"] == []
 
 
+async def test_the_delivery_loop_outlives_an_unexpected_error(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py's Cluster client has raised others than Redis's errors while it re-learns the
+    slot map: the loop that claims due jobs logs it and goes on (it used to end for good)."""
+    deliverer = stack.notifier.worker._deliverer
+    claim, raised = deliverer.claim, []
+
+    async def broken_once(limit: int) -> list[tuple[int, str]]:
+        if not raised:
+            raised.append(limit)
+            raise AttributeError("'NoneType' object has no attribute 'send_packed_command'")
+        return await claim(limit)
+
+    monkeypatch.setattr(deliverer, "claim", broken_once)
+    await stack.put_preferences("ada", **ADA)
+    nid = await stack.send(user_id="ada", type="a", title="After the error", channels=["email"])
+    await stack.states(nid, email="sent")
+    assert raised
+    assert len(emails_to(stack.smtp, "After the error")) == 1
+
+
+async def test_a_send_outlasting_its_lease_is_renewed_while_claims_stall(
+    redis_server: RedisServer,
+    smtp: SmtpServer,
+    push: PushEndpoint,
+    twilio: TwilioApi,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A send longer than the lease (1 s here) keeps its job while this replica's claims hang
+    (a master restarting, a slot migrating): the leases are renewed on their own, so the other
+    replica never takes the job and the message goes out once."""
+    phone = "+14155550131"
+    twilio.answer_late(phone, 2.0)  # taken at once, answered after two leases
+    release = asyncio.Event()
+    async with notifier_stack(
+        redis_server.url, smtp, push, twilio, notifier_claim_idle=1.0
+    ) as stack:
+        await stack.put_preferences("ada", **{**ADA, "contacts": {"phone": phone}})
+        deliverer = stack.notifier.worker._deliverer
+        claim, claimed = deliverer.claim, asyncio.Event()
+
+        async def stalling(limit: int) -> list[tuple[int, str]]:
+            if claimed.is_set():  # hangs until the test ends, then claims as before
+                await release.wait()
+            jobs = await claim(limit)
+            if any(job.endswith("|sms") for _, job in jobs):
+                claimed.set()
+            return jobs
+
+        monkeypatch.setattr(deliverer, "claim", stalling)
+        nid = await stack.send(user_id="ada", type="a", title="Slow provider", channels=["sms"])
+        await asyncio.wait_for(claimed.wait(), 10)
+        try:
+            async with notifier_stack(
+                redis_server.url, smtp, push, twilio, notifier_claim_idle=1.0
+            ) as other:
+                status = await stack.states(nid, sms="sent")
+                await asyncio.sleep(0.5)  # the other replica polls on: it finds nothing due
+                sent_there = other.notifier.metrics.registry.get_sample_value(
+                    "archmesh_notifier_deliveries_total", {"channel": "sms", "status": "sent"}
+                )
+        finally:
+            release.set()
+    assert status["sms"]["attempts"] == 1
+    assert [m.body for m in twilio.messages if m.to == phone] == ["Slow provider"]
+    assert sent_there is None
+
+
 async def test_the_same_id_is_processed_once(stack: Stack) -> None:
     await stack.put_preferences("ada", **ADA)
     request = {
