@@ -6,9 +6,10 @@ due jobs and takes digested events out of their open window, atomically."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import redis.asyncio as aioredis
-from archmesh_client.cancellation import SOURCE, CancelResult, cancel, payload
+from archmesh_client.cancellation import CancelResult, cancel, payload, run
 from archmesh_client.notifications import Medium
 
 from notifier import keys
@@ -17,7 +18,6 @@ from notifier import keys
 class Canceller:
     def __init__(self, redis: aioredis.Redis) -> None:
         self._redis = redis
-        self._script = redis.register_script(SOURCE)
 
     async def by_key(self, cancel_key: str, now: datetime) -> CancelResult:
         """Every partition in turn (each one atomically)."""
@@ -32,9 +32,7 @@ class Canceller:
         only: Medium | None = None,
     ) -> int:
         """Cancel one notification's open steps (or only its `only` step); how many."""
-        return await self._run(
-            partition, payload_of(now, reason, [notification_id], partition, only)
-        )
+        return await self._run(payload_of(now, reason, [notification_id], partition, only))
 
     async def after_read(
         self, notification_ids: list[str], now: datetime, user_id: str | None = None
@@ -53,14 +51,14 @@ class Canceller:
             states=["waiting"],
             prefix=keys.prefix(partition),
         )
-        return await self._run(partition, body)
+        return await self._run(body)
 
-    async def _run(self, partition: int, body: bytes) -> int:
-        steps, _ = await self._script(keys=[keys.due(partition)], args=[body])
-        return int(steps)
+    async def _run(self, body: dict[str, Any]) -> int:
+        steps, _ = await run(self._redis, body)
+        return steps
 
 
 def payload_of(
     now: datetime, reason: str, ids: list[str], partition: int, only: Medium | None
-) -> bytes:
+) -> dict[str, Any]:
     return payload(now, reason, ids=ids, only=only, prefix=keys.prefix(partition))

@@ -5,11 +5,11 @@ the call it is; code that needs an error's code (a batch reporting each item) re
 exception. `ERROR_HANDLERS`, installed on every Starlette app of the product, renders every
 error as `{"error": {"code", "message", ...}}`: an `ApiError`, Starlette's own `HTTPException`
 (an unknown path is 404 `not_found`, a wrong method 405 `method_not_allowed` with `Allow`), a
-`BrokerError` or a Redis connection or timeout error (503 `unavailable`: the store cannot be
-reached, the client may retry; logged as a warning without a traceback), and any other
-exception: 500 `internal_error`, its traceback logged and its text kept out of the answer.
-Starlette re-raises after that 500 answer has gone out, so the server (uvicorn) also records it
-and closes that one connection."""
+`BrokerError`, a Redis connection or timeout error or a Cluster's own retry-later errors (503
+`unavailable`: the store cannot be reached, the client may retry; logged as a warning without
+a traceback), and any other exception: 500 `internal_error`, its traceback logged and its text
+kept out of the answer. Starlette re-raises after that 500 answer has gone out, so the server
+(uvicorn) also records it and closes that one connection."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from http import HTTPStatus
 from types import MappingProxyType
 from typing import Any
 
+from redis.exceptions import ClusterDownError, ClusterError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
@@ -112,6 +113,10 @@ ERROR_HANDLERS: Mapping[Any, ExceptionHandler] = MappingProxyType(
         BrokerError: _broker_error,
         RedisConnectionError: _store_unreachable,
         RedisTimeoutError: _store_unreachable,
+        # A Cluster between two slot maps (a slot migrating, a master failing over).
+        ClusterError: _store_unreachable,
+        ClusterDownError: _store_unreachable,
+        TryAgainError: _store_unreachable,
         HTTPException: _http_exception,
         Exception: _unexpected,
     }

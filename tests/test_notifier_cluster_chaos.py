@@ -56,6 +56,8 @@ def notifiers(cluster: RedisCluster, smtp: SmtpServer) -> Iterator[list[Notifier
         # Longer than the master's outage (~5 s): a job's lease must outlast it, or a sent
         # email whose record waits for the master is claimed and sent again (see the report).
         "ARCHMESH_NOTIFIER_CLAIM_IDLE": "8",
+        # the cancel test's type: an email that waits a minute for the in-app item to be read
+        "ARCHMESH_NOTIFIER_ESCALATION": "esc=in_app;email@unread:60s",
     }
     started = [NotifierProcess(cluster.url, **env).start() for _ in range(2)]
     for user in MAILED:
@@ -205,38 +207,73 @@ def keys_in_slot(cluster: RedisCluster, key: str) -> int:
         raw.close()
 
 
-def migrate_slot(cluster: RedisCluster, key: str, batch: int = 5) -> tuple[int, int, int]:
-    """Move `key`'s slot to another master the way `redis-cli --cluster reshard` does:
-    IMPORTING on the target, MIGRATING on the source, MIGRATE the keys in batches, then
-    SETSLOT NODE on every master. Returns (slot, keys moved, target's index)."""
-    nodes = [cluster.node(i) for i in range(len(cluster.ports))]
-    try:
-        slot = int(nodes[0].execute_command("CLUSTER", "KEYSLOT", key))
-        ids = [n.execute_command("CLUSTER", "MYID").decode() for n in nodes]
-        src = next(
+@dataclasses.dataclass
+class Migration:
+    """One slot's move to the next master, step by step as `redis-cli --cluster reshard` does
+    it: `begin` (IMPORTING on the target, MIGRATING on the source), `move` keys (MIGRATE),
+    `finish` (SETSLOT NODE on every master)."""
+
+    cluster: RedisCluster
+    key: str  # any key of the slot
+
+    def __post_init__(self) -> None:
+        self.nodes = [self.cluster.node(i) for i in range(len(self.cluster.ports))]
+        self.slot = int(self.nodes[0].execute_command("CLUSTER", "KEYSLOT", self.key))
+        self.ids = [n.execute_command("CLUSTER", "MYID").decode() for n in self.nodes]
+        self.src = next(
             i
-            for i, n in enumerate(nodes)
+            for i, n in enumerate(self.nodes)
             if any(
-                s[0] <= slot <= s[1] and s[2][1] == cluster.ports[i]
+                s[0] <= self.slot <= s[1] and s[2][1] == self.cluster.ports[i]
                 for s in n.execute_command("CLUSTER", "SLOTS")
             )
         )
-        dst = (src + 1) % len(nodes)
-        nodes[dst].execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[src])
-        nodes[src].execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[dst])
+        self.dst = (self.src + 1) % len(self.nodes)
+
+    def begin(self) -> None:
+        self.nodes[self.dst].execute_command(
+            "CLUSTER", "SETSLOT", self.slot, "IMPORTING", self.ids[self.src]
+        )
+        self.nodes[self.src].execute_command(
+            "CLUSTER", "SETSLOT", self.slot, "MIGRATING", self.ids[self.dst]
+        )
+
+    def move(self, *names: str | bytes) -> None:
+        self.nodes[self.src].execute_command(
+            "MIGRATE", "127.0.0.1", self.cluster.ports[self.dst], "", 0, 5000, "KEYS", *names
+        )
+
+    def move_all(self, batch: int = 5) -> int:
         moved = 0
-        while names := nodes[src].execute_command("CLUSTER", "GETKEYSINSLOT", slot, batch):
-            nodes[src].execute_command(
-                "MIGRATE", "127.0.0.1", cluster.ports[dst], "", 0, 5000, "KEYS", *names
-            )
+        while names := self.nodes[self.src].execute_command(
+            "CLUSTER", "GETKEYSINSLOT", self.slot, batch
+        ):
+            self.move(*names)
             moved += len(names)
             time.sleep(0.01)  # batches spread over the load, as a reshard of a busy slot is
-        for i in [dst, src, *(i for i in range(len(nodes)) if i not in (src, dst))]:
-            nodes[i].execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[dst])
-        return slot, moved, dst
-    finally:
-        for n in nodes:
+        return moved
+
+    def finish(self) -> None:
+        others = (i for i in range(len(self.nodes)) if i not in (self.src, self.dst))
+        target = self.ids[self.dst]
+        for i in [self.dst, self.src, *others]:
+            self.nodes[i].execute_command("CLUSTER", "SETSLOT", self.slot, "NODE", target)
+
+    def close(self) -> None:
+        for n in self.nodes:
             n.close()
+
+
+def migrate_slot(cluster: RedisCluster, key: str) -> tuple[int, int, int]:
+    """Move `key`'s slot to another master. Returns (slot, keys moved, target's index)."""
+    migration = Migration(cluster, key)
+    try:
+        migration.begin()
+        moved = migration.move_all()
+        migration.finish()
+        return migration.slot, moved, migration.dst
+    finally:
+        migration.close()
 
 
 async def test_a_slot_migration_under_load_loses_nothing(
@@ -295,3 +332,57 @@ async def test_a_master_restart_with_aof_under_load_loses_nothing(
     assert all(n.proc is not None and n.proc.poll() is None for n in notifiers)  # both carried on
     print(f"\nrestart: master down/up in {took:.2f}s, {after - before} queued meanwhile; ", end="")
     print(f"producer saw {dict(producer.errors)}, longest send {producer.longest:.2f}s; {figures}")
+
+
+async def test_a_cancel_while_its_slot_migrates_is_all_or_nothing(
+    notifiers: list[NotifierProcess], cluster: RedisCluster
+) -> None:
+    """A cancel by key whose partition is half moved (its due set on the new master, the
+    notifications and the key's index still on the old) either waits and fails whole, or
+    cancels every step: it never answers `cancelled: 0` while the steps go on (the script
+    once declared the due set alone, and on the new master found no index there)."""
+    a, b = notifiers
+    user = MAILED[1]
+    partition = LAYOUT.of_user(user)
+    ids = [f"k{n}" for n in range(5)]
+    for nid in ids:
+        request = {"id": nid, "user_id": user, "type": "esc", "title": nid, "cancel_key": "kx"}
+        assert a.request("POST", "/api/notifications", json=request).status_code == 202
+
+    def waiting() -> bool:
+        found = [b.request("GET", f"/api/notifications/{nid}").json() for nid in ids]
+        states = [f.get("deliveries", {}).get("email", {}).get("status") for f in found]
+        return states == ["waiting"] * len(ids)
+
+    await until(waiting, 20, "every email step waiting")
+    migration = Migration(cluster, LAYOUT.stream(partition))
+    try:
+        migration.begin()
+        migration.move(LAYOUT.prefix(partition) + "due")  # the rest stays on the old master
+        during = await asyncio.to_thread(
+            a.request, "POST", "/api/notifications/cancel", json={"cancel_key": "kx"}
+        )
+        migration.move_all()
+        migration.finish()
+    finally:
+        migration.close()
+    if during.status_code == 200:
+        assert during.json()["cancelled"] == len(ids), during.json()
+        cancelled = len(ids)
+    else:  # it could not run whole while the keys were split: a retry-later error, no change
+        assert during.status_code == 503, during.text
+        assert during.json()["error"]["code"] == "unavailable"
+        assert waiting()
+        again = a.request("POST", "/api/notifications/cancel", json={"cancel_key": "kx"})
+        assert again.status_code == 200, again.text
+        cancelled = again.json()["cancelled"]
+    assert cancelled == len(ids)
+    for nid in ids:
+        deliveries = b.request("GET", f"/api/notifications/{nid}").json()["deliveries"]
+        assert deliveries["email"]["status"] == "cancelled", (nid, deliveries)
+    raw = cluster.client()
+    try:
+        assert raw.zscore(LAYOUT.prefix(partition) + "due", f"{ids[0]}|email") is None
+    finally:
+        raw.close()
+    print(f"\ncancel while its slot was half moved: {during.status_code} {during.text}")

@@ -6,10 +6,26 @@
 --   timeline: each cancelled step is appended there, as every status change is)}.
 -- A step not yet sent is pending, retrying, held (quiet hours), waiting (escalation), or
 -- digested while its digest is still open (it is then taken out of the digest).
+-- On a Cluster the caller reads the ids (the index) and their `dg` fields first, declares
+-- every key, and passes `expect` (each id's `dg`, '' for none): the script then walks `ids`,
+-- after checking that the index holds just them and no `dg` changed; if not, it changes
+-- nothing and returns {-1, -1} (the caller reads again).
 -- Returns {steps cancelled, notifications with at least one}.
 local p = cjson.decode(ARGV[1])
 local ids = p.ids or {}
-if p.index then
+if p.expect then
+  if p.index and redis.call('SCARD', p.index) ~= #ids then
+    return {-1, -1}
+  end
+  for i, id in ipairs(ids) do
+    if p.index and redis.call('SISMEMBER', p.index, id) == 0 then
+      return {-1, -1}
+    end
+    if (redis.call('HGET', p.prefix .. id, 'dg') or '') ~= p.expect[i] then
+      return {-1, -1}
+    end
+  end
+elseif p.index then
   ids = redis.call('SMEMBERS', p.index)
 end
 local OPEN = {pending = true, retrying = true, held = true, waiting = true}

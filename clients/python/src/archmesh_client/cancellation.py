@@ -15,6 +15,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from pydantic import BaseModel
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ClusterError
 
 from archmesh_client.notifications import Medium
 from archmesh_client.request_stream import UNPARTITIONED, UNTAGGED_PREFIX, Partitioning
@@ -63,10 +65,10 @@ def payload(
     only: Medium | None = None,
     states: list[str] | None = None,
     prefix: str = UNTAGGED_PREFIX,
-) -> bytes:
-    """The script's argument: cancel what `cancel_key` names, or the notifications `ids` (all
-    in the partition whose keys start with `prefix`); `states` narrows which steps count as
-    not yet sent (default: every such state)."""
+) -> dict[str, Any]:
+    """The script's argument (`run` encodes it): cancel what `cancel_key` names, or the
+    notifications `ids` (all in the partition whose keys start with `prefix`); `states`
+    narrows which steps count as not yet sent (default: every such state)."""
     body: dict[str, Any] = {
         "prefix": _in(prefix, NOTIFICATION_PREFIX),
         "due": due_key(prefix),
@@ -84,7 +86,7 @@ def payload(
         body["only"] = only.value
     if states is not None:
         body["states"] = states
-    return json.dumps(body, separators=(",", ":")).encode()
+    return body
 
 
 async def cancel(
@@ -96,12 +98,63 @@ async def cancel(
     """Cancel every step not yet sent of the notifications that carried `cancel_key`, one
     partition after the other (each partition atomically)."""
     moment = now or datetime.now(UTC)
-    script = redis.register_script(SOURCE)
     steps = touched = 0
     for partition in range(layout.partitions):
         prefix = layout.prefix(partition)
         body = payload(moment, "cancelled by request", cancel_key=cancel_key, prefix=prefix)
-        # The routing key: a Cluster runs the script on the partition's node.
-        reply = await script(keys=[due_key(prefix)], args=[body])
-        steps, touched = steps + int(reply[0]), touched + int(reply[1])
+        cancelled, notifications = await run(redis, body)
+        steps, touched = steps + cancelled, touched + notifications
     return CancelResult(cancel_key=cancel_key, cancelled=steps, notifications=touched)
+
+
+class CancelRaced(ClusterError):
+    """A Cluster cancel found other notifications or digests than it had read, every time: as
+    redis-py's own "TTL exhausted", nothing was changed and it may be sent again."""
+
+
+_RACES = 5  # a cancel re-read that often loses to requests still arriving with its key
+
+
+async def run(redis: aioredis.Redis, p: dict[str, Any]) -> tuple[int, int]:
+    """Run the script on `body` (from `payload`): (steps cancelled, notifications touched).
+
+    One Redis: its only key is the partition's due set. A Cluster also needs every key the
+    script touches declared, or while the partition's slot migrates between masters it would
+    run where some of them are not (reading a notification that has moved as absent, and
+    reporting it cancelled though its steps go on): so it first reads the ids (the cancel
+    key's index) and their open digests, declares their keys, and the script checks that
+    nothing changed between (then it is read again)."""
+    script = redis.register_script(SOURCE)
+    if not isinstance(redis, RedisCluster):
+        reply = await script(keys=[p["due"]], args=[_encode(p)])
+        return int(reply[0]), int(reply[1])
+    for _ in range(_RACES):
+        ids = sorted(await redis.smembers(p["index"])) if p.get("index") else p["ids"]
+        ids = [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+        digests = await _digests(redis, p["prefix"], ids)
+        declared = [p["due"], p["stats"], *([p["index"]] if p.get("index") else [])]
+        for nid, dg in zip(ids, digests, strict=True):
+            declared += [p["prefix"] + nid, p["timeline"] + nid]
+            if dg:
+                where = json.loads(dg)
+                declared += [where["events"], where["data"]]
+        checked = {**p, "ids": ids, "expect": digests}
+        reply = await script(keys=list(dict.fromkeys(declared)), args=[_encode(checked)])
+        if int(reply[0]) >= 0:
+            return int(reply[0]), int(reply[1])
+    raise CancelRaced(f"the cancel of {p.get('index') or len(ids)} kept racing new requests")
+
+
+async def _digests(redis: aioredis.Redis, prefix: str, ids: list[str]) -> list[str]:
+    """Each notification's open digest (its `dg` field), "" for none."""
+    if not ids:
+        return []
+    async with redis.pipeline(transaction=False) as pipe:
+        for nid in ids:
+            pipe.hget(prefix + nid, "dg")
+        found = await pipe.execute()
+    return [(v.decode() if isinstance(v, bytes) else v) or "" for v in found]
+
+
+def _encode(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode()
