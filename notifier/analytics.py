@@ -23,21 +23,6 @@ def field(kind: str, channel: str, status: str, reason: str | None = None) -> st
     return f"{kind}|{channel}|{status}" + (f"|{reason}" if reason else "")
 
 
-def count(
-    pipe: Any,
-    moment: datetime,
-    kind: str,
-    channel: str,
-    status: str,
-    reason: str | None = None,
-    partition: int = 0,
-) -> None:
-    """Add one count to `pipe` (a pipeline or MULTI of the caller's, on `partition`'s keys)."""
-    key = keys.stats(hour_of(moment), partition)
-    pipe.hincrby(key, field(kind, channel, status, reason), 1)
-    pipe.expire(key, RETENTION_SECONDS)
-
-
 class Analytics:
     def __init__(self, redis: aioredis.Redis) -> None:
         self._redis = redis

@@ -15,12 +15,12 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-import orjson
 import redis.asyncio as aioredis
 from archmesh_client.backoff import backoff_delay
 from archmesh_client.notifications import Medium, Priority
 
-from notifier import analytics, keys, status
+from notifier import keys
+from notifier.delivery_record import DeliveryRecorder
 from notifier.digests import DigestCloser
 from notifier.escalation import StepGate
 from notifier.metrics import NotifierMetrics
@@ -116,7 +116,7 @@ class Deliverer:
         self._metrics = metrics
         self._clock = clock
         self._claim = redis.register_script(lua("notifier.scripts", "claim.lua"))
-        self._record_script = redis.register_script(lua("notifier.scripts", "record_delivery.lua"))
+        self._recorder = DeliveryRecorder(redis)
         self._running: set[tuple[int, str]] = set()
         self._next = 0  # the partition claimed from first, in turn
 
@@ -290,8 +290,13 @@ class Deliverer:
             last_error=reason,
             next_attempt_at=next_at,
         )
+        # Unless the step was cancelled (by a `cancel_key`, a read, the user's erasure) while
+        # the attempt ran: then it stays `cancelled`, is not tried again, and its job (which an
+        # erasure deleted) is not written back; one that went out anyway is recorded `sent`.
         work = {**work, "targets": outcome.remaining}
-        record = partial(self._write, partition, job, meta, channel, delivery, work, now)
+        record = partial(
+            self._recorder.record, partition, job, meta, channel, delivery, now, work=work
+        )
         if not await _until_recorded(record, job):
             log.info("delivery_cancelled_in_flight", notification=meta["id"], channel=channel.value)
             return
@@ -308,45 +313,6 @@ class Deliverer:
             attempts=attempts,
             error=reason,
         )
-
-    async def _write(
-        self,
-        partition: int,
-        job: str,
-        meta: dict[str, Any],
-        channel: Medium,
-        delivery: ChannelDelivery,
-        work: dict[str, Any],
-        now: datetime,
-    ) -> bool:
-        """Record an attempt's outcome, unless the step was cancelled (by a `cancel_key`, a
-        read, or the user's erasure) while the attempt ran: then the step stays `cancelled`,
-        is not tried again, and its job (addresses, content), which an erasure deleted, is not
-        written back. One that went out anyway is recorded as `sent` (true), without its job.
-        One script (record_delivery.lua), so the check and the write are one step against
-        those scripts, in the notification's slot; it ran or it did not."""
-        again = delivery.next_attempt_at
-        kind = meta["type"]
-        recorded = await self._record_script(
-            keys=[
-                keys.notification(meta["id"], partition),
-                keys.timeline(meta["id"], partition),
-                keys.due(partition),
-                keys.stats(analytics.hour_of(now), partition),
-            ],
-            args=[
-                channel.value,
-                delivery.model_dump_json(),
-                status.timeline_entry(channel.value, delivery),
-                orjson.dumps(work),
-                job,
-                "" if again is None else int(again.timestamp() * 1000),
-                analytics.field(kind, channel.value, delivery.status.value),
-                analytics.field(kind, channel.value, DeliveryState.SENT.value),
-                analytics.RETENTION_SECONDS,
-            ],
-        )
-        return bool(recorded)
 
 
 async def _until_recorded(record: Callable[[], Awaitable[bool]], job: str) -> bool:

@@ -17,8 +17,9 @@ from typing import Any
 import redis.asyncio as aioredis
 from archmesh_client.notifications import Medium, Priority
 
-from notifier import analytics, keys, status
+from notifier import keys
 from notifier.cancellation import Canceller
+from notifier.delivery_record import DeliveryRecorder
 from notifier.preferences import PreferenceStore
 from notifier.quiet_hours import OVERRIDING, quiet_until
 from notifier.schemas import ChannelDelivery, DeliveryState, Preferences
@@ -62,6 +63,7 @@ class StepGate:
         self._preferences = preferences
         self._canceller = canceller
         self._clock = clock
+        self._recorder = DeliveryRecorder(redis)
 
     async def stopped(
         self, partition: int, job: str, meta: dict[str, Any], channel: Medium, work: dict[str, Any]
@@ -109,14 +111,6 @@ class StepGate:
         delivery = ChannelDelivery(
             status=state, updated_at=now, last_error=reason, next_attempt_at=until
         )
-        async with self._redis.pipeline(transaction=True) as pipe:
-            status.stage_update(pipe, meta["id"], channel, delivery, partition=partition)
-            due = keys.due(partition)
-            if until is not None:
-                pipe.zadd(due, {job: int(until.timestamp() * 1000)})
-            else:
-                pipe.zrem(due, job)
-                analytics.count(
-                    pipe, now, meta["type"], channel.value, state.value, partition=partition
-                )
-            await pipe.execute()
+        # Held is not an outcome yet: counted when the step goes (or is stopped) after the hold.
+        counted = until is None
+        await self._recorder.record(partition, job, meta, channel, delivery, now, counted=counted)

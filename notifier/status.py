@@ -32,23 +32,6 @@ def fields_of(
     return fields
 
 
-def stage_update(
-    pipe: Any,
-    notification_id: str,
-    channel: Medium,
-    delivery: ChannelDelivery,
-    job: dict[str, Any] | None = None,
-    partition: int = 0,
-) -> None:
-    key = keys.notification(notification_id, partition)
-    pipe.hset(key, f"ch:{channel.value}", delivery.model_dump_json())
-    # The timeline, in the same MULTI: created with the hash by commit.lua (same EXPIRE), so an
-    # append keeps the expiry both share.
-    pipe.rpush(keys.timeline(notification_id, partition), timeline_entry(channel.value, delivery))
-    if job is not None:
-        pipe.hset(key, f"job:{channel.value}", orjson.dumps(job))
-
-
 def timeline_entry(medium: str, delivery: ChannelDelivery) -> str:
     """One timeline entry, as commit.lua writes it too: the medium and its delivery then."""
     return f'{{"medium":{orjson.dumps(medium).decode()},"delivery":{delivery.model_dump_json()}}}'

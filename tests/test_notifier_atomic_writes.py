@@ -23,8 +23,7 @@ from archmesh_client.request_stream import Partitioning
 from notifier import analytics, keys, status
 from notifier.app import connect_store
 from notifier.cancellation import Canceller
-from notifier.deliveries import Deliverer, RetryPolicy, Senders
-from notifier.digests import DigestCloser
+from notifier.delivery_record import DeliveryRecorder
 from notifier.erasure import Erasure
 from notifier.escalation import StepGate
 from notifier.feedback import Applied, ProviderFeedback, event_hash
@@ -32,7 +31,6 @@ from notifier.feedback_report import Report, field_of
 from notifier.metrics import NotifierMetrics
 from notifier.preferences import PreferenceStore
 from notifier.schemas import ChannelDelivery, DeliveryState, Preferences, PreferencesPatch
-from notifier.status import StatusStore
 from notifier.topics import TooManyTopics, TopicStore, UserErased
 from tests.servers import RedisCluster, RedisServer
 
@@ -69,23 +67,6 @@ def clock() -> datetime:
     return NOW
 
 
-def deliverer(redis: aioredis.Redis) -> Deliverer:
-    preferences = PreferenceStore(redis)
-    steps = StepGate(redis, preferences, Canceller(redis), clock)
-    policy = RetryPolicy(max_attempts=3, base=0.05, cap=0.2, lease=30.0, push_ttl=60)
-    return Deliverer(
-        redis,
-        StatusStore(redis),
-        preferences,
-        Senders(),
-        policy,
-        NotifierMetrics(),
-        clock,
-        steps,
-        DigestCloser(redis),
-    )
-
-
 async def seed(
     redis: aioredis.Redis, user: str, address: str, medium: Medium = Medium.EMAIL
 ) -> tuple[int, dict[str, Any], dict[str, Any]]:
@@ -119,7 +100,7 @@ async def in_both_orders(steps: list[tuple[Any, Any]], *, errors: bool = False) 
 async def test_an_erasure_racing_a_deliverys_record_wins_and_the_address_never_comes_back(
     store: aioredis.Redis, outcome: str, left: str
 ) -> None:
-    deliver, erasure = deliverer(store), Erasure(store, clock)
+    recorder, erasure = DeliveryRecorder(store), Erasure(store, clock)
     users = [f"er-{outcome}-{i}" for i in range(RACES)]
     seeded = {user: await seed(store, user, f"{user}@example.com") for user in users}
 
@@ -135,7 +116,9 @@ async def test_an_erasure_racing_a_deliverys_record_wins_and_the_address_never_c
         )
         work = {**job, "targets": job["targets"] if retrying else []}
         member = f"{meta['id']}|email"
-        return await deliver._write(partition, member, meta, Medium.EMAIL, delivery, work, NOW)
+        return await recorder.record(
+            partition, member, meta, Medium.EMAIL, delivery, NOW, work=work
+        )
 
     await in_both_orders([(record(user), erasure.erase(user)) for user in users])
     for user in users:
@@ -150,13 +133,13 @@ async def test_an_erasure_racing_a_deliverys_record_wins_and_the_address_never_c
 async def test_a_record_retried_after_its_reply_was_lost_is_written_once(
     store: aioredis.Redis,
 ) -> None:
-    deliver = deliverer(store)
+    recorder = DeliveryRecorder(store)
     partition, meta, job = await seed(store, "again", "again@example.com")
     delivery = ChannelDelivery(status=DeliveryState.SENT, attempts=1, updated_at=NOW)
     work = {**job, "targets": []}
     for _ in range(2):  # the first reply lost: the same record again
-        assert await deliver._write(
-            partition, f"{meta['id']}|email", meta, Medium.EMAIL, delivery, work, NOW
+        assert await recorder.record(
+            partition, f"{meta['id']}|email", meta, Medium.EMAIL, delivery, NOW, work=work
         )
     assert await store.llen(keys.timeline(meta["id"], partition)) == 1
     counts = await store.hgetall(keys.stats(analytics.hour_of(NOW), partition))
@@ -379,3 +362,43 @@ async def test_an_erasure_whose_keys_changed_after_it_read_them_reads_them_again
         stored = await store.hgetall(keys.notification(nid, partition))
         assert "job:email" not in stored
         assert ChannelDelivery.model_validate_json(stored["ch:email"]).status == "cancelled"
+
+
+async def test_a_quiet_hours_hold_racing_a_cancel_leaves_the_step_cancelled(
+    store: aioredis.Redis,
+) -> None:
+    """The escalation gate holds a step for quiet hours while a cancel (a read, a cancel_key)
+    takes it: whatever the order, the step ends `cancelled` and its job is not due again (the
+    hold was once a MULTI, which wrote `held` over the cancel and put the job back)."""
+    gate = StepGate(store, PreferenceStore(store), Canceller(store), clock)
+    canceller = Canceller(store)
+    users = [f"qh-{i}" for i in range(RACES)]
+    seeded = {user: await seed(store, user, f"{user}@example.com") for user in users}
+    quiet = Preferences.model_validate(
+        {
+            "contacts": {"email": "qh@example.com"},
+            "channels": {"default": {"in_app": True, "email": True}},
+            "quiet_hours": {"start": "11:00", "end": "13:00"},  # NOW is 12:00 UTC
+        }
+    )
+    for user in users:
+        await store.set(keys.preferences(user), quiet.model_dump_json())
+
+    async def hold(user: str) -> bool:
+        partition, meta, job = seeded[user]
+        step = f"{meta['id']}|email"
+        return await gate.stopped(
+            partition, step, {**meta, "priority": "normal"}, Medium.EMAIL, job
+        )
+
+    async def cancel(user: str) -> int:
+        partition, meta, _ = seeded[user]
+        return await canceller.steps(meta["id"], "cancelled by request", NOW, partition)
+
+    results = await in_both_orders([(hold(user), cancel(user)) for user in users])
+    assert all(stopped for stopped, _ in results)
+    for user in users:
+        partition, meta, _ = seeded[user]
+        raw = await store.hget(keys.notification(meta["id"], partition), "ch:email")
+        assert ChannelDelivery.model_validate_json(raw).status is DeliveryState.CANCELLED, raw
+        assert await store.zscore(keys.due(partition), f"{meta['id']}|email") is None

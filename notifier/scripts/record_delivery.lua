@@ -5,8 +5,9 @@
 -- KEYS[1] the notification's hash, KEYS[2] its timeline, KEYS[3] the partition's due set,
 -- KEYS[4] the hour's analytics hash (all in the notification's partition: one slot).
 -- ARGV[1] the medium, ARGV[2] the delivery JSON, ARGV[3] its timeline entry, ARGV[4] the job's
--- work JSON, ARGV[5] the due member, ARGV[6] when it is due again (ms; '' when done),
--- ARGV[7] the analytics field of its status, ARGV[8] the field of `sent`, ARGV[9] their TTL (s).
+-- work JSON ('': kept as it is), ARGV[5] the due member, ARGV[6] when it is due again (ms; ''
+-- when done), ARGV[7] the analytics field of its status ('': not counted), ARGV[8] the field
+-- of `sent`, ARGV[9] their TTL (s).
 -- Idempotent: run again (its reply lost), it finds its own record and changes nothing.
 -- Returns 1 when the outcome was recorded, 0 when the cancel kept it.
 local key, timeline, due, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -34,12 +35,18 @@ if cancelled then
   count(ARGV[8])
   return 1
 end
-redis.call('HSET', key, 'ch:' .. medium, delivery, 'job:' .. medium, work)
+if work ~= '' then
+  redis.call('HSET', key, 'ch:' .. medium, delivery, 'job:' .. medium, work)
+else
+  redis.call('HSET', key, 'ch:' .. medium, delivery)
+end
 redis.call('RPUSH', timeline, entry)
 if again ~= '' then
   redis.call('ZADD', due, again, member)
 else
   redis.call('ZREM', due, member)
 end
-count(ARGV[7])
+if ARGV[7] ~= '' then
+  count(ARGV[7])
+end
 return 1
