@@ -138,21 +138,27 @@ async def test_a_thousand_users_ten_events_each_get_one_digest_each_across_a_sig
         for u in range(users)
         for k in range(per_user)
     ]
-    async with NotifierClient(redis_server.url) as client:
-        assert (await client.send_batch(events)).successful == users * per_user
 
     def collected() -> int:
         return sum(
             int(redis.hget(k, "bulk|email|digested") or 0) for k in redis.scan_iter("nt:stats:*")
         )
 
-    await until(lambda: collected() >= 3000, 30, "a third of the events collected")
+    victim_id = victim.env["ARCHMESH_NODE_ID"]
+
+    def holding() -> list[Any]:
+        return list(redis.xpending_range("nt:requests", "notifiers", "-", "+", 1000, victim_id))
+
+    async with NotifierClient(redis_server.url) as client:
+        assert (await client.send_batch(events)).successful == users * per_user
+    # Killed while it holds a batch (read, locked, not yet recorded) and the windows fill:
+    # both read just before the kill (read after it, the survivor may have done the rest).
+    deadline = time.monotonic() + 30
+    while not ((at_kill := collected()) >= 1000 and (held := holding())):
+        assert at_kill < users * per_user, "every event was collected before the victim held any"
+        assert time.monotonic() < deadline, "never caught the victim holding a batch"
+        await asyncio.sleep(0.002)
     victim.stop(signal.SIGKILL)
-    at_kill = collected()
-    held = redis.xpending_range(
-        "nt:requests", "notifiers", "-", "+", 1000, consumername=victim.env["ARCHMESH_NODE_ID"]
-    )
-    assert at_kill < users * per_user, "killed after the windows filled, not mid-window"
     assert smtp.messages == [], "killed after a window closed, not mid-window"
 
     await asyncio.to_thread(smtp.wait_for_messages, users, 60)
