@@ -80,7 +80,7 @@ async def test_short_lived_tokens_are_renewed_with_no_gap(node: GatewayProcess) 
     async def fresh(name: str) -> str:
         assert name == channel
         asked.append(time.time())
-        return token("ann", ttl=5, channel=channel)
+        return token("ann", ttl=3, channel=channel)
 
     client = RealtimeClient(
         node.ws,
@@ -91,14 +91,14 @@ async def test_short_lived_tokens_are_renewed_with_no_gap(node: GatewayProcess) 
     )
     try:
         await client.connect()
-        await client.subscribe(channel, token("ann", ttl=5, channel=channel))
+        await client.subscribe(channel, token("ann", ttl=3, channel=channel))
         async with publishing(node, channel) as published:
-            await asyncio.sleep(30)  # a 30 s subscription held by 5 s tokens
+            await asyncio.sleep(12)  # a 12 s subscription held by 3 s tokens
         got = await offsets_until(client, channel, published[-1])
     finally:
         await client.close()
     assert got == list(range(1, published[-1] + 1))  # every publication, once, in order
-    assert len(asked) >= 5  # 5 s tokens over 30 s: renewed before each expiry
+    assert len(asked) >= 4  # 3 s tokens over 12 s: renewed before each expiry
     assert (errors, ended) == ([], [])
 
 
