@@ -225,7 +225,13 @@ class Notifier:
             feedback=self.feedback,
         )
         worker: Worker
-        ledger = Ledger(self.redis, s.notifier_retention, s.notifier_inbox_size, self.live)
+        ledger = Ledger(
+            self.redis,
+            s.notifier_retention,
+            s.notifier_inbox_size,
+            self.live,
+            patience=s.notifier_claim_idle / 2,  # the batch's locks last a claim-idle
+        )
         processor = Processor(
             ledger,
             self.broker,

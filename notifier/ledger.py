@@ -6,8 +6,10 @@ of hundreds of requests costs two round trips instead of a dozen commands per re
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -16,13 +18,17 @@ import orjson
 import redis.asyncio as aioredis
 from archmesh_client.notifications import REQUEST_FIELD
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ClusterDownError, ClusterError, TryAgainError
 
 from notifier import analytics, keys
 from notifier.events import notification_prefix
 from notifier.intake import Entry
 from notifier.live import LiveChannels, with_publish
 from notifier.schemas import InboxCounts, InboxItem
+from shared.logging import get_logger
 from shared.lua import lua
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +181,12 @@ class Staged:
 _PUBLICATIONS_MAX = 4_096  # about 0.5 KB each: a topic of 100,000 once held 25 MB here
 
 
+# A Cluster's refusals that prove a script did not run: every attempt of redis-py's met
+# TRYAGAIN (a multi-key script while its slot migrates, until the move ends), a redirection,
+# or CLUSTERDOWN (a failover). Not a connection error: a script sent may have run.
+_NOT_RUN = (ClusterError, TryAgainError, ClusterDownError)
+
+
 class Ledger:
     def __init__(
         self,
@@ -182,10 +194,14 @@ class Ledger:
         retention: float,
         inbox_size: int,
         live: LiveChannels | None = None,
+        patience: float = 0.0,
     ) -> None:
         """With `live`, the commit also publishes each new in-app item on its user's channel
-        (notifier/live.py); without, the caller publishes them after."""
+        (notifier/live.py); without, the caller publishes them after. `patience` (seconds):
+        how long a script the Cluster refused without running it is tried again, in place;
+        less than the batch's locks last (they keep other replicas off it meanwhile)."""
         self._redis = redis
+        self._patience = patience
         self._declare = isinstance(redis, RedisCluster)  # every key in KEYS (see above)
         self._retention = int(retention)
         self._inbox_size = inbox_size
@@ -250,7 +266,8 @@ class Ledger:
             "templates": [] if tagged else templates,
         }
         declared = prepared_keys(payload) if self._declare else [keys.due(partition)]
-        reply = await self._prepare(keys=declared, args=[orjson.dumps(payload)])
+        encoded = orjson.dumps(payload)
+        reply = await self._until_run(lambda: self._prepare(keys=declared, args=[encoded]))
         if tagged and templates:
             reply = [*reply, *await self._redis.mget([keys.template(t) for t in templates])]
         n = len(requests)
@@ -272,8 +289,24 @@ class Ledger:
 
     async def send(self, staged: Staged) -> list[InboxCounts]:
         """Run a staged commit: the inbox counts after each of its inbox entries."""
-        reply = await self._commit(keys=staged.keys, args=[staged.payload])
+        reply = await self._until_run(lambda: self._commit(keys=staged.keys, args=[staged.payload]))
         return [InboxCounts.model_construct(unseen=n, unread=m) for n, m in reply]  # ints
+
+    async def _until_run(self, run: Callable[[], Awaitable[Any]]) -> Any:
+        """`run()`, again while the Cluster refuses it without running it (a slot migrating:
+        the batch goes on as soon as the move ends, instead of waiting for its entries to be
+        reclaimed a claim-idle later), for up to `patience` seconds."""
+        deadline = time.monotonic() + self._patience
+        delay = 0.05
+        while True:
+            try:
+                return await run()
+            except _NOT_RUN as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.info("notifier_script_refused", error=type(exc).__name__, retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.5)
 
     def stage(self, outcome: Outcome) -> Staged:
         """The commit of `outcome`, encoded (CPU only: done while another is in flight)."""
