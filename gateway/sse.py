@@ -241,14 +241,22 @@ class SseStream:
             given = since.get(channel)
             if given is not None:
                 self._positions.move(channel, given.offset, given.epoch)
-        for channel in channels:
-            if self._close_code is not None:
-                return
-            await self._subscribe(channel, since.get(channel))
+        # Side by side, as a WebSocket connect's (Connection._subscribe_all): each waits on
+        # Redis (presence, history), and the waits of one turn leave together, so a stream of
+        # ten channels reconnecting in a storm costs the round trips of one, not ten.
+        outcomes = await asyncio.gather(
+            *(self._subscribe(c, since.get(c)) for c in dict.fromkeys(channels)),
+            return_exceptions=True,
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome  # the first failure, once every channel is settled
 
     async def _subscribe(self, channel: str, since: Since | None) -> None:
         """`subscribed` (with `recovered` when there was a position), what was missed since,
         then what arrived meanwhile: in offset order, each once."""
+        if self._close_code is not None:
+            return
         catchup = self._catchups[channel] = Catchup()
         catchup.hold()
         try:

@@ -200,6 +200,49 @@ async def test_last_event_id_recovers_every_channel_across_a_restart(
     assert all(offsets == sorted(offsets) for offsets in per_channel.values())
 
 
+async def test_ten_channels_recovered_side_by_side_each_once_in_order_while_publishing(
+    redis_server: RedisServer, gateways: list[GatewayProcess]
+) -> None:
+    """A stream of ten channels reopened with its Last-Event-ID while every channel keeps
+    getting publications: the channels are recovered side by side (gateway/sse.py `open`),
+    and each still has every publication exactly once, in offset order."""
+    node = GatewayProcess(redis_server.url).start()
+    gateways.append(node)
+    sessions = [f"t{i}" for i in range(10)]
+    channels = tuple(f"session:{s}" for s in sessions)
+    tok = token("ann", sessions=sessions)
+    seen: list[tuple[str, int]] = []
+    published = 0
+    async with open_sse(node.http, tok, channels) as sse:
+        for channel in channels:
+            node.publish(channel, {"type": "t"})
+            published += 1
+        await reader_offsets(sse, seen, published)
+        last_id = sse.last_id
+    for n in range(30):  # missed while the stream is closed
+        node.publish(channels[n % 10], {"type": "t"})
+        published += 1
+    stop = asyncio.Event()
+
+    async def publish_more() -> int:
+        count = 0
+        while not stop.is_set():
+            await asyncio.to_thread(node.publish, channels[count % 10], {"type": "t"})
+            count += 1
+        return count
+
+    racing = asyncio.create_task(publish_more())
+    assert last_id is not None
+    async with open_sse(node.http, tok, channels, last_event_id=last_id) as sse:
+        await asyncio.sleep(0.3)  # publications during and after the recovery
+        stop.set()
+        published += await racing
+        await reader_offsets(sse, seen, published)
+    per_channel = {c: [o for ch, o in seen if ch == c] for c in channels}
+    assert len(seen) == published
+    assert all(offsets == list(range(1, len(offsets) + 1)) for offsets in per_channel.values())
+
+
 async def _rest(sse: SseReader) -> list[int]:
     codes: list[int] = []
     while (event := await sse.next(timeout=20)) is not None:
