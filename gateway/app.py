@@ -38,6 +38,7 @@ from gateway.history_api import HistoryApi
 from gateway.hub import Hub
 from gateway.join_leave import JoinLeave
 from gateway.metrics import GatewayMetrics
+from gateway.open_files import NODE_FULL, OpenFiles
 from gateway.outbox import Flusher
 from gateway.page import page_routes
 from gateway.presence import PresenceTracker
@@ -147,7 +148,12 @@ class Gateway:
             handshakes=self.handshakes,
         )
         self.draining = False
-        self._sse = SseEndpoint(self._context, self.hub, lambda: self.draining)
+        self.open_files = OpenFiles(
+            settings.fd_reserve, lambda: len(self.hub.connections), self.metrics
+        )
+        self._sse = SseEndpoint(
+            self._context, self.hub, lambda: self.draining, self.open_files.room
+        )
         self._websockets = self.metrics.transport_connections.labels(transport="websocket")
         board = create_board(settings.redis_url, liveness)
         figures = GatewayFigures(
@@ -190,13 +196,21 @@ class Gateway:
         self.presence.start()
         self.control.start()
         self.announcer.start()
-        log.info("gateway_started", node=self.node, broker=type(self.broker).__name__)
+        self.open_files.start()
+        log.info(
+            "gateway_started",
+            node=self.node,
+            broker=type(self.broker).__name__,
+            open_files_limit=self.open_files.limit,
+            socket_capacity=self.open_files.capacity,
+        )
         try:
             async with contextlib.AsyncExitStack() as stack:
                 for lifespan in self._lifespans:
                     await stack.enter_async_context(lifespan())
                 yield
         finally:
+            await self.open_files.stop()
             await self.announcer.stop()
             await self.control.stop()
             await self.admission.stop()
@@ -246,6 +260,9 @@ class Gateway:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         if self.draining:
             await _reject(scope, send, 503, "draining", "this node is shutting down; retry another")
+            return None
+        if not self.open_files.room():
+            await _reject(scope, send, 503, "node_full", NODE_FULL)
             return None
         origin = headers.get("origin")
         if origin is not None and not self._origin_allowed(origin, headers.get("host", "")):

@@ -149,6 +149,24 @@ class GatewayMetrics:
             "Times live delivery (re)started, the first start included",
             registry=r,
         )
+        self.connections_refused = Counter(
+            "archmesh_connections_refused",
+            "Handshakes refused with 503 node_full: the node held all the client sockets its "
+            "open-files limit leaves room for (ARCHMESH_FD_RESERVE kept for the rest)",
+            registry=r,
+        )
+        self.open_files_exhausted = Counter(
+            "archmesh_open_files_exhausted",
+            "Times the descriptors open were found at the open-files limit (the kernel then "
+            "refuses new sockets before the node sees them)",
+            registry=r,
+        )
+        self.open_files_limit = Gauge(
+            "archmesh_open_files_limit", "The process's open-files limit", registry=r
+        )
+        self.open_files = Gauge(
+            "archmesh_open_files", "Descriptors open (sampled every few seconds)", registry=r
+        )
 
     def count_reads(self, counts: ReadCounts) -> None:
         """Export the broker's history read counts (issued, merged) from now on."""

@@ -13,6 +13,7 @@ from types import FrameType
 import uvicorn
 
 from gateway.app import Gateway
+from gateway.open_files import raise_soft_limit
 from shared.collector import tune_for_a_server
 from shared.logging import get_logger
 
@@ -54,6 +55,7 @@ class _DrainingServer(uvicorn.Server):
 
 def serve(gateway: Gateway) -> None:
     tune_for_a_server()
+    raise_soft_limit()  # a node holds as many sockets as the hard limit allows
     _DrainingServer(uvicorn_config(gateway), gateway).run()
 
 

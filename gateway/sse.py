@@ -43,6 +43,7 @@ from gateway.context import ConnectionContext
 from gateway.expiry import Expiry
 from gateway.grants import SubscriptionGrants
 from gateway.hub import Hub
+from gateway.open_files import NODE_FULL
 from gateway.protocol import (
     CLOSE_REASONS,
     CloseCode,
@@ -365,10 +366,18 @@ async def _disconnected(receive: Receive) -> None:
 class SseEndpoint:
     """The ASGI handler of `GET /sse` (served raw by gateway.app, like `/ws`)."""
 
-    def __init__(self, ctx: ConnectionContext, hub: Hub, draining: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        ctx: ConnectionContext,
+        hub: Hub,
+        draining: Callable[[], bool],
+        room: Callable[[], bool] = lambda: True,
+    ) -> None:
+        """`room()`: whether the node may take another client socket (gateway/open_files.py)."""
         self._ctx = ctx
         self._hub = hub
         self._draining = draining
+        self._room = room
         self._open = ctx.metrics.transport_connections.labels(transport="sse")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -377,6 +386,8 @@ class SseEndpoint:
                 raise Refusal(405, "method_not_allowed", "GET /sse opens an event stream")
             if self._draining():
                 raise Refusal(503, "draining", "this node is shutting down; retry another")
+            if not self._room():
+                raise Refusal(503, "node_full", NODE_FULL)
             stream, channels, since, grants = await self._accept(scope)
         except Refusal as refusal:
             await _refuse(send, refusal)

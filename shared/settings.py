@@ -64,6 +64,12 @@ class Settings(BaseSettings):
         ge=1,
         description="Connections the kernel queues before a node accepts them (<= somaxconn).",
     )
+    fd_reserve: int = Field(
+        128,
+        ge=0,
+        description="Open files a node keeps for other than client sockets; past the rest, "
+        "handshakes get 503 node_full.",
+    )
     handshake_max_lag_ms: float = Field(
         200.0,
         gt=0,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -124,6 +125,7 @@ class ServiceProcess:
         self.port = port
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
+        self.open_files: int | None = None  # the process's open-files limit (soft and hard)
         prefix = f"archmesh-{self.command}-"
         self.log = Path(tempfile.mkstemp(prefix=prefix, suffix=".log")[1])
 
@@ -133,8 +135,21 @@ class ServiceProcess:
 
     def start(self) -> Self:
         cmd = [sys.executable, "-m", "archmesh_realtime", self.command]
+        limit = self.open_files
+
+        def limited() -> None:  # in the child, before it runs
+            assert limit is not None
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(cmd, env=self.env, cwd=REPO, stdout=log, stderr=log)
+            self.proc = subprocess.Popen(
+                cmd,
+                env=self.env,
+                cwd=REPO,
+                stdout=log,
+                stderr=log,
+                preexec_fn=None if limit is None else limited,
+            )
         wait_until(self._healthy, timeout=20, what=f"{self.command} on {self.port}")
         return self
 
