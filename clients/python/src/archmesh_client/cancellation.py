@@ -116,7 +116,7 @@ _RACES = 5  # a cancel re-read that often loses to requests still arriving with 
 
 
 async def run(redis: aioredis.Redis, p: dict[str, Any]) -> tuple[int, int]:
-    """Run the script on `body` (from `payload`): (steps cancelled, notifications touched).
+    """Run the script on `p` (from `payload`): (steps cancelled, notifications touched).
 
     One Redis: its only key is the partition's due set. A Cluster also needs every key the
     script touches declared, or while the partition's slot migrates between masters it would
