@@ -7,7 +7,6 @@ quiet-hours holds are the same job with a later score."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from notifier.delivery_record import DeliveryRecorder
 from notifier.digests import DigestCloser
 from notifier.escalation import StepGate
 from notifier.metrics import NotifierMetrics
+from notifier.persist import persist
 from notifier.preferences import PreferenceStore
 from notifier.schemas import TERMINAL_STATES, ChannelDelivery, DeliveryState
 from notifier.senders.base import DeliveryError, SubscriptionGone, Suppressed
@@ -326,14 +326,11 @@ async def _until_recorded(record: Callable[[], Awaitable[bool]], job: str) -> bo
     run of the slot-migration chaos test mailed one twice when only those were retried). The
     lease is renewed while the job runs (`renew`), so retrying keeps other replicas off it;
     after `RECORD_PATIENCE` the error is raised as before."""
-    deadline = time.monotonic() + RECORD_PATIENCE
-    delay = 0.05
-    while True:
-        try:
-            return await record()
-        except Exception as exc:
-            if time.monotonic() + delay > deadline:
-                raise
-            log.warning("delivery_record_retrying", job=job, error=type(exc).__name__)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+    return await persist(
+        record,
+        errors=(Exception,),
+        patience=RECORD_PATIENCE,
+        cap=1.0,
+        event="delivery_record_retrying",
+        job=job,
+    )

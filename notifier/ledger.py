@@ -6,7 +6,6 @@ of hundreds of requests costs two round trips instead of a dozen commands per re
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -24,11 +23,9 @@ from notifier import analytics, keys
 from notifier.events import notification_prefix
 from notifier.intake import Entry
 from notifier.live import LiveChannels, with_publish
+from notifier.persist import persist
 from notifier.schemas import InboxCounts, InboxItem
-from shared.logging import get_logger
 from shared.lua import lua
-
-log = get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,17 +293,13 @@ class Ledger:
         """`run()`, again while the Cluster refuses it without running it (a slot migrating:
         the batch goes on as soon as the move ends, instead of waiting for its entries to be
         reclaimed a claim-idle later), for up to `patience` seconds."""
-        deadline = time.monotonic() + self._patience
-        delay = 0.05
-        while True:
-            try:
-                return await run()
-            except _NOT_RUN as exc:
-                if time.monotonic() + delay > deadline:
-                    raise
-                log.info("notifier_script_refused", error=type(exc).__name__, retry_in=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.5)
+        return await persist(
+            run,
+            errors=_NOT_RUN,
+            patience=self._patience,
+            cap=0.5,
+            event="notifier_script_refused",
+        )
 
     def stage(self, outcome: Outcome) -> Staged:
         """The commit of `outcome`, encoded (CPU only: done while another is in flight)."""
