@@ -2,6 +2,8 @@
 slot migrated to another master, and a master SIGKILLed and restarted from its AOF, while a
 producer keeps queueing and two notifier processes consume. Each request is counted where
 users see it (its status, its user's inbox, the mail server), so a loss or a duplicate fails.
+Then two moves stopped half way (`Migration`): a cancel by key, and a digest window whose keys
+moved ahead of the rest of its partition.
 
 The cluster is this module's own (`RedisCluster(appendonly=True)`): the session's shared one is
 never resharded or killed."""
