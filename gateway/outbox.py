@@ -127,6 +127,9 @@ def open_outbox(send: Send, limit: int, flusher: Flusher) -> Outbox:
 # A cork holds a handshake's few replies; past this many bytes they are written at once.
 CORKED_BYTES = 16 * 1024
 
+# Seconds a closed socket may take to write out what it holds before it is cut.
+LINGER = 2.0
+
 
 class TransportOutbox:
     __slots__ = (
@@ -221,6 +224,10 @@ class TransportOutbox:
         self._closing = True
         self._frames.append(last.wire)
         self.flush()
+        # The transport closes its socket once its buffer is written out: a peer that stopped
+        # reading never takes it, and its socket (a descriptor, the unsent bytes) would stay
+        # until the ping timeout, or for good. Cut after LINGER unless it closed by then.
+        asyncio.get_running_loop().call_later(LINGER, self._transport.abort)
         if self._protocol.close_sent or self._transport.is_closing():
             return  # uvicorn already closed it (e.g. no pong in time)
         # uvicorn writes the close frame and runs the closing handshake; it waits while the
