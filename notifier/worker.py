@@ -306,7 +306,7 @@ class Worker:
             try:
                 await self._deliverer.renew()
             except Exception as exc:  # renewed again at the next tick
-                log.warning("delivery_leases_not_renewed", error=f"{type(exc).__name__}: {exc}")
+                log.warning("delivery_leases_not_renewed", error=type(exc).__name__)
             if not self._stopping.is_set():
                 await self._pause_stop(every)
             elif sends := set(self._sends):
