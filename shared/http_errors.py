@@ -89,7 +89,10 @@ async def _store_unreachable(request: Request, exc: Exception) -> Response:
         path=request.url.path,
         error=type(exc).__name__,
     )
-    return _render(ApiError(503, "unavailable", "the store cannot be reached; retry later"))
+    message = "the store cannot be reached; retry later"
+    if isinstance(exc, ClusterError | ClusterDownError | TryAgainError):
+        message = "the store is moving data between its nodes; retry shortly"
+    return _render(ApiError(503, "unavailable", message))
 
 
 async def _http_exception(_: Request, exc: Exception) -> Response:
