@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 import redis.asyncio as aioredis
-from archmesh_client.cancellation import CancelResult, cancel, payload, run
+from archmesh_client.cancellation import SOURCE, CancelResult, cancel, payload, run
 from archmesh_client.notifications import Medium
 
 from notifier import keys
@@ -18,6 +18,7 @@ from notifier import keys
 class Canceller:
     def __init__(self, redis: aioredis.Redis) -> None:
         self._redis = redis
+        self._script = redis.register_script(SOURCE)
 
     async def by_key(self, cancel_key: str, now: datetime) -> CancelResult:
         """Every partition in turn (each one atomically)."""
@@ -54,7 +55,7 @@ class Canceller:
         return await self._run(body)
 
     async def _run(self, body: dict[str, Any]) -> int:
-        steps, _ = await run(self._redis, body)
+        steps, _ = await run(self._redis, body, self._script)
         return steps
 
 

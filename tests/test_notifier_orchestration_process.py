@@ -8,7 +8,7 @@ import collections
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,7 +16,7 @@ from archmesh_client.notifier import NotifierClient
 
 from tests.fakes.smtp import SmtpServer
 from tests.fakes.twilio_api import TwilioApi
-from tests.servers import NotifierProcess, RedisServer
+from tests.servers import NotifierProcess, RedisServer, until
 
 pytestmark = pytest.mark.redis
 
@@ -51,15 +51,6 @@ def mail_env(host: str, port: int) -> dict[str, str]:
         "ARCHMESH_EMAIL_FROM": "ArchMesh <notify@archmesh.test>",
         "ARCHMESH_NOTIFIER_CLAIM_IDLE": "1",
     }
-
-
-async def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        await asyncio.sleep(0.02)
-    raise TimeoutError(what)
 
 
 async def test_an_escalation_step_survives_a_sigkill_of_the_replica_holding_it(

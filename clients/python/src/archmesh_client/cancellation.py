@@ -16,6 +16,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from pydantic import BaseModel
 from redis.asyncio.cluster import RedisCluster
+from redis.commands.core import AsyncScript
 from redis.exceptions import ClusterError
 
 from archmesh_client.notifications import Medium
@@ -115,7 +116,9 @@ class CancelRaced(ClusterError):
 _RACES = 5  # a cancel re-read that often loses to requests still arriving with its key
 
 
-async def run(redis: aioredis.Redis, p: dict[str, Any]) -> tuple[int, int]:
+async def run(
+    redis: aioredis.Redis, p: dict[str, Any], script: AsyncScript | None = None
+) -> tuple[int, int]:
     """Run the script on `p` (from `payload`): (steps cancelled, notifications touched).
 
     One Redis: its only key is the partition's due set. A Cluster also needs every key the
@@ -123,8 +126,9 @@ async def run(redis: aioredis.Redis, p: dict[str, Any]) -> tuple[int, int]:
     run where some of them are not (reading a notification that has moved as absent, and
     reporting it cancelled though its steps go on): so it first reads the ids (the cancel
     key's index) and their open digests, declares their keys, and the script checks that
-    nothing changed between (then it is read again)."""
-    script = redis.register_script(SOURCE)
+    nothing changed between (then it is read again). `script`: SOURCE registered on `redis`
+    once by a caller that cancels often."""
+    script = script or redis.register_script(SOURCE)
     if not isinstance(redis, RedisCluster):
         reply = await script(keys=[p["due"]], args=[_encode(p)])
         return int(reply[0]), int(reply[1])
