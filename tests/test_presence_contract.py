@@ -98,8 +98,24 @@ async def test_batch_refresh_enters_and_keeps_every_entry(store: PresenceStore) 
         assert await store.members(channel) == []
 
 
-async def test_batch_refresh_is_one_script_call_per_channel(redis_server: RedisServer) -> None:
-    # Not one per subscription: 4 channels x 50 connections cost 4 EVALSHA in one pipeline.
+async def test_a_refresh_larger_than_a_chunk_enters_each_entry_once(store: PresenceStore) -> None:
+    # 2,500 clients of 1,000 users on one channel and a few on others: the Redis stores send
+    # them in parts (CHUNK entries a call and a pipeline); each entry and user counts once.
+    big = [PresenceEntry(f"c{j}", f"u{j % 1000}", "n1") for j in range(2500)]
+    small = {f"session:k{i}": [PresenceEntry(f"k{i}", "u1", "n1")] for i in range(3)}
+    for _ in range(2):  # entered, then refreshed
+        await store.refresh({"session:big": big, **small}, ttl=30)
+    assert await store.stats("session:big") == PresenceStats(2500, 1000)
+    assert sorted(await store.members("session:big"), key=lambda e: int(e.client_id[1:])) == big
+    for channel, entries in small.items():
+        assert await store.members(channel) == entries
+
+
+async def test_batch_refresh_is_a_script_call_per_channel_and_chunk(
+    redis_server: RedisServer,
+) -> None:
+    # Not one per subscription: 4 channels x 50 connections cost 4 EVALSHA in one pipeline;
+    # a channel of 2,500 costs 3 (CHUNK entries a call).
     store = create_presence(redis_server.url)
     admin = redis_server.client()
     try:
@@ -113,6 +129,10 @@ async def test_batch_refresh_is_one_script_call_per_channel(redis_server: RedisS
         stats = admin.info("commandstats")
         assert stats["cmdstat_evalsha"]["calls"] == 4
         assert len(await store.members("session:m3")) == 50
+        big = [PresenceEntry(f"b{j}", f"u{j}", "n1") for j in range(2500)]
+        admin.config_resetstat()
+        await store.refresh({"session:big": big}, ttl=30)
+        assert admin.info("commandstats")["cmdstat_evalsha"]["calls"] == 3
     finally:
         await store.close()
 
