@@ -119,17 +119,20 @@ class PresenceTracker:
                     batch[channel] = entries
                     size += len(entries)
                 if size >= REFRESH_BATCH:
-                    await self._refresh_part(batch)
+                    if not await self._refresh_part(batch):
+                        break  # the store is down: the rest would fail too (one warning)
                     batch, size = {}, 0
-            if batch:
-                await self._refresh_part(batch)
+            else:  # every channel was built without a failure: send the rest
+                if batch:
+                    await self._refresh_part(batch)
 
-    async def _refresh_part(self, batch: dict[str, list[PresenceEntry]]) -> None:
+    async def _refresh_part(self, batch: dict[str, list[PresenceEntry]]) -> bool:
+        """Refresh `batch`; False (logged) when the store failed."""
         try:
             await self._store.refresh(batch, self._ttl)
-        except BrokerError as exc:  # the entries live until their TTL; the next try
+        except BrokerError as exc:  # the entries live until their TTL; the next round tries
             log.warning("presence_refresh_failed", channels=len(batch), error=str(exc))
-            return
+            return False
         # A connection that left while the refresh was in flight may have been entered again
         # after its leave: take it out (rare, so checked only here).
         local = self._membership.local
@@ -139,6 +142,7 @@ class PresenceTracker:
                 if entry.client_id not in stayed:
                     with contextlib.suppress(BrokerError):
                         await self._store.leave(channel, entry.client_id)
+        return True
 
     def _entry(self, conn: Member) -> PresenceEntry:
         return PresenceEntry(conn.client_id, conn.user_id or "", self._node)
