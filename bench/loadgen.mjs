@@ -744,7 +744,7 @@ class StormClient {
     }
     if (buf.compare(PUBLICATION, 0, PUBLICATION.length, 0, PUBLICATION.length) === 0) {
       // The gateway's publication frame has one fixed layout (gateway/protocol.py): scanned,
-      // not parsed, so that the load generator stays cheap next to 50,000 deliveries/s.
+      // not parsed, so that the load generator stays cheap next to the storm's deliveries.
       const end = buf.indexOf(34, PUBLICATION.length); // the channel's closing quote
       const channel = buf.toString("latin1", PUBLICATION.length, end);
       const at = buf.indexOf(OFFSET, end);

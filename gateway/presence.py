@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterator
 
 from gateway.membership import Member, Membership
 from shared.broker import BrokerError
@@ -107,24 +108,27 @@ class PresenceTracker:
     async def _refresh(self) -> None:
         while True:
             await asyncio.sleep(self._ttl / 3)
-            tracked = [c for c, conns in self._membership.local.items() if conns and self.tracks(c)]
-            # In parts of about REFRESH_BATCH entries, each awaited: a node with 100,000
-            # entries builds and sends them a part per turn, not all in one (live delivery
-            # goes on between the parts).
-            batch: dict[str, list[PresenceEntry]] = {}
-            size = 0
-            for channel in tracked:
-                entries = [self._entry(conn) for conn in self._membership.local.get(channel, ())]
-                if entries:
-                    batch[channel] = entries
-                    size += len(entries)
-                if size >= REFRESH_BATCH:
-                    if not await self._refresh_part(batch):
-                        break  # the store is down: the rest would fail too (one warning)
-                    batch, size = {}, 0
-            else:  # every channel was built without a failure: send the rest
-                if batch:
-                    await self._refresh_part(batch)
+            for part in self._parts():
+                if not await self._refresh_part(part):
+                    break  # the store is down: the rest would fail too (one warning a round)
+
+    def _parts(self) -> Iterator[dict[str, list[PresenceEntry]]]:
+        """The node's tracked entries in parts of about REFRESH_BATCH, each built only when
+        the one before was sent (a generator): a node with 100,000 entries builds and sends
+        them a part per turn, not all in one, and live delivery goes on between the parts."""
+        tracked = [c for c, conns in self._membership.local.items() if conns and self.tracks(c)]
+        part: dict[str, list[PresenceEntry]] = {}
+        size = 0
+        for channel in tracked:
+            entries = [self._entry(conn) for conn in self._membership.local.get(channel, ())]
+            if entries:
+                part[channel] = entries
+                size += len(entries)
+            if size >= REFRESH_BATCH:
+                yield part
+                part, size = {}, 0
+        if part:
+            yield part
 
     async def _refresh_part(self, batch: dict[str, list[PresenceEntry]]) -> bool:
         """Refresh `batch`; False (logged) when the store failed."""
