@@ -145,6 +145,8 @@ async def measure(
     gc.collect()
     rss0, calls0, cpu0 = rss_kib(), await redis_calls(url), time.process_time()
     writes0 = WRITES[0]
+    reads = gateway.broker.history_reads
+    asked0, issued0 = reads.asked, reads.issued
     types0 = type_counts() if opts.types else Counter()
     snap0 = tracemalloc.take_snapshot() if opts.trace else None
     # CPU time (not wall): a write to Redis that wakes redis-server on this core would
@@ -187,6 +189,8 @@ async def measure(
         "idle_cpu_share_of_a_core": None if idle_cpu is None else round(idle_cpu, 4),
         "connects_per_s_wall": round(n / wall, 1),
         "redis_round_trips_per_connect": round(writes / n, 2),
+        "history_reads_asked_per_connect": round((reads.asked - asked0) / n, 2),
+        "history_reads_issued_per_connect": round((reads.issued - issued0) / n, 2),
         "redis_commands_per_connect": {
             name: round((calls1.get(name, 0) - calls0.get(name, 0)) / n, 2)
             for name in sorted(calls1)

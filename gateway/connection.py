@@ -51,7 +51,7 @@ from gateway.protocol import (
     publication_frame,
 )
 from gateway.ratelimit import TokenBucket
-from shared.broker import BrokerError, BrokerPublication, StreamPosition
+from shared.broker import BrokerError, BrokerPublication, History, StreamPosition
 from shared.logging import get_logger
 from shared.tokens import Claims, InvalidToken
 
@@ -333,8 +333,8 @@ class Connection:
         catchup = self._catchups[own] = Catchup()
         catchup.hold()
         try:
-            await self._join(own)
-            await self._recover(own, frame.since, catchup, _with_id(reply, frame.id))
+            history = await self._join(own, frame.since)
+            await self._recover(own, history, frame.since, catchup, _with_id(reply, frame.id))
         except BrokerError as exc:
             # Redis cannot say where the own channel stands right now: connect without its
             # position (live messages flow once the link is back), rather than refuse.
@@ -421,10 +421,10 @@ class Connection:
         catchup = self._catchups[channel] = Catchup()
         catchup.hold()
         try:
-            await self._join(channel)
+            history = await self._join(channel, frame.since)
             reply = _with_id({"type": "subscribed", "channel": channel}, frame.id)
             latest = self._wants_latest(channel, frame)
-            await self._recover(channel, frame.since, catchup, reply, latest)
+            await self._recover(channel, history, frame.since, catchup, reply, latest)
         except BrokerError as exc:
             self._set_grant(channel, None)
             await self._leave(channel)
@@ -433,8 +433,9 @@ class Connection:
             if catchup.held is not None:  # the history read never finished
                 self._catchups.pop(channel, None)
 
-    async def _join(self, channel: str) -> None:
-        await self._ctx.join(self, channel)
+    async def _join(self, channel: str, since: Since | None) -> History:
+        """Join `channel`: its position and, with `since`, what was missed (context.py)."""
+        return await self._ctx.join(self, channel, since)
 
     async def _leave(self, channel: str) -> None:
         await self._ctx.leave(self, channel)
@@ -442,15 +443,16 @@ class Connection:
     async def _recover(
         self,
         channel: str,
+        history: History,
         since: Since | None,
         catchup: Catchup,
         reply: dict[str, Any],
         latest: bool = False,
     ) -> None:
         """Send `reply` (`subscribed`, or `connected` for the own channel) with the channel's
-        position, then what was missed since `since` (or, with `latest`, the latest
-        publication), then what arrived meanwhile; in offset order, each once."""
-        history = await self._ctx.history_since(channel, since)
+        position, then what was missed since `since` (`history`, read when it joined; or, with
+        `latest`, the latest publication), then what arrived meanwhile; in offset order, each
+        once."""
         position = history.position
         recovered, missed = recover(reply, since, history, self._ctx.metrics)
         if not recovered and latest:

@@ -49,22 +49,21 @@ class ConnectionContext:
     def open_outbox(self, send: Send) -> Outbox:
         return open_outbox(send, self.settings.client_queue_bytes, self.flusher)
 
-    async def history_since(self, channel: str, since: Since | None) -> History:
-        """The channel's position and, with `since`, what was published after it (at most
-        RECOVERY_LIMIT): what a subscribe or a connect recovers from."""
-        return await self.history(
-            channel, since.offset if since else 0, RECOVERY_LIMIT if since else 0
-        )
-
-    async def join(self, member: Member, channel: str) -> None:
-        """A WebSocket or SSE client joins a channel: the hub's membership, then presence and
+    async def join(self, member: Member, channel: str, since: Since | None) -> History:
+        """A WebSocket or SSE client joins a channel: the hub's membership, which reads the
+        channel's position and, with `since`, what was published after it (at most
+        RECOVERY_LIMIT: what a subscribe or a connect recovers from); then presence and
         join/leave where the channel has them. The joiner gets its own `join` too, after its
         `subscribed` (its publications are held until then)."""
-        await self.membership.join(member, channel)
+        limit = RECOVERY_LIMIT if since else 0
+        history = await self.membership.join(
+            member, channel, lambda: self.history(channel, since.offset if since else 0, limit)
+        )
         if self.presence.tracks(channel):
             await self.presence.join(channel, member)
         if self.join_leave.announces(channel):
             await self.join_leave.announce("join", channel, member)
+        return history
 
     async def leave(self, member: Member, channel: str) -> None:
         """The reverse of `join`; nothing if the member was not in the channel."""

@@ -137,10 +137,12 @@ class Hub:
         )
 
     def _seed(self, channel: str, position: StreamPosition) -> None:
-        """The channel's position, read before the node subscribed to it: gap repair after a
-        reconnect covers it from the start, not only once a publication arrived. Publications
-        between the read and the subscription taking effect are a gap the next one (or a
-        reconnect) repairs; a subscriber's own history read covers them, so it drops them."""
+        """The channel's position, read by its first local subscriber just after the node
+        subscribed to it: gap repair after a reconnect covers it from the start, not only once
+        a publication arrived. A publication that reached the fan-out first has set the position
+        already (then this one is ignored). The subscribers that came meanwhile read theirs
+        after this read (`Membership.join`): what the fan-out drops as at or before it, none of
+        them is owed."""
         if channel not in self._positions:
             self._positions[channel] = Catchup(position.epoch, position.offset)
 

@@ -5,15 +5,13 @@ one leaving unsubscribes it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Set
+import asyncio
+from collections.abc import Awaitable, Callable, Set
 from typing import Protocol
 
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import CloseCode, Outgoing
-from shared.broker import Broker, BrokerError, BrokerPublication, StreamPosition
-from shared.logging import get_logger
-
-log = get_logger(__name__)
+from shared.broker import Broker, BrokerPublication, History, StreamPosition
 
 
 class Member(Protocol):
@@ -43,7 +41,7 @@ class Membership:
     ) -> None:
         """`on_vacated(channel)` is called when a channel's last local subscriber left;
         `on_occupied(channel, position)` when its first one came, with the channel's position
-        read just before the node subscribed to it."""
+        read just after the node subscribed to it."""
         self._broker = broker
         self._metrics = metrics
         self._on_vacated = on_vacated
@@ -53,36 +51,47 @@ class Membership:
         self.local: dict[str, set[Member]] = {}
         self._channels_of: dict[Member, set[str]] = {}  # only connections with a channel
         self._internal: set[str] = set()  # channels only the node itself follows
+        # channel -> set once its first local member's read is done (see `join`)
+        self._occupying: dict[str, asyncio.Event] = {}
 
     def channels(self, conn: Member) -> Set[str]:
         return self._channels_of.get(conn, _NONE)
 
-    async def join(self, conn: Member, channel: str) -> None:
+    async def join(
+        self, conn: Member, channel: str, read: Callable[[], Awaitable[History]]
+    ) -> History:
+        """Add `conn` to `channel`, then `read()` where the channel stands (and what `conn`
+        missed) after the node subscribed to it: whatever is published from then on reaches
+        `conn` live, or is in that read. The channel's first local member's read is the node's
+        too (`on_occupied`): one read, not one before subscribing and another after. A member
+        that joins meanwhile reads only once that read is done, so none is told a position
+        older than the node's (its fan-out drops what it already passed)."""
         channels = self._channels_of.get(conn)
         if channels is None:
             channels = self._channels_of[conn] = set()
         channels.add(channel)
         self._metrics.subscriptions.inc()
         conns = self.local.get(channel)
-        if conns is None:
-            self.local[channel] = {conn}
-            self._count_channels()
-            await self._occupied(channel)
-            await self._broker.subscribe(channel)
-        else:
+        if conns is not None:
             conns.add(conn)
-
-    async def _occupied(self, channel: str) -> None:
-        """Read where `channel` stands before subscribing the node to it, so that from now on
-        the node knows its position (a reconnect repairs from there, even if nothing was
-        delivered yet). Unknown if the read fails: then the first publication tells it."""
+            occupying = self._occupying.get(channel)
+            if occupying is not None:
+                await occupying.wait()
+            return await read()
+        self.local[channel] = {conn}
+        self._count_channels()
+        occupying = self._occupying[channel] = asyncio.Event()
         try:
-            position = await self._broker.position(channel)
-        except BrokerError as exc:
-            log.warning("position_read_failed", channel=channel, error=str(exc))
-            return
-        if channel in self.local:  # not left meanwhile
-            self._on_occupied(channel, position)
+            await self._broker.subscribe(channel)
+            history = await read()
+        finally:
+            ours = self._occupying.get(channel) is occupying  # not left and joined again
+            if ours:
+                del self._occupying[channel]
+            occupying.set()
+        if ours and channel in self.local:
+            self._on_occupied(channel, history.position)
+        return history
 
     async def follow(self, member: Member, channel: str) -> None:
         """Make the node itself a member of `channel` (the control stream): fanned out to and

@@ -261,8 +261,7 @@ class SseStream:
         catchup = self._catchups[channel] = Catchup()
         catchup.hold()
         try:
-            await self._join(channel)
-            history = await self._ctx.history_since(channel, since)
+            history = await self._ctx.join(self, channel, since)
         except BrokerError:
             self._catchups.pop(channel, None)
             await self._leave(channel)
@@ -282,9 +281,6 @@ class SseStream:
             self._publication(pub, frame.text, fanned_out=True)
         if reached and self._catchups.get(channel) is catchup:
             del self._catchups[channel]
-
-    async def _join(self, channel: str) -> None:
-        await self._ctx.join(self, channel)
 
     async def _leave(self, channel: str) -> None:
         await self._ctx.leave(self, channel)

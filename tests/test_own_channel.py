@@ -3,7 +3,9 @@ and `connect` takes a `since` for it, recovered like a subscribe's."""
 
 from __future__ import annotations
 
-from tests.servers import GatewayProcess
+import asyncio
+
+from tests.servers import GatewayProcess, RedisServer
 from tests.wsclient import assert_silent, open_ws, recv_type, send, token
 
 
@@ -71,3 +73,25 @@ async def test_a_connect_while_redis_is_down_is_let_in_without_a_position() -> N
     finally:
         node.stop()
         redis.cleanup()
+
+
+async def test_a_connect_reads_its_own_channel_once(
+    redis_server: RedisServer, gateways: list[GatewayProcess]
+) -> None:
+    """The node subscribes to a new own channel and its first member's read tells both where it
+    stands (gateway/membership.py): one history read per connect, not one for the node before
+    subscribing and one for the client after. Each client still gets what follows, once."""
+    node = GatewayProcess(redis_server.url).start()
+    gateways.append(node)
+    issued = 'outcome="issued"'
+    before = node.metric("archmesh_history_reads_total", issued)
+    users = [f"once-{n}" for n in range(20)]
+    opened = await asyncio.gather(*(connect_since(node.ws, user, None) for user in users))
+    assert node.metric("archmesh_history_reads_total", issued) - before == len(users)
+    for user, (_, connected) in zip(users, opened, strict=True):
+        assert connected["offset"] == 0
+        node.publish(f"user:{user}", {"type": "t", "to": user}).raise_for_status()
+    for user, (ws, _) in zip(users, opened, strict=True):
+        pub = await recv_type(ws, "publication")
+        assert (pub["channel"], pub["offset"], pub["data"]["to"]) == (f"user:{user}", 1, user)
+        await assert_silent(ws, 0.05)
