@@ -14,6 +14,7 @@ import uvicorn
 
 from gateway.app import Gateway
 from gateway.open_files import raise_soft_limit
+from gateway.upgrade import UpgradeProtocol
 from shared.collector import tune_for_a_server
 from shared.logging import get_logger
 
@@ -71,10 +72,11 @@ def uvicorn_config(gateway: Gateway, port: int | None = None) -> uvicorn.Config:
         ws_ping_timeout=settings.ws_ping_timeout,
         ws_per_message_deflate=settings.ws_per_message_deflate,
         # Named, not "auto": the fast paths are what the benchmarks measured, and the
-        # gateway's direct frame writes need websockets-sansio (gateway/outbox.py).
+        # gateway's direct frame writes need websockets-sansio (gateway/outbox.py), of which
+        # UpgradeProtocol is a subclass.
         loop=_installed("uvloop", "asyncio"),
         http=_installed("httptools", "h11"),
-        ws="websockets-sansio",
+        ws=UpgradeProtocol,  # websockets-sansio, with the plain upgrade parsed once
         # Nothing reads the client address or scheme; the middleware would stay on the call
         # stack of every socket for its whole life.
         proxy_headers=False,
