@@ -17,7 +17,6 @@ import redis.asyncio as aioredis
 from archmesh_client.notifications import Medium
 from archmesh_client.publisher import Publisher
 from archmesh_client.redis_url import ClusterAddress
-from redis.asyncio.cluster import ClusterNode, RedisCluster
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
@@ -56,6 +55,7 @@ from notifier.workflow import WorkflowWatcher, parse_rules
 from shared.admin_auth import AdminTokens
 from shared.announcements import Announcer, create_board
 from shared.broker import Broker, backend_of, create_broker
+from shared.cluster_client import cluster_client
 from shared.http_errors import ERROR_HANDLERS
 from shared.http_ops import Readiness, ops_routes
 from shared.logging import get_logger
@@ -83,14 +83,12 @@ def connect_store(url: str) -> aioredis.Redis:
     if not url or url.startswith("memory://"):
         raise ValueError("ARCHMESH_REDIS_URL: the notifier's stores need a Redis server")
     if backend_of(url) == "cluster":
-        address = ClusterAddress.parse(url)
-        cluster = RedisCluster(
-            startup_nodes=[ClusterNode(host, port) for host, port in address.nodes],
+        cluster = cluster_client(
+            ClusterAddress.parse(url),
             decode_responses=True,
             socket_connect_timeout=5,
             socket_timeout=15,
             health_check_interval=10,
-            **address.credentials(),
         )
         return cast(aioredis.Redis, cluster)
     pool = aioredis.BlockingConnectionPool.from_url(

@@ -15,13 +15,13 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from archmesh_client.redis_url import ClusterAddress
-from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry
 
 from shared.broker.base import BrokerError
 from shared.broker.link import Liveness
+from shared.cluster_client import cluster_client
 
 # What a Redis call raises when the server, the network or the cluster's routing fails.
 NETWORK_ERRORS = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
@@ -54,9 +54,7 @@ def redis_client(url: str, liveness: Liveness, *, cluster: bool) -> Any:
             url, max_connections=POOL_SIZE, timeout=liveness.timeout, **options
         )
         return aioredis.Redis.from_pool(pool)
-    address = ClusterAddress.parse(url)
-    startup = [ClusterNode(host, port) for host, port in address.nodes]
-    return RedisCluster(startup_nodes=startup, **address.credentials(), **options)
+    return cluster_client(ClusterAddress.parse(url), **options)
 
 
 @contextmanager

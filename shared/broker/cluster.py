@@ -19,10 +19,11 @@ import redis.asyncio as aioredis
 from archmesh_client.redis_url import ClusterAddress
 from archmesh_client.retention import HistoryPolicy
 from archmesh_client.stream import StreamPosition
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import RedisCluster
 
 from shared.broker.link import Liveness
 from shared.broker.redis import RedisBroker
+from shared.cluster_client import cluster_client
 
 
 class RedisClusterBroker(RedisBroker):
@@ -37,8 +38,7 @@ class RedisClusterBroker(RedisBroker):
         super().__init__(url, policy, liveness)
 
     def _command_client(self) -> RedisCluster:
-        startup = [ClusterNode(host, port) for host, port in self._address.nodes]
-        return RedisCluster(startup_nodes=startup, **self._address.credentials(), **self._options())
+        return cluster_client(self._address, **self._options())
 
     async def _link_clients(self) -> dict[str, aioredis.Redis]:
         cluster: RedisCluster = self._redis
