@@ -71,7 +71,9 @@ class UpgradeProtocol(WebSocketsSansIOProtocol):
         ):
             return False
         lines = data[:-4].split(b"\r\n")
-        if len(lines) > _MAX_HEADERS + 1 or any(len(line) > _MAX_LINE for line in lines):
+        if len(lines) > _MAX_HEADERS + 1:
+            return False
+        if len(data) > _MAX_LINE and max(map(len, lines)) > _MAX_LINE:
             return False
         method, _, rest = lines[0].partition(b" ")
         target, _, protocol = rest.partition(b" ")
