@@ -11,11 +11,12 @@ it splits the rebuilt request, builds the scope from its bytes as they are, and 
 response from a template when the app accepts. Everything else (a malformed or unusual request,
 an extension such as permessage-deflate enabled on the node, another uvicorn or websockets than
 the ones this was written for) takes uvicorn's own path, which answers it exactly as before
-(400, 426, or a 101 with the negotiated extension). tests/test_upgrade.py checks both paths.
+(websockets' 400s, or a 101 with the negotiated extension). tests/test_upgrade.py checks both.
 
 These are private internals of uvicorn (the protocol's attributes and `run_asgi`) and websockets
-(the parser and its state): pyproject.toml pins the tested ranges, and outside them every
-request takes uvicorn's path."""
+(the parser and its state): pyproject.toml pins the ranges the other modules were tested on,
+and the short path runs only on the versions it was tested with (`_TESTED`); on any other,
+every request takes uvicorn's path."""
 
 from __future__ import annotations
 
