@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
 from archmesh_client.redis_url import ClusterAddress
 from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -26,9 +25,11 @@ async def closed_during_write(kind: type[Connection], server: RedisServer) -> Ba
     sending = asyncio.ensure_future(conn.send_packed_command(conn.pack_command("PING"), False))
     await asyncio.sleep(0)
     await conn.disconnect(nowait=True)
-    with pytest.raises(Exception) as raised:
+    try:
         await sending
-    return raised.value
+    except (AttributeError, TypeError, RedisConnectionError) as exc:
+        return exc
+    raise AssertionError("a write on a closed connection went through")
 
 
 async def test_a_write_on_a_connection_closed_under_it_is_a_connection_error(
