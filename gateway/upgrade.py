@@ -60,6 +60,21 @@ class UpgradeProtocol(WebSocketsSansIOProtocol):
     def data_received(self, data: bytes) -> None:
         if self.handshake_initiated or not SUPPORTED or not self._upgrade(data):
             super().data_received(data)
+            if not self.handshake_initiated:
+                self._answer_unparsed()
+
+    def _answer_unparsed(self) -> None:
+        """websockets refused a request it could not parse (a line over 8 KiB or over 128
+        headers: 431; not a request at all: 400) and queued its answer, which uvicorn never
+        writes: the socket stayed open and unanswered, and the node's shutdown then failed on
+        it (an AssertionError from websockets, asked for a second answer). Write the answer
+        and close, as uvicorn does for a request websockets parsed and refused."""
+        output = self.conn.data_to_send()
+        if not output:
+            return  # nothing refused: the request is not complete yet
+        self.handshake_complete = self.close_sent = True
+        self.transport.write(b"".join(output))
+        self.transport.close()
 
     def _upgrade(self, data: bytes) -> bool:
         """Start the app for a plain upgrade request (what `handle_connect` does); False, with

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 import struct
 from collections.abc import Iterator
@@ -202,6 +203,28 @@ async def test_the_short_path_takes_the_plain_upgrade_and_leaves_the_rest(
     finally:
         server.should_exit = True
         await serving
+
+
+def test_a_request_websockets_cannot_parse_is_answered_and_closed() -> None:
+    """A header line over 8 KiB, or over 128 headers: websockets' 431 reaches the client and
+    the socket is closed (both used to stay open unanswered), and the node still shuts down
+    cleanly (it failed on such a socket before)."""
+    gateway = GatewayProcess().start()
+    try:
+        for extra in (["X-Long: " + "a" * 9000], [f"X-Header-{n}: v" for n in range(130)]):
+            answer = handshake(gateway.port, request(gateway.port, *extra))
+            assert answer.status == 431, answer.status_line
+            assert b"Failed to open a WebSocket connection" in answer.body()
+            while answer.sock.recv(4096):
+                pass  # until the server closes it
+        plain = handshake(gateway.port, request(gateway.port))
+        assert_works(plain, "after-431")
+    finally:
+        code = gateway.stop()
+    # Stopped by its SIGTERM as any node is (uvicorn raises it again once it has shut down),
+    # not by a failure on the way.
+    assert code == -signal.SIGTERM
+    assert "Traceback" not in gateway.log.read_text()
 
 
 def test_an_extension_to_negotiate_takes_uvicorns_path() -> None:
