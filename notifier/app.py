@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import cast
 
 import redis.asyncio as aioredis
+from archmesh_client.cluster_client import cluster_client
 from archmesh_client.notifications import Medium
 from archmesh_client.publisher import Publisher
 from archmesh_client.redis_url import ClusterAddress
@@ -55,7 +56,6 @@ from notifier.workflow import WorkflowWatcher, parse_rules
 from shared.admin_auth import AdminTokens
 from shared.announcements import Announcer, create_board
 from shared.broker import Broker, backend_of, create_broker
-from shared.cluster_client import cluster_client
 from shared.http_errors import ERROR_HANDLERS
 from shared.http_ops import Readiness, ops_routes
 from shared.logging import get_logger

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import redis.asyncio as aioredis
+from archmesh_client.cluster_client import cluster_client
 from archmesh_client.redis_url import ClusterAddress
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError
@@ -21,7 +22,6 @@ from redis.retry import Retry
 
 from shared.broker.base import BrokerError
 from shared.broker.link import Liveness
-from shared.cluster_client import cluster_client
 
 # What a Redis call raises when the server, the network or the cluster's routing fails.
 NETWORK_ERRORS = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)

@@ -1,16 +1,17 @@
-"""shared/cluster_client.py: a write on a connection closed under it (redis-py's race while a
-Cluster's layout changes) is a `ConnectionError`, not asyncio's internals leaking out; and every
-node's connections of a `cluster_client` are such connections."""
+"""archmesh_client/cluster_client.py (every Cluster client of the servers and the backends): a
+write on a connection closed under it (redis-py's race while a Cluster's layout changes) is a
+`ConnectionError`, not asyncio's internals leaking out; and every node's connections of a
+`cluster_client` are such connections."""
 
 from __future__ import annotations
 
 import asyncio
 
+from archmesh_client.cluster_client import SafeWrites, cluster_client
 from archmesh_client.redis_url import ClusterAddress
 from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from shared.cluster_client import SafeWrites, cluster_client
 from tests.servers import RedisCluster, RedisServer
 
 

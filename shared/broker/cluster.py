@@ -16,6 +16,7 @@ map, and the hub repairs the gaps from history, exactly as on one Redis.
 from __future__ import annotations
 
 import redis.asyncio as aioredis
+from archmesh_client.cluster_client import cluster_client
 from archmesh_client.redis_url import ClusterAddress
 from archmesh_client.retention import HistoryPolicy
 from archmesh_client.stream import StreamPosition
@@ -23,7 +24,6 @@ from redis.asyncio.cluster import RedisCluster
 
 from shared.broker.link import Liveness
 from shared.broker.redis import RedisBroker
-from shared.cluster_client import cluster_client
 
 
 class RedisClusterBroker(RedisBroker):

@@ -15,9 +15,9 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from pydantic import ValidationError
-from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from archmesh_client.cancellation import CancelResult, cancel
+from archmesh_client.cluster_client import cluster_client
 from archmesh_client.notifications import (
     BatchResult,
     ItemResult,
@@ -45,11 +45,7 @@ class NotifierClient:
         self._redis: Any
         cluster = is_cluster_url(redis_url)
         if cluster:
-            address = ClusterAddress.parse(redis_url)
-            startup = [ClusterNode(host, port) for host, port in address.nodes]
-            self._redis = RedisCluster(
-                startup_nodes=startup, socket_connect_timeout=5, **address.credentials()
-            )
+            self._redis = cluster_client(ClusterAddress.parse(redis_url), socket_connect_timeout=5)
         else:
             self._redis = aioredis.Redis.from_url(redis_url, socket_connect_timeout=5)
         self._layout = Partitioning.of(partitions, cluster=cluster)

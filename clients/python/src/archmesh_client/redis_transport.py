@@ -7,12 +7,12 @@ import asyncio
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry
 
 from archmesh_client import history_script, publish_script
+from archmesh_client.cluster_client import cluster_client
 from archmesh_client.idempotency import Idempotency
 from archmesh_client.redis_url import ClusterAddress, is_cluster_url
 from archmesh_client.retention import HistoryPolicy
@@ -42,9 +42,7 @@ def redis_client(url: str) -> Any:
         "socket_timeout": TIMEOUT,
     }
     if is_cluster_url(url):
-        address = ClusterAddress.parse(url)
-        startup = [ClusterNode(host, port) for host, port in address.nodes]
-        return RedisCluster(startup_nodes=startup, **address.credentials(), **options)
+        return cluster_client(ClusterAddress.parse(url), **options)
     if url.partition("://")[0] not in ("redis", "rediss", "unix"):
         raise ValueError(
             "a backend publishes through Redis: use a redis://, rediss://, unix://, "

@@ -1,4 +1,6 @@
-"""redis-py's Redis Cluster client, with one of its races reported as what it is.
+"""redis-py's Redis Cluster client, with one of its races reported as what it is. Every Cluster
+client of ArchMesh's code is made here: a backend's publisher and notifier client, the
+gateway's broker and stores, the notifier's stores.
 
 While a slot migrates or the cluster's layout changes, redis-py's asyncio Cluster client can
 close a connection that a command is about to write on (redis/redis-py#4287; the fix proposed
@@ -8,18 +10,20 @@ retry and no error handler recognises: a notifier API call during a migration an
 where the client should have been told to retry (tests/test_notifier_cluster_chaos.py caught
 it). `SafeWrites` drops the connection and raises `ConnectionError` instead, as for any
 connection found closed: the Cluster client's own retries (where it has them) take a fresh
-connection, and the stores and API handlers treat it as the store being out for a moment (503).
-The check is narrow: an `AttributeError` or `TypeError` from a write on a connection whose
-writer is still open is a bug and is raised as it was."""
+connection, and callers treat it as Redis being out for a moment (a publish raises
+`PublishError`, a server's API answers 503). The check is narrow: an `AttributeError` or
+`TypeError` from a write on a connection whose writer is still open is a bug and is raised as
+it was."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from archmesh_client.redis_url import ClusterAddress
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
+
+from archmesh_client.redis_url import ClusterAddress
 
 
 class SafeWrites(Connection):
@@ -27,7 +31,7 @@ class SafeWrites(Connection):
         try:
             await super().send_packed_command(command, check_health)
         except (AttributeError, TypeError) as exc:
-            writer = self._writer
+            writer = getattr(self, "_writer", None)
             if writer is not None and not writer.transport.is_closing():
                 raise  # not the race: a bug, raised as it was
             await self.disconnect(nowait=True)
@@ -40,10 +44,11 @@ def cluster_client(address: ClusterAddress, **options: Any) -> RedisCluster:
     cluster = RedisCluster(startup_nodes=startup, **address.credentials(), **options)
     # The nodes it makes take their connection class from these keyword arguments (shared by
     # its node manager); the startup nodes were made already and have not connected yet.
-    made = cluster.connection_kwargs
-    if made.get("connection_class") is Connection:
+    # (Private to redis-py: where they are not as expected, the client is left as it is.)
+    made = getattr(cluster, "connection_kwargs", None)
+    if isinstance(made, dict) and made.get("connection_class") is Connection:
         made["connection_class"] = SafeWrites
         for node in cluster.nodes_manager.startup_nodes.values():
-            if node.connection_class is Connection and not node._connections:
+            if node.connection_class is Connection and not getattr(node, "_connections", None):
                 node.connection_class = SafeWrites
     return cluster
