@@ -1,7 +1,9 @@
 """Presence through real gateway nodes on a private Redis, with real WebSocket clients: the
 refresh is pipelined (one script call per tracked channel per interval, not one per
 subscription), and `presence_stats` counts live connections and distinct users across nodes,
-also after a node is SIGKILLed (its entries expire after the short TTL set here)."""
+also after a node is SIGKILLed (its entries expire after the short TTL set here). The refresh
+during an outage (a node's tracker on a Redis that is killed, then started again) warns once a
+round and enters everything again once Redis is back."""
 
 from __future__ import annotations
 
@@ -10,8 +12,16 @@ import signal
 import time
 
 import pytest
+from structlog.testing import capture_logs
 from websockets.asyncio.client import ClientConnection
 
+from gateway.membership import Membership
+from gateway.metrics import GatewayMetrics
+from gateway.presence import PresenceTracker
+from gateway.protocol import CloseCode, Outgoing
+from shared.broker import BrokerPublication, Liveness
+from shared.broker.memory import MemoryBroker
+from shared.presence import create_presence
 from tests.servers import GatewayProcess, RedisServer
 from tests.wsclient import assert_silent, connect, recv_type, send, subscribe
 
@@ -195,3 +205,60 @@ async def test_a_burst_of_disconnects_leaves_presence_at_once(
         assert time.monotonic() < deadline, left
         await asyncio.sleep(0.05)
         left = [await counts(watcher, channel) for channel in channels]
+
+
+class _Member:
+    def __init__(self, client_id: str) -> None:
+        self.client_id = client_id
+        self.user_id: str | None = f"u-{client_id}"
+
+    def deliver(self, pub: BrokerPublication, frame: Outgoing) -> None: ...
+
+    def push(self, frame: Outgoing) -> None: ...
+
+    def close(self, code: CloseCode) -> None: ...
+
+
+async def test_a_refresh_round_in_an_outage_warns_once_and_the_next_refreshes_everything(
+    private_redis: RedisServer,
+) -> None:
+    """A node's 2,500 tracked subscriptions go as three parts a round. With Redis down a round
+    stops at its first failing part: one warning a round, not one per part; once Redis is back
+    (empty: no persistence) the next round enters every entry again."""
+    broker = MemoryBroker()
+    membership = Membership(broker, GatewayMetrics(), lambda c: None, lambda c, p: None)
+    store = create_presence(private_redis.url, Liveness(interval=0.2, timeout=0.5))
+    ttl = 1.5  # a round every 0.5 s
+    tracker = PresenceTracker(store, membership, "node-a", ttl=ttl)
+    channels = [f"session:refresh-{n}" for n in range(5)]
+    for n in range(2500):
+        channel = channels[n % 5]
+        await membership.join(_Member(f"c{n}"), channel, lambda c=channel: broker.history(c, 0, 0))
+    private_redis.stop()
+    with capture_logs() as logs:
+        tracker.start()
+        try:
+
+            def failures() -> list[float]:
+                return [
+                    entry["at"] for entry in logs if entry["event"] == "presence_refresh_failed"
+                ]
+
+            started = time.monotonic()
+            while len(failures()) < 2 and time.monotonic() - started < 10:
+                await asyncio.sleep(0.02)
+                for entry in logs:
+                    entry.setdefault("at", time.monotonic())
+            first, second = failures()[:2]
+            assert second - first > ttl / 3 * 0.8  # a round apart: one warning a round
+            private_redis.start()
+            started = time.monotonic()
+            while time.monotonic() - started < 10:
+                counted = [(await store.stats(c)).connections for c in channels]
+                if counted == [500] * 5:
+                    break
+                await asyncio.sleep(0.1)
+            assert counted == [500] * 5
+        finally:
+            await tracker.stop()
+            await store.close()
