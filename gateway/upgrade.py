@@ -46,6 +46,10 @@ SUPPORTED = all(version(name).startswith(prefix) for name, prefix in _TESTED.ite
 _MAX_HEADERS = 128
 _MAX_LINE = 8192
 
+# The headers the short path checks, each allowed once; `Connection`'s values are tokens.
+_CHECKED = frozenset((b"connection", b"upgrade", b"sec-websocket-key", b"sec-websocket-version"))
+_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")  # RFC 9110's token
+
 _SWITCHING = (
     b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
     b"Sec-WebSocket-Accept: "
@@ -177,10 +181,6 @@ class UpgradeProtocol(WebSocketsSansIOProtocol):
             self.conn.state = OPEN
             self.transport.write(b"".join(head))
             self.start_keepalive()
-
-
-_CHECKED = frozenset((b"connection", b"upgrade", b"sec-websocket-key", b"sec-websocket-version"))
-_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")  # RFC 9110's token
 
 
 def _valid_key(key: bytes) -> bool:

@@ -8,21 +8,9 @@ import asyncio
 
 from gateway.membership import Membership
 from gateway.metrics import GatewayMetrics
-from gateway.protocol import CloseCode, Outgoing
 from shared.broker import BrokerPublication, History, StreamPosition
 from shared.broker.memory import MemoryBroker
-
-
-class Member:
-    def __init__(self, client_id: str) -> None:
-        self.client_id = client_id
-        self.user_id: str | None = client_id
-
-    def deliver(self, pub: BrokerPublication, frame: Outgoing) -> None: ...
-
-    def push(self, frame: Outgoing) -> None: ...
-
-    def close(self, code: CloseCode) -> None: ...
+from tests.members import IdleMember
 
 
 async def test_the_first_members_read_follows_the_subscription_and_seeds_the_node() -> None:
@@ -53,7 +41,7 @@ async def test_the_first_members_read_follows_the_subscription_and_seeds_the_nod
         events.append("second read")
         return await broker.history(channel, 0, 0)
 
-    first, second = Member("a"), Member("b")
+    first, second = IdleMember("a"), IdleMember("b")
     joining = asyncio.ensure_future(membership.join(first, channel, first_read))
     while "first read" not in events:
         await asyncio.sleep(0)
@@ -70,7 +58,7 @@ async def test_the_first_members_read_follows_the_subscription_and_seeds_the_nod
     assert seeded == [(channel, one.position)]  # one read: the member's and the node's
     assert (one.position.offset, two.position.offset) == (1, 1)
     # A later member reads at once, and the node keeps its position.
-    third = await membership.join(Member("c"), channel, second_read)
+    third = await membership.join(IdleMember("c"), channel, second_read)
     assert (third.position.offset, len(seeded)) == (1, 1)
 
 
@@ -97,12 +85,12 @@ async def test_a_channel_left_and_joined_again_during_the_first_read_is_seeded_b
     async def read() -> History:
         return History([], StreamPosition(9, "new"), True)
 
-    gone = Member("gone")
+    gone = IdleMember("gone")
     joining = asyncio.ensure_future(membership.join(gone, channel, slow_read))
     await asyncio.sleep(0.01)
     assert await membership.leave(gone, channel)
     assert vacated == [channel]
-    await membership.join(Member("next"), channel, read)
+    await membership.join(IdleMember("next"), channel, read)
     release.set()
     await joining
     # Only the member that holds the channel now seeded it: the old read is not the node's.

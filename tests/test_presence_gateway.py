@@ -18,10 +18,10 @@ from websockets.asyncio.client import ClientConnection
 from gateway.membership import Membership
 from gateway.metrics import GatewayMetrics
 from gateway.presence import PresenceTracker
-from gateway.protocol import CloseCode, Outgoing
-from shared.broker import BrokerPublication, Liveness
+from shared.broker import Liveness
 from shared.broker.memory import MemoryBroker
 from shared.presence import create_presence
+from tests.members import IdleMember
 from tests.servers import GatewayProcess, RedisServer
 from tests.wsclient import assert_silent, connect, recv_type, send, subscribe
 
@@ -207,18 +207,6 @@ async def test_a_burst_of_disconnects_leaves_presence_at_once(
         left = [await counts(watcher, channel) for channel in channels]
 
 
-class _Member:
-    def __init__(self, client_id: str) -> None:
-        self.client_id = client_id
-        self.user_id: str | None = f"u-{client_id}"
-
-    def deliver(self, pub: BrokerPublication, frame: Outgoing) -> None: ...
-
-    def push(self, frame: Outgoing) -> None: ...
-
-    def close(self, code: CloseCode) -> None: ...
-
-
 async def test_a_refresh_round_in_an_outage_warns_once_and_the_next_refreshes_everything(
     private_redis: RedisServer,
 ) -> None:
@@ -233,7 +221,9 @@ async def test_a_refresh_round_in_an_outage_warns_once_and_the_next_refreshes_ev
     channels = [f"session:refresh-{n}" for n in range(5)]
     for n in range(2500):
         channel = channels[n % 5]
-        await membership.join(_Member(f"c{n}"), channel, lambda c=channel: broker.history(c, 0, 0))
+        await membership.join(
+            IdleMember(f"c{n}"), channel, lambda c=channel: broker.history(c, 0, 0)
+        )
     private_redis.stop()
     with capture_logs() as logs:
         tracker.start()
