@@ -24,6 +24,9 @@ T = TypeVar("T")
 
 @pytest.fixture(scope="module")
 def notifier(shared_redis: RedisServer) -> Iterator[NotifierProcess]:
+    # Nothing of an earlier module's notifiers (their partition leases would keep this one
+    # waiting for the claim time).
+    shared_redis.client().flushall()
     process = NotifierProcess(shared_redis.url, ARCHMESH_LOG_LEVEL="warning").start()
     yield process
     process.stop(signal.SIGKILL)
