@@ -206,3 +206,39 @@ async def test_the_documented_plain_redis_layout_with_a_key(redis_url: str) -> N
         assert client.xlen(keys[1]) == 1
     finally:
         client.close()
+
+
+def test_history_lives_at_least_its_ttl_after_the_last_publish(redis_server: RedisServer) -> None:
+    """Lifetimes are renewed once they run below the ttl (to the ttl and an eighth), not by
+    every publish: never shorter than the ttl after a publish, whatever created the keys."""
+    client = redis_server.client()
+    meta, history = "rt:{session:ttl}:meta", "rt:{session:ttl}:history"
+    ttl, keep = 60_000, 67_500
+
+    def publish(size: int = 10) -> None:
+        client.eval(publish_script.SOURCE, 2, meta, history, '{"n":1}', size, ttl, 0)
+
+    def lifetimes() -> tuple[int, int]:
+        return client.pttl(meta), client.pttl(history)
+
+    publish()  # a new epoch: both keys are new
+    assert all(keep - 1000 < left <= keep for left in lifetimes())
+    client.pexpire(meta, ttl + 5_000)
+    client.pexpire(history, ttl + 5_000)
+    publish()  # above the ttl: left as it is
+    assert all(ttl < left <= ttl + 5_000 for left in lifetimes())
+    client.pexpire(history, 2_000)  # below it (meta too, as a publish leaves them)
+    client.pexpire(meta, 2_000)
+    publish()
+    assert all(keep - 1000 < left <= keep for left in lifetimes())
+    publish(size=0)  # no history kept: gone, and meta keeps its lifetime
+    assert client.exists(history) == 0
+    assert keep - 1000 < client.pttl(meta) <= keep
+    publish()  # history made again under a meta that has a lifetime: it gets one too
+    assert all(keep - 1000 < left <= keep for left in lifetimes())
+    client.delete(meta, history)
+    client.hset(meta, mapping={"epoch": "1", "offset": 0})  # as history.lua opens an epoch
+    client.pexpire(meta, ttl)
+    publish()  # history created by the publish: never without a lifetime
+    assert all(0 < left <= keep for left in lifetimes())
+    assert client.pttl(history) > keep - 1000

@@ -6,7 +6,8 @@
 --      <data> <size> <ttl_ms> <sharded> [window_ms]
 --   data       the event, a JSON object (its text)
 --   size       history entries to keep (default 1000; 0 keeps none)
---   ttl_ms     history lifetime after the last publish (default 3600000)
+--   ttl_ms     history lifetime after the last publish (default 3600000): at least this long,
+--              at most an eighth longer (lifetimes are renewed once they run below it)
 --   sharded    "1" to fan out with SPUBLISH (Redis Cluster), else PUBLISH
 --   window_ms  how long the idempotency key is remembered (default 300000)
 -- Returns {offset, epoch}. The pub/sub message is "<offset>:<epoch>:<data>" on rt:{<channel>}.
@@ -52,11 +53,20 @@ end
 local offset = redis.call('HINCRBY', meta, 'offset', 1)
 if size > 0 then
   redis.call('XADD', history, 'MAXLEN', size, offset .. '-0', 'd', data)
-  redis.call('PEXPIRE', history, ttl)
 else
   redis.call('DEL', history)
 end
-redis.call('PEXPIRE', meta, ttl)
+-- Lifetimes are renewed only once they run below `ttl`, to `ttl` and an eighth: a PTTL is a
+-- read, while each PEXPIRE is rewritten for propagation (two of them were a fifth of this
+-- script's time). History a publish creates (after a new epoch, or after size 0) has no
+-- lifetime yet (PTTL -1), so it gets one here; meta's is never shorter than history's.
+if redis.call('PTTL', size > 0 and history or meta) < ttl then
+  local keep = ttl + math.floor(ttl / 8)
+  if size > 0 then
+    redis.call('PEXPIRE', history, keep)
+  end
+  redis.call('PEXPIRE', meta, keep)
+end
 if idem then
   redis.call('HSET', idem, 'offset', offset, 'epoch', epoch, 'digest', digest)
   redis.call('PEXPIRE', idem, tonumber(ARGV[5] or '300000'))
