@@ -69,7 +69,15 @@ def plan(
                         quiet.append(quiet_until(preferences, now))
                     if (quiet_end := quiet[0]) is not None:
                         state, reason = _quiet(result, channel, quiet_end, preferences.held)
-        delivery = ChannelDelivery.model_construct(status=state, updated_at=now, last_error=reason)
+        delivery = ChannelDelivery.model_construct(  # every field given: no defaults looked up
+            status=state,
+            attempts=0,
+            updated_at=now,
+            last_error=reason,
+            next_attempt_at=None,
+            provider_status=None,
+            provider_code=None,
+        )
         if state in (DeliveryState.HELD, DeliveryState.WAITING):
             delivery.next_attempt_at = result.due[channel]
         result.deliveries[channel] = delivery
@@ -140,6 +148,9 @@ def _schedule(
             data=request.data,
             created_at=now,
             actions=request.actions,
+            seen=False,
+            read=False,
+            archived=False,
         )
         return DeliveryState.SENT, None
     contacts = preferences.contacts

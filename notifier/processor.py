@@ -322,14 +322,15 @@ class Processor:
         partition = entries[0].partition if entries else 0
         outcome = Outcome(partition=partition, acks=[entry.id for entry in [*duplicates, *fanned]])
         now = self._clock()
+        stamp = now.isoformat()  # the batch's moment, written into each notification's meta
         for item in work:
-            self._stage(outcome, item, now)
+            self._stage(outcome, item, now, stamp)
         for entry, reason in dead:
             outcome.dead_letter(entry, reason)
             log.warning("request_dead_lettered", entry=entry.id, reason=reason[:300])
         return outcome
 
-    def _stage(self, outcome: Outcome, item: _Work, now: datetime) -> None:
+    def _stage(self, outcome: Outcome, item: _Work, now: datetime, stamp: str) -> None:
         request, result = item.request, item.plan
         assert result is not None
         meta = {
@@ -337,7 +338,7 @@ class Processor:
             "user_id": request.user_id,
             "type": request.type,
             "priority": request.priority.value,
-            "created_at": now.isoformat(),
+            "created_at": stamp,
             "entry": item.entry.id,
         }
         due = {

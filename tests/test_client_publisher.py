@@ -242,3 +242,15 @@ def test_history_lives_at_least_its_ttl_after_the_last_publish(redis_server: Red
     publish()  # history created by the publish: never without a lifetime
     assert all(0 < left <= keep for left in lifetimes())
     assert client.pttl(history) > keep - 1000
+
+
+def test_data_is_parsed_unless_the_caller_says_it_built_it(redis_server: RedisServer) -> None:
+    """Our own scripts pass `validated` for events they built (notifier/live.py); any other
+    caller's data is parsed, whatever it passes there but "1"."""
+    client = redis_server.client()
+    keys = ["rt:{session:v}:meta", "rt:{session:v}:history"]
+    for flag in ([], ["", "0"], ["", "yes"]):
+        with pytest.raises(redis.ResponseError, match="JSON object"):
+            client.eval(publish_script.SOURCE, 2, *keys, '{"a":', 10, 60000, 0, *flag)
+    client.eval(publish_script.SOURCE, 2, *keys, '{"a":1}', 10, 60000, 0, "", "1")
+    assert client.xlen(keys[1]) == 1

@@ -28,6 +28,8 @@ from notifier.erasure import Erasure
 from notifier.escalation import StepGate
 from notifier.feedback import Applied, ProviderFeedback, event_hash
 from notifier.feedback_report import Report, field_of
+from notifier.intake import Entry
+from notifier.ledger import Ledger, Outcome
 from notifier.metrics import NotifierMetrics
 from notifier.preferences import PreferenceStore
 from notifier.schemas import ChannelDelivery, DeliveryState, Preferences, PreferencesPatch
@@ -402,3 +404,34 @@ async def test_a_quiet_hours_hold_racing_a_cancel_leaves_the_step_cancelled(
         raw = await store.hget(keys.notification(meta["id"], partition), "ch:email")
         assert ChannelDelivery.model_validate_json(raw).status is DeliveryState.CANCELLED, raw
         assert await store.zscore(keys.due(partition), f"{meta['id']}|email") is None
+
+
+async def test_a_users_notification_index_is_trimmed_when_its_lifetime_is_renewed(
+    store: aioredis.Redis,
+) -> None:
+    """commit.lua renews the index's lifetime (and trims ids past the retention) only once
+    it runs below the retention: between renewals a commit only adds; the index never lives
+    less than the retention after the user's last notification, nor keeps ids for long past
+    it (an erasure finds every live status through it)."""
+    retention = 3600
+    ledger = Ledger(store, retention=retention, inbox_size=10)
+    user = "ix"
+    partition = keys.of_user(user)
+    index = keys.user_notifications(user)
+
+    async def commit(nid: str, created: datetime) -> None:
+        outcome = Outcome(partition=partition)
+        fields = {"meta": orjson.dumps({"id": nid, "user_id": user}).decode()}
+        outcome.record(Entry(f"0-{nid}", {}, partition), nid, fields, {}, None, (user, created))
+        await ledger.commit(outcome)
+
+    await commit("old", NOW - timedelta(hours=2))  # past the retention already
+    await commit("a", NOW)
+    assert await store.zrange(index, 0, -1) == ["old", "a"]  # one renewal: "old" was new then
+    assert retention < await store.ttl(index) <= retention * 9 // 8
+    await commit("b", NOW)  # lifetime above the retention: only added
+    assert await store.zrange(index, 0, -1) == ["old", "a", "b"]
+    await store.expire(index, retention - 10)  # as it stands an eighth of the retention later
+    await commit("c", NOW)  # renewed, and trimmed of what the retention has passed
+    assert await store.zrange(index, 0, -1) == ["a", "b", "c"]
+    assert retention < await store.ttl(index) <= retention * 9 // 8

@@ -60,7 +60,7 @@ if after_unseen ~= before_unseen or after_unread ~= before_unread then
 end
 if KEYS[6] and changed == 1 then
   local data = '{"type":"inbox","unseen":' .. after_unseen .. ',"unread":' .. after_unread .. '}'
-  local reply = publish({KEYS[6], KEYS[7]}, {data, ARGV[3], ARGV[4], '0'})
+  local reply = publish({KEYS[6], KEYS[7]}, {data, ARGV[3], ARGV[4], '0', '', '1'}) -- built here
   if reply.err then
     return reply
   end

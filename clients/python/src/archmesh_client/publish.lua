@@ -3,13 +3,15 @@
 --
 -- EVAL <this script> 2 rt:{<channel>}:meta rt:{<channel>}:history <data> [size] [ttl_ms] [sharded]
 -- EVAL <this script> 3 rt:{<channel>}:meta rt:{<channel>}:history rt:{<channel>}:idem:<key>
---      <data> <size> <ttl_ms> <sharded> [window_ms]
+--      <data> <size> <ttl_ms> <sharded> [window_ms] [validated]
 --   data       the event, a JSON object (its text)
 --   size       history entries to keep (default 1000; 0 keeps none)
 --   ttl_ms     history lifetime after the last publish (default 3600000): at least this long,
 --              at most an eighth longer (lifetimes are renewed once they run below it)
 --   sharded    "1" to fan out with SPUBLISH (Redis Cluster), else PUBLISH
 --   window_ms  how long the idempotency key is remembered (default 300000)
+--   validated  "1": the caller built `data` itself (our scripts that publish, notifier/live.py),
+--              so it is not parsed again here; anything else parses it (the default)
 -- Returns {offset, epoch}. The pub/sub message is "<offset>:<epoch>:<data>" on rt:{<channel>}.
 -- With an idempotency key already used within the window: the same event returns
 -- {offset, epoch, 1} of the first publication and publishes nothing; a different event is
@@ -18,7 +20,7 @@ local meta, history, idem = KEYS[1], KEYS[2], KEYS[3]
 local data = ARGV[1]
 local size = tonumber(ARGV[2] or '1000')
 local ttl = tonumber(ARGV[3] or '3600000')
-if not string.match(data, '^%s*{') or not pcall(cjson.decode, data) then
+if ARGV[6] ~= '1' and (not string.match(data, '^%s*{') or not pcall(cjson.decode, data)) then
   return redis.error_reply('ERR archmesh: data must be a JSON object')
 end
 if string.sub(meta, -5) ~= ':meta' or string.sub(history, -8) ~= ':history' then
