@@ -140,8 +140,17 @@ async def test_a_thousand_users_ten_events_each_get_one_digest_each_across_a_sig
     def holding() -> list[Any]:
         return list(redis.xpending_range("nt:requests", "notifiers", "-", "+", 1000, victim_id))
 
-    async with NotifierClient(redis_server.url) as client:
-        assert (await client.send_batch(events)).successful == users * per_user
+    async def produce() -> None:
+        # Queued a tenth at a time (each a hundred users' ten events), not all at once: two
+        # notifiers drain 10,000 in about a second, which a poll of this process (on the same
+        # two cores) could miss whole; paced, the last tenth comes well after the kill.
+        async with NotifierClient(redis_server.url) as client:
+            for start in range(0, len(events), 1000):
+                sent = await client.send_batch(events[start : start + 1000])
+                assert sent.successful == 1000
+                await asyncio.sleep(0.2)
+
+    producer = asyncio.create_task(produce())
     # Killed while it holds a batch (read, locked, not yet recorded) and the windows fill:
     # both read just before the kill (read after it, the survivor may have done the rest).
     deadline = time.monotonic() + 30
@@ -151,6 +160,7 @@ async def test_a_thousand_users_ten_events_each_get_one_digest_each_across_a_sig
         await asyncio.sleep(0.002)
     victim.stop(signal.SIGKILL)
     assert smtp.messages == [], "killed after a window closed, not mid-window"
+    await producer
 
     await asyncio.to_thread(smtp.wait_for_messages, users, 60)
     settled = lambda: (  # noqa: E731

@@ -37,8 +37,9 @@ EC_PUBLIC = (
 
 
 def claims(**extra: object) -> dict[str, object]:
-    # Built at collection time: valid long enough for a slow suite to reach the test.
-    return {"sub": "alice", "exp": int(time.time()) + 3600, **extra}
+    # Built at collection time: valid (and a future `nbf` still ahead) for as long as a slow
+    # suite takes to reach the test; a 10-minute margin once ran out before it did.
+    return {"sub": "alice", "exp": int(time.time()) + 86400, **extra}
 
 
 def verifier(**settings: object) -> TokenVerifier:
@@ -59,9 +60,9 @@ def test_hs256_roundtrip_with_sessions() -> None:
         (jwt.encode(claims(), "x" * 40, algorithm="HS256"), "Signature"),
         (jwt.encode(claims(exp=int(time.time()) - 60), SECRET, algorithm="HS256"), "expired"),
         (jwt.encode({"sub": "alice"}, SECRET, algorithm="HS256"), "exp"),
-        (jwt.encode({"exp": int(time.time()) + 60}, SECRET, algorithm="HS256"), "sub"),
+        (jwt.encode({"exp": int(time.time()) + 86400}, SECRET, algorithm="HS256"), "sub"),
         (jwt.encode(claims(sub=""), SECRET, algorithm="HS256"), "sub"),
-        (jwt.encode(claims(nbf=int(time.time()) + 600), SECRET, algorithm="HS256"), "not yet"),
+        (jwt.encode(claims(nbf=int(time.time()) + 86400), SECRET, algorithm="HS256"), "not yet"),
         (jwt.encode(claims(sessions="s1"), SECRET, algorithm="HS256"), "sessions"),
         (jwt.encode(claims(), SECRET, algorithm="HS512"), "not accepted"),
         ("a.b.c", "malformed"),
