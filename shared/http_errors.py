@@ -5,11 +5,12 @@ the call it is; code that needs an error's code (a batch reporting each item) re
 exception. `ERROR_HANDLERS`, installed on every Starlette app of the product, renders every
 error as `{"error": {"code", "message", ...}}`: an `ApiError`, Starlette's own `HTTPException`
 (an unknown path is 404 `not_found`, a wrong method 405 `method_not_allowed` with `Allow`), a
-`BrokerError`, a Redis connection or timeout error or a Cluster's own retry-later errors (503
-`unavailable`: the store cannot be reached, the client may retry; logged as a warning without
-a traceback), and any other exception: 500 `internal_error`, its traceback logged and its text
-kept out of the answer. Starlette re-raises after that 500 answer has gone out, so the server
-(uvicorn) also records it and closes that one connection."""
+`BrokerError`, a Redis connection or timeout error or a Cluster's own retry-later errors,
+including a redirection (ASK, MOVED) still answered when redis-py's retries ran out while a slot
+migrates (503 `unavailable`: the store cannot be reached, the client may retry; logged as a
+warning without a traceback), and any other exception: 500 `internal_error`, its traceback
+logged and its text kept out of the answer. Starlette re-raises after that 500 answer has
+gone out, so the server (uvicorn) also records it and closes that one connection."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from http import HTTPStatus
 from types import MappingProxyType
 from typing import Any
 
-from redis.exceptions import ClusterDownError, ClusterError, TryAgainError
+from redis.exceptions import AskError, ClusterDownError, ClusterError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
@@ -90,7 +91,7 @@ async def _store_unreachable(request: Request, exc: Exception) -> Response:
         error=type(exc).__name__,
     )
     message = "the store cannot be reached; retry later"
-    if isinstance(exc, ClusterError | ClusterDownError | TryAgainError):
+    if isinstance(exc, ClusterError | ClusterDownError | TryAgainError | AskError):
         message = "the store is moving data between its nodes; retry shortly"
     return _render(ApiError(503, "unavailable", message))
 
@@ -120,6 +121,9 @@ ERROR_HANDLERS: Mapping[Any, ExceptionHandler] = MappingProxyType(
         ClusterError: _store_unreachable,
         ClusterDownError: _store_unreachable,
         TryAgainError: _store_unreachable,
+        # A read in MULTI while its slot's keys are split between two masters (MovedError is
+        # an AskError): the move outlasted redis-py's retries. Any other ResponseError is 500.
+        AskError: _store_unreachable,
         HTTPException: _http_exception,
         Exception: _unexpected,
     }

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from redis.exceptions import AskError, MovedError, ResponseError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -139,8 +140,25 @@ async def teapot(_: Request) -> Response:
     raise HTTPException(status_code=429)
 
 
+async def moving(request: Request) -> Response:
+    # What redis-py raises from a MULTI whose slot is still migrating after its retries.
+    if request.query_params.get("kind") == "moved":
+        raise MovedError("9171 127.0.0.1:7001")
+    raise AskError("9171 127.0.0.1:7001")
+
+
+async def wrong_type(_: Request) -> Response:
+    raise ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value")
+
+
 APP = Starlette(
-    routes=[Route("/deep", deep), Route("/crash", crash), Route("/teapot", teapot)],
+    routes=[
+        Route("/deep", deep),
+        Route("/crash", crash),
+        Route("/teapot", teapot),
+        Route("/moving", moving),
+        Route("/wrong-type", wrong_type),
+    ],
     exception_handlers=ERROR_HANDLERS,
 )
 
@@ -171,3 +189,20 @@ async def test_a_crash_is_a_500_json_without_its_text_and_is_logged() -> None:
     assert (entry["log_level"], entry["method"], entry["path"]) == ("error", "GET", "/crash")
     assert isinstance(entry["exc_info"], RuntimeError)
     assert "s3cr3t-token" not in repr(entry)
+
+
+@pytest.mark.parametrize("kind", ["ask", "moved"])
+async def test_a_redirection_that_outlasts_the_clients_retries_is_503(kind: str) -> None:
+    """A slot still migrating when redis-py gave up: retry later, not a crash; the address in
+    the error stays out of the answer."""
+    reply = await request(f"/moving?kind={kind}")
+    error = error_of(reply, 503)
+    assert error == {
+        "code": "unavailable",
+        "message": "the store is moving data between its nodes; retry shortly",
+    }
+    assert "127.0.0.1" not in reply.text
+
+
+async def test_other_redis_errors_are_still_500() -> None:
+    assert error_of(await request("/wrong-type"), 500)["code"] == "internal_error"

@@ -395,6 +395,54 @@ async def test_a_cancel_while_its_slot_migrates_is_all_or_nothing(
     print(f"\ncancel while its slot was half moved: {during.status_code} {during.text}")
 
 
+async def test_an_inbox_read_while_its_slot_is_half_moved_is_503_then_whole(
+    notifiers: list[NotifierProcess], cluster: RedisCluster
+) -> None:
+    """The inbox's reads are MULTI transactions over the user's keys: while a slot's keys are
+    split between two masters, redis-py follows ASK/MOVED for a few seconds and then raises
+    them (an `AskError`): a retry-later 503, not a 500 (or, as redis-py's redirections fall,
+    the whole answer); and the inbox is whole once moved."""
+    a, b = notifiers
+    user = USERS[5]
+    ids = [f"ib{n}" for n in range(3)]
+    for nid in ids:
+        request = {"id": nid, "user_id": user, "type": "note", "title": nid, "channels": ["in_app"]}
+        assert a.request("POST", "/api/notifications", json=request).status_code == 202
+    inbox = f"/api/users/{user}/inbox"
+
+    def listed() -> list[str]:
+        reply = b.request("GET", inbox)
+        return [item["id"] for item in reply.json()["items"]] if reply.status_code == 200 else []
+
+    await until(lambda: sorted(listed()) == ids, 20, "three items in the inbox")
+    order = LAYOUT.prefix(LAYOUT.of_user(user)) + f"inbox:{user}"  # notifier/keys.py
+    migration = Migration(cluster, order)
+    try:
+        migration.begin()
+        migration.move(order)  # the order on the new master, the items and marks on the old
+        during = await asyncio.to_thread(b.request, "GET", inbox)
+        item = await asyncio.to_thread(b.request, "GET", f"{inbox}/{ids[0]}")
+        migration.move_all()
+        migration.finish()
+    finally:
+        migration.close()
+    # Whole, or a retry-later error: never a 500, never part of the inbox.
+    if during.status_code == 200:
+        assert sorted(i["id"] for i in during.json()["items"]) == ids, during.text
+    else:
+        assert during.status_code == 503, during.text
+        assert during.json()["error"]["code"] == "unavailable"
+    if item.status_code == 200:
+        assert item.json()["id"] == ids[0], item.text
+    else:
+        assert item.status_code == 503, item.text
+        assert item.json()["error"]["code"] == "unavailable"
+    print(f"\ninbox reads while half moved: {during.status_code}, {item.status_code}")
+    assert sorted(listed()) == ids
+    unread = b.request("GET", inbox).json()["unread"]
+    assert unread == len(ids)
+
+
 async def test_a_digest_window_whose_slot_migrates_sends_one_email(
     notifiers: list[NotifierProcess], cluster: RedisCluster, smtp: SmtpServer
 ) -> None:
