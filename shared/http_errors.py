@@ -82,6 +82,12 @@ async def _broker_error(_: Request, exc: Exception) -> Response:
     return _render(unavailable(exc))
 
 
+# A Cluster between two slot maps (a slot migrating, a master failing over), and a read in
+# MULTI while its slot's keys are split between two masters (MovedError is an AskError: the
+# move outlasted redis-py's retries). Any other ResponseError is a 500.
+_MOVING: tuple[type[Exception], ...] = (ClusterError, ClusterDownError, TryAgainError, AskError)
+
+
 async def _store_unreachable(request: Request, exc: Exception) -> Response:
     # The exception's text names the Redis address, kept out of the answer like a crash's text.
     log.warning(
@@ -91,7 +97,7 @@ async def _store_unreachable(request: Request, exc: Exception) -> Response:
         error=type(exc).__name__,
     )
     message = "the store cannot be reached; retry later"
-    if isinstance(exc, ClusterError | ClusterDownError | TryAgainError | AskError):
+    if isinstance(exc, _MOVING):
         message = "the store is moving data between its nodes; retry shortly"
     return _render(ApiError(503, "unavailable", message))
 
@@ -117,13 +123,7 @@ ERROR_HANDLERS: Mapping[Any, ExceptionHandler] = MappingProxyType(
         BrokerError: _broker_error,
         RedisConnectionError: _store_unreachable,
         RedisTimeoutError: _store_unreachable,
-        # A Cluster between two slot maps (a slot migrating, a master failing over).
-        ClusterError: _store_unreachable,
-        ClusterDownError: _store_unreachable,
-        TryAgainError: _store_unreachable,
-        # A read in MULTI while its slot's keys are split between two masters (MovedError is
-        # an AskError): the move outlasted redis-py's retries. Any other ResponseError is 500.
-        AskError: _store_unreachable,
+        **dict.fromkeys(_MOVING, _store_unreachable),
         HTTPException: _http_exception,
         Exception: _unexpected,
     }
