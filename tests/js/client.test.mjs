@@ -191,6 +191,10 @@ test("reconnects after a gateway restart and reports recovery_failed", async () 
       },
       backoffBase: 50,
       backoffCap: 500,
+      // The WebSocket's own restart path: with the default, attempts made while the node is
+      // down move the client to SSE (sse.test.mjs covers that), and on a loaded machine a
+      // transport move came between the restart's states.
+      transports: ["websocket"],
     });
     const states = [];
     client.on("state", (s) => states.push(s));
