@@ -143,18 +143,20 @@ async def test_a_thousand_users_ten_events_each_get_one_digest_each_across_a_sig
     async def produce() -> None:
         # Queued a tenth at a time (each a hundred users' ten events), not all at once: two
         # notifiers drain 10,000 in about a second, which a poll of this process (on the same
-        # two cores) could miss whole; paced, the last tenth comes well after the kill.
+        # two cores) could miss whole. Paced closely enough that they never go idle between
+        # tenths (idle, the victim holds nothing to be caught with).
         async with NotifierClient(redis_server.url) as client:
             for start in range(0, len(events), 1000):
                 sent = await client.send_batch(events[start : start + 1000])
                 assert sent.successful == 1000
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(0.05)
 
     producer = asyncio.create_task(produce())
     # Killed while it holds a batch (read, locked, not yet recorded) and the windows fill:
     # both read just before the kill (read after it, the survivor may have done the rest).
-    deadline = time.monotonic() + 30
-    while not ((at_kill := collected()) >= 1000 and (held := holding())):
+    deadline, at_kill = time.monotonic() + 30, 0
+    # `holding()` first: one XPENDING, where `collected()` scans every stats key.
+    while not ((held := holding()) and (at_kill := collected()) >= 1000):
         assert at_kill < users * per_user, "every event was collected before the victim held any"
         assert time.monotonic() < deadline, "never caught the victim holding a batch"
         await asyncio.sleep(0.002)
